@@ -1,0 +1,47 @@
+//! Finds libtorch's lib directory the way torch-sys does (the active Python's torch), so
+//! that this crate's tests and every dependent binary get an rpath to it and CUDA is linked
+//! even though nothing references torch_cuda symbols directly.
+use std::path::PathBuf;
+use std::process::Command;
+
+fn torch_lib_dir() -> Option<PathBuf> {
+    if let Ok(dir) = std::env::var("LIBTORCH_LIB") {
+        return Some(PathBuf::from(dir).join("lib"));
+    }
+    let python = if std::env::var_os("VIRTUAL_ENV").is_some() {
+        "python"
+    } else {
+        "python3"
+    };
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
+        ])
+        .output()
+        .ok()?;
+    let dir = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (!dir.is_empty()).then(|| PathBuf::from(dir))
+}
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH_LIB");
+    println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
+    let Some(dir) = torch_lib_dir() else {
+        println!("cargo:warning=libtorch not found: run `make setup` (binaries will need LD_LIBRARY_PATH)");
+        return;
+    };
+    println!("cargo:rustc-link-search=native={}", dir.display());
+    // Without --no-as-needed the linker drops libtorch_cuda (no symbol is used directly)
+    // and CUDA is silently unavailable at run time. Link args do not propagate, so
+    // dependents repeat this from DEP_KB_TORCH_LINK_ARGS.
+    let mut args = vec![format!("-Wl,-rpath,{}", dir.display())];
+    if dir.join("libtorch_cuda.so").exists() {
+        args.push("-Wl,--no-as-needed,-ltorch_cuda,--as-needed".to_string());
+    }
+    for arg in &args {
+        println!("cargo:rustc-link-arg={arg}");
+    }
+    println!("cargo:link_args={}", args.join(" "));
+}

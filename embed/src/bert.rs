@@ -1,0 +1,227 @@
+//! A BERT encoder on raw libtorch tensors, inference only.
+//!
+//! Weights come straight from `model.safetensors` (HF `BertModel` names, with or without a
+//! `bert.` prefix). The maths follows HF `BertModel` in eval mode: no dropout, exact (erf)
+//! GELU, post-LayerNorm residual blocks. Every op uses tch's fallible `f_` form so that a
+//! CUDA out-of-memory error comes back as an `Err` the executor can react to, not a panic.
+
+use crate::model_config::BertConfig;
+use crate::EmbedError;
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Device, Kind, TchError, Tensor};
+
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        x.f_linear(&self.weight, Some(&self.bias))
+    }
+}
+
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let width = self.weight.size()[0];
+        x.f_layer_norm(
+            [width],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
+    }
+}
+
+struct Layer {
+    /// Query, key and value projections concatenated, so one matmul serves all three.
+    qkv: Linear,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+/// The encoder of one model replica, resident on one device in one precision.
+pub struct BertEncoder {
+    word_embeddings: Tensor,
+    /// Position embeddings with token type 0 already added: single-text inputs never use
+    /// another segment, so the per-token lookup of the type table is folded away.
+    position_and_type: Tensor,
+    embedding_norm: LayerNorm,
+    layers: Vec<Layer>,
+    heads: i64,
+    hidden: i64,
+}
+
+/// The named tensors of the safetensors file, converted on demand.
+struct Weights {
+    tensors: HashMap<String, Tensor>,
+    device: Device,
+    kind: Kind,
+}
+
+impl Weights {
+    fn read(path: &Path, device: Device, kind: Kind) -> Result<Weights, EmbedError> {
+        let named = Tensor::read_safetensors(path)
+            .map_err(|e| EmbedError::ModelLoad(format!("{}: {e}", path.display())))?;
+        let tensors = named
+            .into_iter()
+            .map(|(name, t)| (name.strip_prefix("bert.").unwrap_or(&name).to_string(), t))
+            .collect();
+        Ok(Weights {
+            tensors,
+            device,
+            kind,
+        })
+    }
+
+    fn take(&mut self, name: &str) -> Result<Tensor, EmbedError> {
+        let tensor = self.tensors.remove(name).ok_or_else(|| {
+            EmbedError::ModelLoad(format!("model.safetensors has no tensor {name:?}"))
+        })?;
+        tensor
+            .f_to_dtype(self.kind, false, false)
+            .and_then(|t| t.f_to_device(self.device))
+            .map_err(|e| EmbedError::Device(format!("moving {name} to {:?}: {e}", self.device)))
+    }
+
+    fn linear(&mut self, prefix: &str) -> Result<Linear, EmbedError> {
+        Ok(Linear {
+            weight: self.take(&format!("{prefix}.weight"))?,
+            bias: self.take(&format!("{prefix}.bias"))?,
+        })
+    }
+
+    fn layer_norm(&mut self, prefix: &str, eps: f64) -> Result<LayerNorm, EmbedError> {
+        Ok(LayerNorm {
+            weight: self.take(&format!("{prefix}.weight"))?,
+            bias: self.take(&format!("{prefix}.bias"))?,
+            eps,
+        })
+    }
+
+    fn layer(&mut self, index: usize, eps: f64) -> Result<Layer, EmbedError> {
+        let p = format!("encoder.layer.{index}");
+        let q = self.linear(&format!("{p}.attention.self.query"))?;
+        let k = self.linear(&format!("{p}.attention.self.key"))?;
+        let v = self.linear(&format!("{p}.attention.self.value"))?;
+        let qkv = Linear {
+            weight: Tensor::f_cat(&[q.weight, k.weight, v.weight], 0)?,
+            bias: Tensor::f_cat(&[q.bias, k.bias, v.bias], 0)?,
+        };
+        Ok(Layer {
+            qkv,
+            attention_out: self.linear(&format!("{p}.attention.output.dense"))?,
+            attention_norm: self.layer_norm(&format!("{p}.attention.output.LayerNorm"), eps)?,
+            intermediate: self.linear(&format!("{p}.intermediate.dense"))?,
+            output: self.linear(&format!("{p}.output.dense"))?,
+            output_norm: self.layer_norm(&format!("{p}.output.LayerNorm"), eps)?,
+        })
+    }
+}
+
+impl BertEncoder {
+    /// Loads `model.safetensors` onto `device` in `kind` (Float, Half or BFloat16).
+    pub fn load(
+        weights_path: &Path,
+        cfg: &BertConfig,
+        device: Device,
+        kind: Kind,
+    ) -> Result<BertEncoder, EmbedError> {
+        let _no_grad = tch::no_grad_guard();
+        let mut w = Weights::read(weights_path, device, kind)?;
+        let word_embeddings = w.take("embeddings.word_embeddings.weight")?;
+        check_shape(
+            &word_embeddings,
+            &[cfg.vocab_size, cfg.hidden_size],
+            "word_embeddings",
+        )?;
+        let positions = w.take("embeddings.position_embeddings.weight")?;
+        let token_type = w.take("embeddings.token_type_embeddings.weight")?;
+        let position_and_type = positions.f_add(&token_type.f_get(0)?)?;
+        let eps = cfg.layer_norm_eps;
+        let embedding_norm = w.layer_norm("embeddings.LayerNorm", eps)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| w.layer(i, eps))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(BertEncoder {
+            word_embeddings,
+            position_and_type,
+            embedding_norm,
+            layers,
+            heads: cfg.num_attention_heads,
+            hidden: cfg.hidden_size,
+        })
+    }
+
+    /// Last hidden states `[rows, len, hidden]` for `ids` `[rows, len]` (Int64) whose real
+    /// tokens are marked by `mask` `[rows, len]` (Bool, true = token, false = padding).
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, TchError> {
+        let len = ids.size()[1];
+        let words = Tensor::f_embedding(&self.word_embeddings, ids, -1, false, false)?;
+        let x = words.f_add(&self.position_and_type.f_narrow(0, 0, len)?)?;
+        let mut x = self.embedding_norm.forward(&x)?;
+        // [rows, 1, 1, len]: every query may attend to every real key, never to padding.
+        let attend = mask.f_unsqueeze(1)?.f_unsqueeze(1)?;
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, &attend)?;
+        }
+        Ok(x)
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        attend: &Tensor,
+    ) -> Result<Tensor, TchError> {
+        let (rows, len) = (x.size()[0], x.size()[1]);
+        let head_dim = self.hidden / self.heads;
+        let qkv = layer
+            .qkv
+            .forward(x)?
+            .f_view([rows, len, 3, self.heads, head_dim])?
+            .f_permute([2, 0, 3, 1, 4])?;
+        let (q, k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
+        let context = Tensor::f_scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(attend),
+            0.0,
+            false,
+            None,
+            false,
+        )?
+        .f_transpose(1, 2)?
+        .f_reshape([rows, len, self.hidden])?;
+        let attended = layer
+            .attention_norm
+            .forward(&layer.attention_out.forward(&context)?.f_add(x)?)?;
+        let inner = layer.intermediate.forward(&attended)?.f_gelu("none")?;
+        layer
+            .output_norm
+            .forward(&layer.output.forward(&inner)?.f_add(&attended)?)
+    }
+}
+
+fn check_shape(t: &Tensor, expected: &[i64], name: &str) -> Result<(), EmbedError> {
+    if t.size() == expected {
+        Ok(())
+    } else {
+        Err(EmbedError::ModelLoad(format!(
+            "{name} has shape {:?}, config.json implies {expected:?}",
+            t.size()
+        )))
+    }
+}

@@ -1,0 +1,267 @@
+//! One executor thread per device, each owning a model replica, and the dispatcher that
+//! sends every batch to the least-loaded one.
+
+use crate::bert::BertEncoder;
+use crate::device::device_name;
+use crate::model_config::ModelSpec;
+use crate::pooling::mean_pool_normalized;
+use crate::request::Row;
+use crate::stats::{BatchRecord, Counters};
+use crate::EmbedError;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+use tch::{Device, Kind, TchError, Tensor};
+
+/// Rows that run through the encoder together, shortest first.
+pub(crate) struct Batch {
+    rows: Vec<Row>,
+    padded_len: usize,
+}
+
+impl Batch {
+    /// Wraps rows sorted by ascending length (the last one sets the padded length).
+    pub(crate) fn new(rows: Vec<Row>) -> Batch {
+        let padded_len = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+        Batch { rows, padded_len }
+    }
+
+    fn padded_tokens(&self) -> usize {
+        self.rows.len() * self.padded_len
+    }
+}
+
+/// What an executor needs to build its replica.
+pub(crate) struct ReplicaSpec {
+    pub weights: PathBuf,
+    pub model: ModelSpec,
+    pub device: Device,
+    pub kind: Kind,
+    pub index: usize,
+}
+
+struct ExecutorHandle {
+    sender: SyncSender<Batch>,
+    /// Padded tokens sent to this executor and not finished yet.
+    queued_tokens: Arc<AtomicUsize>,
+    thread: JoinHandle<()>,
+}
+
+/// Routes batches to executors.
+pub(crate) struct Dispatcher {
+    executors: Vec<ExecutorHandle>,
+}
+
+impl Dispatcher {
+    /// Starts one executor per replica spec and waits until every replica has loaded.
+    pub(crate) fn start(
+        specs: Vec<ReplicaSpec>,
+        counters: Arc<Counters>,
+    ) -> Result<Dispatcher, EmbedError> {
+        let mut executors = Vec::new();
+        let mut loads = Vec::new();
+        for spec in specs {
+            // One batch may wait while one runs: the scheduler prepares the next batch
+            // during the current one, yet keeps later requests in the queue where they
+            // can still join larger, better-sorted rounds.
+            let (sender, batches) = sync_channel::<Batch>(1);
+            let (loaded_tx, loaded_rx) = sync_channel(1);
+            let queued_tokens = Arc::new(AtomicUsize::new(0));
+            let executor = Executor {
+                queued_tokens: Arc::clone(&queued_tokens),
+                counters: Arc::clone(&counters),
+                index: spec.index,
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("kb-embed-{}", device_name(spec.device)))
+                .spawn(move || executor.run(spec, batches, loaded_tx))
+                .map_err(|e| EmbedError::Device(format!("cannot start executor thread: {e}")))?;
+            executors.push(ExecutorHandle {
+                sender,
+                queued_tokens,
+                thread,
+            });
+            loads.push(loaded_rx);
+        }
+        let dispatcher = Dispatcher { executors };
+        for loaded in loads {
+            let result = loaded.recv().unwrap_or_else(|_| {
+                Err(EmbedError::Device(
+                    "executor thread died while loading".into(),
+                ))
+            });
+            if let Err(err) = result {
+                dispatcher.shutdown();
+                return Err(err);
+            }
+        }
+        Ok(dispatcher)
+    }
+
+    /// Sends `batch` to the executor with the fewest queued tokens that can take it now,
+    /// or waits on the least-loaded one when all are busy.
+    pub(crate) fn dispatch(&self, batch: Batch) {
+        let mut order: Vec<&ExecutorHandle> = self.executors.iter().collect();
+        order.sort_by_key(|e| e.queued_tokens.load(Relaxed));
+        let tokens = batch.padded_tokens();
+        let mut batch = batch;
+        for executor in &order {
+            executor.queued_tokens.fetch_add(tokens, Relaxed);
+            match executor.sender.try_send(batch) {
+                Ok(()) => return,
+                Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
+                    executor.queued_tokens.fetch_sub(tokens, Relaxed);
+                    batch = b;
+                }
+            }
+        }
+        let least_loaded = order[0];
+        least_loaded.queued_tokens.fetch_add(tokens, Relaxed);
+        if let Err(err) = least_loaded.sender.send(batch) {
+            // Only a dead executor refuses; its requests learn it from the error.
+            for row in err.0.rows {
+                row.request
+                    .fail(EmbedError::Device("executor thread stopped".into()));
+            }
+        }
+    }
+
+    /// Closes every executor's channel and waits for the executors to finish.
+    pub(crate) fn shutdown(self) {
+        for executor in self.executors {
+            drop(executor.sender);
+            let _ = executor.thread.join();
+        }
+    }
+}
+
+struct Executor {
+    queued_tokens: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
+    index: usize,
+}
+
+type Loaded = SyncSender<Result<(), EmbedError>>;
+
+impl Executor {
+    fn run(self, spec: ReplicaSpec, batches: Receiver<Batch>, loaded: Loaded) {
+        let _no_grad = tch::no_grad_guard();
+        let replica = match Replica::load(&spec) {
+            Ok(replica) => replica,
+            Err(err) => {
+                let _ = loaded.send(Err(err));
+                return;
+            }
+        };
+        let _ = loaded.send(Ok(()));
+        for batch in batches {
+            self.execute(&replica, batch);
+        }
+    }
+
+    fn execute(&self, replica: &Replica, batch: Batch) {
+        let started = Instant::now();
+        let tokens = batch.padded_tokens();
+        let record = BatchRecord {
+            device: self.index,
+            rows: batch.rows.len(),
+            real_tokens: batch.rows.iter().map(|r| r.ids.len()).sum(),
+            padded_tokens: tokens,
+            busy: Default::default(),
+        };
+        match replica.embed_splitting_on_oom(&batch.rows, &self.counters) {
+            Ok(vectors) => {
+                for (row, vector) in batch.rows.iter().zip(vectors) {
+                    row.request.deliver(row.index, vector);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, rows = batch.rows.len(), "embedding batch failed");
+                for row in &batch.rows {
+                    row.request.fail(EmbedError::Inference(err.to_string()));
+                }
+            }
+        }
+        self.counters.record_batch(&BatchRecord {
+            busy: started.elapsed(),
+            ..record
+        });
+        self.queued_tokens.fetch_sub(tokens, Relaxed);
+    }
+}
+
+/// One model replica on one device.
+struct Replica {
+    encoder: BertEncoder,
+    device: Device,
+}
+
+impl Replica {
+    fn load(spec: &ReplicaSpec) -> Result<Replica, EmbedError> {
+        let encoder = BertEncoder::load(&spec.weights, &spec.model.bert, spec.device, spec.kind)?;
+        Ok(Replica {
+            encoder,
+            device: spec.device,
+        })
+    }
+
+    /// Embeds `rows`; when the device runs out of memory the rows are halved and each half
+    /// retried, down to single rows, so a burst of long inputs slows down instead of failing.
+    fn embed_splitting_on_oom(
+        &self,
+        rows: &[Row],
+        counters: &Counters,
+    ) -> Result<Vec<Vec<f32>>, TchError> {
+        match self.embed(rows) {
+            Err(err) if rows.len() > 1 && is_out_of_memory(&err) => {
+                counters.record_oom_split();
+                tracing::warn!(rows = rows.len(), "device out of memory, splitting batch");
+                let (first, second) = rows.split_at(rows.len() / 2);
+                let mut vectors = self.embed_splitting_on_oom(first, counters)?;
+                vectors.extend(self.embed_splitting_on_oom(second, counters)?);
+                Ok(vectors)
+            }
+            result => result,
+        }
+    }
+
+    fn embed(&self, rows: &[Row]) -> Result<Vec<Vec<f32>>, TchError> {
+        let padded_len = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+        let mut ids = vec![0i64; rows.len() * padded_len];
+        for (row, slot) in rows.iter().zip(ids.chunks_exact_mut(padded_len)) {
+            slot[..row.ids.len()].copy_from_slice(&row.ids);
+        }
+        let lengths: Vec<i64> = rows.iter().map(|r| r.ids.len() as i64).collect();
+        let ids =
+            self.upload(Tensor::from_slice(&ids).f_view([rows.len() as i64, padded_len as i64])?)?;
+        let lengths = self.upload(Tensor::from_slice(&lengths))?;
+        // The mask is built on the device from the lengths: one small copy instead of two.
+        let positions = Tensor::f_arange(padded_len as i64, (Kind::Int64, self.device))?;
+        let mask = positions
+            .f_unsqueeze(0)?
+            .f_lt_tensor(&lengths.f_unsqueeze(1)?)?;
+        let hidden = self.encoder.forward(&ids, &mask)?;
+        let pooled = mean_pool_normalized(&hidden, &mask)?.f_to_device(Device::Cpu)?;
+        let dim = pooled.size()[1] as usize;
+        let mut flat = vec![0f32; rows.len() * dim];
+        pooled.f_copy_data(&mut flat, rows.len() * dim)?;
+        Ok(flat.chunks_exact(dim).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Moves host input to the device: through pinned memory and a non-blocking copy on
+    /// CUDA, so the transfer overlaps with host work; a no-op on CPU.
+    fn upload(&self, host: Tensor) -> Result<Tensor, TchError> {
+        if self.device == Device::Cpu {
+            return Ok(host);
+        }
+        host.f_pin_memory(self.device)?
+            .f_to_device_(self.device, Kind::Int64, true, false)
+    }
+}
+
+fn is_out_of_memory(err: &TchError) -> bool {
+    err.to_string().contains("out of memory")
+}

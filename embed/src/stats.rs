@@ -1,0 +1,161 @@
+//! Counters the executors bump and the worker's `/metrics` reads.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+/// A snapshot of the engine's counters since load (monotonic, except `queue_depth`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EngineStats {
+    /// Batches run by the encoder.
+    pub batches: u64,
+    /// Texts embedded.
+    pub rows: u64,
+    /// Tokens of those texts, special tokens included.
+    pub real_tokens: u64,
+    /// Tokens the encoder computed, padding included (`rows x padded length` per batch).
+    pub padded_tokens: u64,
+    /// Times a batch was halved after the device ran out of memory.
+    pub oom_splits: u64,
+    /// Texts admitted and not yet answered (the bounded queue's fill level).
+    pub queue_depth: usize,
+    /// One entry per device, in the order of [`crate::Embedder::devices`].
+    pub devices: Vec<DeviceStats>,
+}
+
+/// Counters of one device's executor.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DeviceStats {
+    /// `cpu`, `cuda:0`, ...
+    pub device: String,
+    /// Batches this device ran.
+    pub batches: u64,
+    /// Seconds spent running batches (host to device copy, encoder, pooling, copy back).
+    pub busy_seconds: f64,
+}
+
+struct DeviceCounters {
+    name: String,
+    batches: AtomicU64,
+    busy_nanos: AtomicU64,
+}
+
+/// The live counters behind [`EngineStats`], shared by the queue and the executors.
+pub(crate) struct Counters {
+    batches: AtomicU64,
+    rows: AtomicU64,
+    real_tokens: AtomicU64,
+    padded_tokens: AtomicU64,
+    oom_splits: AtomicU64,
+    pub(crate) queue_depth: AtomicUsize,
+    devices: Vec<DeviceCounters>,
+}
+
+/// What one executed batch adds to the counters.
+pub(crate) struct BatchRecord {
+    pub device: usize,
+    pub rows: usize,
+    pub real_tokens: usize,
+    pub padded_tokens: usize,
+    pub busy: Duration,
+}
+
+impl Counters {
+    pub(crate) fn new(device_names: Vec<String>) -> Counters {
+        Counters {
+            batches: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            real_tokens: AtomicU64::new(0),
+            padded_tokens: AtomicU64::new(0),
+            oom_splits: AtomicU64::new(0),
+            queue_depth: AtomicUsize::new(0),
+            devices: device_names
+                .into_iter()
+                .map(|name| DeviceCounters {
+                    name,
+                    batches: AtomicU64::new(0),
+                    busy_nanos: AtomicU64::new(0),
+                })
+                .collect(),
+        }
+    }
+
+    pub(crate) fn record_batch(&self, r: &BatchRecord) {
+        self.batches.fetch_add(1, Relaxed);
+        self.rows.fetch_add(r.rows as u64, Relaxed);
+        self.real_tokens.fetch_add(r.real_tokens as u64, Relaxed);
+        self.padded_tokens
+            .fetch_add(r.padded_tokens as u64, Relaxed);
+        let device = &self.devices[r.device];
+        device.batches.fetch_add(1, Relaxed);
+        device
+            .busy_nanos
+            .fetch_add(r.busy.as_nanos() as u64, Relaxed);
+    }
+
+    pub(crate) fn record_oom_split(&self) {
+        self.oom_splits.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> EngineStats {
+        EngineStats {
+            batches: self.batches.load(Relaxed),
+            rows: self.rows.load(Relaxed),
+            real_tokens: self.real_tokens.load(Relaxed),
+            padded_tokens: self.padded_tokens.load(Relaxed),
+            oom_splits: self.oom_splits.load(Relaxed),
+            queue_depth: self.queue_depth.load(Relaxed),
+            devices: self
+                .devices
+                .iter()
+                .map(|d| DeviceStats {
+                    device: d.name.clone(),
+                    batches: d.batches.load(Relaxed),
+                    busy_seconds: d.busy_nanos.load(Relaxed) as f64 / 1e9,
+                })
+                .collect(),
+        }
+    }
+
+    /// How long the texts now queued should take at the throughput seen so far, so a
+    /// rejected client neither hammers the queue nor waits far longer than needed.
+    pub(crate) fn retry_after_ms(&self) -> u64 {
+        let rows = self.rows.load(Relaxed);
+        let busy_nanos: u64 = self
+            .devices
+            .iter()
+            .map(|d| d.busy_nanos.load(Relaxed))
+            .sum();
+        if rows == 0 || busy_nanos == 0 {
+            return 100;
+        }
+        let nanos_per_row = busy_nanos as f64 / rows as f64 / self.devices.len() as f64;
+        let depth = self.queue_depth.load(Relaxed) as f64;
+        ((depth * nanos_per_row / 1e6) as u64).clamp(10, 10_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_follows_measured_throughput() {
+        let counters = Counters::new(vec!["cpu".into()]);
+        assert_eq!(counters.retry_after_ms(), 100);
+        counters.record_batch(&BatchRecord {
+            device: 0,
+            rows: 100,
+            real_tokens: 1000,
+            padded_tokens: 1200,
+            busy: Duration::from_secs(1),
+        });
+        counters.queue_depth.store(500, Relaxed);
+        assert_eq!(counters.retry_after_ms(), 5000);
+        let stats = counters.snapshot();
+        assert_eq!(
+            (stats.batches, stats.rows, stats.padded_tokens),
+            (1, 100, 1200)
+        );
+        assert_eq!(stats.devices[0].busy_seconds, 1.0);
+    }
+}

