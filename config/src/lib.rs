@@ -1,0 +1,407 @@
+//! The worker configuration contract.
+//!
+//! `kb-operator` renders a [`WorkerConfig`] into the worker ConfigMap; `kb-worker serve
+//! --config FILE` reads it back. Keeping the type in one crate means the two can never
+//! disagree on a field name. Unknown keys are rejected so a typo in a ConfigMap is an error
+//! that names the key instead of a silently ignored setting.
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Errors reading or validating a worker configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(#[from] serde_yaml::Error),
+    #[error("invalid value for environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole worker configuration. Every field has a default, so an empty file is valid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// HTTP API address.
+    pub listen: String,
+    /// Prometheus metrics address.
+    pub metrics_listen: String,
+    /// Directory for the WAL and snapshots.
+    pub data_dir: PathBuf,
+    /// Directory of a sentence-transformers model (config.json, model.safetensors, tokenizer.json).
+    pub model: Option<PathBuf>,
+    pub embedding: EmbeddingConfig,
+    pub chunking: ChunkingConfig,
+    pub log: LogConfig,
+    pub snapshot: SnapshotConfig,
+    /// Redis for replication and caching; absent means single node with a file WAL.
+    pub redis: Option<RedisConfig>,
+    pub cache: CacheConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            metrics_listen: "127.0.0.1:9090".into(),
+            data_dir: PathBuf::from("./data"),
+            model: None,
+            embedding: EmbeddingConfig::default(),
+            chunking: ChunkingConfig::default(),
+            log: LogConfig::default(),
+            snapshot: SnapshotConfig::default(),
+            redis: None,
+            cache: CacheConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// Numeric precision of the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// fp32 on CPU, fp16 on CUDA.
+    #[default]
+    Auto,
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddingConfig {
+    /// `cpu`, `cuda` (every visible GPU), `cuda:0,1` (listed GPUs) or `auto`.
+    pub device: String,
+    pub precision: Precision,
+    /// Token budget of one batch (padded length x rows).
+    pub max_batch_tokens: usize,
+    /// Longer inputs are truncated to this many tokens (and the response says so).
+    pub max_seq_len: usize,
+    /// Pending embedding requests before new ones get 429.
+    pub queue_capacity: usize,
+}
+
+impl Default for EmbeddingConfig {
+    fn default() -> Self {
+        Self {
+            device: "auto".into(),
+            precision: Precision::Auto,
+            max_batch_tokens: 16_384,
+            max_seq_len: 256,
+            queue_capacity: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChunkingConfig {
+    /// Maximum tokens per chunk (model tokens, special tokens excluded).
+    pub max_tokens: usize,
+    /// Tokens shared by consecutive chunks of one section.
+    pub overlap: usize,
+}
+
+impl Default for ChunkingConfig {
+    fn default() -> Self {
+        Self {
+            max_tokens: 200,
+            overlap: 32,
+        }
+    }
+}
+
+/// When the file WAL calls fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// Before every acknowledgement (safe default).
+    #[default]
+    Always,
+    /// Leave it to the OS; acknowledged writes can be lost on power failure.
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub fsync: FsyncPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Take a snapshot after this many applied log records (0 disables automatic snapshots).
+    pub every_records: u64,
+    /// Snapshots kept on disk.
+    pub keep: usize,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            every_records: 10_000,
+            keep: 2,
+        }
+    }
+}
+
+/// Redis topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    #[default]
+    Standalone,
+    Sentinel,
+    Cluster,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub mode: RedisMode,
+    /// `redis://host:port` (standalone).
+    pub url: Option<String>,
+    /// `host:port` of cluster nodes or sentinels.
+    pub nodes: Vec<String>,
+    /// Sentinel service (master) name.
+    pub sentinel_service: Option<String>,
+    /// Environment variable that holds the password (mounted from a Secret).
+    pub password_env: Option<String>,
+    pub tls: bool,
+    /// Stream key prefix; one knowledge base per prefix.
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub ttl_seconds: u64,
+    /// Entries of the in-process cache.
+    pub l1_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl_seconds: 300,
+            l1_entries: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// YAML list of `{ key, role, collections }`.
+    pub api_keys_file: Option<PathBuf>,
+    /// No authentication; refused unless the API listens on loopback.
+    pub open: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_request_bytes: usize,
+    pub max_documents_per_request: usize,
+    pub max_document_bytes: usize,
+    pub max_top_k: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 16 * 1024 * 1024,
+            max_documents_per_request: 1000,
+            max_document_bytes: 4 * 1024 * 1024,
+            max_top_k: 1000,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Parses YAML, rejecting unknown keys.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        Ok(serde_yaml::from_str(text)?)
+    }
+
+    /// Reads a YAML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Renders YAML (what the operator writes into the ConfigMap).
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("worker config always serialises")
+    }
+
+    /// Applies `KB_*` environment overrides (for example `KB_LISTEN`, `KB_DEVICE`,
+    /// `KB_REDIS_URL`) from the given variables.
+    pub fn apply_env<I>(&mut self, vars: I) -> Result<(), ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        for (var, value) in vars {
+            match var.as_str() {
+                "KB_LISTEN" => self.listen = value,
+                "KB_METRICS_LISTEN" => self.metrics_listen = value,
+                "KB_DATA_DIR" => self.data_dir = value.into(),
+                "KB_MODEL" => self.model = Some(value.into()),
+                "KB_DEVICE" => self.embedding.device = value,
+                "KB_REDIS_URL" => self.redis.get_or_insert_with(Default::default).url = Some(value),
+                "KB_API_KEYS_FILE" => self.auth.api_keys_file = Some(value.into()),
+                "KB_MAX_BATCH_TOKENS" => {
+                    self.embedding.max_batch_tokens =
+                        value.parse().map_err(|e| ConfigError::Env {
+                            var: var.clone(),
+                            message: format!("{e}"),
+                        })?
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks rules that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.chunking.max_tokens == 0 {
+            return Err(ConfigError::Invalid(
+                "chunking.max_tokens must be > 0".into(),
+            ));
+        }
+        if self.chunking.overlap >= self.chunking.max_tokens {
+            return Err(ConfigError::Invalid(format!(
+                "chunking.overlap ({}) must be smaller than chunking.max_tokens ({})",
+                self.chunking.overlap, self.chunking.max_tokens
+            )));
+        }
+        if self.embedding.max_seq_len < 8 {
+            return Err(ConfigError::Invalid(
+                "embedding.max_seq_len must be >= 8".into(),
+            ));
+        }
+        if self.embedding.max_batch_tokens < self.embedding.max_seq_len {
+            return Err(ConfigError::Invalid(format!(
+                "embedding.max_batch_tokens ({}) must be at least embedding.max_seq_len ({})",
+                self.embedding.max_batch_tokens, self.embedding.max_seq_len
+            )));
+        }
+        if let Some(redis) = &self.redis {
+            match redis.mode {
+                RedisMode::Standalone if redis.url.is_none() => {
+                    return Err(ConfigError::Invalid(
+                        "redis.url is required in standalone mode".into(),
+                    ))
+                }
+                RedisMode::Sentinel
+                    if redis.sentinel_service.is_none() || redis.nodes.is_empty() =>
+                {
+                    return Err(ConfigError::Invalid(
+                        "redis sentinel mode needs redis.nodes and redis.sentinel_service".into(),
+                    ))
+                }
+                RedisMode::Cluster if redis.nodes.is_empty() => {
+                    return Err(ConfigError::Invalid(
+                        "redis cluster mode needs redis.nodes".into(),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(
+            WorkerConfig::from_yaml("").unwrap(),
+            WorkerConfig::default()
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_that_names_it() {
+        let err = WorkerConfig::from_yaml("listen: 0.0.0.0:8080\nlisten_adress: x\n").unwrap_err();
+        assert!(err.to_string().contains("listen_adress"), "{err}");
+        let err = WorkerConfig::from_yaml("embedding:\n  devise: cpu\n").unwrap_err();
+        assert!(err.to_string().contains("devise"), "{err}");
+    }
+
+    #[test]
+    fn rendered_yaml_reads_back_identically() {
+        let mut cfg = WorkerConfig::default();
+        cfg.redis = Some(RedisConfig {
+            mode: RedisMode::Cluster,
+            nodes: vec!["a:6379".into(), "b:6379".into()],
+            password_env: Some("KB_REDIS_PASSWORD".into()),
+            tls: true,
+            key_prefix: "kb:docs".into(),
+            ..Default::default()
+        });
+        cfg.embedding.precision = Precision::Fp16;
+        assert_eq!(WorkerConfig::from_yaml(&cfg.to_yaml()).unwrap(), cfg);
+    }
+
+    #[test]
+    fn env_overrides_win_and_bad_numbers_are_named() {
+        let mut cfg = WorkerConfig::default();
+        cfg.apply_env([
+            ("KB_LISTEN".to_string(), "0.0.0.0:1".to_string()),
+            ("KB_DEVICE".to_string(), "cuda:0,1".to_string()),
+        ])
+        .unwrap();
+        assert_eq!(cfg.listen, "0.0.0.0:1");
+        assert_eq!(cfg.embedding.device, "cuda:0,1");
+        let err = cfg
+            .apply_env([("KB_MAX_BATCH_TOKENS".to_string(), "lots".to_string())])
+            .unwrap_err();
+        assert!(err.to_string().contains("KB_MAX_BATCH_TOKENS"));
+    }
+
+    #[test]
+    fn overlap_must_be_smaller_than_chunk() {
+        let mut cfg = WorkerConfig::default();
+        cfg.chunking.overlap = cfg.chunking.max_tokens;
+        assert!(cfg.validate().unwrap_err().to_string().contains("overlap"));
+    }
+
+    #[test]
+    fn standalone_redis_needs_url() {
+        let cfg = WorkerConfig {
+            redis: Some(RedisConfig::default()),
+            ..Default::default()
+        };
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("redis.url"));
+    }
+}

@@ -1,0 +1,2 @@
+//! kb-operator: reconciles KnowledgeBase resources (in progress).
+fn main() {}

@@ -1,0 +1,90 @@
+//! The write-ahead log: every change to the index is a [`Record`] appended here first.
+//!
+//! A write is acknowledged only once its record is durable in the log; the index is a
+//! deterministic function of the log, so replaying it from the last snapshot rebuilds the
+//! exact state. [`wal::FileWal`] is the single-node implementation.
+
+pub mod wal;
+
+use serde::{Deserialize, Serialize};
+
+/// Monotonic position of a record in the log; the first record has sequence 1.
+pub type Seq = u64;
+
+/// Metadata of a chunk: a flat JSON object (values are strings, numbers or booleans).
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
+
+/// Similarity used by a collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Cosine similarity: vectors are L2-normalised on insert and on query.
+    #[default]
+    Cosine,
+    /// Raw inner product.
+    Dot,
+}
+
+/// One embedded chunk as it travels through the log (vectors included, so replicas never
+/// embed again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    pub chunk_id: String,
+    pub text: String,
+    pub metadata: Metadata,
+    pub vector: Vec<f32>,
+}
+
+/// A change to the index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// Creates the collection if absent (no-op when it exists with the same shape).
+    CreateCollection {
+        collection: String,
+        dim: usize,
+        metric: Metric,
+    },
+    /// Replaces every chunk of `doc_id` with `chunks`.
+    Upsert {
+        collection: String,
+        doc_id: String,
+        chunks: Vec<ChunkRecord>,
+    },
+    /// Removes every chunk of `doc_id`.
+    Delete { collection: String, doc_id: String },
+    /// Removes the collection and all its chunks.
+    DropCollection { collection: String },
+}
+
+/// An [`Op`] with its position in the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: Seq,
+    pub op: Op,
+}
+
+/// Errors of the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log I/O error at {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("log record encoding failed: {0}")]
+    Encode(String),
+    #[error("log is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// An append-only, ordered, durable sequence of records.
+pub trait Log: Send + Sync {
+    /// Appends the ops in order and returns their records once they are durable.
+    fn append(&self, ops: Vec<Op>) -> Result<Vec<Record>, LogError>;
+    /// Every record with `seq > after`, in order.
+    fn read_after(&self, after: Seq) -> Result<Vec<Record>, LogError>;
+    /// The sequence of the last appended record (0 when empty).
+    fn last_seq(&self) -> Seq;
+    /// Drops records with `seq <= upto` that a snapshot has made redundant.
+    fn truncate_before(&self, upto: Seq) -> Result<(), LogError>;
+}

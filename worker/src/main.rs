@@ -1,0 +1,3 @@
+fn main() {
+    println!("cuda devices: {}", tch::Cuda::device_count());
+}
