@@ -1,1 +1,34 @@
-//! The embedding engine of kb-worker (tokenizer, BERT encoder on libtorch, pooling, batcher).
+//! The embedding engine of `kb-worker`.
+//!
+//! Loads a sentence-transformers model directory (`config.json`, `model.safetensors`,
+//! `tokenizer.json`, `1_Pooling/config.json`, `sentence_bert_config.json`), runs its BERT
+//! encoder on libtorch (CPU or one replica per CUDA device), and mean-pools and
+//! L2-normalises exactly as sentence-transformers does. Concurrent requests share batches
+//! through a dynamic batcher with a bounded queue:
+//!
+//! ```no_run
+//! use kb_embed::{Embedder, EmbeddingConfig};
+//! let cfg = EmbeddingConfig { device: "cpu".into(), ..Default::default() };
+//! let embedder = Embedder::load(std::path::Path::new("model"), &cfg)?;
+//! let out = embedder.embed_blocking(vec!["hello".into()])?;
+//! assert_eq!(out.vectors[0].len(), embedder.dim());
+//! # Ok::<(), kb_embed::EmbedError>(())
+//! ```
+
+mod batcher;
+mod bert;
+mod device;
+mod engine;
+mod error;
+mod executor;
+mod model_config;
+mod pooling;
+mod request;
+mod stats;
+mod tokenize;
+
+pub use engine::Embedder;
+pub use error::EmbedError;
+pub use kb_config::{EmbeddingConfig, Precision};
+pub use request::Embedded;
+pub use stats::{DeviceStats, EngineStats};
