@@ -1,1 +1,3 @@
+//! kb-worker: the data plane of knowledgebase-operator.
+pub mod index;
 pub mod log;

@@ -1,0 +1,156 @@
+//! The in-memory index of every collection, rebuilt deterministically from the log.
+
+pub mod filter;
+pub mod flat;
+
+use crate::log::{Metric, Op, Record, Seq};
+use flat::FlatIndex;
+use std::collections::BTreeMap;
+use tch::Device;
+
+/// Errors applying a record or searching.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("vector has {got} dimensions, the collection has {expected}")]
+    Dimension { expected: usize, got: usize },
+    #[error("collection {0:?} does not exist")]
+    NoSuchCollection(String),
+    #[error("collection {name:?} exists with dimension {dim} and metric {metric:?}")]
+    Conflict {
+        name: String,
+        dim: usize,
+        metric: Metric,
+    },
+    #[error("tensor operation failed: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// Every collection plus the sequence of the last record applied.
+pub struct Index {
+    device: Device,
+    collections: BTreeMap<String, FlatIndex>,
+    applied: Seq,
+}
+
+impl Index {
+    /// An empty index whose vectors live on `device`.
+    pub fn new(device: Device) -> Self {
+        Self {
+            device,
+            collections: BTreeMap::new(),
+            applied: 0,
+        }
+    }
+
+    /// The sequence of the last applied record.
+    pub fn applied(&self) -> Seq {
+        self.applied
+    }
+
+    /// Sets the applied sequence (after loading a snapshot).
+    pub fn set_applied(&mut self, seq: Seq) {
+        self.applied = seq;
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn get(&self, name: &str) -> Option<&FlatIndex> {
+        self.collections.get(name)
+    }
+
+    pub fn collections(&self) -> impl Iterator<Item = (&String, &FlatIndex)> {
+        self.collections.iter()
+    }
+
+    /// Checks that `op` would apply cleanly, so that a failing write never reaches the log.
+    pub fn check(&self, op: &Op) -> Result<(), IndexError> {
+        match op {
+            Op::CreateCollection {
+                collection,
+                dim,
+                metric,
+            } => match self.collections.get(collection) {
+                Some(c) if c.dim() != *dim || c.metric() != *metric => Err(IndexError::Conflict {
+                    name: collection.clone(),
+                    dim: c.dim(),
+                    metric: c.metric(),
+                }),
+                _ => Ok(()),
+            },
+            Op::Upsert {
+                collection, chunks, ..
+            } => {
+                let c = self
+                    .collections
+                    .get(collection)
+                    .ok_or_else(|| IndexError::NoSuchCollection(collection.clone()))?;
+                match chunks.iter().find(|ch| ch.vector.len() != c.dim()) {
+                    Some(bad) => Err(IndexError::Dimension {
+                        expected: c.dim(),
+                        got: bad.vector.len(),
+                    }),
+                    None => Ok(()),
+                }
+            }
+            Op::Delete { .. } | Op::DropCollection { .. } => Ok(()),
+        }
+    }
+
+    /// Applies one log record. Records at or below the applied sequence are skipped, so
+    /// replaying an overlapping range is harmless.
+    pub fn apply(&mut self, record: &Record) -> Result<(), IndexError> {
+        if record.seq <= self.applied {
+            return Ok(());
+        }
+        // The sequence advances even when the op fails, so one bad record cannot stall
+        // replication; writers `check` before appending, so this only guards replay.
+        let result = self.apply_op(&record.op);
+        self.applied = record.seq;
+        result
+    }
+
+    fn apply_op(&mut self, op: &Op) -> Result<(), IndexError> {
+        match op {
+            Op::CreateCollection {
+                collection,
+                dim,
+                metric,
+            } => {
+                self.check(op)?;
+                self.collections
+                    .entry(collection.clone())
+                    .or_insert_with(|| FlatIndex::new(*dim, *metric, self.device));
+            }
+            Op::Upsert {
+                collection,
+                doc_id,
+                chunks,
+            } => {
+                let c = self
+                    .collections
+                    .get_mut(collection)
+                    .ok_or_else(|| IndexError::NoSuchCollection(collection.clone()))?;
+                c.upsert(doc_id, chunks)?;
+            }
+            Op::Delete { collection, doc_id } => {
+                if let Some(c) = self.collections.get_mut(collection) {
+                    c.delete(doc_id);
+                }
+            }
+            Op::DropCollection { collection } => {
+                self.collections.remove(collection);
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts a loaded collection (snapshot restore).
+    pub fn insert(&mut self, name: String, index: FlatIndex) {
+        self.collections.insert(name, index);
+    }
+}
+
+#[cfg(test)]
+mod tests;

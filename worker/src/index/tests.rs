@@ -1,0 +1,171 @@
+use super::filter::Filter;
+use super::*;
+use crate::log::ChunkRecord;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+fn random_vectors(rng: &mut impl Rng, n: usize, dim: usize) -> Vec<Vec<f32>> {
+    (0..n)
+        .map(|_| (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect())
+        .collect()
+}
+
+fn chunk(i: usize, vector: Vec<f32>, tag: &str) -> ChunkRecord {
+    ChunkRecord {
+        chunk_id: format!("chunk-{i}"),
+        text: format!("text {i}"),
+        metadata: json!({"tag": tag, "i": i}).as_object().unwrap().clone(),
+        vector,
+    }
+}
+
+fn index_with(vectors: &[Vec<f32>], metric: Metric) -> FlatIndex {
+    let mut idx = FlatIndex::new(vectors[0].len(), metric, Device::Cpu);
+    for (i, v) in vectors.iter().enumerate() {
+        let tag = if i % 3 == 0 { "a" } else { "b" };
+        idx.upsert(&format!("doc-{i}"), &[chunk(i, v.clone(), tag)])
+            .unwrap();
+    }
+    idx
+}
+
+/// fp64 brute force: (doc index, score) best first.
+fn reference(
+    db: &[Vec<f32>],
+    q: &[f32],
+    k: usize,
+    metric: Metric,
+    keep: impl Fn(usize) -> bool,
+) -> Vec<(usize, f64)> {
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let mut scored: Vec<(usize, f64)> = db
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| keep(*i))
+        .map(|(i, v)| {
+            let dot: f64 = v.iter().zip(q).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let s = match metric {
+                Metric::Cosine => dot / (norm(v) * norm(q)),
+                Metric::Dot => dot,
+            };
+            (i, s)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+    scored.truncate(k);
+    scored
+}
+
+fn assert_matches_reference(hits: &[flat::Hit], want: &[(usize, f64)]) {
+    assert_eq!(hits.len(), want.len());
+    for (hit, (i, score)) in hits.iter().zip(want) {
+        assert_eq!(hit.row.doc_id, format!("doc-{i}"));
+        assert!(
+            (hit.score as f64 - score).abs() < 1e-4,
+            "{} vs {score}",
+            hit.score
+        );
+    }
+}
+
+#[test]
+fn top_k_equals_fp64_brute_force_on_random_data() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for metric in [Metric::Cosine, Metric::Dot] {
+        let db = random_vectors(&mut rng, 3000, 48);
+        let idx = index_with(&db, metric);
+        let queries = random_vectors(&mut rng, 20, 48);
+        let results = idx.search(&queries, 10, &Filter::default()).unwrap();
+        for (q, hits) in queries.iter().zip(&results) {
+            assert_matches_reference(hits, &reference(&db, q, 10, metric, |_| true));
+        }
+    }
+}
+
+#[test]
+fn filters_and_deletes_are_respected_and_survive_compaction() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let db = random_vectors(&mut rng, 1000, 16);
+    let mut idx = index_with(&db, Metric::Cosine);
+    let deleted: Vec<usize> = (0..1000).filter(|i| i % 2 == 1).collect();
+    for i in &deleted[..100] {
+        assert!(idx.delete(&format!("doc-{i}")));
+    }
+    assert!(!idx.delete("doc-1"), "second delete finds nothing");
+    let filter = Filter::parse(&json!({"tag": {"$in": ["a"]}})).unwrap();
+    let alive = |i: usize| !(i % 2 == 1 && i < 200);
+    let q = &random_vectors(&mut rng, 1, 16)[0];
+    let hits = &idx.search(std::slice::from_ref(q), 5, &filter).unwrap()[0];
+    assert_matches_reference(
+        hits,
+        &reference(&db, q, 5, Metric::Cosine, |i| alive(i) && i % 3 == 0),
+    );
+    // Enough tombstones to trigger compaction; results must not change.
+    for i in &deleted[100..] {
+        idx.delete(&format!("doc-{i}"));
+    }
+    let stats = idx.stats();
+    assert_eq!(stats.chunks, 500);
+    assert!(stats.tombstones < 250, "compaction ran: {stats:?}");
+    let hits = &idx
+        .search(std::slice::from_ref(q), 5, &Filter::default())
+        .unwrap()[0];
+    assert_matches_reference(hits, &reference(&db, q, 5, Metric::Cosine, |i| i % 2 == 0));
+}
+
+#[test]
+fn upsert_replaces_the_chunks_of_a_document() {
+    let mut idx = FlatIndex::new(2, Metric::Dot, Device::Cpu);
+    idx.upsert(
+        "d",
+        &[chunk(0, vec![1.0, 0.0], "a"), chunk(1, vec![0.0, 1.0], "a")],
+    )
+    .unwrap();
+    idx.upsert("d", &[chunk(2, vec![0.5, 0.5], "a")]).unwrap();
+    let stats = idx.stats();
+    assert_eq!((stats.documents, stats.chunks), (1, 1));
+    let hits = &idx
+        .search(&[vec![1.0, 0.0]], 10, &Filter::default())
+        .unwrap()[0];
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].row.chunk_id, "chunk-2");
+}
+
+#[test]
+fn wrong_dimension_is_an_error_not_a_panic() {
+    let mut idx = FlatIndex::new(4, Metric::Cosine, Device::Cpu);
+    assert!(matches!(
+        idx.upsert("d", &[chunk(0, vec![1.0], "a")]),
+        Err(IndexError::Dimension {
+            expected: 4,
+            got: 1
+        })
+    ));
+    assert!(idx.search(&[vec![1.0; 3]], 1, &Filter::default()).is_err());
+}
+
+#[test]
+fn replaying_a_record_twice_is_harmless() {
+    let mut index = Index::new(Device::Cpu);
+    let create = Record {
+        seq: 1,
+        op: Op::CreateCollection {
+            collection: "c".into(),
+            dim: 2,
+            metric: Metric::Cosine,
+        },
+    };
+    let upsert = Record {
+        seq: 2,
+        op: Op::Upsert {
+            collection: "c".into(),
+            doc_id: "d".into(),
+            chunks: vec![chunk(0, vec![1.0, 0.0], "a")],
+        },
+    };
+    for r in [&create, &upsert, &create, &upsert] {
+        index.apply(r).unwrap();
+    }
+    assert_eq!(index.applied(), 2);
+    assert_eq!(index.get("c").unwrap().stats().chunks, 1);
+}
