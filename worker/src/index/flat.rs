@@ -70,6 +70,33 @@ impl FlatIndex {
         }
     }
 
+    /// An index holding `rows` with their row-major `vectors` (stored as given: snapshot
+    /// vectors were normalised when first inserted).
+    pub fn from_rows(
+        dim: usize,
+        metric: Metric,
+        device: Device,
+        rows: Vec<Row>,
+        vectors: &[f32],
+    ) -> Self {
+        let mut index = Self::new(dim, metric, device);
+        let n = rows.len() as i64;
+        index.reserve(n);
+        if n > 0 {
+            let data = Tensor::from_slice(vectors).view([n, dim as i64]);
+            index
+                .vectors
+                .0
+                .narrow(0, 0, n)
+                .copy_(&data.to_device(device));
+        }
+        for (i, row) in rows.iter().enumerate() {
+            index.docs.entry(row.doc_id.clone()).or_default().push(i);
+        }
+        index.rows = rows.into_iter().map(Some).collect();
+        index
+    }
+
     pub fn dim(&self) -> usize {
         self.dim
     }

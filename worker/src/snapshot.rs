@@ -1,0 +1,316 @@
+//! Crash-safe snapshots of the whole index plus the last applied log sequence.
+//!
+//! File: `KBSNAP01 | payload (bincode) | crc32(payload) u32 LE | payload length u64 LE`.
+//! Written to a temporary file, fsynced, renamed into place and the directory fsynced, so
+//! a crash leaves either the old set of snapshots or the new one, never a half file under
+//! a snapshot name. Loading walks from the newest file to the oldest valid one.
+
+use crate::index::flat::{FlatIndex, Row};
+use crate::index::Index;
+use crate::log::{Metadata, Metric, Seq};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+const MAGIC: &[u8; 8] = b"KBSNAP01";
+const TRAILER: usize = 12;
+
+/// Errors reading or writing snapshots.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot I/O error at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("snapshot {0} is invalid: {1}")]
+    Invalid(PathBuf, String),
+    #[error("snapshot encoding failed: {0}")]
+    Encode(String),
+    #[error("snapshot holds an inconsistent collection: {0}")]
+    Index(#[from] crate::index::IndexError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    seq: Seq,
+    collections: Vec<CollectionData>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CollectionData {
+    name: String,
+    dim: usize,
+    metric: Metric,
+    rows: Vec<RowData>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RowData {
+    doc_id: String,
+    chunk_id: String,
+    text: String,
+    /// JSON text: bincode cannot encode untyped JSON values.
+    metadata: String,
+    vector: Vec<f32>,
+}
+
+/// Serialises the index into the snapshot file format.
+pub fn encode(index: &Index) -> Result<Vec<u8>, SnapshotError> {
+    let collections = index
+        .collections()
+        .map(|(name, c)| CollectionData {
+            name: name.clone(),
+            dim: c.dim(),
+            metric: c.metric(),
+            rows: c
+                .export()
+                .into_iter()
+                .map(|(row, vector)| RowData {
+                    metadata: serde_json::to_string(&row.metadata).unwrap_or_else(|_| "{}".into()),
+                    doc_id: row.doc_id,
+                    chunk_id: row.chunk_id,
+                    text: row.text,
+                    vector,
+                })
+                .collect(),
+        })
+        .collect();
+    let data = SnapshotData {
+        seq: index.applied(),
+        collections,
+    };
+    let payload = bincode::serialize(&data).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+    let mut out = Vec::with_capacity(payload.len() + MAGIC.len() + TRAILER);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    Ok(out)
+}
+
+/// Verifies and decodes snapshot bytes into an index on `device`.
+pub fn decode(bytes: &[u8], device: Device, origin: &Path) -> Result<Index, SnapshotError> {
+    let invalid = |msg: &str| SnapshotError::Invalid(origin.to_path_buf(), msg.to_string());
+    if bytes.len() < MAGIC.len() + TRAILER || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(invalid("not a snapshot (bad magic or too short)"));
+    }
+    let end = bytes.len() - TRAILER;
+    let payload = &bytes[MAGIC.len()..end];
+    let crc = u32::from_le_bytes(bytes[end..end + 4].try_into().expect("4 bytes"));
+    let len = u64::from_le_bytes(bytes[end + 4..].try_into().expect("8 bytes"));
+    if len as usize != payload.len() {
+        return Err(invalid("length mismatch (truncated file)"));
+    }
+    if crc32fast::hash(payload) != crc {
+        return Err(invalid("checksum mismatch"));
+    }
+    let data: SnapshotData =
+        bincode::deserialize(payload).map_err(|e| invalid(&format!("undecodable: {e}")))?;
+    let mut index = Index::new(device);
+    for c in data.collections {
+        let mut vectors = Vec::with_capacity(c.rows.len() * c.dim);
+        let mut rows = Vec::with_capacity(c.rows.len());
+        for r in c.rows {
+            if r.vector.len() != c.dim {
+                return Err(invalid(
+                    "vector length differs from the collection dimension",
+                ));
+            }
+            vectors.extend_from_slice(&r.vector);
+            let metadata: Metadata = serde_json::from_str(&r.metadata).unwrap_or_default();
+            rows.push(Row {
+                doc_id: r.doc_id,
+                chunk_id: r.chunk_id,
+                text: r.text,
+                metadata,
+            });
+        }
+        let flat = FlatIndex::from_rows(c.dim, c.metric, device, rows, &vectors);
+        index.insert(c.name, flat);
+    }
+    index.set_applied(data.seq);
+    Ok(index)
+}
+
+/// Snapshot files in `dir`, newest first.
+pub fn list(dir: &Path) -> Result<Vec<(Seq, PathBuf)>, SnapshotError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        let seq = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("snap-"))
+            .and_then(|n| n.strip_suffix(".kbsnap"))
+            .and_then(|n| n.parse::<Seq>().ok());
+        if let Some(seq) = seq {
+            found.push((seq, path));
+        }
+    }
+    found.sort_by(|a, b| b.cmp(a));
+    Ok(found)
+}
+
+/// Writes `bytes` to `dir/name` atomically (temp, fsync, rename, fsync dir).
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, SnapshotError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    let path = dir.join(name);
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
+    Ok(path)
+}
+
+/// File name of the snapshot at `seq`.
+pub fn file_name(seq: Seq) -> String {
+    format!("snap-{seq:020}.kbsnap")
+}
+
+/// Writes a snapshot of `index` into `dir` and removes all but the newest `keep`.
+pub fn save(index: &Index, dir: &Path, keep: usize) -> Result<PathBuf, SnapshotError> {
+    let bytes = encode(index)?;
+    let path = write_atomic(dir, &file_name(index.applied()), &bytes)?;
+    for (_, old) in list(dir)?.into_iter().skip(keep.max(1)) {
+        fs::remove_file(&old).map_err(io_err(&old))?;
+    }
+    Ok(path)
+}
+
+/// Loads the newest valid snapshot; invalid ones are reported and skipped.
+pub fn load_newest(dir: &Path, device: Device) -> Result<Option<Index>, SnapshotError> {
+    for (_, path) in list(dir)? {
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        match decode(&bytes, device, &path) {
+            Ok(index) => return Ok(Some(index)),
+            Err(e) => tracing::error!(error = %e, "skipping invalid snapshot"),
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::filter::Filter;
+    use crate::log::{ChunkRecord, Op, Record};
+
+    fn sample_index() -> Index {
+        let mut index = Index::new(Device::Cpu);
+        let ops = [
+            Op::CreateCollection {
+                collection: "c".into(),
+                dim: 3,
+                metric: Metric::Cosine,
+            },
+            Op::Upsert {
+                collection: "c".into(),
+                doc_id: "d1".into(),
+                chunks: vec![ChunkRecord {
+                    chunk_id: "d1#0".into(),
+                    text: "hello".into(),
+                    metadata: serde_json::json!({"lang": "en"})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                    vector: vec![1.0, 0.0, 0.0],
+                }],
+            },
+            Op::Upsert {
+                collection: "c".into(),
+                doc_id: "d2".into(),
+                chunks: vec![ChunkRecord {
+                    chunk_id: "d2#0".into(),
+                    text: "world".into(),
+                    metadata: Metadata::new(),
+                    vector: vec![0.0, 1.0, 0.0],
+                }],
+            },
+            Op::Delete {
+                collection: "c".into(),
+                doc_id: "d2".into(),
+            },
+        ];
+        for (i, op) in ops.into_iter().enumerate() {
+            index
+                .apply(&Record {
+                    seq: i as u64 + 1,
+                    op,
+                })
+                .unwrap();
+        }
+        index
+    }
+
+    #[test]
+    fn saved_snapshot_loads_back_with_sequence_and_hits() {
+        let dir = tempfile::tempdir().unwrap();
+        save(&sample_index(), dir.path(), 2).unwrap();
+        let loaded = load_newest(dir.path(), Device::Cpu).unwrap().unwrap();
+        assert_eq!(loaded.applied(), 4);
+        let c = loaded.get("c").unwrap();
+        assert_eq!(c.stats().chunks, 1);
+        let hits = &c
+            .search(&[vec![1.0, 0.0, 0.0]], 5, &Filter::default())
+            .unwrap()[0];
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].row.doc_id, "d1");
+        assert_eq!(hits[0].row.metadata["lang"], "en");
+    }
+
+    #[test]
+    fn corrupt_newest_snapshot_falls_back_to_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = sample_index();
+        save(&index, dir.path(), 2).unwrap();
+        index.set_applied(9);
+        let newest = save(&index, dir.path(), 2).unwrap();
+        let mut bytes = fs::read(&newest).unwrap();
+        bytes[20] ^= 0x55;
+        fs::write(&newest, &bytes).unwrap();
+        let err = decode(&bytes, Device::Cpu, &newest).err().expect("corrupt");
+        assert!(err.to_string().contains("checksum"), "{err}");
+        let loaded = load_newest(dir.path(), Device::Cpu).unwrap().unwrap();
+        assert_eq!(loaded.applied(), 4);
+    }
+
+    #[test]
+    fn truncated_snapshot_is_rejected() {
+        let bytes = encode(&sample_index()).unwrap();
+        let cut = &bytes[..bytes.len() - 5];
+        assert!(decode(cut, Device::Cpu, Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn only_the_newest_snapshots_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = sample_index();
+        for seq in 10..14 {
+            index.set_applied(seq);
+            save(&index, dir.path(), 2).unwrap();
+        }
+        let seqs: Vec<Seq> = list(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(seqs, vec![13, 12]);
+    }
+}
