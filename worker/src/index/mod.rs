@@ -98,6 +98,36 @@ impl Index {
         }
     }
 
+    /// Checks a batch in order, counting collections that earlier ops of the batch create.
+    pub fn check_batch(&self, ops: &[Op]) -> Result<(), IndexError> {
+        let mut created: BTreeMap<&str, usize> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::CreateCollection {
+                    collection, dim, ..
+                } if !self.collections.contains_key(collection) => {
+                    created.insert(collection, *dim);
+                }
+                Op::Upsert {
+                    collection, chunks, ..
+                } if created.contains_key(collection.as_str()) => {
+                    let dim = created[collection.as_str()];
+                    if let Some(bad) = chunks.iter().find(|c| c.vector.len() != dim) {
+                        return Err(IndexError::Dimension {
+                            expected: dim,
+                            got: bad.vector.len(),
+                        });
+                    }
+                }
+                Op::DropCollection { collection } => {
+                    created.remove(collection.as_str());
+                }
+                _ => self.check(op)?,
+            }
+        }
+        Ok(())
+    }
+
     /// Applies one log record. Records at or below the applied sequence are skipped, so
     /// replaying an overlapping range is harmless.
     pub fn apply(&mut self, record: &Record) -> Result<(), IndexError> {
