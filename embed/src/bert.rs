@@ -6,6 +6,7 @@
 //! CUDA out-of-memory error comes back as an `Err` the executor can react to, not a panic.
 
 use crate::model_config::BertConfig;
+use crate::packing::PackedBatch;
 use crate::EmbedError;
 use std::collections::HashMap;
 use std::path::Path;
@@ -164,17 +165,14 @@ impl BertEncoder {
         })
     }
 
-    /// Last hidden states `[rows, len, hidden]` for `ids` `[rows, len]` (Int64) whose real
-    /// tokens are marked by `mask` `[rows, len]` (Bool, true = token, false = padding).
-    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, TchError> {
-        let len = ids.size()[1];
-        let words = Tensor::f_embedding(&self.word_embeddings, ids, -1, false, false)?;
-        let x = words.f_add(&self.position_and_type.f_narrow(0, 0, len)?)?;
-        let mut x = self.embedding_norm.forward(&x)?;
-        // [rows, 1, 1, len]: every query may attend to every real key, never to padding.
-        let attend = mask.f_unsqueeze(1)?.f_unsqueeze(1)?;
+    /// Last hidden states `[tokens, hidden]` of the packed batch's real tokens.
+    pub fn forward(&self, batch: &PackedBatch) -> Result<Tensor, TchError> {
+        let words = Tensor::f_embedding(&self.word_embeddings, &batch.token_ids, -1, false, false)?;
+        let positions =
+            Tensor::f_embedding(&self.position_and_type, &batch.positions, -1, false, false)?;
+        let mut x = self.embedding_norm.forward(&words.f_add(&positions)?)?;
         for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &attend)?;
+            x = self.layer_forward(layer, &x, batch)?;
         }
         Ok(x)
     }
@@ -183,28 +181,9 @@ impl BertEncoder {
         &self,
         layer: &Layer,
         x: &Tensor,
-        attend: &Tensor,
+        batch: &PackedBatch,
     ) -> Result<Tensor, TchError> {
-        let (rows, len) = (x.size()[0], x.size()[1]);
-        let head_dim = self.hidden / self.heads;
-        let qkv = layer
-            .qkv
-            .forward(x)?
-            .f_view([rows, len, 3, self.heads, head_dim])?
-            .f_permute([2, 0, 3, 1, 4])?;
-        let (q, k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
-        let context = Tensor::f_scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            Some(attend),
-            0.0,
-            false,
-            None,
-            false,
-        )?
-        .f_transpose(1, 2)?
-        .f_reshape([rows, len, self.hidden])?;
+        let context = self.attention(&layer.qkv.forward(x)?, batch)?;
         let attended = layer
             .attention_norm
             .forward(&layer.attention_out.forward(&context)?.f_add(x)?)?;
@@ -212,6 +191,32 @@ impl BertEncoder {
         layer
             .output_norm
             .forward(&layer.output.forward(&inner)?.f_add(&attended)?)
+    }
+
+    /// Self-attention of packed `qkv` `[tokens, 3 * hidden]`: scattered into the padded
+    /// grid for `scaled_dot_product_attention` (padding keys masked out), the context of
+    /// the real tokens gathered back.
+    fn attention(&self, qkv: &Tensor, batch: &PackedBatch) -> Result<Tensor, TchError> {
+        let (rows, len) = (batch.rows, batch.padded_len);
+        let head_dim = self.hidden / self.heads;
+        let grid = Tensor::f_zeros([rows * len, 3 * self.hidden], (qkv.kind(), qkv.device()))?
+            .f_index_copy(0, &batch.slots, qkv)?
+            .f_view([rows, len, 3, self.heads, head_dim])?
+            .f_permute([2, 0, 3, 1, 4])?;
+        let (q, k, v) = (grid.f_get(0)?, grid.f_get(1)?, grid.f_get(2)?);
+        Tensor::f_scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(&batch.attend),
+            0.0,
+            false,
+            None,
+            false,
+        )?
+        .f_transpose(1, 2)?
+        .f_reshape([rows * len, self.hidden])?
+        .f_index_select(0, &batch.slots)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The public handle: loads everything, owns the scheduler thread, answers requests.
 
 use crate::batcher::{run_scheduler, RequestQueue};
-use crate::device::{device_name, parse_devices, resolve_kind};
+use crate::device::{device_name, parse_devices, preferred_batch_tokens, resolve_kind};
 use crate::executor::{Dispatcher, ReplicaSpec};
 use crate::model_config::ModelSpec;
 use crate::stats::{Counters, EngineStats};
@@ -62,7 +62,11 @@ impl Embedder {
         let dispatcher = Dispatcher::start(specs, Arc::clone(&counters))?;
         let queue = Arc::new(RequestQueue::new(cfg.queue_capacity, Arc::clone(&counters)));
         let plain = tokenizer.plain().clone();
-        let scheduler = spawn_scheduler(&queue, tokenizer, dispatcher, cfg.max_batch_tokens)?;
+        let batch_tokens = preferred_batch_tokens(devices[0])
+            .map_or(cfg.max_batch_tokens, |preferred| {
+                preferred.min(cfg.max_batch_tokens)
+            });
+        let scheduler = spawn_scheduler(&queue, tokenizer, dispatcher, batch_tokens)?;
         tracing::info!(devices = ?names, precision = crate::device::kind_name(kind), max_seq_len, "embedding engine ready");
         Ok(Embedder {
             inner: Arc::new(Inner {

@@ -4,6 +4,7 @@
 use crate::bert::BertEncoder;
 use crate::device::device_name;
 use crate::model_config::ModelSpec;
+use crate::packing::PackedBatch;
 use crate::pooling::mean_pool_normalized;
 use crate::request::Row;
 use crate::stats::{BatchRecord, Counters};
@@ -14,7 +15,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
-use tch::{Device, Kind, TchError, Tensor};
+use tch::{Device, Kind, TchError};
 
 /// Rows that run through the encoder together, shortest first.
 pub(crate) struct Batch {
@@ -165,14 +166,17 @@ impl Executor {
     fn execute(&self, replica: &Replica, batch: Batch) {
         let started = Instant::now();
         let tokens = batch.padded_tokens();
-        let record = BatchRecord {
+        let result = replica.embed_splitting_on_oom(&batch.rows, &self.counters);
+        // Counters first: a caller that reads stats after its answer must see its batch.
+        self.counters.record_batch(&BatchRecord {
             device: self.index,
             rows: batch.rows.len(),
             real_tokens: batch.rows.iter().map(|r| r.ids.len()).sum(),
             padded_tokens: tokens,
-            busy: Default::default(),
-        };
-        match replica.embed_splitting_on_oom(&batch.rows, &self.counters) {
+            busy: started.elapsed(),
+        });
+        self.queued_tokens.fetch_sub(tokens, Relaxed);
+        match result {
             Ok(vectors) => {
                 for (row, vector) in batch.rows.iter().zip(vectors) {
                     row.request.deliver(row.index, vector);
@@ -185,11 +189,6 @@ impl Executor {
                 }
             }
         }
-        self.counters.record_batch(&BatchRecord {
-            busy: started.elapsed(),
-            ..record
-        });
-        self.queued_tokens.fetch_sub(tokens, Relaxed);
     }
 }
 
@@ -229,36 +228,15 @@ impl Replica {
     }
 
     fn embed(&self, rows: &[Row]) -> Result<Vec<Vec<f32>>, TchError> {
-        let padded_len = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
-        let mut ids = vec![0i64; rows.len() * padded_len];
-        for (row, slot) in rows.iter().zip(ids.chunks_exact_mut(padded_len)) {
-            slot[..row.ids.len()].copy_from_slice(&row.ids);
-        }
-        let lengths: Vec<i64> = rows.iter().map(|r| r.ids.len() as i64).collect();
-        let ids =
-            self.upload(Tensor::from_slice(&ids).f_view([rows.len() as i64, padded_len as i64])?)?;
-        let lengths = self.upload(Tensor::from_slice(&lengths))?;
-        // The mask is built on the device from the lengths: one small copy instead of two.
-        let positions = Tensor::f_arange(padded_len as i64, (Kind::Int64, self.device))?;
-        let mask = positions
-            .f_unsqueeze(0)?
-            .f_lt_tensor(&lengths.f_unsqueeze(1)?)?;
-        let hidden = self.encoder.forward(&ids, &mask)?;
-        let pooled = mean_pool_normalized(&hidden, &mask)?.f_to_device(Device::Cpu)?;
+        let ids: Vec<&[i64]> = rows.iter().map(|r| r.ids.as_slice()).collect();
+        let batch = PackedBatch::new(&ids, self.device)?;
+        let hidden = self.encoder.forward(&batch)?;
+        let pooled = mean_pool_normalized(&hidden, &batch.row_of_token, &batch.lengths)?
+            .f_to_device(Device::Cpu)?;
         let dim = pooled.size()[1] as usize;
         let mut flat = vec![0f32; rows.len() * dim];
         pooled.f_copy_data(&mut flat, rows.len() * dim)?;
         Ok(flat.chunks_exact(dim).map(<[f32]>::to_vec).collect())
-    }
-
-    /// Moves host input to the device: through pinned memory and a non-blocking copy on
-    /// CUDA, so the transfer overlaps with host work; a no-op on CPU.
-    fn upload(&self, host: Tensor) -> Result<Tensor, TchError> {
-        if self.device == Device::Cpu {
-            return Ok(host);
-        }
-        host.f_pin_memory(self.device)?
-            .f_to_device_(self.device, Kind::Int64, true, false)
     }
 }
 

@@ -22,6 +22,7 @@ mod engine;
 mod error;
 mod executor;
 mod model_config;
+mod packing;
 mod pooling;
 mod request;
 mod stats;
