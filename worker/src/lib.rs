@@ -1,7 +1,14 @@
-//! kb-worker: the data plane of knowledgebase-operator.
+//! kb-worker: the data plane of knowledgebase-operator. Chunk, embed, index, search and
+//! serve over HTTP; durable through a write-ahead log and snapshots.
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod api;
+pub mod auth;
 pub mod chunk;
+pub mod cli;
 pub mod index;
 pub mod log;
+pub mod metrics;
 pub mod snapshot;
 pub mod store;
 #[cfg(test)]

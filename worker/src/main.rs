@@ -1,3 +1,45 @@
-fn main() {
-    println!("cuda devices: {}", tch::Cuda::device_count());
+//! `kb-worker`: serve, ingest, query, backup, restore and bench.
+
+use clap::{Parser, Subcommand};
+use kb_worker::cli;
+
+#[derive(Parser)]
+#[command(
+    name = "kb-worker",
+    version,
+    about = "knowledgebase-operator data-plane worker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API (embedded default: file WAL, one node).
+    Serve(cli::serve::ServeArgs),
+    /// Ingest files or directories into a collection.
+    Ingest(cli::ingest::IngestArgs),
+    /// Query a collection.
+    Query(cli::query::QueryArgs),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logging();
+    match Cli::parse().command {
+        Command::Serve(args) => cli::serve::run(args).await,
+        Command::Ingest(args) => cli::ingest::run(args).await,
+        Command::Query(args) => cli::query::run(args).await,
+    }
 }

@@ -113,6 +113,11 @@ impl FlatIndex {
         }
     }
 
+    /// Whether `doc_id` has chunks here.
+    pub fn contains(&self, doc_id: &str) -> bool {
+        self.docs.contains_key(doc_id)
+    }
+
     /// Replaces every chunk of `doc_id` with `chunks` (which may be empty).
     pub fn upsert(&mut self, doc_id: &str, chunks: &[ChunkRecord]) -> Result<(), IndexError> {
         if let Some(bad) = chunks.iter().find(|c| c.vector.len() != self.dim) {

@@ -1,0 +1,119 @@
+//! Collection list, stats, create and drop.
+
+use super::documents::read_body;
+use super::error::ApiError;
+use super::{check_collection_name, SharedState};
+use crate::auth::Role;
+use crate::index::flat::FlatIndex;
+use crate::log::{Metric, Op};
+use axum::extract::{Path, Request, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+fn describe(name: &str, c: &FlatIndex) -> Value {
+    let stats = c.stats();
+    json!({
+        "name": name,
+        "dim": c.dim(),
+        "metric": c.metric(),
+        "documents": stats.documents,
+        "chunks": stats.chunks,
+        "tombstones": stats.tombstones,
+    })
+}
+
+pub async fn list(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let principal = state.principal(&headers)?;
+    let engine = state.engine()?;
+    let index = engine.store.index();
+    let collections: Vec<Value> = index
+        .collections()
+        .filter(|(name, _)| principal.can_see(name))
+        .map(|(name, c)| describe(name, c))
+        .collect();
+    Ok(Json(json!({"collections": collections})))
+}
+
+pub async fn get(
+    State(state): State<SharedState>,
+    Path(collection): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let principal = state.principal(&headers)?;
+    if !principal.allows(Role::Read, &collection) {
+        return Err(ApiError::forbidden("read", &collection));
+    }
+    let engine = state.engine()?;
+    let index = engine.store.index();
+    let c = index
+        .get(&collection)
+        .ok_or_else(|| ApiError::NotFound(format!("collection {collection:?} does not exist")))?;
+    Ok(Json(describe(&collection, c)))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    #[serde(default)]
+    metric: Metric,
+}
+
+pub async fn create(
+    State(state): State<SharedState>,
+    Path(collection): Path<String>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    check_collection_name(&collection)?;
+    let principal = state.principal(req.headers())?;
+    if !principal.allows(Role::Admin, &collection) {
+        return Err(ApiError::forbidden("create", &collection));
+    }
+    let engine = state.engine()?;
+    let bytes = read_body(req.into_body(), 64 * 1024).await?;
+    let body: CreateBody = if bytes.is_empty() {
+        CreateBody::default()
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?
+    };
+    let op = Op::CreateCollection {
+        collection: collection.clone(),
+        dim: engine.embedder.dim(),
+        metric: body.metric,
+    };
+    let store = engine.store.clone();
+    let sequence = tokio::task::spawn_blocking(move || store.write(vec![op])).await??;
+    let index = engine.store.index();
+    let c = index
+        .get(&collection)
+        .ok_or_else(|| ApiError::Internal("created collection vanished".into()))?;
+    let mut out = describe(&collection, c);
+    out["sequence"] = json!(sequence);
+    Ok(Json(out))
+}
+
+pub async fn drop(
+    State(state): State<SharedState>,
+    Path(collection): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let principal = state.principal(&headers)?;
+    if !principal.allows(Role::Admin, &collection) {
+        return Err(ApiError::forbidden("drop", &collection));
+    }
+    let engine = state.engine()?;
+    if engine.store.index().get(&collection).is_none() {
+        return Err(ApiError::NotFound(format!(
+            "collection {collection:?} does not exist"
+        )));
+    }
+    let store = engine.store.clone();
+    let op = Op::DropCollection { collection };
+    let sequence = tokio::task::spawn_blocking(move || store.write(vec![op])).await??;
+    Ok(Json(json!({"sequence": sequence, "dropped": true})))
+}

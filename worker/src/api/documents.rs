@@ -1,0 +1,262 @@
+//! `POST /v1/collections/{c}/documents` (JSON or multipart files) and
+//! `DELETE /v1/collections/{c}/documents/{id}`.
+
+use super::error::ApiError;
+use super::{check_collection_name, Engine, SharedState};
+use crate::auth::Role;
+use crate::log::{ChunkRecord, Metadata, Metric, Op};
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// One document to ingest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentIn {
+    pub id: String,
+    pub text: String,
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestBody {
+    documents: Vec<DocumentIn>,
+}
+
+/// `?wait=applied`: accepted for compatibility with replicated mode; a single-node write
+/// is applied before it is acknowledged.
+#[derive(Debug, Deserialize, Default)]
+pub struct WriteParams {
+    #[serde(default)]
+    pub wait: Option<String>,
+}
+
+/// Reads the body with the configured limit; over it is a JSON 413.
+pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::TooLarge(format!(
+            "request body exceeds the limit of {limit} bytes (limits.max_request_bytes)"
+        ))
+    })
+}
+
+pub async fn ingest(
+    State(state): State<SharedState>,
+    Path(collection): Path<String>,
+    Query(params): Query<WriteParams>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    check_collection_name(&collection)?;
+    if params
+        .wait
+        .as_deref()
+        .is_some_and(|w| w != "applied" && w != "logged")
+    {
+        return Err(ApiError::BadRequest(
+            "wait must be `applied` or `logged`".into(),
+        ));
+    }
+    let principal = state.principal(req.headers())?;
+    if !principal.allows(Role::Write, &collection) {
+        return Err(ApiError::forbidden("write to", &collection));
+    }
+    let engine = state.engine()?;
+    let is_multipart = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let docs = if is_multipart {
+        read_multipart(req, &state).await?
+    } else {
+        let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
+        let body: IngestBody = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+        body.documents
+    };
+    validate(&docs, &state)?;
+    let result = ingest_documents(&engine, &collection, docs).await?;
+    Ok(Json(result))
+}
+
+async fn read_multipart(req: Request, state: &SharedState) -> Result<Vec<DocumentIn>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let limited = read_body(body, state.limits.max_request_bytes).await?;
+    let req = Request::from_parts(parts, Body::from(limited));
+    let mut multipart = Multipart::from_request(req, state)
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
+    let mut docs = Vec::new();
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?
+    {
+        let Some(file_name) = field.file_name().map(str::to_string) else {
+            continue;
+        };
+        let lower = file_name.to_ascii_lowercase();
+        if ![".md", ".markdown", ".txt", ".rst"]
+            .iter()
+            .any(|ext| lower.ends_with(ext))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "{file_name}: only plain text and markdown files (.md .markdown .txt .rst) are accepted"
+            )));
+        }
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("{file_name}: {e}")))?;
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| ApiError::BadRequest(format!("{file_name}: not UTF-8 text")))?;
+        let mut metadata = Metadata::new();
+        metadata.insert("filename".into(), json!(file_name));
+        docs.push(DocumentIn {
+            id: file_name,
+            text,
+            metadata,
+        });
+    }
+    Ok(docs)
+}
+
+fn validate(docs: &[DocumentIn], state: &SharedState) -> Result<(), ApiError> {
+    let limits = &state.limits;
+    if docs.is_empty() {
+        return Err(ApiError::BadRequest("no documents in the request".into()));
+    }
+    if docs.len() > limits.max_documents_per_request {
+        return Err(ApiError::TooLarge(format!(
+            "{} documents in one request; the limit is {} (limits.max_documents_per_request)",
+            docs.len(),
+            limits.max_documents_per_request
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for d in docs {
+        if d.id.is_empty() || d.id.len() > 512 {
+            return Err(ApiError::BadRequest(
+                "document id must be 1-512 bytes".into(),
+            ));
+        }
+        if !seen.insert(&d.id) {
+            return Err(ApiError::BadRequest(format!(
+                "document id {:?} appears twice",
+                d.id
+            )));
+        }
+        if d.text.len() > limits.max_document_bytes {
+            return Err(ApiError::TooLarge(format!(
+                "document {:?} has {} bytes; the limit is {} (limits.max_document_bytes)",
+                d.id,
+                d.text.len(),
+                limits.max_document_bytes
+            )));
+        }
+        if let Some((k, _)) = d.metadata.iter().find(|(_, v)| v.is_object()) {
+            return Err(ApiError::BadRequest(format!(
+                "document {:?}: metadata value of {k:?} must be a string, number, boolean or list",
+                d.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Chunks, embeds and durably writes `docs`; shared by JSON and multipart ingestion.
+pub async fn ingest_documents(
+    engine: &Arc<Engine>,
+    collection: &str,
+    docs: Vec<DocumentIn>,
+) -> Result<Value, ApiError> {
+    let chunking = engine.clone();
+    let docs = tokio::task::spawn_blocking(move || {
+        docs.into_iter()
+            .map(|d| {
+                let chunks = chunking.chunker.chunk(&d.id, &d.text);
+                (d, chunks)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    let texts: Vec<String> = docs
+        .iter()
+        .flat_map(|(_, cs)| cs.iter().map(|c| c.text.clone()))
+        .collect();
+    let embedded = if texts.is_empty() {
+        kb_embed::Embedded {
+            vectors: Vec::new(),
+            token_counts: Vec::new(),
+            truncated: Vec::new(),
+        }
+    } else {
+        engine.embedder.embed(texts).await?
+    };
+    let truncated = embedded.truncated.iter().filter(|t| **t).count();
+    let mut vectors = embedded.vectors.into_iter();
+    let mut ops = vec![Op::CreateCollection {
+        collection: collection.to_string(),
+        dim: engine.embedder.dim(),
+        metric: Metric::Cosine,
+    }];
+    let mut total_chunks = 0;
+    let documents = docs.len();
+    for (doc, chunks) in docs {
+        total_chunks += chunks.len();
+        let chunks = chunks
+            .into_iter()
+            .map(|c| ChunkRecord {
+                chunk_id: c.chunk_id,
+                text: c.text,
+                metadata: doc.metadata.clone(),
+                vector: vectors.next().unwrap_or_default(),
+            })
+            .collect();
+        ops.push(Op::Upsert {
+            collection: collection.to_string(),
+            doc_id: doc.id,
+            chunks,
+        });
+    }
+    let store = engine.store.clone();
+    let sequence = tokio::task::spawn_blocking(move || store.write(ops)).await??;
+    Ok(json!({
+        "sequence": sequence,
+        "documents": documents,
+        "chunks": total_chunks,
+        "truncated_chunks": truncated,
+    }))
+}
+
+pub async fn delete(
+    State(state): State<SharedState>,
+    Path((collection, id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let principal = state.principal(&headers)?;
+    if !principal.allows(Role::Write, &collection) {
+        return Err(ApiError::forbidden("write to", &collection));
+    }
+    let engine = state.engine()?;
+    let existed = {
+        let index = engine.store.index();
+        let c = index.get(&collection).ok_or_else(|| {
+            ApiError::NotFound(format!("collection {collection:?} does not exist"))
+        })?;
+        c.contains(&id)
+    };
+    let store = engine.store.clone();
+    let op = Op::Delete {
+        collection: collection.clone(),
+        doc_id: id,
+    };
+    let sequence = tokio::task::spawn_blocking(move || store.write(vec![op])).await??;
+    Ok(Json(json!({"sequence": sequence, "deleted": existed})))
+}

@@ -1,0 +1,116 @@
+//! Every API error maps to one HTTP status, in one place, with a JSON body
+//! `{"error": {"code", "message"}}`.
+
+use crate::auth::AuthError;
+use crate::index::IndexError;
+use crate::store::StoreError;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kb_embed::EmbedError;
+
+/// An API failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Unauthorized(#[from] AuthError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("the embedding queue is full; retry after {retry_after_s} s")]
+    Busy { retry_after_s: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// A caller lacking `role` on `collection`.
+    pub fn forbidden(what: &str, collection: &str) -> Self {
+        Self::Forbidden(format!(
+            "this API key may not {what} collection {collection:?}"
+        ))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
+        let mut resp = (status, axum::Json(body)).into_response();
+        let retry = match &self {
+            Self::Busy { retry_after_s } => Some(*retry_after_s),
+            Self::Unavailable(_) => Some(1),
+            _ => None,
+        };
+        if let Some(s) = retry {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+impl From<EmbedError> for ApiError {
+    fn from(e: EmbedError) -> Self {
+        match e {
+            EmbedError::QueueFull { retry_after_ms } => Self::Busy {
+                retry_after_s: retry_after_ms.div_ceil(1000).max(1),
+            },
+            EmbedError::EmptyInput => Self::BadRequest("nothing to embed".into()),
+            EmbedError::Tokenize(m) => Self::BadRequest(format!("cannot tokenize input: {m}")),
+            EmbedError::ShuttingDown => Self::Unavailable("the worker is shutting down".into()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<IndexError> for ApiError {
+    fn from(e: IndexError) -> Self {
+        match e {
+            IndexError::Dimension { .. } => Self::BadRequest(e.to_string()),
+            IndexError::NoSuchCollection(_) => Self::NotFound(e.to_string()),
+            IndexError::Conflict { .. } => Self::Conflict(e.to_string()),
+            IndexError::Torch(_) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Index(e) => e.into(),
+            other => Self::Unavailable(format!("write not durable: {other}")),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}

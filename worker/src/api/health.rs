@@ -1,0 +1,79 @@
+//! Probes, the OpenAPI document and the admin snapshot download.
+
+use super::error::ApiError;
+use super::SharedState;
+use crate::auth::Role;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// Alive as soon as the process serves HTTP (the startup probe covers model load).
+pub async fn livez() -> Json<serde_json::Value> {
+    Json(json!({"status": "alive"}))
+}
+
+/// Ready once the model is loaded and the log replayed.
+pub async fn readyz(State(state): State<SharedState>) -> Response {
+    match state.engine() {
+        Ok(engine) => {
+            let applied = engine.store.index().applied();
+            let body = json!({
+                "status": "ready",
+                "applied_sequence": applied,
+                "log_sequence": engine.store.last_seq(),
+                "devices": engine.embedder.devices(),
+            });
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "starting"})),
+        )
+            .into_response(),
+    }
+}
+
+/// The OpenAPI 3.1 description of this API.
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+/// `GET /v1/admin/snapshot`: takes a fresh snapshot and streams its bytes (for backups
+/// and replica bootstrap). Admin on every collection only.
+pub async fn snapshot(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let principal = state.principal(&headers)?;
+    if !principal.allows_all(Role::Admin) {
+        return Err(ApiError::Forbidden(
+            "snapshots need an admin key scoped to \"*\"".into(),
+        ));
+    }
+    let engine = state.engine()?;
+    let store = engine.store.clone();
+    let (bytes, seq) = tokio::task::spawn_blocking(move || {
+        let path = store.snapshot()?;
+        let bytes = std::fs::read(&path)
+            .map_err(|e| ApiError::Internal(format!("reading snapshot: {e}")))?;
+        Ok::<_, ApiError>((bytes, store.index().applied()))
+    })
+    .await??;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::HeaderName::from_static("x-kb-sequence"),
+                seq.to_string(),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}

@@ -1,0 +1,122 @@
+//! The HTTP API (axum): routing, shared state and request plumbing. Handlers live in one
+//! module per resource; errors map to statuses in [`error`].
+
+pub mod collections;
+pub mod documents;
+pub mod embeddings;
+pub mod error;
+pub mod health;
+pub mod query;
+
+use crate::auth::{Auth, Principal};
+use crate::chunk::Chunker;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::Router;
+use error::ApiError;
+use kb_config::LimitsConfig;
+use kb_embed::Embedder;
+use std::sync::{Arc, OnceLock};
+
+/// What exists only once the model is loaded and the index replayed.
+pub struct Engine {
+    pub store: Arc<Store>,
+    pub embedder: Embedder,
+    pub chunker: Chunker,
+}
+
+/// State shared by every handler.
+pub struct AppState {
+    pub auth: Auth,
+    pub limits: LimitsConfig,
+    pub metrics: Arc<Metrics>,
+    engine: OnceLock<Arc<Engine>>,
+}
+
+impl AppState {
+    pub fn new(auth: Auth, limits: LimitsConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            auth,
+            limits,
+            metrics,
+            engine: OnceLock::new(),
+        }
+    }
+
+    /// Marks the worker ready.
+    pub fn set_engine(&self, engine: Arc<Engine>) {
+        let _ = self.engine.set(engine);
+    }
+
+    /// The loaded engine, or 503 while the model loads and the log replays.
+    pub fn engine(&self) -> Result<Arc<Engine>, ApiError> {
+        self.engine.get().cloned().ok_or_else(|| {
+            ApiError::Unavailable("the worker is starting (model load or log replay)".into())
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.engine.get().is_some()
+    }
+
+    /// The authenticated caller.
+    pub fn principal(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        Ok(self.auth.authenticate(headers)?)
+    }
+}
+
+/// Shared state handle.
+pub type SharedState = Arc<AppState>;
+
+/// Checks a collection name: 1–64 of `[A-Za-z0-9_.-]`, not starting with `.`.
+pub fn check_collection_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "invalid collection name {name:?}: use 1-64 characters of A-Z a-z 0-9 _ . - (not starting with .)"
+        )))
+    }
+}
+
+/// The API router.
+pub fn router(state: SharedState) -> Router {
+    let api = Router::new()
+        .route("/v1/collections", get(collections::list))
+        .route(
+            "/v1/collections/{collection}",
+            get(collections::get)
+                .put(collections::create)
+                .delete(collections::drop),
+        )
+        .route(
+            "/v1/collections/{collection}/documents",
+            post(documents::ingest),
+        )
+        .route(
+            "/v1/collections/{collection}/documents/{id}",
+            axum::routing::delete(documents::delete),
+        )
+        .route("/v1/collections/{collection}/query", post(query::query))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/admin/snapshot", get(health::snapshot))
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(health::openapi));
+    api.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        crate::metrics::track_requests,
+    ))
+    // Bodies are read with our own limit so that an oversized one is a JSON 413.
+    .layer(DefaultBodyLimit::disable())
+    .with_state(state)
+}

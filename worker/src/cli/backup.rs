@@ -1,0 +1,305 @@
+//! `kb-worker backup` (ask a worker for a snapshot, keep the newest N in a directory) and
+//! `kb-worker restore` (install a backup as the snapshot a stopped worker starts from).
+//!
+//! A backup file is a snapshot file byte for byte (see [`crate::snapshot`]), named
+//! `backup-<sequence>-<unix time>.kbsnap`. Both commands decode the whole snapshot before
+//! writing anything, so a corrupt download or file is never kept or installed.
+
+use super::client::{ApiClient, ServerArgs};
+use crate::log::Seq;
+use crate::snapshot;
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tch::Device;
+
+const SEQUENCE_HEADER: &str = "x-kb-sequence";
+/// What a data directory holds that a restore would replace.
+const DATA_SUBDIRS: [&str; 2] = ["wal", "snapshots"];
+
+/// Arguments of `kb-worker backup`.
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Directory to write the backup into (`s3://` is not supported yet).
+    #[arg(long)]
+    pub to: String,
+    /// Backups kept in the directory; older ones are deleted.
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: u32,
+}
+
+/// Arguments of `kb-worker restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// A backup file, or a directory whose newest valid backup is used.
+    #[arg(long)]
+    pub from: String,
+    /// Data directory of the (stopped) worker to restore into.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Move existing wal/ and snapshots/ aside to DATA_DIR/replaced-<unix time>/ instead
+    /// of refusing.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// A backup file found in a directory.
+#[derive(Debug, Clone, PartialEq)]
+struct BackupFile {
+    path: PathBuf,
+    sequence: Seq,
+    taken_at: u64,
+}
+
+/// Runs `kb-worker backup`.
+pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
+    let dir = local_dir(&args.to)?;
+    let client = ApiClient::new(&args.server)?;
+    let (headers, bytes) = client
+        .get_bytes("/v1/admin/snapshot")
+        .await
+        .context("downloading a snapshot")?;
+    let origin = Path::new(&args.server.url);
+    let index = snapshot::decode(&bytes, Device::Cpu, origin).context("verifying the snapshot")?;
+    let sequence = index.applied();
+    let announced = headers
+        .get(SEQUENCE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<Seq>().ok());
+    // The decoded snapshot is authoritative: a header read a moment later may be ahead.
+    if let Some(announced) = announced.filter(|&a| a != sequence) {
+        eprintln!("note: the worker announced sequence {announced}; the snapshot holds {sequence}");
+    }
+    let name = backup_name(sequence, unix_now());
+    let path = snapshot::write_atomic(&dir, &name, &bytes)?;
+    for old in list_backups(&dir)?.iter().skip(args.keep as usize) {
+        std::fs::remove_file(&old.path)
+            .with_context(|| format!("cannot delete old backup {}", old.path.display()))?;
+    }
+    let line = serde_json::json!({"file": path, "sequence": sequence, "bytes": bytes.len()});
+    println!("{line}");
+    Ok(())
+}
+
+/// Runs `kb-worker restore`.
+pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let source = local_dir(&args.from)?;
+    let candidates = if source.is_dir() {
+        list_backups(&source)?.into_iter().map(|b| b.path).collect()
+    } else {
+        vec![source.clone()]
+    };
+    if candidates.is_empty() {
+        bail!(
+            "no backups (backup-<sequence>-<time>.kbsnap) in {}",
+            source.display()
+        );
+    }
+    let (from, bytes, sequence) = newest_valid(&candidates)?;
+    let replaced = prepare_data_dir(&args.data_dir, args.force)?;
+    let snapshots = args.data_dir.join("snapshots");
+    let installed = snapshot::write_atomic(&snapshots, &snapshot::file_name(sequence), &bytes)?;
+    let line = serde_json::json!({
+        "restored": installed,
+        "from": from,
+        "sequence": sequence,
+        "replaced": replaced,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// The first candidate that decodes, with its bytes and sequence; bad ones are reported.
+fn newest_valid(candidates: &[PathBuf]) -> anyhow::Result<(PathBuf, Vec<u8>, Seq)> {
+    for path in candidates {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        match snapshot::decode(&bytes, Device::Cpu, path) {
+            Ok(index) => return Ok((path.clone(), bytes, index.applied())),
+            Err(e) => eprintln!("skipping {}: {e}", path.display()),
+        }
+    }
+    bail!("none of the {} backup file(s) is valid", candidates.len())
+}
+
+/// Refuses a data directory that already holds a log or snapshots, unless `force`, in
+/// which case they are moved aside (never deleted) and the new folder is returned.
+fn prepare_data_dir(data_dir: &Path, force: bool) -> anyhow::Result<Option<PathBuf>> {
+    let held: Vec<&str> = DATA_SUBDIRS
+        .into_iter()
+        .filter(|name| has_entries(&data_dir.join(name)))
+        .collect();
+    if held.is_empty() {
+        return Ok(None);
+    }
+    if !force {
+        bail!(
+            "{} already holds data ({}); restoring over it would mix two histories. \
+             Stop the worker and pass --force to move it aside to replaced-<unix time>/",
+            data_dir.display(),
+            held.join(", ")
+        );
+    }
+    let aside = data_dir.join(format!("replaced-{}", unix_now()));
+    std::fs::create_dir_all(&aside)
+        .with_context(|| format!("cannot create {}", aside.display()))?;
+    for name in DATA_SUBDIRS {
+        let from = data_dir.join(name);
+        if from.exists() {
+            std::fs::rename(&from, aside.join(name))
+                .with_context(|| format!("cannot move {} aside", from.display()))?;
+        }
+    }
+    Ok(Some(aside))
+}
+
+fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
+}
+
+/// A local directory, or a clear error for object-storage URLs.
+fn local_dir(target: &str) -> anyhow::Result<PathBuf> {
+    if target.starts_with("s3://") {
+        bail!(
+            "{target}: s3:// backup targets are not supported yet; use a directory \
+             (for example a mounted volume)"
+        );
+    }
+    Ok(PathBuf::from(target))
+}
+
+fn backup_name(sequence: Seq, taken_at: u64) -> String {
+    format!("backup-{sequence}-{taken_at}.kbsnap")
+}
+
+fn parse_backup_name(name: &str) -> Option<(Seq, u64)> {
+    let stem = name.strip_prefix("backup-")?.strip_suffix(".kbsnap")?;
+    let (sequence, taken_at) = stem.split_once('-')?;
+    Some((sequence.parse().ok()?, taken_at.parse().ok()?))
+}
+
+/// Backups in `dir`, newest first (by time taken, then sequence).
+fn list_backups(dir: &Path) -> anyhow::Result<Vec<BackupFile>> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let parsed = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_backup_name);
+        if let Some((sequence, taken_at)) = parsed {
+            found.push(BackupFile {
+                path,
+                sequence,
+                taken_at,
+            });
+        }
+    }
+    found.sort_by_key(|b| std::cmp::Reverse((b.taken_at, b.sequence)));
+    Ok(found)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Index;
+
+    fn snapshot_bytes(sequence: Seq) -> Vec<u8> {
+        let mut index = Index::new(Device::Cpu);
+        index.set_applied(sequence);
+        snapshot::encode(&index).unwrap()
+    }
+
+    fn restore_args(from: &Path, data_dir: &Path, force: bool) -> RestoreArgs {
+        RestoreArgs {
+            from: from.to_string_lossy().into_owned(),
+            data_dir: data_dir.to_path_buf(),
+            force,
+        }
+    }
+
+    #[test]
+    fn backups_sort_newest_first_and_the_oldest_beyond_keep_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "backup-5-100.kbsnap",
+            "backup-9-300.kbsnap",
+            "backup-7-200.kbsnap",
+            "backup-x-1.kbsnap",
+            "notes.txt",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let found = list_backups(dir.path()).unwrap();
+        let order: Vec<(Seq, u64)> = found.iter().map(|b| (b.sequence, b.taken_at)).collect();
+        assert_eq!(order, [(9, 300), (7, 200), (5, 100)]);
+        let expired: Vec<_> = found.iter().skip(2).map(|b| b.sequence).collect();
+        assert_eq!(expired, [5]);
+        assert_eq!(parse_backup_name(&backup_name(42, 7)), Some((42, 7)));
+    }
+
+    #[test]
+    fn object_storage_targets_are_refused_clearly() {
+        let err = local_dir("s3://bucket/kb").unwrap_err().to_string();
+        assert!(err.contains("not supported yet"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn restore_refuses_a_data_dir_that_holds_a_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let backup = dir.path().join("backup-3-10.kbsnap");
+        std::fs::write(&backup, snapshot_bytes(3)).unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("wal")).unwrap();
+        std::fs::write(data.join("wal/00000000000000000001.wal"), b"x").unwrap();
+
+        let err = restore(restore_args(&backup, &data, false))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("--force"), "{err}");
+        assert!(!data.join("snapshots").exists());
+
+        restore(restore_args(&backup, &data, true)).await.unwrap();
+        let installed = data.join("snapshots").join(snapshot::file_name(3));
+        assert_eq!(std::fs::read(installed).unwrap(), snapshot_bytes(3));
+        assert!(!data.join("wal").exists());
+        let aside: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("replaced-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert!(data.join(&aside[0]).join("wal").is_dir());
+    }
+
+    #[tokio::test]
+    async fn restore_from_a_directory_skips_a_corrupt_newest_backup() {
+        let backups = tempfile::tempdir().unwrap();
+        std::fs::write(
+            backups.path().join("backup-4-100.kbsnap"),
+            snapshot_bytes(4),
+        )
+        .unwrap();
+        let mut corrupt = snapshot_bytes(8);
+        corrupt[9] ^= 0xff;
+        std::fs::write(backups.path().join("backup-8-200.kbsnap"), corrupt).unwrap();
+        let data = tempfile::tempdir().unwrap();
+
+        restore(restore_args(backups.path(), data.path(), false))
+            .await
+            .unwrap();
+        let installed = snapshot::list(&data.path().join("snapshots")).unwrap();
+        assert_eq!(installed.len(), 1);
+        assert_eq!(installed[0].0, 4);
+    }
+}

@@ -1,0 +1,89 @@
+//! `kb-worker bench embed|search`: throughput and latency figures for the benchmark
+//! records, one JSON object per line on stdout (progress notes go to stderr).
+
+mod embed;
+mod search;
+
+pub use embed::BenchEmbedArgs;
+pub use search::BenchSearchArgs;
+
+/// Arguments of `kb-worker bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+/// What to measure.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Embedding throughput of a model over a JSONL corpus ({"id","text"} per line).
+    Embed(BenchEmbedArgs),
+    /// Exact top-k search latency over random vectors, checked against an f64 brute force.
+    Search(BenchSearchArgs),
+}
+
+/// Runs `kb-worker bench`. Both benchmarks block (libtorch), so they run off the async
+/// runtime's threads.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || match args.command {
+        BenchCommand::Embed(args) => embed::run(&args),
+        BenchCommand::Search(args) => search::run(&args),
+    })
+    .await?
+}
+
+/// Rounds for printing: benchmark records need no more than three decimals.
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Parses `cpu`, `cuda` (device 0) or `cuda:N`, failing when CUDA is asked for but absent.
+fn parse_device(text: &str) -> anyhow::Result<tch::Device> {
+    let device = match text {
+        "cpu" => return Ok(tch::Device::Cpu),
+        "cuda" => tch::Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => tch::Device::Cuda(n),
+            _ => anyhow::bail!("unknown device {other:?}; use cpu, cuda or cuda:N"),
+        },
+    };
+    let visible = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+    match device {
+        tch::Device::Cuda(n) if n >= visible => {
+            anyhow::bail!("{text}: only {visible} CUDA device(s) visible")
+        }
+        _ => Ok(device),
+    }
+}
+
+/// The `q`-quantile of ascending `sorted` values by the nearest-rank method.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&values, 0.5), 50.0);
+        assert_eq!(percentile(&values, 0.99), 99.0);
+        assert_eq!(percentile(&values[..1], 0.99), 1.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn devices_parse_and_unknown_names_are_rejected() {
+        assert_eq!(parse_device("cpu").unwrap(), tch::Device::Cpu);
+        assert!(parse_device("tpu").is_err());
+        assert!(parse_device("cuda:x").is_err());
+        assert!(parse_device("cuda:999").is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! `kb-worker bench search`: batched exact top-k over random unit vectors in a
+//! [`FlatIndex`], with the results of one batch checked against an f64 brute force.
+
+use super::{parse_device, percentile, round3};
+use crate::index::filter::Filter;
+use crate::index::flat::{FlatIndex, Hit, Row};
+use crate::log::{Metadata, Metric};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+/// Searches before timing starts (kernel selection, allocator warm-up).
+const WARMUP_SEARCHES: usize = 3;
+/// Scores this close to the k-th exact score count as ties, not misses: the index adds in
+/// f32, so two rows a rounding error apart may legitimately swap at the cut.
+const TIE_TOLERANCE: f64 = 1e-5;
+
+/// Arguments of `kb-worker bench search`.
+#[derive(Debug, clap::Args)]
+pub struct BenchSearchArgs {
+    /// Vectors in the index.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rows: u32,
+    /// Dimensions per vector.
+    #[arg(long, default_value_t = 384, value_parser = clap::value_parser!(u32).range(1..))]
+    pub dim: u32,
+    /// Queries per search call (one batch).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queries: u32,
+    /// Hits per query.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub top_k: u32,
+    /// Threads searching at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
+    /// Timed searches per thread.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub iterations: u32,
+    /// `cpu`, `cuda` or `cuda:N`: where the index's vectors live.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Seed of the random data, for comparable runs.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+pub(super) fn run(args: &BenchSearchArgs) -> anyhow::Result<()> {
+    let device = parse_device(&args.device)?;
+    let (dim, k) = (args.dim as usize, args.top_k as usize);
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let data = unit_vectors(&mut rng, args.rows as usize, dim);
+    let rows = (0..args.rows)
+        .map(|i| Row {
+            doc_id: i.to_string(),
+            chunk_id: format!("{i}#0"),
+            text: String::new(),
+            metadata: Metadata::new(),
+        })
+        .collect();
+    let index = FlatIndex::from_rows(dim, Metric::Cosine, device, rows, &data);
+    let batches: Vec<Vec<Vec<f32>>> = (0..args.concurrency)
+        .map(|_| {
+            unit_vectors(&mut rng, args.queries as usize, dim)
+                .chunks(dim)
+                .map(<[f32]>::to_vec)
+                .collect()
+        })
+        .collect();
+    let filter = Filter::default();
+    for _ in 0..WARMUP_SEARCHES {
+        index.search(&batches[0], k, &filter)?;
+    }
+    let recall = recall(
+        &data,
+        dim,
+        &batches[0],
+        &index.search(&batches[0], k, &filter)?,
+        k,
+    );
+    let (mut latencies_ms, seconds) = timed_searches(&index, &batches, k, args.iterations)?;
+    latencies_ms.sort_by(f64::total_cmp);
+    let total_queries = f64::from(args.concurrency * args.iterations * args.queries);
+    let line = serde_json::json!({
+        "bench": "search",
+        "device": args.device,
+        "rows": args.rows,
+        "dim": args.dim,
+        "queries": args.queries,
+        "top_k": args.top_k,
+        "concurrency": args.concurrency,
+        "iterations": args.iterations,
+        "p50_ms": round3(percentile(&latencies_ms, 0.5)),
+        "p99_ms": round3(percentile(&latencies_ms, 0.99)),
+        "qps": round3(total_queries / seconds),
+        "recall": recall,
+    });
+    println!("{line}");
+    anyhow::ensure!(
+        recall == 1.0,
+        "exact search missed true neighbours: recall@{k} = {recall}"
+    );
+    Ok(())
+}
+
+/// `n` random vectors of unit length, row-major.
+fn unit_vectors(rng: &mut StdRng, n: usize, dim: usize) -> Vec<f32> {
+    let mut data: Vec<f32> = (0..n * dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    for row in data.chunks_mut(dim) {
+        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        for x in row.iter_mut() {
+            *x /= norm;
+        }
+    }
+    data
+}
+
+/// Each thread searches its own batch `iterations` times; returns every call's latency
+/// in milliseconds and the wall-clock seconds of the whole run.
+fn timed_searches(
+    index: &FlatIndex,
+    batches: &[Vec<Vec<f32>>],
+    k: usize,
+    iterations: u32,
+) -> anyhow::Result<(Vec<f64>, f64)> {
+    let filter = Filter::default();
+    let started = Instant::now();
+    let per_thread: Vec<anyhow::Result<Vec<f64>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = batches
+            .iter()
+            .map(|batch| {
+                let filter = &filter;
+                scope.spawn(move || {
+                    (0..iterations)
+                        .map(|_| {
+                            let start = Instant::now();
+                            index.search(batch, k, filter)?;
+                            Ok(start.elapsed().as_secs_f64() * 1000.0)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a search thread panicked")))
+            })
+            .collect()
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let mut latencies = Vec::new();
+    for thread in per_thread {
+        latencies.extend(thread?);
+    }
+    Ok((latencies, seconds))
+}
+
+/// Fraction of returned hits that belong to the exact top-k computed in f64 (ties within
+/// [`TIE_TOLERANCE`] of the k-th score count as correct).
+fn recall(data: &[f32], dim: usize, queries: &[Vec<f32>], hits: &[Vec<Hit>], k: usize) -> f64 {
+    let correct: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = queries
+            .iter()
+            .zip(hits)
+            .map(|(query, hits)| scope.spawn(move || correct_hits(data, dim, query, hits, k)))
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
+    });
+    correct as f64 / (queries.len() * k) as f64
+}
+
+fn correct_hits(data: &[f32], dim: usize, query: &[f32], hits: &[Hit], k: usize) -> usize {
+    let norm = query
+        .iter()
+        .map(|&x| f64::from(x).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let score = |row: usize| -> f64 {
+        let vector = &data[row * dim..(row + 1) * dim];
+        vector
+            .iter()
+            .zip(query)
+            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+            .sum::<f64>()
+            / norm
+    };
+    let mut exact: Vec<f64> = (0..data.len() / dim).map(score).collect();
+    let k = k.min(exact.len());
+    exact.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let kth = exact[k - 1];
+    hits.iter()
+        .take(k)
+        .filter_map(|hit| hit.row.doc_id.parse::<usize>().ok())
+        .filter(|&row| score(row) >= kth - TIE_TOLERANCE)
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn flat_index_search_has_full_recall_on_random_data() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let (n, dim, k) = (2000, 16, 5);
+        let data = unit_vectors(&mut rng, n, dim);
+        let rows = (0..n)
+            .map(|i| Row {
+                doc_id: i.to_string(),
+                chunk_id: format!("{i}#0"),
+                text: String::new(),
+                metadata: Metadata::new(),
+            })
+            .collect();
+        let index = FlatIndex::from_rows(dim, Metric::Cosine, Device::Cpu, rows, &data);
+        let queries: Vec<Vec<f32>> = unit_vectors(&mut rng, 8, dim)
+            .chunks(dim)
+            .map(<[f32]>::to_vec)
+            .collect();
+        let hits = index.search(&queries, k, &Filter::default()).unwrap();
+        assert_eq!(recall(&data, dim, &queries, &hits, k), 1.0);
+    }
+
+    #[test]
+    fn wrong_neighbours_lower_recall() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let dim = 8;
+        let data = unit_vectors(&mut rng, 100, dim);
+        let query = data[..dim].to_vec();
+        let wrong: Vec<Hit> = (50..52)
+            .map(|i| Hit {
+                row: Row {
+                    doc_id: i.to_string(),
+                    chunk_id: String::new(),
+                    text: String::new(),
+                    metadata: Metadata::new(),
+                },
+                score: 0.0,
+            })
+            .collect();
+        let right = Hit {
+            row: Row {
+                doc_id: "0".into(),
+                ..wrong[0].row.clone()
+            },
+            score: 1.0,
+        };
+        let hits = vec![right, wrong[0].clone()];
+        assert!(recall(&data, dim, &[query], &[hits], 2) < 1.0);
+    }
+}

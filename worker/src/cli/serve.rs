@@ -1,0 +1,175 @@
+//! `kb-worker serve`: the HTTP API on the embedded default (file WAL, one node).
+
+use crate::api::{self, AppState, Engine, SharedState};
+use crate::auth::Auth;
+use crate::chunk::Chunker;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use anyhow::{bail, Context};
+use kb_config::WorkerConfig;
+use kb_embed::Embedder;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tch::Device;
+
+/// Flags of `serve`; each overrides the config file.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// YAML worker config (the operator's ConfigMap); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// HTTP API address.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Prometheus metrics address.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Directory for the WAL and snapshots.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// sentence-transformers model directory.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// cpu, cuda, cuda:0,1 or auto.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Redis URL for replicated mode (absent: file WAL, single node).
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// YAML list of API keys.
+    #[arg(long)]
+    pub api_keys: Option<PathBuf>,
+    /// No authentication; refused unless listening on loopback.
+    #[arg(long)]
+    pub open: bool,
+}
+
+/// Config file, then `KB_*` environment, then flags.
+pub fn resolve_config(args: &ServeArgs) -> anyhow::Result<WorkerConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => WorkerConfig::from_file(path)?,
+        None => WorkerConfig::default(),
+    };
+    cfg.apply_env(std::env::vars())?;
+    let set = |dst: &mut String, src: &Option<String>| {
+        if let Some(v) = src {
+            dst.clone_from(v);
+        }
+    };
+    set(&mut cfg.listen, &args.listen);
+    set(&mut cfg.metrics_listen, &args.metrics_listen);
+    set(&mut cfg.embedding.device, &args.device);
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir.clone_from(d);
+    }
+    if args.model.is_some() {
+        cfg.model.clone_from(&args.model);
+    }
+    if let Some(url) = &args.redis_url {
+        cfg.redis.get_or_insert_with(Default::default).url = Some(url.clone());
+    }
+    if args.api_keys.is_some() {
+        cfg.auth.api_keys_file.clone_from(&args.api_keys);
+    }
+    cfg.auth.open |= args.open;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn auth_for(cfg: &WorkerConfig, listen: &SocketAddr) -> anyhow::Result<Auth> {
+    match (&cfg.auth.api_keys_file, cfg.auth.open) {
+        (Some(_), true) => bail!("choose one of --api-keys and --open"),
+        (Some(path), false) => Ok(Auth::from_file(path)?),
+        (None, true) if listen.ip().is_loopback() => Ok(Auth::open()),
+        (None, true) => bail!("--open (no authentication) is refused on {listen}: listen on 127.0.0.1 or pass --api-keys FILE"),
+        (None, false) => bail!("no API keys: pass --api-keys FILE (YAML list of {{key, role, collections}}) or --open for local use on loopback"),
+    }
+}
+
+fn index_device(spec: &str) -> Device {
+    match spec {
+        s if s.starts_with("cuda") => Device::Cuda(0),
+        "auto" => Device::cuda_if_available(),
+        _ => Device::Cpu,
+    }
+}
+
+fn load_engine(cfg: &WorkerConfig) -> anyhow::Result<Engine> {
+    let model = cfg
+        .model
+        .as_ref()
+        .context("no model: pass --model DIR (a sentence-transformers directory) or set `model` in the config")?;
+    let embedder = Embedder::load(model, &cfg.embedding)
+        .with_context(|| format!("loading model {}", model.display()))?;
+    let chunker = Chunker::new(&cfg.chunking, embedder.tokenizer());
+    let (store, recovery) = Store::open(&cfg.data_dir, cfg, index_device(&cfg.embedding.device))
+        .with_context(|| format!("opening data directory {}", cfg.data_dir.display()))?;
+    tracing::info!(?recovery, devices = ?embedder.devices(), "engine loaded");
+    Ok(Engine {
+        store: Arc::new(store),
+        embedder,
+        chunker,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Runs the worker until SIGTERM or Ctrl-C.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = resolve_config(&args)?;
+    if cfg.redis.is_some() {
+        bail!("replicated mode (Redis) is not available in this build yet: drop --redis-url / `redis` to run single-node with the file WAL");
+    }
+    let listen: SocketAddr = cfg
+        .listen
+        .parse()
+        .with_context(|| format!("invalid listen address {}", cfg.listen))?;
+    let metrics_listen: SocketAddr = cfg
+        .metrics_listen
+        .parse()
+        .with_context(|| format!("invalid metrics address {}", cfg.metrics_listen))?;
+    let auth = auth_for(&cfg, &listen)?;
+    let state: SharedState = Arc::new(AppState::new(
+        auth,
+        cfg.limits.clone(),
+        Arc::new(Metrics::new()),
+    ));
+    let api_listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let metrics_listener = tokio::net::TcpListener::bind(metrics_listen)
+        .await
+        .with_context(|| format!("binding {metrics_listen}"))?;
+    tracing::info!(%listen, %metrics_listen, "listening; loading model and data");
+    let metrics_app = crate::metrics::router(state.clone());
+    tokio::spawn(async move { axum::serve(metrics_listener, metrics_app).await });
+    let loader_state = state.clone();
+    let loader = tokio::task::spawn_blocking(move || {
+        let engine = load_engine(&cfg)?;
+        loader_state.set_engine(Arc::new(engine));
+        tracing::info!("ready");
+        anyhow::Ok(())
+    });
+    let app = api::router(state);
+    let mut server = tokio::spawn(async move {
+        axum::serve(api_listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    });
+    // A failed load ends the process with its reason; a shutdown during load ends it too.
+    tokio::select! {
+        res = &mut server => return res?.context("HTTP server failed"),
+        res = loader => res??,
+    }
+    server.await?.context("HTTP server failed")
+}

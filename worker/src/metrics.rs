@@ -1,0 +1,217 @@
+//! Prometheus metrics on their own port: HTTP requests by route and status, latency,
+//! embedding engine counters, index sizes and the log sequence.
+
+use crate::api::{AppState, SharedState};
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CollectionLabels {
+    collection: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric the worker exports.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    embed_batches: Gauge,
+    embed_rows: Gauge,
+    embed_tokens: Gauge,
+    embed_padded_tokens: Gauge,
+    embed_queue_depth: Gauge,
+    embed_busy_seconds: FloatGauge,
+    index_chunks: Family<CollectionLabels, Gauge>,
+    log_sequence: Gauge,
+    applied_sequence: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("kb_worker");
+        let m = Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+            embed_batches: Gauge::default(),
+            embed_rows: Gauge::default(),
+            embed_tokens: Gauge::default(),
+            embed_padded_tokens: Gauge::default(),
+            embed_queue_depth: Gauge::default(),
+            embed_busy_seconds: FloatGauge::default(),
+            index_chunks: Family::default(),
+            log_sequence: Gauge::default(),
+            applied_sequence: Gauge::default(),
+            registry: Mutex::new(Registry::default()),
+        };
+        r.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            m.requests.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "HTTP latency by route",
+            m.latency.clone(),
+        );
+        r.register(
+            "embed_batches",
+            "Embedding batches executed",
+            m.embed_batches.clone(),
+        );
+        r.register("embed_rows", "Texts embedded", m.embed_rows.clone());
+        r.register(
+            "embed_tokens",
+            "Real (unpadded) tokens embedded",
+            m.embed_tokens.clone(),
+        );
+        r.register(
+            "embed_padded_tokens",
+            "Tokens including padding",
+            m.embed_padded_tokens.clone(),
+        );
+        r.register(
+            "embed_queue_depth",
+            "Texts waiting for the batcher",
+            m.embed_queue_depth.clone(),
+        );
+        r.register(
+            "embed_busy_seconds",
+            "Executor busy time, all devices",
+            m.embed_busy_seconds.clone(),
+        );
+        r.register(
+            "index_chunks",
+            "Live chunks per collection",
+            m.index_chunks.clone(),
+        );
+        r.register(
+            "log_sequence",
+            "Last durable log sequence",
+            m.log_sequence.clone(),
+        );
+        r.register(
+            "applied_sequence",
+            "Last log sequence applied to the index",
+            m.applied_sequence.clone(),
+        );
+        *m.registry.lock().expect("registry") = r;
+        m
+    }
+
+    fn observe(&self, route: String, method: String, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                method,
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels { route })
+            .observe(seconds);
+    }
+
+    /// Refreshes the sampled gauges and renders the text exposition format.
+    pub fn render(&self, state: &AppState) -> String {
+        if let Ok(engine) = state.engine() {
+            let s = engine.embedder.stats();
+            self.embed_batches.set(s.batches as i64);
+            self.embed_rows.set(s.rows as i64);
+            self.embed_tokens.set(s.real_tokens as i64);
+            self.embed_padded_tokens.set(s.padded_tokens as i64);
+            self.embed_queue_depth.set(s.queue_depth as i64);
+            self.embed_busy_seconds
+                .set(s.devices.iter().map(|d| d.busy_seconds).sum());
+            let index = engine.store.index();
+            self.index_chunks.clear();
+            for (name, c) in index.collections() {
+                self.index_chunks
+                    .get_or_create(&CollectionLabels {
+                        collection: name.clone(),
+                    })
+                    .set(c.stats().chunks as i64);
+            }
+            self.applied_sequence.set(index.applied() as i64);
+            self.log_sequence.set(engine.store.last_seq() as i64);
+        }
+        let mut out = String::new();
+        let registry = self.registry.lock().expect("registry");
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &registry);
+        out
+    }
+}
+
+/// Middleware recording every API request.
+pub async fn track_requests(
+    State(state): State<SharedState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    state.metrics.observe(
+        route,
+        method,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+/// The `/metrics` router served on the metrics port.
+pub fn router(state: SharedState) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|State(state): State<SharedState>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    state.metrics.render(&state),
+                )
+                    .into_response()
+            }),
+        )
+        .with_state(state)
+}
