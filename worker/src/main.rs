@@ -22,6 +22,12 @@ enum Command {
     Ingest(cli::ingest::IngestArgs),
     /// Query a collection.
     Query(cli::query::QueryArgs),
+    /// Download a snapshot from a worker into a backup directory.
+    Backup(cli::backup::BackupArgs),
+    /// Install a backup into a data directory.
+    Restore(cli::backup::RestoreArgs),
+    /// Embedding and search benchmarks (one JSON line per result).
+    Bench(cli::bench::BenchArgs),
 }
 
 fn init_logging() {
@@ -35,11 +41,22 @@ fn init_logging() {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     init_logging();
-    match Cli::parse().command {
+    let result = match Cli::parse().command {
         Command::Serve(args) => cli::serve::run(args).await,
         Command::Ingest(args) => cli::ingest::run(args).await,
         Command::Query(args) => cli::query::run(args).await,
+        Command::Backup(args) => cli::backup::run(args).await,
+        Command::Restore(args) => cli::backup::restore(args).await,
+        Command::Bench(args) => cli::bench::run(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // A user-facing message with its causes, not a backtrace.
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! The `kb-worker` command line.
 
+pub mod backup;
+pub mod bench;
 pub mod client;
 pub mod ingest;
 pub mod query;

@@ -31,8 +31,26 @@ pub enum Metric {
 pub struct ChunkRecord {
     pub chunk_id: String,
     pub text: String,
+    #[serde(with = "metadata_as_json_text")]
     pub metadata: Metadata,
     pub vector: Vec<f32>,
+}
+
+/// Metadata travels as JSON text: log records are bincode, which cannot decode untyped
+/// JSON values (it has no self-describing `deserialize_any`).
+mod metadata_as_json_text {
+    use super::Metadata;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &Metadata, s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(m).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Metadata, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(D::Error::custom)
+    }
 }
 
 /// A change to the index.

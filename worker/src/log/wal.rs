@@ -77,6 +77,15 @@ struct Scan {
     damage: Option<String>,
 }
 
+/// A frame whose checksum holds but whose record does not decode was written whole by an
+/// incompatible writer: cutting it would drop acknowledged writes, so it is an error.
+fn undecodable(path: &Path, at: usize, e: &bincode::Error) -> LogError {
+    LogError::Corrupt(format!(
+        "{}: record at offset {at} has a valid checksum but does not decode ({e}); refusing to cut acknowledged data",
+        path.display()
+    ))
+}
+
 fn scan_segment(path: &Path) -> Result<Scan, LogError> {
     let mut bytes = Vec::new();
     File::open(path)
@@ -102,7 +111,7 @@ fn scan_segment(path: &Path) -> Result<Scan, LogError> {
         }
         match bincode::deserialize::<Record>(payload) {
             Ok(record) => records.push(record),
-            Err(e) => break Some(format!("undecodable record at offset {at}: {e}")),
+            Err(e) => return Err(undecodable(path, at, &e)),
         }
         at += HEADER + len;
     };
@@ -276,6 +285,50 @@ impl Log for FileWal {
 mod tests {
     use super::*;
     use crate::log::Metric;
+
+    #[test]
+    fn records_with_metadata_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path());
+        let upsert = Op::Upsert {
+            collection: "c".into(),
+            doc_id: "d".into(),
+            chunks: vec![crate::log::ChunkRecord {
+                chunk_id: "d#0".into(),
+                text: "t".into(),
+                metadata: serde_json::json!({"n": 1, "tags": ["a"], "ok": true})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                vector: vec![0.5, 0.25],
+            }],
+        };
+        wal.append(vec![op(1), upsert.clone()]).unwrap();
+        drop(wal);
+        let (wal, report) = open(dir.path());
+        assert_eq!(report.truncated_bytes, 0);
+        assert_eq!(wal.read_after(1).unwrap()[0].op, upsert);
+    }
+
+    #[test]
+    fn checksummed_but_undecodable_frame_is_an_error_not_a_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path());
+        wal.append(vec![op(1)]).unwrap();
+        drop(wal);
+        let seg = list_segments(dir.path()).unwrap()[0].1.clone();
+        let payload = [0xffu8; 5];
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&(payload.len() as u32).to_le_bytes()).unwrap();
+        f.write_all(&crc32fast::hash(&payload).to_le_bytes())
+            .unwrap();
+        f.write_all(&payload).unwrap();
+        drop(f);
+        let err = FileWal::open(dir.path(), FsyncPolicy::Always, 0)
+            .err()
+            .expect("corrupt");
+        assert!(matches!(err, LogError::Corrupt(_)), "{err}");
+    }
 
     fn op(n: usize) -> Op {
         Op::CreateCollection {

