@@ -1,0 +1,1 @@
+//! Real-cluster tests live in `tests/`; see README.md.

@@ -1,0 +1,52 @@
+//! The KnowledgeBase controller: watches KnowledgeBases and their children.
+
+use crate::crd::KnowledgeBase;
+use crate::reconcile::build::MANAGER;
+use crate::reconcile::{error_policy, reconcile, Context};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::{watcher, Controller};
+use kube::Api;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Runs the controller until `shutdown` completes, then finishes in-flight reconciles.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    // Only children carry this label, so the operator never caches unrelated Secrets.
+    let children =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    Controller::new(
+        Api::<KnowledgeBase>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
+    .owns(Api::<Service>::all(client.clone()), children.clone())
+    .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
+    .owns(Api::<Secret>::all(client.clone()), children.clone())
+    .owns(Api::<ServiceAccount>::all(client.clone()), children.clone())
+    .owns(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        children.clone(),
+    )
+    .owns(
+        Api::<HorizontalPodAutoscaler>::all(client.clone()),
+        children.clone(),
+    )
+    .owns(Api::<NetworkPolicy>::all(client.clone()), children.clone())
+    .owns(Api::<CronJob>::all(client), children)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((object, _)) => tracing::debug!(kb = %object.name, "reconciled"),
+            Err(error) => tracing::debug!(%error, "reconcile did not complete"),
+        }
+    })
+    .await;
+}

@@ -1,0 +1,184 @@
+//! Embedding model, device and chunking settings.
+
+use k8s_openapi::api::core::v1::{
+    ImageVolumeSource, NFSVolumeSource, NodeAffinity, PersistentVolumeClaimVolumeSource, Toleration,
+};
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Model directory baked into the worker image.
+pub const DEFAULT_MODEL_PATH: &str = "/opt/kb/model";
+
+/// Embedding model and the device it runs on.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("!has(self.gpusPerReplica) || self.device == 'cuda'").message("embedding.gpusPerReplica requires embedding.device: cuda"),
+    validation = Rule::new("self.maxBatchTokens >= self.maxSeqLen").message("embedding.maxBatchTokens must be at least embedding.maxSeqLen"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Embedding {
+    /// `cpu` or `cuda`.
+    pub device: Device,
+    /// GPUs per worker pod (one model replica per GPU). Defaults to 1 on `cuda`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16))]
+    pub gpus_per_replica: Option<i32>,
+    /// Model directory inside the image (sentence-transformers layout).
+    #[serde(default = "default_model_path")]
+    pub model_path: String,
+    /// Volume holding the model instead of the image; mounted read-only at `/models`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_volume: Option<ModelVolume>,
+    /// Numeric precision of the encoder.
+    #[serde(default)]
+    pub precision: Precision,
+    /// Token budget of one batch.
+    #[serde(default = "default_max_batch_tokens")]
+    #[schemars(range(min = 8, max = 1048576))]
+    pub max_batch_tokens: i64,
+    /// Longer inputs are truncated to this many tokens.
+    #[serde(default = "default_max_seq_len")]
+    #[schemars(range(min = 8, max = 8192))]
+    pub max_seq_len: i64,
+}
+
+fn default_model_path() -> String {
+    DEFAULT_MODEL_PATH.to_string()
+}
+
+fn default_max_batch_tokens() -> i64 {
+    16_384
+}
+
+fn default_max_seq_len() -> i64 {
+    256
+}
+
+impl Embedding {
+    /// GPUs each worker requests (0 on CPU).
+    pub fn gpus(&self) -> i32 {
+        match self.device {
+            Device::Cpu => 0,
+            Device::Cuda => self.gpus_per_replica.unwrap_or(1),
+        }
+    }
+}
+
+/// Where the encoder runs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+impl Device {
+    /// The spelling used in the spec and the worker config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
+/// Numeric precision of the encoder (`auto`: fp32 on CPU, fp16 on CUDA).
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Auto,
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+/// A volume with the model; exactly one source.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("(has(self.persistentVolumeClaim) ? 1 : 0) + (has(self.image) ? 1 : 0) + (has(self.nfs) ? 1 : 0) == 1").message("modelVolume needs exactly one of persistentVolumeClaim, image, nfs"))]
+#[serde(rename_all = "camelCase")]
+pub struct ModelVolume {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PersistentVolumeClaimVolumeSource>,
+    /// An OCI image used as a volume (Kubernetes image volumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nfs: Option<NFSVolumeSource>,
+    /// Directory of the model inside the volume (empty: its root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._/-]*$"))]
+    pub sub_path: Option<String>,
+}
+
+/// How documents are split before embedding.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.overlap < self.maxTokens").message("chunking.overlap must be smaller than chunking.maxTokens"))]
+#[serde(rename_all = "camelCase")]
+pub struct Chunking {
+    /// Maximum model tokens per chunk.
+    #[serde(default = "default_chunk_tokens")]
+    #[schemars(range(min = 1, max = 8192))]
+    pub max_tokens: i64,
+    /// Tokens shared by consecutive chunks.
+    #[serde(default = "default_overlap")]
+    #[schemars(range(min = 0, max = 8191))]
+    pub overlap: i64,
+}
+
+impl Default for Chunking {
+    fn default() -> Self {
+        Self {
+            max_tokens: default_chunk_tokens(),
+            overlap: default_overlap(),
+        }
+    }
+}
+
+fn default_chunk_tokens() -> i64 {
+    200
+}
+
+fn default_overlap() -> i64 {
+    32
+}
+
+/// How GPU workers are placed (used when `embedding.device` is `cuda`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuScheduling {
+    /// Extended resource requested per GPU.
+    #[serde(default = "default_gpu_resource")]
+    pub resource_name: String,
+    /// Node labels GPU workers require (merged into the pod node selector).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Node affinity of GPU workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_affinity: Option<NodeAffinity>,
+    /// Tolerations of GPU workers; empty tolerates the `<resourceName>` taint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// RuntimeClass of GPU workers (for example `nvidia`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
+}
+
+impl Default for GpuScheduling {
+    fn default() -> Self {
+        Self {
+            resource_name: default_gpu_resource(),
+            node_selector: BTreeMap::new(),
+            node_affinity: None,
+            tolerations: Vec::new(),
+            runtime_class_name: None,
+        }
+    }
+}
+
+fn default_gpu_resource() -> String {
+    "nvidia.com/gpu".to_string()
+}

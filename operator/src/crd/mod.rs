@@ -1,0 +1,204 @@
+//! The `KnowledgeBase` custom resource (`knowledge.dev/v1alpha1`).
+//!
+//! The schema carries the validation the API server can enforce (types, ranges, enums and
+//! CEL rules); what it cannot express is checked in `reconcile::validate`.
+
+mod autoscaling;
+mod backup;
+mod embedding;
+mod network;
+mod redis;
+mod status;
+mod storage;
+
+pub use autoscaling::{Autoscaling, ScalingBehavior, ScalingRules};
+pub use backup::{Backup, BackupDestination, PvcDestination, S3Destination};
+pub use embedding::{Chunking, Device, Embedding, GpuScheduling, ModelVolume, Precision};
+pub use network::Network;
+pub use redis::{ExternalRedis, ManagedRedis, Redis, RedisMode, SecretKeyRef};
+pub use status::{ConditionType, KnowledgeBaseStatus};
+pub use storage::{ReclaimPolicy, Storage};
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// API group of the resource.
+pub const GROUP: &str = "knowledge.dev";
+
+/// Image the workers run when `spec.image` is not set: the worker built from this release.
+pub const DEFAULT_IMAGE: &str = concat!(
+    "ghcr.io/knowledge-dev/kb-worker:",
+    env!("CARGO_PKG_VERSION")
+);
+
+/// A knowledge base: a fleet of `kb-worker` pods and everything they need.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "knowledge.dev",
+    version = "v1alpha1",
+    kind = "KnowledgeBase",
+    plural = "knowledgebases",
+    shortname = "kb",
+    namespaced,
+    status = "KnowledgeBaseStatus",
+    scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.replicas","labelSelectorPath":".status.selector"}"#,
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(name = "Ready replicas", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Device", type_ = "string", json_path = ".spec.embedding.device"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 40").message("metadata.name must be at most 40 characters (child names add suffixes)"),
+)]
+#[x_kube(
+    validation = Rule::new("self.replicas <= 1 || has(self.redis)").message("more than one replica requires spec.redis (replicas share the log through Redis)"),
+    validation = Rule::new("!has(self.autoscaling) || !self.autoscaling.enabled || self.autoscaling.maxReplicas <= 1 || has(self.redis)").message("autoscaling beyond one replica requires spec.redis"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KnowledgeBaseSpec {
+    /// Worker image.
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// Image pull policy of the worker (and backup) containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// Names of Secrets used to pull the worker image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<String>,
+    /// Worker replicas when autoscaling is off.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    /// Horizontal autoscaling; when enabled the HPA owns the replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// Embedding model and device.
+    pub embedding: Embedding,
+    /// How documents are split into chunks.
+    #[serde(default)]
+    pub chunking: Chunking,
+    /// Per-replica data volume (log and snapshots).
+    #[serde(default)]
+    pub storage: Storage,
+    /// Redis for replication and caching; required for more than one replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<Redis>,
+    /// Query cache in Redis.
+    #[serde(default)]
+    pub cache: Cache,
+    /// Scheduled backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Backup>,
+    /// API keys.
+    #[serde(default)]
+    pub auth: Auth,
+    /// Who may talk to the workers.
+    #[serde(default)]
+    pub network: Network,
+    /// GPU scheduling (used when `embedding.device` is `cuda`).
+    #[serde(default)]
+    pub gpu: GpuScheduling,
+    /// Worker container resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node selector of the worker pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the worker pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity of the worker pods; replaces the default spread across nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Extra annotations on the worker pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+    /// Extra labels on the worker pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+    /// Stop reconciling children (status still reports).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_image() -> String {
+    DEFAULT_IMAGE.to_string()
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// Container image pull policy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// Query-result cache (kept in Redis when configured, else in process).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Cache {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Time to live of a cached result.
+    #[serde(default = "default_cache_ttl")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub ttl_seconds: i64,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl_seconds: default_cache_ttl(),
+        }
+    }
+}
+
+fn default_cache_ttl() -> i64 {
+    300
+}
+
+pub(crate) fn default_true() -> bool {
+    true
+}
+
+/// API keys of the workers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Auth {
+    /// Secret with `api-keys.yaml` (and `admin-key` for backups). When absent the operator
+    /// generates `<name>-api-keys` once and never regenerates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys_secret_ref: Option<String>,
+}
+
+impl KnowledgeBaseSpec {
+    /// True when autoscaling is enabled.
+    pub fn autoscaling_enabled(&self) -> bool {
+        self.autoscaling.as_ref().is_some_and(|a| a.enabled)
+    }
+
+    /// True when the worker count can exceed one (PDB and peer traffic matter then).
+    pub fn may_run_several(&self) -> bool {
+        match &self.autoscaling {
+            Some(a) if a.enabled => a.max_replicas > 1,
+            _ => self.replicas > 1,
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The worker ConfigMap: `config.yaml` in the `kb_config::WorkerConfig` contract.
+
+use super::names::{Component, Names, HTTP_PORT, METRICS_PORT};
+use super::secret::API_KEYS_FILE;
+use crate::crd::{self, KnowledgeBaseSpec, RedisMode};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kb_config::{RedisConfig, WorkerConfig};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Key of the worker configuration in the ConfigMap.
+pub const CONFIG_FILE: &str = "config.yaml";
+/// Directory the ConfigMap is mounted at.
+pub const CONFIG_DIR: &str = "/etc/kb";
+/// Directory the API-keys Secret is mounted at.
+pub const KEYS_DIR: &str = "/etc/kb/keys";
+/// Mount point of the data volume.
+pub const DATA_DIR: &str = "/data";
+/// Mount point of a model volume.
+pub const MODELS_DIR: &str = "/models";
+/// Environment variable carrying the Redis password.
+pub const REDIS_PASSWORD_ENV: &str = "KB_REDIS_PASSWORD";
+/// Pod-template annotation whose change rolls the workers when the config changes.
+pub const CONFIG_HASH_ANNOTATION: &str = "knowledge.dev/config-hash";
+
+/// The worker configuration for `spec`.
+pub fn worker_config(spec: &KnowledgeBaseSpec, names: &Names) -> WorkerConfig {
+    let mut config = WorkerConfig {
+        listen: format!("0.0.0.0:{HTTP_PORT}"),
+        metrics_listen: format!("0.0.0.0:{METRICS_PORT}"),
+        data_dir: PathBuf::from(DATA_DIR),
+        model: Some(model_path(&spec.embedding)),
+        redis: redis_config(spec, names),
+        ..WorkerConfig::default()
+    };
+    let embedding = &spec.embedding;
+    config.embedding.device = embedding.device.as_str().to_string();
+    config.embedding.precision = match embedding.precision {
+        crd::Precision::Auto => kb_config::Precision::Auto,
+        crd::Precision::Fp32 => kb_config::Precision::Fp32,
+        crd::Precision::Fp16 => kb_config::Precision::Fp16,
+        crd::Precision::Bf16 => kb_config::Precision::Bf16,
+    };
+    config.embedding.max_batch_tokens = to_usize(embedding.max_batch_tokens);
+    config.embedding.max_seq_len = to_usize(embedding.max_seq_len);
+    config.chunking.max_tokens = to_usize(spec.chunking.max_tokens);
+    config.chunking.overlap = to_usize(spec.chunking.overlap);
+    config.cache.enabled = spec.cache.enabled;
+    config.cache.ttl_seconds = u64::try_from(spec.cache.ttl_seconds).unwrap_or(0);
+    config.auth.api_keys_file = Some(PathBuf::from(format!("{KEYS_DIR}/{API_KEYS_FILE}")));
+    config
+}
+
+/// The schema keeps these non-negative; a negative value can only come from a bypassed
+/// schema and maps to 0, which the worker rejects with a message naming the field.
+fn to_usize(value: i64) -> usize {
+    usize::try_from(value).unwrap_or(0)
+}
+
+fn model_path(embedding: &crd::Embedding) -> PathBuf {
+    match &embedding.model_volume {
+        Some(volume) => match volume.sub_path.as_deref().map(|p| p.trim_matches('/')) {
+            Some(sub) if !sub.is_empty() => PathBuf::from(MODELS_DIR).join(sub),
+            _ => PathBuf::from(MODELS_DIR),
+        },
+        None => PathBuf::from(&embedding.model_path),
+    }
+}
+
+fn redis_config(spec: &KnowledgeBaseSpec, names: &Names) -> Option<RedisConfig> {
+    let redis = spec.redis.as_ref()?;
+    let key_prefix = format!("kb:{}:{}", names.namespace, names.base);
+    if redis.managed.is_some() {
+        return Some(RedisConfig {
+            mode: kb_config::RedisMode::Standalone,
+            url: Some(format!(
+                "redis://{}.{}.svc:{}",
+                names.redis(),
+                names.namespace,
+                super::REDIS_PORT
+            )),
+            password_env: Some(REDIS_PASSWORD_ENV.to_string()),
+            key_prefix,
+            ..RedisConfig::default()
+        });
+    }
+    let external = redis.external.as_ref()?;
+    Some(RedisConfig {
+        mode: match external.mode {
+            RedisMode::Standalone => kb_config::RedisMode::Standalone,
+            RedisMode::Cluster => kb_config::RedisMode::Cluster,
+            RedisMode::Sentinel => kb_config::RedisMode::Sentinel,
+        },
+        url: external.url.clone(),
+        nodes: external.nodes.clone(),
+        sentinel_service: external.sentinel_service.clone(),
+        password_env: external
+            .password_secret_ref
+            .as_ref()
+            .map(|_| REDIS_PASSWORD_ENV.to_string()),
+        tls: external.tls,
+        key_prefix,
+    })
+}
+
+/// The worker ConfigMap.
+pub(super) fn worker_config_map(spec: &KnowledgeBaseSpec, names: &Names) -> ConfigMap {
+    ConfigMap {
+        metadata: names.meta(names.worker(), Component::Worker),
+        data: Some(BTreeMap::from([(
+            CONFIG_FILE.to_string(),
+            worker_config(spec, names).to_yaml(),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
+/// Short digest of a ConfigMap's data, for the rollout annotation.
+pub(super) fn config_hash(config_map: &ConfigMap) -> String {
+    let mut hasher = Sha256::new();
+    for (key, value) in config_map.data.iter().flatten() {
+        hasher.update(key.as_bytes());
+        hasher.update([0]);
+        hasher.update(value.as_bytes());
+        hasher.update([0]);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,219 @@
+//! Pure construction of every child object of a KnowledgeBase.
+//!
+//! `plan` is what `kb-operator render` prints and what `apply` sends to the API server: it
+//! reads only the KnowledgeBase and the [`Inputs`] that `dereference` gathered, so the same
+//! inputs always give the same objects.
+
+mod config_map;
+mod cronjob;
+mod hpa;
+mod names;
+mod network_policy;
+mod pdb;
+mod pod;
+mod redis;
+mod scheduling;
+mod secret;
+mod security;
+mod service;
+mod service_account;
+mod statefulset;
+
+pub use config_map::{worker_config, CONFIG_HASH_ANNOTATION};
+pub use names::{Component, Names, HTTP_PORT, MANAGER, METRICS_PORT, REDIS_PORT};
+pub use secret::{ADMIN_KEY, API_KEYS_FILE, REDIS_PASSWORD_KEY};
+
+use crate::crd::KnowledgeBase;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::ByteString;
+use std::collections::BTreeMap;
+
+/// Contents of a Secret, key to bytes.
+pub type SecretData = BTreeMap<String, ByteString>;
+
+/// What `build` needs besides the KnowledgeBase: state read from the cluster (or made up
+/// offline by `render`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inputs {
+    /// Namespace used when the KnowledgeBase has none (offline rendering).
+    pub namespace: String,
+    /// Data of the generated API-keys Secret (existing data when it exists); `None` when
+    /// `spec.auth.apiKeysSecretRef` names the user's Secret.
+    pub generated_api_keys: Option<SecretData>,
+    /// Data of the managed-Redis password Secret; `None` without managed Redis.
+    pub redis_password: Option<SecretData>,
+}
+
+/// One child object (the large kinds boxed to keep plans small).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Child {
+    ServiceAccount(ServiceAccount),
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+    Service(Service),
+    StatefulSet(Box<StatefulSet>),
+    PodDisruptionBudget(PodDisruptionBudget),
+    HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+    NetworkPolicy(NetworkPolicy),
+    CronJob(Box<CronJob>),
+}
+
+/// The kinds of child objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ChildKind {
+    ServiceAccount,
+    ConfigMap,
+    Secret,
+    Service,
+    StatefulSet,
+    PodDisruptionBudget,
+    HorizontalPodAutoscaler,
+    NetworkPolicy,
+    CronJob,
+}
+
+/// A child identified by kind and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChildRef {
+    pub kind: ChildKind,
+    pub name: String,
+}
+
+impl Child {
+    /// Kind and name of this child.
+    pub fn reference(&self) -> ChildRef {
+        let (kind, meta) = match self {
+            Child::ServiceAccount(o) => (ChildKind::ServiceAccount, &o.metadata),
+            Child::ConfigMap(o) => (ChildKind::ConfigMap, &o.metadata),
+            Child::Secret(o) => (ChildKind::Secret, &o.metadata),
+            Child::Service(o) => (ChildKind::Service, &o.metadata),
+            Child::StatefulSet(o) => (ChildKind::StatefulSet, &o.metadata),
+            Child::PodDisruptionBudget(o) => (ChildKind::PodDisruptionBudget, &o.metadata),
+            Child::HorizontalPodAutoscaler(o) => (ChildKind::HorizontalPodAutoscaler, &o.metadata),
+            Child::NetworkPolicy(o) => (ChildKind::NetworkPolicy, &o.metadata),
+            Child::CronJob(o) => (ChildKind::CronJob, &o.metadata),
+        };
+        ChildRef {
+            kind,
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The object as JSON (with `apiVersion` and `kind`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let value = match self {
+            Child::ServiceAccount(o) => serde_json::to_value(o),
+            Child::ConfigMap(o) => serde_json::to_value(o),
+            Child::Secret(o) => serde_json::to_value(o),
+            Child::Service(o) => serde_json::to_value(o),
+            Child::StatefulSet(o) => serde_json::to_value(o),
+            Child::PodDisruptionBudget(o) => serde_json::to_value(o),
+            Child::HorizontalPodAutoscaler(o) => serde_json::to_value(o),
+            Child::NetworkPolicy(o) => serde_json::to_value(o),
+            Child::CronJob(o) => serde_json::to_value(o),
+        };
+        value.expect("Kubernetes objects always serialise")
+    }
+}
+
+/// Children to apply and children that must not exist (their feature is off).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub children: Vec<Child>,
+    pub prune: Vec<ChildRef>,
+}
+
+impl Plan {
+    /// The child of the given kind and name.
+    pub fn get(&self, kind: ChildKind, name: &str) -> Option<&Child> {
+        self.children.iter().find(|c| {
+            c.reference()
+                == ChildRef {
+                    kind,
+                    name: name.to_string(),
+                }
+        })
+    }
+
+    fn add(&mut self, kind: ChildKind, name: String, child: Option<Child>) {
+        match child {
+            Some(child) => self.children.push(child),
+            None => self.prune.push(ChildRef { kind, name }),
+        }
+    }
+}
+
+/// Every child of `kb`. A paused KnowledgeBase plans nothing: no object is written or deleted.
+pub fn plan(kb: &KnowledgeBase, inputs: &Inputs) -> Plan {
+    let mut plan = Plan::default();
+    if kb.spec.paused {
+        return plan;
+    }
+    let names = Names::new(kb, &inputs.namespace);
+    let spec = &kb.spec;
+    let config = config_map::worker_config_map(spec, &names);
+    let config_hash = config_map::config_hash(&config);
+    plan.add(
+        ChildKind::ServiceAccount,
+        names.worker(),
+        Some(service_account::build(&names)),
+    );
+    plan.add(
+        ChildKind::ConfigMap,
+        names.worker(),
+        Some(Child::ConfigMap(config)),
+    );
+    plan.add(
+        ChildKind::Secret,
+        names.api_keys(),
+        inputs
+            .generated_api_keys
+            .clone()
+            .map(|data| secret::api_keys(&names, data)),
+    );
+    plan.add(
+        ChildKind::Service,
+        names.base.clone(),
+        Some(service::client(&names)),
+    );
+    plan.add(
+        ChildKind::Service,
+        names.headless(),
+        Some(service::headless(&names)),
+    );
+    plan.add(
+        ChildKind::StatefulSet,
+        names.worker(),
+        Some(statefulset::build(spec, &names, &config_hash)),
+    );
+    plan.add(
+        ChildKind::PodDisruptionBudget,
+        names.worker(),
+        pdb::build(spec, &names),
+    );
+    plan.add(
+        ChildKind::HorizontalPodAutoscaler,
+        names.worker(),
+        hpa::build(spec, &names),
+    );
+    for (name, policy) in network_policy::build(spec, &names) {
+        plan.add(ChildKind::NetworkPolicy, name, policy);
+    }
+    redis::add_to_plan(&mut plan, spec, &names, inputs.redis_password.clone());
+    plan.add(
+        ChildKind::CronJob,
+        names.backup(),
+        cronjob::build(spec, &names),
+    );
+    plan
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! The worker pod template: container, probes, volumes, environment.
+
+use super::config_map::{
+    CONFIG_DIR, CONFIG_FILE, CONFIG_HASH_ANNOTATION, DATA_DIR, KEYS_DIR, MODELS_DIR,
+    REDIS_PASSWORD_ENV,
+};
+use super::names::{Component, Names, HTTP_PORT, METRICS_PORT};
+use super::secret::REDIS_PASSWORD_KEY;
+use super::{scheduling, security};
+use crate::crd::{KnowledgeBaseSpec, ModelVolume};
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, LocalObjectReference, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
+    SecretVolumeSource, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// Name of the data volume (and of the StatefulSet's claim template).
+pub(super) const DATA_VOLUME: &str = "data";
+
+/// The worker pod template; `config_hash` rolls the pods when the configuration changes.
+pub(super) fn template(
+    spec: &KnowledgeBaseSpec,
+    names: &Names,
+    config_hash: &str,
+) -> PodTemplateSpec {
+    let mut labels = spec.pod_labels.clone();
+    labels.extend(names.labels(Component::Worker));
+    let mut annotations = spec.pod_annotations.clone();
+    annotations.insert(CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string());
+    let mut pod = PodSpec {
+        service_account_name: Some(names.worker()),
+        automount_service_account_token: Some(false),
+        security_context: Some(security::pod(security::RUN_AS_USER)),
+        containers: vec![container(spec, names)],
+        volumes: Some(volumes(spec, names)),
+        termination_grace_period_seconds: Some(30),
+        image_pull_secrets: pull_secrets(spec),
+        ..PodSpec::default()
+    };
+    scheduling::apply(spec, names, &mut pod);
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod),
+    }
+}
+
+/// `imagePullSecrets` of the spec, or `None` when there are none.
+pub(super) fn pull_secrets(spec: &KnowledgeBaseSpec) -> Option<Vec<LocalObjectReference>> {
+    let secrets: Vec<_> = spec
+        .image_pull_secrets
+        .iter()
+        .map(|name| LocalObjectReference { name: name.clone() })
+        .collect();
+    (!secrets.is_empty()).then_some(secrets)
+}
+
+fn container(spec: &KnowledgeBaseSpec, names: &Names) -> Container {
+    Container {
+        name: "worker".to_string(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
+        command: Some(vec![
+            "kb-worker".to_string(),
+            "serve".to_string(),
+            "--config".to_string(),
+            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+        ]),
+        ports: Some(vec![
+            container_port("http", HTTP_PORT),
+            container_port("metrics", METRICS_PORT),
+        ]),
+        env: redis_password_env(spec, names).map(|env| vec![env]),
+        resources: scheduling::resources(spec),
+        liveness_probe: Some(probe("/livez", 3, 10)),
+        readiness_probe: Some(probe("/readyz", 3, 5)),
+        // Model load can take minutes on a cold node: allow up to 10 minutes.
+        startup_probe: Some(probe("/livez", 60, 10)),
+        security_context: Some(security::container()),
+        volume_mounts: Some(mounts(spec)),
+        ..Container::default()
+    }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: port,
+        protocol: Some("TCP".to_string()),
+        ..ContainerPort::default()
+    }
+}
+
+fn probe(path: &str, failure_threshold: i32, period_seconds: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String("http".to_string()),
+            ..HTTPGetAction::default()
+        }),
+        failure_threshold: Some(failure_threshold),
+        period_seconds: Some(period_seconds),
+        timeout_seconds: Some(3),
+        ..Probe::default()
+    }
+}
+
+/// `KB_REDIS_PASSWORD` from the managed-Redis Secret or the external password Secret.
+fn redis_password_env(spec: &KnowledgeBaseSpec, names: &Names) -> Option<EnvVar> {
+    let redis = spec.redis.as_ref()?;
+    let (name, key) = match (&redis.managed, &redis.external) {
+        (Some(_), _) => (names.redis(), REDIS_PASSWORD_KEY.to_string()),
+        (None, Some(external)) => {
+            let secret = external.password_secret_ref.as_ref()?;
+            (secret.name.clone(), secret.key.clone())
+        }
+        (None, None) => return None,
+    };
+    Some(EnvVar {
+        name: REDIS_PASSWORD_ENV.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name,
+                key,
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    })
+}
+
+fn mounts(spec: &KnowledgeBaseSpec) -> Vec<VolumeMount> {
+    let mut mounts = vec![
+        mount("config", CONFIG_DIR, true),
+        mount("api-keys", KEYS_DIR, true),
+        mount(DATA_VOLUME, DATA_DIR, false),
+        mount("tmp", "/tmp", false),
+    ];
+    if spec.embedding.model_volume.is_some() {
+        mounts.push(mount("models", MODELS_DIR, true));
+    }
+    mounts
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    }
+}
+
+fn volumes(spec: &KnowledgeBaseSpec, names: &Names) -> Vec<Volume> {
+    let keys_secret = spec
+        .auth
+        .api_keys_secret_ref
+        .clone()
+        .unwrap_or_else(|| names.api_keys());
+    let mut volumes = vec![
+        Volume {
+            name: "config".to_string(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.worker(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "api-keys".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(keys_secret),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "tmp".to_string(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    ];
+    if let Some(model) = &spec.embedding.model_volume {
+        volumes.push(model_volume(model));
+    }
+    volumes
+}
+
+fn model_volume(model: &ModelVolume) -> Volume {
+    Volume {
+        name: "models".to_string(),
+        persistent_volume_claim: model.persistent_volume_claim.clone(),
+        image: model.image.clone(),
+        nfs: model.nfs.clone(),
+        ..Volume::default()
+    }
+}

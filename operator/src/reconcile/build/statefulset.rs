@@ -1,0 +1,71 @@
+//! The worker StatefulSet.
+
+use super::names::{Component, Names};
+use super::pod::{self, DATA_VOLUME};
+use super::Child;
+use crate::crd::KnowledgeBaseSpec;
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use std::collections::BTreeMap;
+
+/// The worker StatefulSet. With autoscaling on, `spec.replicas` is left out so that the
+/// HorizontalPodAutoscaler alone owns it.
+pub(super) fn build(spec: &KnowledgeBaseSpec, names: &Names, config_hash: &str) -> Child {
+    let replicas = (!spec.autoscaling_enabled()).then_some(spec.replicas);
+    Child::StatefulSet(Box::new(StatefulSet {
+        metadata: names.meta(names.worker(), Component::Worker),
+        spec: Some(StatefulSetSpec {
+            replicas,
+            service_name: Some(names.headless()),
+            selector: LabelSelector {
+                match_labels: Some(names.selector(Component::Worker)),
+                ..LabelSelector::default()
+            },
+            // Replicas bootstrap independently from a peer's snapshot; no need to serialise.
+            pod_management_policy: Some("Parallel".to_string()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".to_string()),
+                ..StatefulSetUpdateStrategy::default()
+            }),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(spec.storage.reclaim_policy.as_str().to_string()),
+                    when_scaled: Some("Retain".to_string()),
+                },
+            ),
+            template: pod::template(spec, names, config_hash),
+            volume_claim_templates: Some(vec![data_claim(spec, names)]),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }))
+}
+
+fn data_claim(spec: &KnowledgeBaseSpec, names: &Names) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.to_string()),
+            labels: Some(names.labels(Component::Worker)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            storage_class_name: spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    spec.storage.size.clone(),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}

@@ -1,0 +1,243 @@
+//! Reads what `build` needs from the cluster: existing generated Secrets (so they are never
+//! regenerated) and the Secrets the spec refers to.
+
+use super::build::Names;
+use super::build::{Inputs, SecretData, ADMIN_KEY, API_KEYS_FILE, REDIS_PASSWORD_KEY};
+use crate::crd::KnowledgeBase;
+use crate::{Error, Result};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::{Api, Client};
+use serde::Serialize;
+
+/// A Secret (or key of one) the spec names but the cluster lacks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingReference {
+    /// The spec field that names it.
+    pub field: &'static str,
+    pub secret: String,
+    /// The missing key; `None` when the whole Secret is missing.
+    pub key: Option<String>,
+}
+
+/// Inputs of `build` plus the references that could not be resolved.
+#[derive(Clone, Debug)]
+pub struct Dereferenced {
+    pub inputs: Inputs,
+    pub missing: Vec<MissingReference>,
+}
+
+/// Gathers the inputs of `kb` from the cluster.
+pub async fn gather(client: &Client, kb: &KnowledgeBase, namespace: &str) -> Result<Dereferenced> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let names = Names::new(kb, namespace);
+    let spec = &kb.spec;
+    let mut missing = Vec::new();
+    let generated_api_keys = match &spec.auth.api_keys_secret_ref {
+        None => Some(
+            existing_or(
+                &secrets,
+                &names.api_keys(),
+                &[API_KEYS_FILE, ADMIN_KEY],
+                generate_api_keys,
+            )
+            .await?,
+        ),
+        Some(name) => {
+            let mut keys = vec![API_KEYS_FILE];
+            if spec.backup.is_some() {
+                keys.push(ADMIN_KEY);
+            }
+            check(
+                &secrets,
+                "spec.auth.apiKeysSecretRef",
+                name,
+                &keys,
+                &mut missing,
+            )
+            .await?;
+            None
+        }
+    };
+    let redis = spec.redis.as_ref();
+    let redis_password = match redis.and_then(|r| r.managed.as_ref()) {
+        Some(_) => Some(
+            existing_or(
+                &secrets,
+                &names.redis(),
+                &[REDIS_PASSWORD_KEY],
+                generate_redis_password,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let password_ref = redis
+        .and_then(|r| r.external.as_ref())
+        .and_then(|e| e.password_secret_ref.as_ref());
+    if let Some(secret) = password_ref {
+        let field = "spec.redis.external.passwordSecretRef";
+        check(
+            &secrets,
+            field,
+            &secret.name,
+            &[secret.key.as_str()],
+            &mut missing,
+        )
+        .await?;
+    }
+    let s3 = spec.backup.as_ref().and_then(|b| b.destination.s3.as_ref());
+    if let Some(s3) = s3 {
+        let field = "spec.backup.destination.s3.credentialsSecretRef";
+        check(
+            &secrets,
+            field,
+            &s3.credentials_secret_ref,
+            &[],
+            &mut missing,
+        )
+        .await?;
+    }
+    Ok(Dereferenced {
+        inputs: Inputs {
+            namespace: namespace.to_string(),
+            generated_api_keys,
+            redis_password,
+        },
+        missing,
+    })
+}
+
+/// Inputs for rendering offline: every generated Secret is freshly generated.
+pub fn offline(kb: &KnowledgeBase, namespace: &str) -> Result<Inputs> {
+    let spec = &kb.spec;
+    Ok(Inputs {
+        namespace: namespace.to_string(),
+        generated_api_keys: match spec.auth.api_keys_secret_ref {
+            None => Some(generate_api_keys()?),
+            Some(_) => None,
+        },
+        redis_password: match spec.redis.as_ref().and_then(|r| r.managed.as_ref()) {
+            Some(_) => Some(generate_redis_password()?),
+            None => None,
+        },
+    })
+}
+
+/// The data of Secret `name` when it holds every key in `keys`, else freshly generated data.
+async fn existing_or(
+    secrets: &Api<Secret>,
+    name: &str,
+    keys: &[&str],
+    generate: fn() -> Result<SecretData>,
+) -> Result<SecretData> {
+    let existing = secrets.get_opt(name).await.map_err(|source| Error::Read {
+        what: format!("Secret {name}"),
+        source: Box::new(source),
+    })?;
+    match existing.and_then(|s| s.data) {
+        Some(data) if keys.iter().all(|k| data.contains_key(*k)) => Ok(data),
+        _ => generate(),
+    }
+}
+
+async fn check(
+    secrets: &Api<Secret>,
+    field: &'static str,
+    name: &str,
+    keys: &[&str],
+    missing: &mut Vec<MissingReference>,
+) -> Result<()> {
+    let secret = secrets.get_opt(name).await.map_err(|source| Error::Read {
+        what: format!("Secret {name}"),
+        source: Box::new(source),
+    })?;
+    let Some(secret) = secret else {
+        missing.push(MissingReference {
+            field,
+            secret: name.to_string(),
+            key: None,
+        });
+        return Ok(());
+    };
+    let has = |key: &str| {
+        secret.data.as_ref().is_some_and(|d| d.contains_key(key))
+            || secret
+                .string_data
+                .as_ref()
+                .is_some_and(|d| d.contains_key(key))
+    };
+    for key in keys.iter().filter(|k| !has(k)) {
+        missing.push(MissingReference {
+            field,
+            secret: name.to_string(),
+            key: Some(key.to_string()),
+        });
+    }
+    Ok(())
+}
+
+/// 32 bytes from the OS CSPRNG, hex encoded.
+fn random_token() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(Error::Random)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[derive(Serialize)]
+struct ApiKeyEntry {
+    key: String,
+    role: &'static str,
+    collections: Vec<&'static str>,
+}
+
+/// An admin, a write and a read key for every collection.
+fn generate_api_keys() -> Result<SecretData> {
+    let admin = random_token()?;
+    let entries: Vec<ApiKeyEntry> = [
+        ("admin", admin.clone()),
+        ("write", random_token()?),
+        ("read", random_token()?),
+    ]
+    .into_iter()
+    .map(|(role, key)| ApiKeyEntry {
+        key,
+        role,
+        collections: vec!["*"],
+    })
+    .collect();
+    let file = serde_yaml::to_string(&entries).expect("API keys always serialise");
+    Ok(SecretData::from([
+        (API_KEYS_FILE.to_string(), ByteString(file.into_bytes())),
+        (ADMIN_KEY.to_string(), ByteString(admin.into_bytes())),
+    ]))
+}
+
+fn generate_redis_password() -> Result<SecretData> {
+    Ok(SecretData::from([(
+        REDIS_PASSWORD_KEY.to_string(),
+        ByteString(random_token()?.into_bytes()),
+    )]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_api_keys_are_distinct_and_listed_with_roles() {
+        let data = generate_api_keys().unwrap();
+        let admin = String::from_utf8(data[ADMIN_KEY].0.clone()).unwrap();
+        assert_eq!(admin.len(), 64);
+        let file: serde_yaml::Value = serde_yaml::from_slice(&data[API_KEYS_FILE].0).unwrap();
+        let entries = file.as_sequence().unwrap();
+        let roles: Vec<_> = entries
+            .iter()
+            .map(|e| e["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["admin", "write", "read"]);
+        assert_eq!(entries[0]["key"].as_str().unwrap(), admin);
+        assert_ne!(entries[1]["key"], entries[2]["key"]);
+        assert_eq!(entries[2]["collections"][0].as_str(), Some("*"));
+    }
+}

@@ -1,0 +1,193 @@
+//! The reconcile pipeline: `dereference -> validate -> build -> apply -> update_status`.
+
+pub mod apply;
+pub mod build;
+pub mod conditions;
+pub mod dereference;
+pub mod finalizer;
+pub mod status;
+pub mod validate;
+
+use crate::crd::{ConditionType, KnowledgeBase, KnowledgeBaseStatus, ReclaimPolicy};
+use crate::metrics::Metrics;
+use crate::{Error, Result};
+use build::{Names, MANAGER};
+use conditions::Outcome;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{DeleteParams, ListParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Periodic re-check of a converged KnowledgeBase.
+const RESYNC: Duration = Duration::from_secs(300);
+/// Re-check of a KnowledgeBase whose children are not ready yet.
+const PROGRESS_RESYNC: Duration = Duration::from_secs(15);
+
+/// Shared state of every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    /// Publishes Kubernetes Events; `None` where nobody reads them (benchmarks).
+    pub recorder: Option<Recorder>,
+    /// Upper bound of the best-effort cleanup on deletion.
+    pub cleanup_timeout: Duration,
+}
+
+impl Context {
+    /// A context with Events reported as `kb-operator`.
+    pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+        let recorder = Recorder::new(client.clone(), MANAGER.into());
+        Self {
+            client,
+            metrics,
+            recorder: Some(recorder),
+            cleanup_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Reconciles one KnowledgeBase (entry point of the controller).
+pub async fn reconcile(kb: Arc<KnowledgeBase>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started();
+    let namespace = kb
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<KnowledgeBase> = Api::namespaced(ctx.client.clone(), &namespace);
+    if kb.metadata.deletion_timestamp.is_some() {
+        if finalizer::present(&kb) {
+            cleanup(&kb, &ctx, &namespace).await;
+            finalizer::remove(&api, &kb).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if !finalizer::present(&kb) {
+        finalizer::add(&api, &kb).await?;
+    }
+    converge(&kb, &ctx, &namespace).await
+}
+
+/// The pipeline for a live KnowledgeBase.
+async fn converge(kb: &KnowledgeBase, ctx: &Context, namespace: &str) -> Result<Action> {
+    if kb.spec.paused {
+        return finish(kb, ctx, namespace, Outcome::Paused).await;
+    }
+    let deref = dereference::gather(&ctx.client, kb, namespace).await?;
+    if let Err(invalid) = validate::check(kb, &deref.missing) {
+        return finish(kb, ctx, namespace, Outcome::Invalid(invalid)).await;
+    }
+    let plan = build::plan(kb, &deref.inputs);
+    if let Err(error) = apply::apply(&ctx.client, namespace, &kb.name_any(), &plan).await {
+        // Best effort: the apply error is what the controller retries on.
+        let failed = Outcome::ApplyFailed(error.to_string());
+        if let Err(status_error) = finish(kb, ctx, namespace, failed).await {
+            tracing::warn!(%status_error, "could not report the apply failure in status");
+        }
+        return Err(error);
+    }
+    finish(kb, ctx, namespace, Outcome::Applied).await
+}
+
+/// Writes status, publishes an Event when readiness changed, and picks the next check.
+async fn finish(
+    kb: &KnowledgeBase,
+    ctx: &Context,
+    namespace: &str,
+    outcome: Outcome,
+) -> Result<Action> {
+    let (status, _) = status::update(&ctx.client, kb, namespace, &outcome).await?;
+    publish_transition(kb, ctx, kb.status.as_ref(), &status).await;
+    Ok(match outcome {
+        Outcome::Paused | Outcome::Invalid(_) => Action::requeue(RESYNC),
+        _ if is_ready(Some(&status)) => Action::requeue(RESYNC),
+        _ => Action::requeue(PROGRESS_RESYNC),
+    })
+}
+
+fn is_ready(status: Option<&KnowledgeBaseStatus>) -> bool {
+    status
+        .and_then(|s| s.condition(ConditionType::Ready))
+        .is_some_and(|c| c.status == "True")
+}
+
+/// An Event when `Ready` or `Degraded` changed reason, so `kubectl describe` tells the story.
+async fn publish_transition(
+    kb: &KnowledgeBase,
+    ctx: &Context,
+    before: Option<&KnowledgeBaseStatus>,
+    after: &KnowledgeBaseStatus,
+) {
+    let Some(recorder) = &ctx.recorder else {
+        return;
+    };
+    for kind in [ConditionType::Ready, ConditionType::Degraded] {
+        let old = before
+            .and_then(|s| s.condition(kind))
+            .map(|c| (&c.status, &c.reason));
+        let Some(new) = after.condition(kind) else {
+            continue;
+        };
+        if old == Some((&new.status, &new.reason)) {
+            continue;
+        }
+        let warning = (kind == ConditionType::Degraded) == (new.status == "True");
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: new.reason.clone(),
+            note: Some(new.message.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = recorder.publish(&event, &kb.object_ref(&())).await {
+            tracing::warn!(%error, "could not publish event");
+        }
+    }
+}
+
+/// Deletion: children go with their owner; PVCs follow `spec.storage.reclaimPolicy`. Best
+/// effort and bounded, so a finalizer never wedges deletion.
+async fn cleanup(kb: &KnowledgeBase, ctx: &Context, namespace: &str) {
+    if kb.spec.storage.reclaim_policy == ReclaimPolicy::Delete {
+        let names = Names::new(kb, namespace);
+        let work = delete_claims(&ctx.client, &names);
+        match tokio::time::timeout(ctx.cleanup_timeout, work).await {
+            Ok(Ok(deleted)) => tracing::info!(deleted, kb = %names.base, "deleted data volumes"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, kb = %names.base, "volume cleanup failed; leaving the rest")
+            }
+            Err(_) => {
+                tracing::warn!(kb = %names.base, "volume cleanup timed out; leaving the rest")
+            }
+        }
+    }
+}
+
+async fn delete_claims(client: &Client, names: &Names) -> kube::Result<usize> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &names.namespace);
+    let selector = format!(
+        "app.kubernetes.io/instance={},app.kubernetes.io/managed-by={MANAGER}",
+        names.base
+    );
+    let list = claims
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    for claim in &list.items {
+        claims
+            .delete(&claim.name_any(), &DeleteParams::background())
+            .await?;
+    }
+    Ok(list.items.len())
+}
+
+/// What the controller does after a failed reconcile.
+pub fn error_policy(_kb: Arc<KnowledgeBase>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "reconcile failed");
+    ctx.metrics.reconcile_failed(error);
+    Action::requeue(Duration::from_secs(10))
+}

@@ -1,0 +1,401 @@
+//! Reconcile against an in-memory API server: convergence, idempotence, drift repair,
+//! cleanup of disabled features, status from child state, and fault tolerance.
+
+mod common;
+
+use common::{cluster, context, converge, create, get, inventory, kb, reconcile_once, Faults};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
+use kb_operator::crd::{ConditionType, KnowledgeBase};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const MINIMAL: &str = "embedding:\n  device: cpu\n";
+const FULL: &str = "embedding:\n  device: cpu\nredis:\n  managed: {}\nautoscaling:\n  minReplicas: 2\n  maxReplicas: 4\nbackup:\n  schedule: '@daily'\n  destination:\n    pvc:\n      claimName: backups\n";
+
+fn minimal_children() -> Vec<&'static str> {
+    vec![
+        "ConfigMap/docs-worker",
+        "NetworkPolicy/docs-default-deny",
+        "NetworkPolicy/docs-worker",
+        "Secret/docs-api-keys",
+        "Service/docs",
+        "Service/docs-headless",
+        "ServiceAccount/docs-worker",
+        "StatefulSet/docs-worker",
+    ]
+}
+
+async fn condition(client: &Client, kind: ConditionType) -> (String, String) {
+    let kb: KnowledgeBase = get(client, "docs").await.unwrap();
+    let status = kb.status.expect("status written");
+    let c = status
+        .condition(kind)
+        .unwrap_or_else(|| panic!("no {kind:?} condition"));
+    (c.status.clone(), c.reason.clone())
+}
+
+async fn set_ready_replicas(client: &Client, name: &str, ready: i32) {
+    let api: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let status = json!({"status": {"replicas": ready, "readyReplicas": ready}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn converges_from_empty_to_every_child() {
+    let (client, writes) = cluster(None).await;
+    create(&client, &kb("docs", MINIMAL)).await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    let expected: Vec<String> = minimal_children().into_iter().map(String::from).collect();
+    assert_eq!(
+        inventory(&client).await.into_iter().collect::<Vec<_>>(),
+        expected
+    );
+    let kb: KnowledgeBase = get(&client, "docs").await.unwrap();
+    assert_eq!(
+        kb.metadata.finalizers,
+        Some(vec!["knowledge.dev/cleanup".to_string()])
+    );
+    let status = kb.status.unwrap();
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some("http://docs.default.svc:8080")
+    );
+    assert!(status
+        .selector
+        .unwrap()
+        .contains("app.kubernetes.io/instance=docs"));
+}
+
+#[tokio::test]
+async fn second_reconcile_changes_nothing() {
+    let (client, writes) = cluster(None).await;
+    create(&client, &kb("docs", FULL)).await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    let before: KnowledgeBase = get(&client, "docs").await.unwrap();
+    writes.take();
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(
+        writes.take(),
+        0,
+        "a converged KnowledgeBase must cause no writes"
+    );
+    let after: KnowledgeBase = get(&client, "docs").await.unwrap();
+    assert_eq!(before.status, after.status, "status must not churn");
+}
+
+#[tokio::test]
+async fn deleted_child_is_recreated_and_edited_child_is_reverted() {
+    let (client, writes) = cluster(None).await;
+    create(&client, &kb("docs", MINIMAL)).await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    config_maps
+        .delete("docs-worker", &DeleteParams::default())
+        .await
+        .unwrap();
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let edit = json!({"spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "evil:latest"}]}}}});
+    sts.patch("docs-worker", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    converge(&ctx, &writes, "docs").await;
+    assert!(get::<ConfigMap>(&client, "docs-worker").await.is_some());
+    let image = get::<StatefulSet>(&client, "docs-worker")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some(kb_operator::crd::DEFAULT_IMAGE));
+}
+
+#[tokio::test]
+async fn disabling_features_deletes_their_children() {
+    let (client, writes) = cluster(None).await;
+    create(&client, &kb("docs", FULL)).await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    let all = inventory(&client).await;
+    for child in [
+        "CronJob/docs-backup",
+        "HorizontalPodAutoscaler/docs-worker",
+        "StatefulSet/docs-redis",
+        "Secret/docs-redis",
+        "PodDisruptionBudget/docs-worker",
+        "NetworkPolicy/docs-backup",
+    ] {
+        assert!(all.contains(child), "{child} missing from {all:?}");
+    }
+    let api: Api<KnowledgeBase> = Api::namespaced(client.clone(), "default");
+    let off = json!({"spec": {"redis": null, "autoscaling": null, "backup": null}});
+    api.patch("docs", &PatchParams::default(), &Patch::Merge(&off))
+        .await
+        .unwrap();
+    converge(&ctx, &writes, "docs").await;
+    let expected: Vec<String> = minimal_children().into_iter().map(String::from).collect();
+    assert_eq!(
+        inventory(&client).await.into_iter().collect::<Vec<_>>(),
+        expected
+    );
+}
+
+#[tokio::test]
+async fn objects_not_labelled_as_children_are_never_deleted() {
+    let (client, writes) = cluster(None).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let foreign = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("docs-redis".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    create(&client, &kb("docs", MINIMAL)).await;
+    converge(&context(client.clone()), &writes, "docs").await;
+    assert!(get::<Secret>(&client, "docs-redis").await.is_some());
+}
+
+#[tokio::test]
+async fn status_follows_child_readiness() {
+    let (client, writes) = cluster(None).await;
+    create(
+        &client,
+        &kb(
+            "docs",
+            "embedding:\n  device: cpu\nreplicas: 2\nredis:\n  managed: {}\n",
+        ),
+    )
+    .await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    assert_eq!(
+        condition(&client, ConditionType::Ready).await,
+        ("False".into(), "ReplicasNotReady".into())
+    );
+    assert_eq!(
+        condition(&client, ConditionType::Progressing).await,
+        ("True".into(), "RollingOut".into())
+    );
+    set_ready_replicas(&client, "docs-worker", 2).await;
+    converge(&ctx, &writes, "docs").await;
+    assert_eq!(
+        condition(&client, ConditionType::Ready).await,
+        ("False".into(), "RedisNotReady".into())
+    );
+    set_ready_replicas(&client, "docs-redis", 1).await;
+    converge(&ctx, &writes, "docs").await;
+    assert_eq!(
+        condition(&client, ConditionType::Ready).await,
+        ("True".into(), "AllReplicasReady".into())
+    );
+    assert_eq!(
+        condition(&client, ConditionType::Progressing).await,
+        ("False".into(), "Converged".into())
+    );
+    assert_eq!(
+        condition(&client, ConditionType::Degraded).await,
+        ("False".into(), "AsExpected".into())
+    );
+    assert_eq!(
+        condition(&client, ConditionType::RedisReady).await,
+        ("True".into(), "ManagedRedisReady".into())
+    );
+    let kb: KnowledgeBase = get(&client, "docs").await.unwrap();
+    assert_eq!(kb.status.unwrap().ready_replicas, 2);
+}
+
+#[tokio::test]
+async fn invalid_spec_is_degraded_with_a_reason_and_creates_nothing() {
+    let (client, writes) = cluster(None).await;
+    create(
+        &client,
+        &kb("docs", "embedding:\n  device: cpu\nreplicas: 3\n"),
+    )
+    .await;
+    converge(&context(client.clone()), &writes, "docs").await;
+    assert_eq!(
+        condition(&client, ConditionType::Degraded).await,
+        ("True".into(), "RedisRequired".into())
+    );
+    assert_eq!(
+        condition(&client, ConditionType::Ready).await,
+        ("False".into(), "RedisRequired".into())
+    );
+    assert!(inventory(&client).await.is_empty());
+}
+
+#[tokio::test]
+async fn missing_referenced_secret_is_degraded() {
+    let (client, writes) = cluster(None).await;
+    create(
+        &client,
+        &kb(
+            "docs",
+            "embedding:\n  device: cpu\nauth:\n  apiKeysSecretRef: my-keys\n",
+        ),
+    )
+    .await;
+    converge(&context(client.clone()), &writes, "docs").await;
+    assert_eq!(
+        condition(&client, ConditionType::Degraded).await,
+        ("True".into(), "SecretNotFound".into())
+    );
+}
+
+#[tokio::test]
+async fn paused_knowledge_base_is_left_alone() {
+    let (client, writes) = cluster(None).await;
+    create(&client, &kb("docs", MINIMAL)).await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    let api: Api<KnowledgeBase> = Api::namespaced(client.clone(), "default");
+    api.patch(
+        "docs",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"paused": true}})),
+    )
+    .await
+    .unwrap();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    config_maps
+        .delete("docs-worker", &DeleteParams::default())
+        .await
+        .unwrap();
+    converge(&ctx, &writes, "docs").await;
+    assert!(get::<ConfigMap>(&client, "docs-worker").await.is_none());
+    assert_eq!(
+        condition(&client, ConditionType::Progressing).await,
+        ("False".into(), "Paused".into())
+    );
+}
+
+#[tokio::test]
+async fn generated_api_keys_are_never_regenerated() {
+    let (client, writes) = cluster(None).await;
+    create(&client, &kb("docs", MINIMAL)).await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    let first = get::<Secret>(&client, "docs-api-keys").await.unwrap().data;
+    Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .delete("docs-worker", &DeleteParams::default())
+        .await
+        .unwrap();
+    converge(&ctx, &writes, "docs").await;
+    assert_eq!(
+        get::<Secret>(&client, "docs-api-keys").await.unwrap().data,
+        first
+    );
+}
+
+#[tokio::test]
+async fn injected_errors_and_conflicts_still_converge_without_duplicates() {
+    let (client, writes) = cluster(Some(Faults { every: 40 })).await;
+    create(&client, &kb("docs", FULL)).await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    let keys = get::<Secret>(&client, "docs-api-keys").await.unwrap().data;
+    converge(&ctx, &writes, "docs").await;
+    assert_eq!(
+        get::<Secret>(&client, "docs-api-keys").await.unwrap().data,
+        keys
+    );
+    let all = inventory(&client).await;
+    assert_eq!(all.len(), 17, "{all:?}");
+    assert!(
+        writes.faults() >= 3,
+        "only {} faults injected",
+        writes.faults()
+    );
+    assert_eq!(condition(&client, ConditionType::Degraded).await.0, "False");
+}
+
+#[tokio::test]
+async fn deletion_honours_reclaim_policy_delete() {
+    let (client, writes) = cluster(None).await;
+    create(
+        &client,
+        &kb(
+            "docs",
+            "embedding:\n  device: cpu\nstorage:\n  reclaimPolicy: Delete\n",
+        ),
+    )
+    .await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let labels = [
+        ("app.kubernetes.io/instance", "docs"),
+        ("app.kubernetes.io/managed-by", "kb-operator"),
+    ];
+    let claim = PersistentVolumeClaim {
+        metadata: kube::api::ObjectMeta {
+            name: Some("data-docs-worker-0".into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    claims.create(&PostParams::default(), &claim).await.unwrap();
+    // The in-memory server deletes at once instead of setting deletionTimestamp while
+    // finalizers remain, so hand the reconciler the object as a real server would.
+    let mut deleting: KnowledgeBase = get(&client, "docs").await.unwrap();
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+    );
+    kb_operator::reconcile::reconcile(std::sync::Arc::new(deleting), ctx.clone())
+        .await
+        .unwrap();
+    assert!(get::<PersistentVolumeClaim>(&client, "data-docs-worker-0")
+        .await
+        .is_none());
+    let kb: KnowledgeBase = get(&client, "docs").await.unwrap();
+    assert!(
+        kb.metadata.finalizers.unwrap_or_default().is_empty(),
+        "finalizer removed"
+    );
+}
+
+#[tokio::test]
+async fn deletion_with_reclaim_policy_retain_keeps_claims() {
+    let (client, writes) = cluster(None).await;
+    create(&client, &kb("docs", MINIMAL)).await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let mut claim = PersistentVolumeClaim::default();
+    claim.metadata.name = Some("data-docs-worker-0".into());
+    claim.metadata.labels =
+        Some([("app.kubernetes.io/instance".to_string(), "docs".to_string())].into());
+    claims.create(&PostParams::default(), &claim).await.unwrap();
+    let mut deleting: KnowledgeBase = get(&client, "docs").await.unwrap();
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+    );
+    kb_operator::reconcile::reconcile(std::sync::Arc::new(deleting), ctx.clone())
+        .await
+        .unwrap();
+    assert!(get::<PersistentVolumeClaim>(&client, "data-docs-worker-0")
+        .await
+        .is_some());
+}
