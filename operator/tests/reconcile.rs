@@ -5,7 +5,7 @@ mod common;
 
 use common::{cluster, context, converge, create, get, inventory, kb, reconcile_once, Faults};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kb_operator::crd::{ConditionType, KnowledgeBase};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -323,79 +323,4 @@ async fn injected_errors_and_conflicts_still_converge_without_duplicates() {
         writes.faults()
     );
     assert_eq!(condition(&client, ConditionType::Degraded).await.0, "False");
-}
-
-#[tokio::test]
-async fn deletion_honours_reclaim_policy_delete() {
-    let (client, writes) = cluster(None).await;
-    create(
-        &client,
-        &kb(
-            "docs",
-            "embedding:\n  device: cpu\nstorage:\n  reclaimPolicy: Delete\n",
-        ),
-    )
-    .await;
-    let ctx = context(client.clone());
-    converge(&ctx, &writes, "docs").await;
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
-    let labels = [
-        ("app.kubernetes.io/instance", "docs"),
-        ("app.kubernetes.io/managed-by", "kb-operator"),
-    ];
-    let claim = PersistentVolumeClaim {
-        metadata: kube::api::ObjectMeta {
-            name: Some("data-docs-worker-0".into()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    claims.create(&PostParams::default(), &claim).await.unwrap();
-    // The in-memory server deletes at once instead of setting deletionTimestamp while
-    // finalizers remain, so hand the reconciler the object as a real server would.
-    let mut deleting: KnowledgeBase = get(&client, "docs").await.unwrap();
-    deleting.metadata.deletion_timestamp = Some(
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
-    );
-    kb_operator::reconcile::reconcile(std::sync::Arc::new(deleting), ctx.clone())
-        .await
-        .unwrap();
-    assert!(get::<PersistentVolumeClaim>(&client, "data-docs-worker-0")
-        .await
-        .is_none());
-    let kb: KnowledgeBase = get(&client, "docs").await.unwrap();
-    assert!(
-        kb.metadata.finalizers.unwrap_or_default().is_empty(),
-        "finalizer removed"
-    );
-}
-
-#[tokio::test]
-async fn deletion_with_reclaim_policy_retain_keeps_claims() {
-    let (client, writes) = cluster(None).await;
-    create(&client, &kb("docs", MINIMAL)).await;
-    let ctx = context(client.clone());
-    converge(&ctx, &writes, "docs").await;
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
-    let mut claim = PersistentVolumeClaim::default();
-    claim.metadata.name = Some("data-docs-worker-0".into());
-    claim.metadata.labels =
-        Some([("app.kubernetes.io/instance".to_string(), "docs".to_string())].into());
-    claims.create(&PostParams::default(), &claim).await.unwrap();
-    let mut deleting: KnowledgeBase = get(&client, "docs").await.unwrap();
-    deleting.metadata.deletion_timestamp = Some(
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
-    );
-    kb_operator::reconcile::reconcile(std::sync::Arc::new(deleting), ctx.clone())
-        .await
-        .unwrap();
-    assert!(get::<PersistentVolumeClaim>(&client, "data-docs-worker-0")
-        .await
-        .is_some());
 }

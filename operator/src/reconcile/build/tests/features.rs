@@ -1,0 +1,194 @@
+//! GPU scheduling, autoscaling and Redis.
+
+use super::*;
+
+#[test]
+fn gpu_workers_request_gpus_and_land_on_gpu_nodes() {
+    let mut kb = kb("docs");
+    kb.spec.embedding.device = Device::Cuda;
+    kb.spec.embedding.gpus_per_replica = Some(4);
+    kb.spec.gpu.runtime_class_name = Some("nvidia".into());
+    kb.spec
+        .gpu
+        .node_selector
+        .insert("nvidia.com/gpu.product".into(), "H100".into());
+    kb.spec
+        .node_selector
+        .insert("pool".into(), "inference".into());
+    let plan = plan_for(&kb);
+    let pod = worker_pod(&plan);
+    let limits = worker_container(&plan)
+        .resources
+        .as_ref()
+        .unwrap()
+        .limits
+        .clone()
+        .unwrap();
+    assert_eq!(limits["nvidia.com/gpu"].0, "4");
+    assert_eq!(pod.runtime_class_name.as_deref(), Some("nvidia"));
+    let selector = pod.node_selector.clone().unwrap();
+    assert_eq!(
+        (
+            selector["pool"].as_str(),
+            selector["nvidia.com/gpu.product"].as_str()
+        ),
+        ("inference", "H100")
+    );
+    let toleration = &pod.tolerations.as_ref().unwrap()[0];
+    assert_eq!(toleration.key.as_deref(), Some("nvidia.com/gpu"));
+    assert_eq!(config(&plan).embedding.device, "cuda");
+}
+
+#[test]
+fn cpu_workers_ignore_gpu_scheduling() {
+    let mut kb = kb("docs");
+    kb.spec.gpu.runtime_class_name = Some("nvidia".into());
+    kb.spec.gpu.resource_name = "amd.com/gpu".into();
+    let plan = plan_for(&kb);
+    let pod = worker_pod(&plan);
+    assert!(pod.runtime_class_name.is_none() && pod.tolerations.is_none());
+    assert!(worker_container(&plan).resources.is_none());
+    let affinity = pod.affinity.as_ref().unwrap();
+    assert!(
+        affinity.pod_anti_affinity.is_some(),
+        "replicas spread across nodes by default"
+    );
+    assert!(pod.topology_spread_constraints.is_some());
+}
+
+#[test]
+fn hpa_owns_replicas_when_autoscaling() {
+    let mut kb = kb("docs");
+    kb.spec.redis = Some(fixtures::managed_redis());
+    kb.spec.autoscaling = Some(fixtures::autoscaling(2, 8));
+    let plan = plan_for(&kb);
+    let sts = json(&plan, ChildKind::StatefulSet, "docs-worker");
+    assert!(
+        sts["spec"].get("replicas").is_none(),
+        "replicas must be omitted: {}",
+        sts["spec"]
+    );
+    let hpa = json(&plan, ChildKind::HorizontalPodAutoscaler, "docs-worker");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "docs-worker");
+    assert_eq!(
+        (
+            hpa["spec"]["minReplicas"].as_i64(),
+            hpa["spec"]["maxReplicas"].as_i64()
+        ),
+        (Some(2), Some(8))
+    );
+    let metrics = hpa["spec"]["metrics"].as_array().unwrap();
+    assert_eq!(metrics[0]["resource"]["target"]["averageUtilization"], 60);
+    assert_eq!(
+        metrics[1]["pods"]["metric"]["name"],
+        "kb_http_requests_per_second"
+    );
+    assert_eq!(
+        hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+        300
+    );
+    assert_eq!(
+        hpa["spec"]["behavior"]["scaleUp"]["policies"][0]["type"],
+        "Pods"
+    );
+    assert!(plan
+        .get(ChildKind::PodDisruptionBudget, "docs-worker")
+        .is_some());
+}
+
+#[test]
+fn fixed_replicas_are_written_and_hpa_is_pruned() {
+    let mut kb = kb("docs");
+    kb.spec.redis = Some(fixtures::managed_redis());
+    kb.spec.replicas = 3;
+    let plan = plan_for(&kb);
+    assert_eq!(
+        json(&plan, ChildKind::StatefulSet, "docs-worker")["spec"]["replicas"],
+        3
+    );
+    assert!(pruned(
+        &plan,
+        ChildKind::HorizontalPodAutoscaler,
+        "docs-worker"
+    ));
+    let pdb = json(&plan, ChildKind::PodDisruptionBudget, "docs-worker");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+}
+
+#[test]
+fn managed_redis_gets_its_own_children_and_workers_use_it() {
+    let mut kb = kb("docs");
+    kb.spec.redis = Some(fixtures::managed_redis());
+    let plan = plan_for(&kb);
+    let conf = json(&plan, ChildKind::ConfigMap, "docs-redis");
+    let conf = conf["data"]["redis.conf"].as_str().unwrap();
+    assert!(
+        conf.contains("appendonly yes") && conf.contains("maxmemory-policy volatile-lru"),
+        "{conf}"
+    );
+    assert!(plan.get(ChildKind::Secret, "docs-redis").is_some());
+    assert!(plan.get(ChildKind::Service, "docs-redis").is_some());
+    assert!(plan.get(ChildKind::NetworkPolicy, "docs-redis").is_some());
+    let redis = json(&plan, ChildKind::StatefulSet, "docs-redis");
+    assert_eq!(
+        redis["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+            ["readOnlyRootFilesystem"],
+        true
+    );
+    let worker_redis = config(&plan).redis.unwrap();
+    assert_eq!(
+        worker_redis.url.as_deref(),
+        Some("redis://docs-redis.default.svc:6379")
+    );
+    assert_eq!(
+        worker_redis.password_env.as_deref(),
+        Some("KB_REDIS_PASSWORD")
+    );
+    assert_eq!(worker_redis.key_prefix, "kb:default:docs");
+    let env = &worker_container(&plan).env.as_ref().unwrap()[0];
+    assert_eq!(env.name, "KB_REDIS_PASSWORD");
+    assert_eq!(
+        env.value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "docs-redis"
+    );
+}
+
+#[test]
+fn external_redis_cluster_is_configured_and_reachable() {
+    let mut kb = kb("docs");
+    kb.spec.redis = Some(fixtures::external_cluster_redis());
+    let plan = plan_for(&kb);
+    let redis = config(&plan).redis.unwrap();
+    assert_eq!(redis.mode, kb_config::RedisMode::Cluster);
+    assert_eq!(redis.nodes.len(), 2);
+    assert!(redis.tls);
+    let env = &worker_container(&plan).env.as_ref().unwrap()[0];
+    assert_eq!(
+        env.value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "redis-auth"
+    );
+    assert!(pruned(&plan, ChildKind::StatefulSet, "docs-redis"));
+    let policy = json(&plan, ChildKind::NetworkPolicy, "docs-worker");
+    let egress_ports: Vec<_> = policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ports"][0]["port"].clone())
+        .collect();
+    assert!(
+        egress_ports.contains(&serde_json::json!(7000)),
+        "{egress_ports:?}"
+    );
+}

@@ -1,0 +1,206 @@
+//! The worker workload: config contract, pod, container, storage, placement.
+
+use super::*;
+
+#[test]
+fn worker_config_follows_the_contract() {
+    let config = config(&plan_for(&kb("docs")));
+    assert_eq!(config.listen, "0.0.0.0:8080");
+    assert_eq!(config.metrics_listen, "0.0.0.0:9090");
+    assert_eq!(config.data_dir.to_str(), Some("/data"));
+    assert_eq!(config.model.unwrap().to_str(), Some("/opt/kb/model"));
+    assert_eq!(config.embedding.device, "cpu");
+    assert_eq!(
+        config.auth.api_keys_file.unwrap().to_str(),
+        Some("/etc/kb/keys/api-keys.yaml")
+    );
+    assert!(config.redis.is_none());
+}
+
+#[test]
+fn embedding_chunking_and_cache_reach_the_worker_config() {
+    let mut kb = kb("docs");
+    kb.spec.embedding.precision = crate::crd::Precision::Bf16;
+    kb.spec.embedding.max_batch_tokens = 4096;
+    kb.spec.embedding.max_seq_len = 128;
+    kb.spec.chunking.max_tokens = 100;
+    kb.spec.chunking.overlap = 10;
+    kb.spec.cache.enabled = false;
+    kb.spec.cache.ttl_seconds = 60;
+    let config = config(&plan_for(&kb));
+    assert_eq!(config.embedding.precision, kb_config::Precision::Bf16);
+    assert_eq!(
+        (
+            config.embedding.max_batch_tokens,
+            config.embedding.max_seq_len
+        ),
+        (4096, 128)
+    );
+    assert_eq!(
+        (config.chunking.max_tokens, config.chunking.overlap),
+        (100, 10)
+    );
+    assert!(!config.cache.enabled);
+    assert_eq!(config.cache.ttl_seconds, 60);
+}
+
+#[test]
+fn config_change_rolls_the_pods() {
+    let hash = |kb: &KnowledgeBase| {
+        let plan = plan_for(kb);
+        let sts = statefulset(&plan, "docs-worker").clone();
+        sts.spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    let mut changed = kb("docs");
+    changed.spec.chunking.max_tokens = 300;
+    assert_eq!(hash(&kb("docs")), hash(&kb("docs")));
+    assert_ne!(hash(&kb("docs")), hash(&changed));
+}
+
+#[test]
+fn worker_pod_is_hardened() {
+    let plan = plan_for(&kb("docs"));
+    let pod = worker_pod(&plan);
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let pod_security = pod.security_context.as_ref().unwrap();
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    assert_eq!(
+        pod_security.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault"
+    );
+    let security = worker_container(&plan).security_context.as_ref().unwrap();
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        security.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    let sa = json(&plan, ChildKind::ServiceAccount, "docs-worker");
+    assert_eq!(sa["automountServiceAccountToken"], false);
+}
+
+#[test]
+fn worker_container_runs_the_worker_contract() {
+    let plan = plan_for(&kb("docs"));
+    let c = worker_container(&plan);
+    assert_eq!(c.image.as_deref(), Some(crate::crd::DEFAULT_IMAGE));
+    assert_eq!(
+        c.command.as_ref().unwrap().join(" "),
+        "kb-worker serve --config /etc/kb/config.yaml"
+    );
+    let ports: Vec<_> = c
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        [("http".to_string(), 8080), ("metrics".to_string(), 9090)]
+    );
+    let path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(path(&c.liveness_probe), "/livez");
+    assert_eq!(path(&c.readiness_probe), "/readyz");
+    assert_eq!(path(&c.startup_probe), "/livez");
+    assert!(c.startup_probe.as_ref().unwrap().failure_threshold.unwrap() >= 30);
+    let sts = json(&plan, ChildKind::StatefulSet, "docs-worker");
+    assert_eq!(sts["spec"]["serviceName"], "docs-headless");
+    assert_eq!(sts["spec"]["replicas"], 1);
+    let headless = json(&plan, ChildKind::Service, "docs-headless");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+}
+
+#[test]
+fn model_volume_is_mounted_read_only_at_models() {
+    let mut kb = kb("docs");
+    kb.spec.embedding.model_volume = Some(
+        serde_json::from_value(serde_json::json!({
+            "persistentVolumeClaim": {"claimName": "models"}, "subPath": "all-MiniLM-L6-v2"
+        }))
+        .unwrap(),
+    );
+    let plan = plan_for(&kb);
+    assert_eq!(
+        config(&plan).model.unwrap().to_str(),
+        Some("/models/all-MiniLM-L6-v2")
+    );
+    let mount = worker_container(&plan)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "models")
+        .unwrap();
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        ("/models", Some(true))
+    );
+}
+
+#[test]
+fn storage_reaches_the_claim_template_and_retention_policy() {
+    let mut kb = kb("docs");
+    kb.spec.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("50Gi".into());
+    kb.spec.storage.storage_class_name = Some("fast".into());
+    kb.spec.storage.reclaim_policy = ReclaimPolicy::Delete;
+    let sts = json(&plan_for(&kb), ChildKind::StatefulSet, "docs-worker");
+    let claim = &sts["spec"]["volumeClaimTemplates"][0]["spec"];
+    assert_eq!(claim["resources"]["requests"]["storage"], "50Gi");
+    assert_eq!(claim["storageClassName"], "fast");
+    assert_eq!(
+        sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
+        "Delete"
+    );
+}
+
+#[test]
+fn pod_metadata_and_placement_pass_through() {
+    let mut kb = kb("docs");
+    kb.spec.image = "registry.local/kb-worker:dev".into();
+    kb.spec.image_pull_policy = Some(crate::crd::PullPolicy::Always);
+    kb.spec.image_pull_secrets = vec!["regcred".into()];
+    kb.spec
+        .pod_annotations
+        .insert("team".into(), "search".into());
+    kb.spec.pod_labels.insert("tier".into(), "backend".into());
+    kb.spec.tolerations = vec![k8s_openapi::api::core::v1::Toleration {
+        key: Some("dedicated".into()),
+        operator: Some("Exists".into()),
+        ..Default::default()
+    }];
+    kb.spec.resources = Some(
+        serde_json::from_value(serde_json::json!({"requests": {"cpu": "2", "memory": "4Gi"}}))
+            .unwrap(),
+    );
+    let plan = plan_for(&kb);
+    let sts = json(&plan, ChildKind::StatefulSet, "docs-worker");
+    let template = &sts["spec"]["template"];
+    assert_eq!(template["metadata"]["annotations"]["team"], "search");
+    assert_eq!(template["metadata"]["labels"]["tier"], "backend");
+    assert_eq!(template["spec"]["imagePullSecrets"][0]["name"], "regcred");
+    assert_eq!(template["spec"]["tolerations"][0]["key"], "dedicated");
+    let container = &template["spec"]["containers"][0];
+    assert_eq!(
+        (
+            container["image"].as_str(),
+            container["imagePullPolicy"].as_str()
+        ),
+        (Some("registry.local/kb-worker:dev"), Some("Always"))
+    );
+    assert_eq!(container["resources"]["requests"]["memory"], "4Gi");
+}

@@ -1,0 +1,53 @@
+//! Leader election on a Lease: one holder at a time, renewal, expiry and hand-over.
+
+use kb_operator::leader::{LeaderElector, LeaseConfig};
+use kube::Client;
+use kube_fake_client::ClientBuilder;
+use std::time::Duration;
+
+fn candidate(client: &Client, identity: &str, duration: Duration) -> LeaderElector {
+    LeaderElector::new(
+        client.clone(),
+        LeaseConfig {
+            name: "kb-operator-leader".into(),
+            namespace: "kb-system".into(),
+            identity: identity.into(),
+            duration,
+        },
+    )
+}
+
+#[tokio::test]
+async fn only_one_candidate_holds_the_lease_and_renews_it() {
+    let client = ClientBuilder::new().build().await.unwrap();
+    let a = candidate(&client, "operator-a", Duration::from_secs(30));
+    let b = candidate(&client, "operator-b", Duration::from_secs(30));
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    assert!(!b.try_acquire_or_renew().await.unwrap());
+    assert!(a.try_acquire_or_renew().await.unwrap(), "the holder renews");
+    assert!(!b.try_acquire_or_renew().await.unwrap());
+}
+
+#[tokio::test]
+async fn released_lease_is_taken_over_at_once() {
+    let client = ClientBuilder::new().build().await.unwrap();
+    let a = candidate(&client, "operator-a", Duration::from_secs(30));
+    let b = candidate(&client, "operator-b", Duration::from_secs(30));
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    a.release().await.unwrap();
+    assert!(b.try_acquire_or_renew().await.unwrap());
+    assert!(!a.try_acquire_or_renew().await.unwrap());
+}
+
+#[tokio::test]
+async fn expired_lease_is_taken_over() {
+    let client = ClientBuilder::new().build().await.unwrap();
+    let a = candidate(&client, "operator-a", Duration::from_secs(1));
+    let b = candidate(&client, "operator-b", Duration::from_secs(1));
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        b.try_acquire_or_renew().await.unwrap(),
+        "a stopped renewing"
+    );
+}
