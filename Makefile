@@ -37,16 +37,16 @@ setup-tools:
 	@scripts/setup-k8s-tools.sh $(CURDIR)/.tools
 
 build: setup-system setup-python
-	cargo build --release --locked -p kb-worker -p kb-operator
+	cargo build --release -p kb-worker -p kb-operator
 
 run: build
 	@scripts/run-demo.sh $(WORKER) $(LISTEN) $(RUN_DIR)
 
 lint: setup-system setup-python
 	cargo fmt --all -- --check
-	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 unit: setup
-	KB_MODEL_DIR=$$(scripts/model-dir.sh) cargo test --locked --workspace
+	KB_MODEL_DIR=$$(scripts/model-dir.sh) cargo test --workspace
 
 test: lint unit
