@@ -53,8 +53,8 @@ pub enum BackupObserved {
     },
 }
 
-/// One condition before timestamps: type, status, reason, message.
-type Verdict = (ConditionType, &'static str, &'static str, String);
+/// One condition before timestamps: status, reason, message.
+type Verdict = (&'static str, &'static str, String);
 
 /// The status for `outcome` and `observed`; `previous` keeps transition times stable.
 pub fn status(
@@ -67,7 +67,7 @@ pub fn status(
 ) -> KnowledgeBaseStatus {
     let conditions = verdicts(outcome, observed)
         .into_iter()
-        .map(|(kind, status, reason, message)| {
+        .map(|(kind, (status, reason, message))| {
             let old = previous.and_then(|p| p.condition(kind));
             let last_transition_time = match old {
                 Some(old) if old.status == status => old.last_transition_time.clone(),
@@ -97,111 +97,81 @@ pub fn status(
     }
 }
 
-fn verdicts(outcome: &Outcome, observed: &Observed) -> Vec<Verdict> {
+fn verdicts(outcome: &Outcome, observed: &Observed) -> [(ConditionType, Verdict); 5] {
     let (redis_ok, redis) = redis(&observed.redis);
     let workers_ready = observed.ready_replicas >= observed.desired_replicas;
-    let ready = match outcome {
-        Outcome::Invalid(invalid) => (
+    [
+        (
             ConditionType::Ready,
-            "False",
-            invalid.reason,
-            invalid.message.clone(),
+            ready(outcome, observed, workers_ready, redis_ok),
         ),
-        _ if !workers_ready => (
-            ConditionType::Ready,
-            "False",
-            "ReplicasNotReady",
-            format!(
-                "{}/{} replicas ready",
-                observed.ready_replicas, observed.desired_replicas
-            ),
+        (
+            ConditionType::Progressing,
+            progressing(outcome, workers_ready && redis_ok),
         ),
+        (ConditionType::Degraded, degraded(outcome)),
+        (ConditionType::RedisReady, redis),
+        (ConditionType::BackupSucceeded, backup(&observed.backup)),
+    ]
+}
+
+fn ready(outcome: &Outcome, observed: &Observed, workers_ready: bool, redis_ok: bool) -> Verdict {
+    let counts = format!(
+        "{}/{} replicas ready",
+        observed.ready_replicas, observed.desired_replicas
+    );
+    match outcome {
+        Outcome::Invalid(invalid) => ("False", invalid.reason, invalid.message.clone()),
+        _ if !workers_ready => ("False", "ReplicasNotReady", counts),
         _ if !redis_ok => (
-            ConditionType::Ready,
             "False",
             "RedisNotReady",
             "managed Redis is not ready".into(),
         ),
-        _ => (
-            ConditionType::Ready,
-            "True",
-            "AllReplicasReady",
-            format!(
-                "{}/{} replicas ready",
-                observed.ready_replicas, observed.desired_replicas
-            ),
-        ),
-    };
-    let converged = workers_ready && redis_ok;
-    let progressing = match outcome {
+        _ => ("True", "AllReplicasReady", counts),
+    }
+}
+
+fn progressing(outcome: &Outcome, converged: bool) -> Verdict {
+    match outcome {
         Outcome::Paused => (
-            ConditionType::Progressing,
             "False",
             "Paused",
             "spec.paused is true: children are not reconciled".into(),
         ),
-        Outcome::Invalid(_) => (
-            ConditionType::Progressing,
-            "False",
-            "Invalid",
-            "fix the spec to continue".into(),
-        ),
+        Outcome::Invalid(_) => ("False", "Invalid", "fix the spec to continue".into()),
         Outcome::ApplyFailed(_) => (
-            ConditionType::Progressing,
             "True",
             "Retrying",
             "applying children failed; retrying".into(),
         ),
         _ if converged => (
-            ConditionType::Progressing,
             "False",
             "Converged",
             "all children are up to date and ready".into(),
         ),
         _ => (
-            ConditionType::Progressing,
             "True",
             "RollingOut",
             "waiting for children to become ready".into(),
         ),
-    };
-    let degraded = match outcome {
-        Outcome::Invalid(invalid) => (
-            ConditionType::Degraded,
-            "True",
-            invalid.reason,
-            invalid.message.clone(),
-        ),
-        Outcome::ApplyFailed(message) => (
-            ConditionType::Degraded,
-            "True",
-            "ApplyFailed",
-            message.clone(),
-        ),
-        _ => (
-            ConditionType::Degraded,
-            "False",
-            "AsExpected",
-            "no problem found".into(),
-        ),
-    };
-    vec![
-        ready,
-        progressing,
-        degraded,
-        redis,
-        backup(&observed.backup),
-    ]
+    }
+}
+
+fn degraded(outcome: &Outcome) -> Verdict {
+    match outcome {
+        Outcome::Invalid(invalid) => ("True", invalid.reason, invalid.message.clone()),
+        Outcome::ApplyFailed(message) => ("True", "ApplyFailed", message.clone()),
+        _ => ("False", "AsExpected", "no problem found".into()),
+    }
 }
 
 /// Whether Redis allows readiness, and its condition.
 fn redis(redis: &RedisObserved) -> (bool, Verdict) {
-    let kind = ConditionType::RedisReady;
     match redis {
         RedisObserved::NotConfigured => (
             true,
             (
-                kind,
                 "False",
                 "NotConfigured",
                 "spec.redis is not set: single replica with a file log".into(),
@@ -210,7 +180,6 @@ fn redis(redis: &RedisObserved) -> (bool, Verdict) {
         RedisObserved::External => (
             true,
             (
-                kind,
                 "True",
                 "External",
                 "external Redis is configured (not probed by the operator)".into(),
@@ -218,17 +187,11 @@ fn redis(redis: &RedisObserved) -> (bool, Verdict) {
         ),
         RedisObserved::Managed { ready: true } => (
             true,
-            (
-                kind,
-                "True",
-                "ManagedRedisReady",
-                "managed Redis is ready".into(),
-            ),
+            ("True", "ManagedRedisReady", "managed Redis is ready".into()),
         ),
         RedisObserved::Managed { ready: false } => (
             false,
             (
-                kind,
                 "False",
                 "ManagedRedisNotReady",
                 "managed Redis is not ready".into(),
@@ -238,52 +201,156 @@ fn redis(redis: &RedisObserved) -> (bool, Verdict) {
 }
 
 fn backup(backup: &BackupObserved) -> Verdict {
-    let kind = ConditionType::BackupSucceeded;
-    match backup {
-        BackupObserved::NotConfigured => (
-            kind,
-            "False",
-            "NotConfigured",
-            "spec.backup is not set".into(),
-        ),
-        BackupObserved::Suspended => (
-            kind,
-            "Unknown",
-            "Suspended",
-            "spec.backup.suspend is true".into(),
-        ),
-        BackupObserved::Scheduled {
-            last_schedule: None,
-            ..
-        } => (
-            kind,
+    let BackupObserved::Scheduled {
+        last_schedule,
+        last_success,
+        running,
+    } = backup
+    else {
+        return match backup {
+            BackupObserved::Suspended => {
+                ("Unknown", "Suspended", "spec.backup.suspend is true".into())
+            }
+            _ => ("False", "NotConfigured", "spec.backup is not set".into()),
+        };
+    };
+    let Some(scheduled) = last_schedule else {
+        return (
             "Unknown",
             "NoBackupYet",
             "no backup has been scheduled yet".into(),
+        );
+    };
+    match last_success {
+        Some(success) if success.0 >= scheduled.0 => (
+            "True",
+            "LastBackupSucceeded",
+            format!("last backup completed at {}", success.0),
         ),
-        BackupObserved::Scheduled {
-            last_schedule: Some(scheduled),
-            last_success,
-            running,
-        } => match last_success {
-            Some(success) if success.0 >= scheduled.0 => (
-                kind,
-                "True",
-                "LastBackupSucceeded",
-                format!("last backup completed at {}", success.0),
+        _ if *running => (
+            "Unknown",
+            "BackupRunning",
+            format!("backup scheduled at {} is running", scheduled.0),
+        ),
+        _ => (
+            "False",
+            "LastBackupFailed",
+            format!("backup scheduled at {} did not succeed", scheduled.0),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> Time {
+        Time(jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn observed(ready: i32) -> Observed {
+        Observed {
+            desired_replicas: 2,
+            replicas: 2,
+            ready_replicas: ready,
+            ..Observed::default()
+        }
+    }
+
+    fn compute(
+        observed: &Observed,
+        previous: Option<&KnowledgeBaseStatus>,
+        now: i64,
+    ) -> KnowledgeBaseStatus {
+        status(
+            Some(1),
+            &Outcome::Applied,
+            observed,
+            previous,
+            KnowledgeBaseStatus::default(),
+            &at(now),
+        )
+    }
+
+    #[test]
+    fn unchanged_conditions_keep_their_transition_time() {
+        let first = compute(&observed(1), None, 100);
+        let again = compute(&observed(1), Some(&first), 200);
+        assert_eq!(first, again, "nothing changed, so nothing may differ");
+        let ready = compute(&observed(2), Some(&first), 300);
+        let condition = ready.condition(ConditionType::Ready).unwrap();
+        assert_eq!(
+            (
+                condition.status.as_str(),
+                condition.last_transition_time.clone()
             ),
-            _ if *running => (
-                kind,
-                "Unknown",
-                "BackupRunning",
-                format!("backup scheduled at {} is running", scheduled.0),
+            ("True", at(300))
+        );
+        let degraded = ready.condition(ConditionType::Degraded).unwrap();
+        assert_eq!(
+            degraded.last_transition_time,
+            at(100),
+            "Degraded did not change"
+        );
+    }
+
+    #[test]
+    fn backup_condition_follows_the_cron_job() {
+        let scheduled = |schedule: Option<i64>, success: Option<i64>, running: bool| {
+            let backup = BackupObserved::Scheduled {
+                last_schedule: schedule.map(at),
+                last_success: success.map(at),
+                running,
+            };
+            let status = compute(
+                &Observed {
+                    backup,
+                    ..observed(2)
+                },
+                None,
+                500,
+            );
+            let c = status
+                .condition(ConditionType::BackupSucceeded)
+                .unwrap()
+                .clone();
+            (c.status, c.reason, status.last_backup)
+        };
+        assert_eq!(
+            scheduled(None, None, false),
+            ("Unknown".into(), "NoBackupYet".into(), None)
+        );
+        assert_eq!(
+            scheduled(Some(10), Some(20), false),
+            ("True".into(), "LastBackupSucceeded".into(), Some(at(20)))
+        );
+        assert_eq!(scheduled(Some(30), Some(20), true).1, "BackupRunning");
+        assert_eq!(scheduled(Some(30), Some(20), false).1, "LastBackupFailed");
+    }
+
+    #[test]
+    fn apply_failure_is_degraded_and_retrying() {
+        let failed = Outcome::ApplyFailed("boom".into());
+        let status = status(
+            None,
+            &failed,
+            &observed(2),
+            None,
+            KnowledgeBaseStatus::default(),
+            &at(1),
+        );
+        let degraded = status.condition(ConditionType::Degraded).unwrap();
+        assert_eq!(
+            (
+                degraded.status.as_str(),
+                degraded.reason.as_str(),
+                degraded.message.as_str()
             ),
-            _ => (
-                kind,
-                "False",
-                "LastBackupFailed",
-                format!("backup scheduled at {} did not succeed", scheduled.0),
-            ),
-        },
+            ("True", "ApplyFailed", "boom")
+        );
+        assert_eq!(
+            status.condition(ConditionType::Progressing).unwrap().reason,
+            "Retrying"
+        );
     }
 }

@@ -32,71 +32,23 @@ pub async fn gather(client: &Client, kb: &KnowledgeBase, namespace: &str) -> Res
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let names = Names::new(kb, namespace);
     let spec = &kb.spec;
-    let mut missing = Vec::new();
-    let generated_api_keys = match &spec.auth.api_keys_secret_ref {
-        None => Some(
-            existing_or(
-                &secrets,
-                &names.api_keys(),
-                &[API_KEYS_FILE, ADMIN_KEY],
-                generate_api_keys,
-            )
-            .await?,
-        ),
-        Some(name) => {
-            let mut keys = vec![API_KEYS_FILE];
-            if spec.backup.is_some() {
-                keys.push(ADMIN_KEY);
-            }
-            check(
-                &secrets,
-                "spec.auth.apiKeysSecretRef",
-                name,
-                &keys,
-                &mut missing,
-            )
-            .await?;
-            None
+    let generated_api_keys = match spec.auth.api_keys_secret_ref {
+        None => {
+            let keys = [API_KEYS_FILE, ADMIN_KEY];
+            Some(existing_or(&secrets, &names.api_keys(), &keys, generate_api_keys).await?)
         }
+        Some(_) => None,
     };
-    let redis = spec.redis.as_ref();
-    let redis_password = match redis.and_then(|r| r.managed.as_ref()) {
-        Some(_) => Some(
-            existing_or(
-                &secrets,
-                &names.redis(),
-                &[REDIS_PASSWORD_KEY],
-                generate_redis_password,
-            )
-            .await?,
-        ),
+    let redis_password = match spec.redis.as_ref().and_then(|r| r.managed.as_ref()) {
+        Some(_) => {
+            let keys = [REDIS_PASSWORD_KEY];
+            Some(existing_or(&secrets, &names.redis(), &keys, generate_redis_password).await?)
+        }
         None => None,
     };
-    let password_ref = redis
-        .and_then(|r| r.external.as_ref())
-        .and_then(|e| e.password_secret_ref.as_ref());
-    if let Some(secret) = password_ref {
-        let field = "spec.redis.external.passwordSecretRef";
-        check(
-            &secrets,
-            field,
-            &secret.name,
-            &[secret.key.as_str()],
-            &mut missing,
-        )
-        .await?;
-    }
-    let s3 = spec.backup.as_ref().and_then(|b| b.destination.s3.as_ref());
-    if let Some(s3) = s3 {
-        let field = "spec.backup.destination.s3.credentialsSecretRef";
-        check(
-            &secrets,
-            field,
-            &s3.credentials_secret_ref,
-            &[],
-            &mut missing,
-        )
-        .await?;
+    let mut missing = Vec::new();
+    for reference in references(kb) {
+        check(&secrets, &reference, &mut missing).await?;
     }
     Ok(Dereferenced {
         inputs: Inputs {
@@ -106,6 +58,46 @@ pub async fn gather(client: &Client, kb: &KnowledgeBase, namespace: &str) -> Res
         },
         missing,
     })
+}
+
+/// A Secret the spec names, with the keys it must hold.
+struct Reference<'a> {
+    field: &'static str,
+    secret: &'a str,
+    keys: Vec<&'a str>,
+}
+
+/// Every Secret the spec names.
+fn references(kb: &KnowledgeBase) -> Vec<Reference<'_>> {
+    let spec = &kb.spec;
+    let mut references = Vec::new();
+    if let Some(secret) = &spec.auth.api_keys_secret_ref {
+        let mut keys = vec![API_KEYS_FILE];
+        if spec.backup.is_some() {
+            keys.push(ADMIN_KEY);
+        }
+        references.push(Reference {
+            field: "spec.auth.apiKeysSecretRef",
+            secret,
+            keys,
+        });
+    }
+    let external = spec.redis.as_ref().and_then(|r| r.external.as_ref());
+    if let Some(password) = external.and_then(|e| e.password_secret_ref.as_ref()) {
+        references.push(Reference {
+            field: "spec.redis.external.passwordSecretRef",
+            secret: &password.name,
+            keys: vec![password.key.as_str()],
+        });
+    }
+    if let Some(s3) = spec.backup.as_ref().and_then(|b| b.destination.s3.as_ref()) {
+        references.push(Reference {
+            field: "spec.backup.destination.s3.credentialsSecretRef",
+            secret: &s3.credentials_secret_ref,
+            keys: Vec::new(),
+        });
+    }
+    references
 }
 
 /// Inputs for rendering offline: every generated Secret is freshly generated.
@@ -143,21 +135,21 @@ async fn existing_or(
 
 async fn check(
     secrets: &Api<Secret>,
-    field: &'static str,
-    name: &str,
-    keys: &[&str],
+    reference: &Reference<'_>,
     missing: &mut Vec<MissingReference>,
 ) -> Result<()> {
+    let name = reference.secret;
     let secret = secrets.get_opt(name).await.map_err(|source| Error::Read {
         what: format!("Secret {name}"),
         source: Box::new(source),
     })?;
+    let absent = |key: Option<&str>| MissingReference {
+        field: reference.field,
+        secret: name.to_string(),
+        key: key.map(String::from),
+    };
     let Some(secret) = secret else {
-        missing.push(MissingReference {
-            field,
-            secret: name.to_string(),
-            key: None,
-        });
+        missing.push(absent(None));
         return Ok(());
     };
     let has = |key: &str| {
@@ -167,12 +159,8 @@ async fn check(
                 .as_ref()
                 .is_some_and(|d| d.contains_key(key))
     };
-    for key in keys.iter().filter(|k| !has(k)) {
-        missing.push(MissingReference {
-            field,
-            secret: name.to_string(),
-            key: Some(key.to_string()),
-        });
+    for key in reference.keys.iter().filter(|k| !has(k)) {
+        missing.push(absent(Some(key)));
     }
     Ok(())
 }

@@ -74,7 +74,21 @@ pub async fn cluster(faults: Option<Faults>) -> (Client, Arc<Writes>) {
         }
         fail
     };
-    let fail = Arc::new(fail);
+    let funcs = interceptors(&writes, Arc::new(fail));
+    let client = ClientBuilder::new()
+        .with_resource::<KnowledgeBase>()
+        .with_interceptor_funcs(funcs)
+        .build()
+        .await
+        .unwrap();
+    (client, writes)
+}
+
+/// Counts writes and injects the faults `fail` picks.
+fn interceptors(
+    writes: &Arc<Writes>,
+    fail: Arc<dyn Fn() -> bool + Send + Sync>,
+) -> interceptor::Funcs {
     let (w1, w2, w3, w4, w5) = (
         writes.clone(),
         writes.clone(),
@@ -83,7 +97,7 @@ pub async fn cluster(faults: Option<Faults>) -> (Client, Arc<Writes>) {
         writes.clone(),
     );
     let (f1, f2, f3) = (fail.clone(), fail.clone(), fail.clone());
-    let funcs = interceptor::Funcs::new()
+    interceptor::Funcs::new()
         .patch(move |_| {
             w1.bump();
             match f1() {
@@ -115,14 +129,7 @@ pub async fn cluster(faults: Option<Faults>) -> (Client, Arc<Writes>) {
         .get(move |_| match f3() {
             true => Err(kube_fake_client::Error::Internal("injected failure".into())),
             false => Ok(None),
-        });
-    let client = ClientBuilder::new()
-        .with_resource::<KnowledgeBase>()
-        .with_interceptor_funcs(funcs)
-        .build()
-        .await
-        .unwrap();
-    (client, writes)
+        })
 }
 
 pub fn context(client: Client) -> Arc<Context> {

@@ -23,7 +23,7 @@ pub use config_map::{worker_config, CONFIG_HASH_ANNOTATION};
 pub use names::{Component, Names, HTTP_PORT, MANAGER, METRICS_PORT, REDIS_PORT};
 pub use secret::{ADMIN_KEY, API_KEYS_FILE, REDIS_PASSWORD_KEY};
 
-use crate::crd::KnowledgeBase;
+use crate::crd::{KnowledgeBase, KnowledgeBaseSpec};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::CronJob;
@@ -156,49 +156,16 @@ pub fn plan(kb: &KnowledgeBase, inputs: &Inputs) -> Plan {
     }
     let names = Names::new(kb, &inputs.namespace);
     let spec = &kb.spec;
-    let config = config_map::worker_config_map(spec, &names);
-    let config_hash = config_map::config_hash(&config);
-    plan.add(
-        ChildKind::ServiceAccount,
-        names.worker(),
-        Some(service_account::build(&names)),
-    );
-    plan.add(
-        ChildKind::ConfigMap,
-        names.worker(),
-        Some(Child::ConfigMap(config)),
-    );
-    plan.add(
-        ChildKind::Secret,
-        names.api_keys(),
-        inputs
-            .generated_api_keys
-            .clone()
-            .map(|data| secret::api_keys(&names, data)),
-    );
-    plan.add(
-        ChildKind::Service,
-        names.base.clone(),
-        Some(service::client(&names)),
-    );
-    plan.add(
-        ChildKind::Service,
-        names.headless(),
-        Some(service::headless(&names)),
-    );
-    plan.add(
-        ChildKind::StatefulSet,
-        names.worker(),
-        Some(statefulset::build(spec, &names, &config_hash)),
-    );
+    add_workers(&mut plan, spec, &names, inputs);
+    let worker = names.worker();
     plan.add(
         ChildKind::PodDisruptionBudget,
-        names.worker(),
+        worker.clone(),
         pdb::build(spec, &names),
     );
     plan.add(
         ChildKind::HorizontalPodAutoscaler,
-        names.worker(),
+        worker,
         hpa::build(spec, &names),
     );
     for (name, policy) in network_policy::build(spec, &names) {
@@ -211,6 +178,24 @@ pub fn plan(kb: &KnowledgeBase, inputs: &Inputs) -> Plan {
         cronjob::build(spec, &names),
     );
     plan
+}
+
+/// The children every KnowledgeBase has: identity, configuration, keys, Services, workers.
+fn add_workers(plan: &mut Plan, spec: &KnowledgeBaseSpec, names: &Names, inputs: &Inputs) {
+    let config = config_map::worker_config_map(spec, names);
+    let config_hash = config_map::config_hash(&config);
+    let api_keys = inputs
+        .generated_api_keys
+        .clone()
+        .map(|data| secret::api_keys(names, data));
+    plan.add(ChildKind::Secret, names.api_keys(), api_keys);
+    plan.children.extend([
+        service_account::build(names),
+        Child::ConfigMap(config),
+        service::client(names),
+        service::headless(names),
+        statefulset::build(spec, names, &config_hash),
+    ]);
 }
 
 #[cfg(test)]

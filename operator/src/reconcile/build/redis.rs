@@ -161,33 +161,35 @@ fn container(managed: &ManagedRedis, names: &Names) -> Container {
             protocol: Some("TCP".to_string()),
             ..ContainerPort::default()
         }]),
-        liveness_probe: Some(Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::String("redis".to_string()),
-                ..TCPSocketAction::default()
-            }),
-            period_seconds: Some(10),
-            ..Probe::default()
-        }),
-        readiness_probe: Some(Probe {
-            exec: Some(ExecAction {
-                command: Some(
-                    [
-                        "sh",
-                        "-c",
-                        "redis-cli --no-auth-warning -a \"$REDIS_PASSWORD\" ping | grep -q PONG",
-                    ]
-                    .map(String::from)
-                    .to_vec(),
-                ),
-            }),
-            period_seconds: Some(5),
-            ..Probe::default()
-        }),
+        liveness_probe: Some(liveness()),
+        readiness_probe: Some(readiness()),
         resources: managed.resources.clone(),
         security_context: Some(security::container()),
         volume_mounts: Some(vec![mount("config", "/etc/redis"), mount("data", "/data")]),
         ..Container::default()
+    }
+}
+
+fn liveness() -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String("redis".to_string()),
+            ..TCPSocketAction::default()
+        }),
+        period_seconds: Some(10),
+        ..Probe::default()
+    }
+}
+
+/// Ready once Redis answers an authenticated PING.
+fn readiness() -> Probe {
+    let ping = "redis-cli --no-auth-warning -a \"$REDIS_PASSWORD\" ping | grep -q PONG";
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(["sh", "-c", ping].map(String::from).to_vec()),
+        }),
+        period_seconds: Some(5),
+        ..Probe::default()
     }
 }
 
