@@ -33,17 +33,11 @@ pub async fn gather(client: &Client, kb: &KnowledgeBase, namespace: &str) -> Res
     let names = Names::new(kb, namespace);
     let spec = &kb.spec;
     let generated_api_keys = match spec.auth.api_keys_secret_ref {
-        None => {
-            let keys = [API_KEYS_FILE, ADMIN_KEY];
-            Some(existing_or(&secrets, &names.api_keys(), &keys, generate_api_keys).await?)
-        }
+        None => Some(existing_or(&secrets, &names.api_keys(), generate_api_keys).await?),
         Some(_) => None,
     };
     let redis_password = match spec.redis.as_ref().and_then(|r| r.managed.as_ref()) {
-        Some(_) => {
-            let keys = [REDIS_PASSWORD_KEY];
-            Some(existing_or(&secrets, &names.redis(), &keys, generate_redis_password).await?)
-        }
+        Some(_) => Some(existing_or(&secrets, &names.redis(), generate_redis_password).await?),
         None => None,
     };
     let mut missing = Vec::new();
@@ -116,11 +110,12 @@ pub fn offline(kb: &KnowledgeBase, namespace: &str) -> Result<Inputs> {
     })
 }
 
-/// The data of Secret `name` when it holds every key in `keys`, else freshly generated data.
+/// The data of Secret `name` when it exists, else freshly generated data. Existing data is
+/// reused even when a key is missing: a generated Secret is never regenerated, so keys that
+/// clients already hold stay valid.
 async fn existing_or(
     secrets: &Api<Secret>,
     name: &str,
-    keys: &[&str],
     generate: fn() -> Result<SecretData>,
 ) -> Result<SecretData> {
     let existing = secrets.get_opt(name).await.map_err(|source| Error::Read {
@@ -128,7 +123,7 @@ async fn existing_or(
         source: Box::new(source),
     })?;
     match existing.and_then(|s| s.data) {
-        Some(data) if keys.iter().all(|k| data.contains_key(*k)) => Ok(data),
+        Some(data) if !data.is_empty() => Ok(data),
         _ => generate(),
     }
 }

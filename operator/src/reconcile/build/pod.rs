@@ -136,8 +136,14 @@ fn redis_password_env(spec: &KnowledgeBaseSpec, names: &Names) -> Option<EnvVar>
 }
 
 fn mounts(spec: &KnowledgeBaseSpec) -> Vec<VolumeMount> {
+    // The file alone (subPath): a directory mount at /etc/kb would hide the keys mount
+    // point inside a read-only ConfigMap volume. Config changes roll the pods anyway.
+    let config = VolumeMount {
+        sub_path: Some(CONFIG_FILE.to_string()),
+        ..mount("config", &format!("{CONFIG_DIR}/{CONFIG_FILE}"), true)
+    };
     let mut mounts = vec![
-        mount("config", CONFIG_DIR, true),
+        config,
         mount("api-keys", KEYS_DIR, true),
         mount(DATA_VOLUME, DATA_DIR, false),
         mount("tmp", "/tmp", false),
