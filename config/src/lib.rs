@@ -356,15 +356,17 @@ mod tests {
 
     #[test]
     fn rendered_yaml_reads_back_identically() {
-        let mut cfg = WorkerConfig::default();
-        cfg.redis = Some(RedisConfig {
-            mode: RedisMode::Cluster,
-            nodes: vec!["a:6379".into(), "b:6379".into()],
-            password_env: Some("KB_REDIS_PASSWORD".into()),
-            tls: true,
-            key_prefix: "kb:docs".into(),
+        let mut cfg = WorkerConfig {
+            redis: Some(RedisConfig {
+                mode: RedisMode::Cluster,
+                nodes: vec!["a:6379".into(), "b:6379".into()],
+                password_env: Some("KB_REDIS_PASSWORD".into()),
+                tls: true,
+                key_prefix: "kb:docs".into(),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         cfg.embedding.precision = Precision::Fp16;
         assert_eq!(WorkerConfig::from_yaml(&cfg.to_yaml()).unwrap(), cfg);
     }

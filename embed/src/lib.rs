@@ -14,6 +14,8 @@
 //! assert_eq!(out.vectors[0].len(), embedder.dim());
 //! # Ok::<(), kb_embed::EmbedError>(())
 //! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod batcher;
 mod bert;

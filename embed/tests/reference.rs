@@ -32,6 +32,10 @@ fn vectors_match_sentence_transformers() {
     assert_eq!(embedder.max_seq_len(), reference.max_seq_length);
     let texts = reference.passages.iter().map(|p| p.text.clone()).collect();
     let out = embedder.embed_blocking(texts).unwrap();
+    let worst = (0..out.vectors.len())
+        .map(|i| cosine(&out.vectors[i], &reference.passages[i].vector))
+        .fold(f64::INFINITY, f64::min);
+    eprintln!("fp32 worst cosine to sentence-transformers fp32: {worst:.7}");
     for (i, passage) in reference.passages.iter().enumerate() {
         let similarity = cosine(&out.vectors[i], &passage.vector);
         assert!(
@@ -78,4 +82,21 @@ fn each_passage_alone_matches_sentence_transformers() {
             passage.text
         );
     }
+}
+
+#[test]
+fn bf16_on_cpu_stays_close_to_sentence_transformers() {
+    let reference = reference();
+    let embedder = cpu_embedder(|cfg| cfg.precision = kb_embed::Precision::Bf16);
+    assert_eq!(embedder.precision(), "bf16");
+    let texts = reference.passages.iter().map(|p| p.text.clone()).collect();
+    let out = embedder.embed_blocking(texts).unwrap();
+    let worst = reference
+        .passages
+        .iter()
+        .zip(&out.vectors)
+        .map(|(p, v)| cosine(v, &p.vector))
+        .fold(f64::INFINITY, f64::min);
+    eprintln!("bf16 worst cosine to sentence-transformers fp32: {worst:.5}");
+    assert!(worst >= 0.999, "bf16 worst cosine {worst}");
 }

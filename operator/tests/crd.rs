@@ -197,3 +197,18 @@ fn examples_parse_and_pass_the_schema_rules() {
             .unwrap_or_else(|e| panic!("{example}: {e:?}"));
     }
 }
+
+#[test]
+fn model_volume_needs_exactly_one_source_and_batches_fit_a_sequence() {
+    let two_sources = json!({"embedding": {"device": "cpu", "modelVolume": {
+        "persistentVolumeClaim": {"claimName": "m"}, "nfs": {"server": "n", "path": "/m"}
+    }}});
+    assert_rejected(
+        two_sources,
+        "exactly one of persistentVolumeClaim, image, nfs",
+    );
+    assert_rejected(
+        json!({"embedding": {"device": "cpu", "maxBatchTokens": 64, "maxSeqLen": 128}}),
+        "maxBatchTokens must be at least",
+    );
+}

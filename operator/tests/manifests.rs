@@ -2,6 +2,8 @@
 //! kubernetes-validate, and the chart passes helm lint. Fails (never skips) when a tool is
 //! missing; `make setup` installs them.
 
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
@@ -18,5 +20,98 @@ fn rendered_examples_and_chart_pass_kubernetes_validate_and_helm_lint() {
         "scripts/validate-manifests.sh failed (run `make setup` if a tool is missing):\n{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The ClusterRole (rendered by helm) as `group/resource -> verbs`.
+fn cluster_role_rules(root: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let helm = std::env::var("HELM").unwrap_or_else(|_| "helm".into());
+    let chart = root.join("charts/knowledgebase-operator");
+    let output = Command::new(&helm)
+        .args([
+            "template",
+            "kbo",
+            chart.to_str().unwrap(),
+            "--show-only",
+            "templates/rbac.yaml",
+        ])
+        .env("PATH", tool_path(root))
+        .output()
+        .unwrap_or_else(|e| panic!("{helm} not runnable ({e}); run `make setup`"));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let role = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
+        .find(|doc| doc["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    let mut rules = BTreeMap::new();
+    for rule in role["rules"].as_sequence().unwrap() {
+        let strings = |key: &str| -> Vec<String> {
+            rule[key]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        };
+        for group in strings("apiGroups") {
+            for resource in strings("resources") {
+                let verbs: &mut BTreeSet<String> =
+                    rules.entry(format!("{group}/{resource}")).or_default();
+                verbs.extend(strings("verbs"));
+            }
+        }
+    }
+    rules
+}
+
+fn tool_path(root: &Path) -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    format!(
+        "{}:{}:{path}",
+        root.join(".venv/bin").display(),
+        root.join(".tools/bin").display()
+    )
+}
+
+#[test]
+fn cluster_role_grants_exactly_what_reconcile_uses() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let rules = cluster_role_rules(root);
+    let children = "get,list,watch,create,patch,delete";
+    let expected: BTreeMap<String, BTreeSet<String>> = [
+        ("knowledge.dev/knowledgebases", "get,list,watch,patch"),
+        ("knowledge.dev/knowledgebases/status", "patch"),
+        ("knowledge.dev/knowledgebases/finalizers", "update"),
+        ("/configmaps", children),
+        ("/secrets", children),
+        ("/services", children),
+        ("/serviceaccounts", children),
+        ("/persistentvolumeclaims", "list,delete"),
+        ("apps/statefulsets", children),
+        ("policy/poddisruptionbudgets", children),
+        ("autoscaling/horizontalpodautoscalers", children),
+        ("networking.k8s.io/networkpolicies", children),
+        ("batch/cronjobs", children),
+        ("events.k8s.io/events", "create,patch"),
+    ]
+    .into_iter()
+    .map(|(resource, verbs)| {
+        (
+            resource.to_string(),
+            verbs.split(',').map(String::from).collect(),
+        )
+    })
+    .collect();
+    assert_eq!(rules, expected);
+    assert!(
+        !rules
+            .iter()
+            .any(|(r, v)| r.contains('*') || v.contains("*")),
+        "no wildcards"
     );
 }

@@ -39,15 +39,6 @@ pub enum ConditionType {
 }
 
 impl ConditionType {
-    /// Every type, in the order they appear in `status.conditions`.
-    pub const ALL: [ConditionType; 5] = [
-        Self::Ready,
-        Self::Progressing,
-        Self::Degraded,
-        Self::RedisReady,
-        Self::BackupSucceeded,
-    ];
-
     /// The `type` field.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -79,13 +79,23 @@ async fn converge(kb: &KnowledgeBase, ctx: &Context, namespace: &str) -> Result<
         return finish(kb, ctx, namespace, Outcome::Invalid(invalid)).await;
     }
     let plan = build::plan(kb, &deref.inputs);
-    if let Err(error) = apply::apply(&ctx.client, namespace, &kb.name_any(), &plan).await {
-        // Best effort: the apply error is what the controller retries on.
-        let failed = Outcome::ApplyFailed(error.to_string());
-        if let Err(status_error) = finish(kb, ctx, namespace, failed).await {
-            tracing::warn!(%status_error, "could not report the apply failure in status");
+    match apply::apply(&ctx.client, namespace, &kb.name_any(), &plan).await {
+        Ok(applied) if applied != apply::Applied::default() => tracing::info!(
+            kb = %kb.name_any(),
+            namespace,
+            changed = ?applied.changed,
+            deleted = ?applied.deleted,
+            "children updated"
+        ),
+        Ok(_) => {}
+        Err(error) => {
+            // Best effort: the apply error is what the controller retries on.
+            let failed = Outcome::ApplyFailed(error.to_string());
+            if let Err(status_error) = finish(kb, ctx, namespace, failed).await {
+                tracing::warn!(%status_error, "could not report the apply failure in status");
+            }
+            return Err(error);
         }
-        return Err(error);
     }
     finish(kb, ctx, namespace, Outcome::Applied).await
 }
