@@ -43,6 +43,8 @@ pub struct WorkerConfig {
     pub snapshot: SnapshotConfig,
     /// Redis for replication and caching; absent means single node with a file WAL.
     pub redis: Option<RedisConfig>,
+    /// How replicas find peers and how long they wait (replicated mode only).
+    pub replication: ReplicationConfig,
     pub cache: CacheConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
@@ -60,6 +62,7 @@ impl Default for WorkerConfig {
             log: LogConfig::default(),
             snapshot: SnapshotConfig::default(),
             redis: None,
+            replication: ReplicationConfig::default(),
             cache: CacheConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
@@ -183,6 +186,40 @@ pub struct RedisConfig {
     pub tls: bool,
     /// Stream key prefix; one knowledge base per prefix.
     pub key_prefix: String,
+}
+
+/// Replicated mode: peers for snapshot bootstrap, readiness and read-your-writes waits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Name of this replica in the heartbeat registry (default: pod name + pid).
+    pub replica_id: Option<String>,
+    /// Base URLs of peers (`http://host:port`) to download a bootstrap snapshot from.
+    pub peers: Vec<String>,
+    /// `host:port` whose DNS name resolves to every peer (the headless Service).
+    pub peer_service: Option<String>,
+    /// Environment variable holding an admin API key accepted by peers.
+    pub peer_api_key_env: Option<String>,
+    /// Ready only when at most this many records behind the stream.
+    pub max_ready_lag: u64,
+    /// Bound of `?wait=applied` and `min_sequence` waits.
+    pub wait_timeout_ms: u64,
+    /// How long a replica whose data the stream no longer covers looks for a peer snapshot.
+    pub bootstrap_timeout_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            replica_id: None,
+            peers: Vec::new(),
+            peer_service: None,
+            peer_api_key_env: None,
+            max_ready_lag: 100,
+            wait_timeout_ms: 10_000,
+            bootstrap_timeout_ms: 300_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod index;
 pub mod log;
 pub mod metrics;
+pub mod replica;
 pub mod snapshot;
 pub mod store;
 #[cfg(test)]

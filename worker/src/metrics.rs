@@ -49,6 +49,8 @@ pub struct Metrics {
     index_chunks: Family<CollectionLabels, Gauge>,
     log_sequence: Gauge,
     applied_sequence: Gauge,
+    replication_lag: Gauge,
+    redis_connected: Gauge,
 }
 
 impl Default for Metrics {
@@ -74,6 +76,8 @@ impl Metrics {
             index_chunks: Family::default(),
             log_sequence: Gauge::default(),
             applied_sequence: Gauge::default(),
+            replication_lag: Gauge::default(),
+            redis_connected: Gauge::default(),
             registry: Mutex::new(Registry::default()),
         };
         r.register(
@@ -127,6 +131,16 @@ impl Metrics {
             "Last log sequence applied to the index",
             m.applied_sequence.clone(),
         );
+        r.register(
+            "replication_lag",
+            "Records in the replicated log not yet applied by this replica",
+            m.replication_lag.clone(),
+        );
+        r.register(
+            "redis_connected",
+            "1 while this replica reaches Redis (replicated mode)",
+            m.redis_connected.clone(),
+        );
         *m.registry.lock().expect("registry") = r;
         m
     }
@@ -165,7 +179,12 @@ impl Metrics {
                     .set(c.stats().chunks as i64);
             }
             self.applied_sequence.set(index.applied() as i64);
-            self.log_sequence.set(engine.store.last_seq() as i64);
+            self.log_sequence.set(engine.log_seq() as i64);
+            if let Some(replicator) = &engine.replicator {
+                let status = replicator.status();
+                self.replication_lag.set(status.lag as i64);
+                self.redis_connected.set(i64::from(status.redis_connected));
+            }
         }
         let mut out = String::new();
         let registry = self.registry.lock().expect("registry");

@@ -6,7 +6,7 @@
 
 use crate::index::{Index, IndexError};
 use crate::log::wal::FileWal;
-use crate::log::{Log, LogError, Op, Seq};
+use crate::log::{Log, LogError, Op, Record, Seq};
 use crate::snapshot::{self, SnapshotError};
 use kb_config::WorkerConfig;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,10 @@ pub enum StoreError {
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
     Index(#[from] IndexError),
+    #[error("replicated log out of order: applied {applied}, next record {next}")]
+    Gap { applied: Seq, next: Seq },
+    #[error("this store replicates through Redis; write through the replicator")]
+    Replicated,
 }
 
 /// What start-up found.
@@ -35,7 +39,8 @@ pub struct Recovery {
 /// Log + index + snapshots. See the module docs.
 pub struct Store {
     index: RwLock<Index>,
-    log: FileWal,
+    /// The local WAL in single-node mode; `None` when Redis holds the log.
+    log: Option<FileWal>,
     snapshots_dir: PathBuf,
     every_records: u64,
     keep: usize,
@@ -68,7 +73,7 @@ impl Store {
         };
         let store = Self {
             index: RwLock::new(index),
-            log,
+            log: Some(log),
             snapshots_dir,
             every_records: cfg.snapshot.every_records,
             keep: cfg.snapshot.keep,
@@ -77,23 +82,93 @@ impl Store {
         Ok((store, recovery))
     }
 
+    /// Opens the data directory of a replica: the newest valid snapshot only; the records
+    /// after it come from the replicated log through [`Store::apply_replicated`].
+    pub fn open_replicated(
+        data_dir: &Path,
+        cfg: &WorkerConfig,
+        device: Device,
+    ) -> Result<Self, StoreError> {
+        let snapshots_dir = data_dir.join("snapshots");
+        let index =
+            snapshot::load_newest(&snapshots_dir, device)?.unwrap_or_else(|| Index::new(device));
+        Ok(Self {
+            index: RwLock::new(index),
+            log: None,
+            snapshots_dir,
+            every_records: cfg.snapshot.every_records,
+            keep: cfg.snapshot.keep,
+            writer: Mutex::new(0),
+        })
+    }
+
+    /// Applies records of the replicated log in order: records at or below the applied
+    /// sequence are skipped (a re-read after reconnecting), a gap is an error. Returns the
+    /// applied sequence. Snapshots every `snapshot.every_records` records.
+    pub fn apply_replicated(&self, records: &[Record]) -> Result<Seq, StoreError> {
+        let mut since_snapshot = self.writer.lock().expect("writer lock");
+        let mut applied_now = 0u64;
+        let applied = {
+            let mut index = self.index.write().expect("index lock");
+            for record in records {
+                let applied = index.applied();
+                if record.seq <= applied {
+                    continue;
+                }
+                if record.seq != applied + 1 {
+                    return Err(StoreError::Gap {
+                        applied,
+                        next: record.seq,
+                    });
+                }
+                if let Err(e) = index.apply(record) {
+                    // Every replica applies the same records, so every replica skips it.
+                    tracing::warn!(seq = record.seq, error = %e, "replicated record not applicable; skipped");
+                }
+                applied_now += 1;
+            }
+            index.applied()
+        };
+        *since_snapshot += applied_now;
+        if self.every_records > 0 && *since_snapshot >= self.every_records {
+            match self.snapshot_locked() {
+                Ok(_) => *since_snapshot = 0,
+                Err(e) => tracing::error!(error = %e, "automatic snapshot failed"),
+            }
+        }
+        Ok(applied)
+    }
+
+    /// The sequence of the oldest snapshot kept on disk (0 when there is none): the
+    /// replicated log must keep every record after it.
+    pub fn oldest_snapshot_seq(&self) -> Seq {
+        snapshot::list(&self.snapshots_dir)
+            .ok()
+            .and_then(|l| l.last().map(|(s, _)| *s))
+            .unwrap_or(0)
+    }
+
     /// Read access to the index.
     pub fn index(&self) -> RwLockReadGuard<'_, Index> {
         self.index.read().expect("index lock")
     }
 
-    /// The last durable sequence.
+    /// The last durable sequence of the local WAL (the applied one for a replica).
     pub fn last_seq(&self) -> Seq {
-        self.log.last_seq()
+        match &self.log {
+            Some(log) => log.last_seq(),
+            None => self.index().applied(),
+        }
     }
 
     /// Checks, logs durably and applies `ops`; returns the sequence of the last one.
     /// Nothing reaches the log when any op would fail to apply.
     pub fn write(&self, ops: Vec<Op>) -> Result<Seq, StoreError> {
+        let log = self.log.as_ref().ok_or(StoreError::Replicated)?;
         let mut since_snapshot = self.writer.lock().expect("writer lock");
         self.index().check_batch(&ops)?;
-        let records = self.log.append(ops)?;
-        let last = records.last().map_or(self.log.last_seq(), |r| r.seq);
+        let records = log.append(ops)?;
+        let last = records.last().map_or(log.last_seq(), |r| r.seq);
         {
             let mut index = self.index.write().expect("index lock");
             for record in &records {
@@ -133,7 +208,9 @@ impl Store {
         let oldest = snapshot::list(&self.snapshots_dir)?
             .last()
             .map_or(seq, |(s, _)| *s);
-        self.log.truncate_before(oldest)?;
+        if let Some(log) = &self.log {
+            log.truncate_before(oldest)?;
+        }
         tracing::info!(seq, snapshot = %path.display(), "snapshot written");
         Ok(path)
     }

@@ -2,7 +2,7 @@
 
 use super::documents::read_body;
 use super::error::ApiError;
-use super::{check_collection_name, SharedState};
+use super::{check_collection_name, SharedState, Wait};
 use crate::auth::Role;
 use crate::index::flat::FlatIndex;
 use crate::log::{Metric, Op};
@@ -86,8 +86,7 @@ pub async fn create(
         dim: engine.embedder.dim(),
         metric: body.metric,
     };
-    let store = engine.store.clone();
-    let sequence = tokio::task::spawn_blocking(move || store.write(vec![op])).await??;
+    let sequence = engine.write(vec![op], Wait::Applied).await?;
     let index = engine.store.index();
     let c = index
         .get(&collection)
@@ -112,8 +111,7 @@ pub async fn drop(
             "collection {collection:?} does not exist"
         )));
     }
-    let store = engine.store.clone();
     let op = Op::DropCollection { collection };
-    let sequence = tokio::task::spawn_blocking(move || store.write(vec![op])).await??;
+    let sequence = engine.write(vec![op], Wait::Applied).await?;
     Ok(Json(json!({"sequence": sequence, "dropped": true})))
 }

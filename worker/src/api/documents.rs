@@ -2,7 +2,7 @@
 //! `DELETE /v1/collections/{c}/documents/{id}`.
 
 use super::error::ApiError;
-use super::{check_collection_name, Engine, SharedState};
+use super::{check_collection_name, Engine, SharedState, Wait};
 use crate::auth::Role;
 use crate::log::{ChunkRecord, Metadata, Metric, Op};
 use axum::body::Body;
@@ -29,8 +29,8 @@ struct IngestBody {
     documents: Vec<DocumentIn>,
 }
 
-/// `?wait=applied`: accepted for compatibility with replicated mode; a single-node write
-/// is applied before it is acknowledged.
+/// `?wait=applied` acknowledges once this worker applied the write (read-your-writes);
+/// the default `logged` once it is durable in the log. A single node always applies first.
 #[derive(Debug, Deserialize, Default)]
 pub struct WriteParams {
     #[serde(default)]
@@ -81,7 +81,12 @@ pub async fn ingest(
         body.documents
     };
     validate(&docs, &state)?;
-    let result = ingest_documents(&engine, &collection, docs).await?;
+    let wait = if params.wait.as_deref() == Some("applied") {
+        Wait::Applied
+    } else {
+        Wait::Logged
+    };
+    let result = ingest_documents(&engine, &collection, docs, wait).await?;
     Ok(Json(result))
 }
 
@@ -175,6 +180,7 @@ pub async fn ingest_documents(
     engine: &Arc<Engine>,
     collection: &str,
     docs: Vec<DocumentIn>,
+    wait: Wait,
 ) -> Result<Value, ApiError> {
     let chunking = engine.clone();
     let docs = tokio::task::spawn_blocking(move || {
@@ -225,8 +231,7 @@ pub async fn ingest_documents(
             chunks,
         });
     }
-    let store = engine.store.clone();
-    let sequence = tokio::task::spawn_blocking(move || store.write(ops)).await??;
+    let sequence = engine.write(ops, wait).await?;
     Ok(json!({
         "sequence": sequence,
         "documents": documents,
@@ -252,11 +257,10 @@ pub async fn delete(
         })?;
         c.contains(&id)
     };
-    let store = engine.store.clone();
     let op = Op::Delete {
         collection: collection.clone(),
         doc_id: id,
     };
-    let sequence = tokio::task::spawn_blocking(move || store.write(vec![op])).await??;
+    let sequence = engine.write(vec![op], Wait::Applied).await?;
     Ok(Json(json!({"sequence": sequence, "deleted": existed})))
 }

@@ -3,6 +3,7 @@
 
 use crate::auth::AuthError;
 use crate::index::IndexError;
+use crate::replica::ReplicaError;
 use crate::store::StoreError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -96,6 +97,16 @@ impl From<IndexError> for ApiError {
             IndexError::NoSuchCollection(_) => Self::NotFound(e.to_string()),
             IndexError::Conflict { .. } => Self::Conflict(e.to_string()),
             IndexError::Torch(_) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ReplicaError> for ApiError {
+    fn from(e: ReplicaError) -> Self {
+        match e {
+            ReplicaError::Index(e) => e.into(),
+            ReplicaError::Redis(e) => Self::Unavailable(format!("write not durable: {e}")),
+            other => Self::Unavailable(other.to_string()),
         }
     }
 }

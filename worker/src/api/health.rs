@@ -19,13 +19,21 @@ pub async fn readyz(State(state): State<SharedState>) -> Response {
     match state.engine() {
         Ok(engine) => {
             let applied = engine.store.index().applied();
-            let body = json!({
+            let mut body = json!({
                 "status": "ready",
                 "applied_sequence": applied,
-                "log_sequence": engine.store.last_seq(),
+                "log_sequence": engine.log_seq(),
                 "devices": engine.embedder.devices(),
             });
-            (StatusCode::OK, Json(body)).into_response()
+            let mut code = StatusCode::OK;
+            if let Some(replicator) = &engine.replicator {
+                body["replication"] = json!(replicator.status());
+                if !replicator.is_caught_up() {
+                    body["status"] = json!("catching_up");
+                    code = StatusCode::SERVICE_UNAVAILABLE;
+                }
+            }
+            (code, Json(body)).into_response()
         }
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,

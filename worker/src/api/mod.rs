@@ -10,7 +10,9 @@ pub mod query;
 
 use crate::auth::{Auth, Principal};
 use crate::chunk::Chunker;
+use crate::log::{Op, Seq};
 use crate::metrics::Metrics;
+use crate::replica::Replicator;
 use crate::store::Store;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderMap;
@@ -26,6 +28,55 @@ pub struct Engine {
     pub store: Arc<Store>,
     pub embedder: Embedder,
     pub chunker: Chunker,
+    /// Present in replicated mode (Redis holds the log).
+    pub replicator: Option<Arc<Replicator>>,
+}
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Once durable in the log (the default).
+    Logged,
+    /// Once this worker applied it (read-your-writes); a single node always has.
+    Applied,
+}
+
+impl Engine {
+    /// Durably writes `ops`; returns the sequence of the last one.
+    pub async fn write(&self, ops: Vec<Op>, wait: Wait) -> Result<Seq, ApiError> {
+        match &self.replicator {
+            None => {
+                let store = self.store.clone();
+                Ok(tokio::task::spawn_blocking(move || store.write(ops)).await??)
+            }
+            Some(replicator) => {
+                let seq = replicator.write(ops).await?;
+                if wait == Wait::Applied {
+                    replicator.wait_applied(seq).await?;
+                }
+                Ok(seq)
+            }
+        }
+    }
+
+    /// Waits (bounded) until this worker applied `seq`. A single node has applied every
+    /// acknowledged write, so a sequence beyond its log is a client error.
+    pub async fn wait_min_sequence(&self, seq: Seq) -> Result<(), ApiError> {
+        match &self.replicator {
+            Some(replicator) => Ok(replicator.wait_min_sequence(seq).await?),
+            None if seq > self.store.last_seq() => Err(ApiError::BadRequest(
+                "min_sequence is beyond the last written sequence".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The last sequence of the log (the stream's, in replicated mode).
+    pub fn log_seq(&self) -> Seq {
+        self.replicator
+            .as_ref()
+            .map_or_else(|| self.store.last_seq(), |r| r.log_seq())
+    }
 }
 
 /// State shared by every handler.

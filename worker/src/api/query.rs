@@ -21,8 +21,7 @@ struct QueryBody {
     filter: Option<Value>,
     #[serde(default = "default_true")]
     include_text: bool,
-    /// Accepted for read-your-writes compatibility: a single node has always applied
-    /// every acknowledged write.
+    /// Read-your-writes: wait (bounded) until this worker applied this sequence.
     #[serde(default)]
     min_sequence: Option<u64>,
 }
@@ -58,18 +57,13 @@ pub async fn query(
         Some(f) => Filter::parse(f).map_err(ApiError::BadRequest)?,
         None => Filter::default(),
     };
+    if let Some(seq) = body.min_sequence {
+        engine.wait_min_sequence(seq).await?;
+    }
     if engine.store.index().get(&collection).is_none() {
         return Err(ApiError::NotFound(format!(
             "collection {collection:?} does not exist"
         )));
-    }
-    if body
-        .min_sequence
-        .is_some_and(|s| s > engine.store.last_seq())
-    {
-        return Err(ApiError::BadRequest(
-            "min_sequence is beyond the last written sequence".into(),
-        ));
     }
     let vector = match (body.query, body.vector) {
         (Some(text), None) if !text.trim().is_empty() => {

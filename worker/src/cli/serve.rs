@@ -1,9 +1,12 @@
-//! `kb-worker serve`: the HTTP API on the embedded default (file WAL, one node).
+//! `kb-worker serve`: the HTTP API. Without Redis: the embedded default (file WAL, one
+//! node). With Redis: a replica that writes to and tails the knowledge base's stream.
 
 use crate::api::{self, AppState, Engine, SharedState};
 use crate::auth::Auth;
 use crate::chunk::Chunker;
+use crate::log::redis::RedisLog;
 use crate::metrics::Metrics;
+use crate::replica::{self, Replicator};
 use crate::store::Store;
 use anyhow::{bail, Context};
 use kb_config::WorkerConfig;
@@ -95,7 +98,7 @@ fn index_device(spec: &str) -> Device {
     }
 }
 
-fn load_engine(cfg: &WorkerConfig) -> anyhow::Result<Engine> {
+fn load_engine(cfg: &WorkerConfig, log: Option<RedisLog>) -> anyhow::Result<Engine> {
     let model = cfg
         .model
         .as_ref()
@@ -103,14 +106,42 @@ fn load_engine(cfg: &WorkerConfig) -> anyhow::Result<Engine> {
     let embedder = Embedder::load(model, &cfg.embedding)
         .with_context(|| format!("loading model {}", model.display()))?;
     let chunker = Chunker::new(&cfg.chunking, embedder.tokenizer());
-    let (store, recovery) = Store::open(&cfg.data_dir, cfg, index_device(&cfg.embedding.device))
-        .with_context(|| format!("opening data directory {}", cfg.data_dir.display()))?;
-    tracing::info!(?recovery, devices = ?embedder.devices(), "engine loaded");
+    let device = index_device(&cfg.embedding.device);
+    let opening = || format!("opening data directory {}", cfg.data_dir.display());
+    let (store, replicator) = match log {
+        None => {
+            let (store, recovery) =
+                Store::open(&cfg.data_dir, cfg, device).with_context(opening)?;
+            tracing::info!(?recovery, devices = ?embedder.devices(), "engine loaded");
+            (Arc::new(store), None)
+        }
+        Some(log) => {
+            let store =
+                Arc::new(Store::open_replicated(&cfg.data_dir, cfg, device).with_context(opening)?);
+            let replicator = Replicator::new(log, store.clone(), cfg.replication.clone());
+            tracing::info!(status = ?replicator.status(), devices = ?embedder.devices(), "engine loaded; replaying the stream");
+            (store, Some(replicator))
+        }
+    };
     Ok(Engine {
-        store: Arc::new(store),
+        store,
         embedder,
         chunker,
+        replicator,
     })
+}
+
+/// Replicated mode: connects to Redis and, when this replica's data is missing or the
+/// stream no longer covers it, installs a peer's snapshot first.
+async fn connect_replica(cfg: &WorkerConfig) -> anyhow::Result<Option<RedisLog>> {
+    let Some(redis) = &cfg.redis else {
+        return Ok(None);
+    };
+    let log = RedisLog::connect(redis)
+        .await
+        .context("connecting to Redis (redis.url / redis.nodes)")?;
+    replica::bootstrap(&log, &cfg.replication, &cfg.data_dir).await?;
+    Ok(Some(log))
 }
 
 async fn shutdown_signal() {
@@ -127,9 +158,6 @@ async fn shutdown_signal() {
 /// Runs the worker until SIGTERM or Ctrl-C.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = resolve_config(&args)?;
-    if cfg.redis.is_some() {
-        bail!("replicated mode (Redis) is not available in this build yet: drop --redis-url / `redis` to run single-node with the file WAL");
-    }
     let listen: SocketAddr = cfg
         .listen
         .parse()
@@ -154,13 +182,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let metrics_app = crate::metrics::router(state.clone());
     tokio::spawn(async move { axum::serve(metrics_listener, metrics_app).await });
     let loader_state = state.clone();
-    let loader = tokio::task::spawn_blocking(move || {
-        let engine = load_engine(&cfg)?;
+    let loader = tokio::spawn(async move {
+        let log = connect_replica(&cfg).await?;
+        let engine = tokio::task::spawn_blocking(move || load_engine(&cfg, log)).await??;
+        if let Some(replicator) = &engine.replicator {
+            replicator.start();
+        }
         loader_state.set_engine(Arc::new(engine));
-        tracing::info!("ready");
+        tracing::info!("model loaded and data opened");
         anyhow::Ok(())
     });
-    let app = api::router(state);
+    let app = api::router(state.clone());
     let mut server = tokio::spawn(async move {
         axum::serve(api_listener, app)
             .with_graceful_shutdown(shutdown_signal())
@@ -171,5 +203,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         res = &mut server => return res?.context("HTTP server failed"),
         res = loader => res??,
     }
-    server.await?.context("HTTP server failed")
+    server.await?.context("HTTP server failed")?;
+    if let Some(replicator) = state.engine().ok().and_then(|e| e.replicator.clone()) {
+        replicator.shutdown().await;
+    }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! deterministic function of the log, so replaying it from the last snapshot rebuilds the
 //! exact state. [`wal::FileWal`] is the single-node implementation.
 
+pub mod redis;
 pub mod wal;
 
 use serde::{Deserialize, Serialize};

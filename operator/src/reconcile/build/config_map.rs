@@ -21,6 +21,8 @@ pub const DATA_DIR: &str = "/data";
 pub const MODELS_DIR: &str = "/models";
 /// Environment variable carrying the Redis password.
 pub const REDIS_PASSWORD_ENV: &str = "KB_REDIS_PASSWORD";
+/// Environment variable carrying the admin key a replica shows peers for their snapshot.
+pub const PEER_API_KEY_ENV: &str = "KB_PEER_API_KEY";
 /// Pod-template annotation whose change rolls the workers when the config changes.
 pub const CONFIG_HASH_ANNOTATION: &str = "knowledge.dev/config-hash";
 
@@ -49,6 +51,16 @@ pub fn worker_config(spec: &KnowledgeBaseSpec, names: &Names) -> WorkerConfig {
     config.cache.enabled = spec.cache.enabled;
     config.cache.ttl_seconds = u64::try_from(spec.cache.ttl_seconds).unwrap_or(0);
     config.auth.api_keys_file = Some(PathBuf::from(format!("{KEYS_DIR}/{API_KEYS_FILE}")));
+    if config.redis.is_some() {
+        // A replica with an empty volume bootstraps from a ready peer behind the headless
+        // Service (it resolves to ready pods only).
+        config.replication.peer_service = Some(format!(
+            "{}.{}.svc:{HTTP_PORT}",
+            names.headless(),
+            names.namespace
+        ));
+        config.replication.peer_api_key_env = Some(PEER_API_KEY_ENV.to_string());
+    }
     config
 }
 

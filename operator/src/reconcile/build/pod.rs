@@ -2,16 +2,16 @@
 
 use super::config_map::{
     CONFIG_DIR, CONFIG_FILE, CONFIG_HASH_ANNOTATION, DATA_DIR, KEYS_DIR, MODELS_DIR,
-    REDIS_PASSWORD_ENV,
+    PEER_API_KEY_ENV, REDIS_PASSWORD_ENV,
 };
 use super::names::{Component, Names, HTTP_PORT, METRICS_PORT};
-use super::secret::REDIS_PASSWORD_KEY;
+use super::secret::{ADMIN_KEY, REDIS_PASSWORD_KEY};
 use super::{scheduling, security};
 use crate::crd::{KnowledgeBaseSpec, ModelVolume};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, LocalObjectReference, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
-    SecretVolumeSource, Volume, VolumeMount,
+    HTTPGetAction, LocalObjectReference, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
+    SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -75,7 +75,7 @@ fn container(spec: &KnowledgeBaseSpec, names: &Names) -> Container {
             container_port("http", HTTP_PORT),
             container_port("metrics", METRICS_PORT),
         ]),
-        env: redis_password_env(spec, names).map(|env| vec![env]),
+        env: env(spec, names),
         resources: scheduling::resources(spec),
         liveness_probe: Some(probe("/livez", 3, 10)),
         readiness_probe: Some(probe("/readyz", 3, 5)),
@@ -110,6 +110,48 @@ fn probe(path: &str, failure_threshold: i32, period_seconds: i32) -> Probe {
     }
 }
 
+/// Replicated mode: the Redis password, the admin key for peer snapshots, and the pod
+/// name that identifies the replica in the heartbeat registry.
+fn env(spec: &KnowledgeBaseSpec, names: &Names) -> Option<Vec<EnvVar>> {
+    spec.redis.as_ref()?;
+    let keys_secret = spec
+        .auth
+        .api_keys_secret_ref
+        .clone()
+        .unwrap_or_else(|| names.api_keys());
+    let mut env = vec![
+        EnvVar {
+            name: "POD_NAME".to_string(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".to_string(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        secret_env(PEER_API_KEY_ENV, keys_secret, ADMIN_KEY.to_string()),
+    ];
+    env.extend(redis_password_env(spec, names));
+    Some(env)
+}
+
+fn secret_env(name: &str, secret: String, key: String) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret,
+                key,
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
 /// `KB_REDIS_PASSWORD` from the managed-Redis Secret or the external password Secret.
 fn redis_password_env(spec: &KnowledgeBaseSpec, names: &Names) -> Option<EnvVar> {
     let redis = spec.redis.as_ref()?;
@@ -121,18 +163,7 @@ fn redis_password_env(spec: &KnowledgeBaseSpec, names: &Names) -> Option<EnvVar>
         }
         (None, None) => return None,
     };
-    Some(EnvVar {
-        name: REDIS_PASSWORD_ENV.to_string(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name,
-                key,
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    })
+    Some(secret_env(REDIS_PASSWORD_ENV, name, key))
 }
 
 fn mounts(spec: &KnowledgeBaseSpec) -> Vec<VolumeMount> {

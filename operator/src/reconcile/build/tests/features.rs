@@ -145,18 +145,55 @@ fn managed_redis_gets_its_own_children_and_workers_use_it() {
         Some("KB_REDIS_PASSWORD")
     );
     assert_eq!(worker_redis.key_prefix, "kb:default:docs");
-    let env = &worker_container(&plan).env.as_ref().unwrap()[0];
-    assert_eq!(env.name, "KB_REDIS_PASSWORD");
     assert_eq!(
-        env.value_from
-            .as_ref()
-            .unwrap()
-            .secret_key_ref
-            .as_ref()
-            .unwrap()
-            .name,
-        "docs-redis"
+        secret_env(&plan, "KB_REDIS_PASSWORD"),
+        ("docs-redis".into(), "password".into())
     );
+    // Replicas bootstrap from ready peers behind the headless Service with the admin key.
+    let replication = config(&plan).replication;
+    assert_eq!(
+        replication.peer_service.as_deref(),
+        Some("docs-headless.default.svc:8080")
+    );
+    assert_eq!(
+        replication.peer_api_key_env.as_deref(),
+        Some("KB_PEER_API_KEY")
+    );
+    assert_eq!(
+        secret_env(&plan, "KB_PEER_API_KEY"),
+        ("docs-api-keys".into(), "admin-key".into())
+    );
+    let pod_name = worker_container(&plan)
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "POD_NAME")
+        .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+        .map(|f| f.field_path.clone());
+    assert_eq!(pod_name.as_deref(), Some("metadata.name"));
+}
+
+/// `(secret, key)` of the worker's environment variable `name`.
+fn secret_env(plan: &Plan, name: &str) -> (String, String) {
+    let env = worker_container(plan)
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.name == name)
+        .unwrap_or_else(|| panic!("no {name} in the worker environment"));
+    let selector = env.value_from.unwrap().secret_key_ref.unwrap();
+    (selector.name, selector.key)
+}
+
+#[test]
+fn without_redis_workers_get_no_replication_settings() {
+    let plan = plan_for(&kb("docs"));
+    assert_eq!(
+        config(&plan).replication,
+        kb_config::ReplicationConfig::default()
+    );
+    assert!(worker_container(&plan).env.is_none());
 }
 
 #[test]
@@ -168,17 +205,7 @@ fn external_redis_cluster_is_configured_and_reachable() {
     assert_eq!(redis.mode, kb_config::RedisMode::Cluster);
     assert_eq!(redis.nodes.len(), 2);
     assert!(redis.tls);
-    let env = &worker_container(&plan).env.as_ref().unwrap()[0];
-    assert_eq!(
-        env.value_from
-            .as_ref()
-            .unwrap()
-            .secret_key_ref
-            .as_ref()
-            .unwrap()
-            .name,
-        "redis-auth"
-    );
+    assert_eq!(secret_env(&plan, "KB_REDIS_PASSWORD").0, "redis-auth");
     assert!(pruned(&plan, ChildKind::StatefulSet, "docs-redis"));
     let policy = json(&plan, ChildKind::NetworkPolicy, "docs-worker");
     let egress_ports: Vec<_> = policy["spec"]["egress"]

@@ -1,0 +1,482 @@
+//! The replicated log: one Redis stream per knowledge base.
+//!
+//! Every record is a stream entry with the id `SEQ-1` and one field `op` holding the
+//! bincode of its [`Op`]. A Lua script assigns sequences (`INCR` of a counter key) and
+//! appends a whole batch atomically, so replicas see either all of a write or none of it,
+//! in one total order. Keys share a hash tag (`{prefix}`) so the script also runs on Redis
+//! Cluster. Live replicas register `replica id -> (snapshot sequence, expiry)` in a hash;
+//! the stream is trimmed only below the oldest snapshot sequence of live replicas.
+
+use super::{LogError, Op, Record, Seq};
+use fred::prelude::*;
+use fred::types::config::{ReconnectPolicy, ServerConfig, TlsConnector};
+use fred::types::streams::XCap;
+use kb_config::{RedisConfig, RedisMode};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const APPEND_SCRIPT: &str = r"
+local seq = 0
+for i = 1, #ARGV do
+  seq = redis.call('INCR', KEYS[2])
+  redis.call('XADD', KEYS[1], seq .. '-1', 'op', ARGV[i])
+end
+return seq
+";
+
+/// Errors talking to Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisLogError {
+    #[error("redis configuration: {0}")]
+    Config(String),
+    #[error("redis unavailable: {0}")]
+    Unavailable(#[from] fred::error::Error),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("the stream no longer holds records after sequence {after} (trimmed to {first}); bootstrap from a peer snapshot")]
+    Trimmed { after: Seq, first: Seq },
+}
+
+/// The Redis Streams log of one knowledge base.
+#[derive(Clone)]
+pub struct RedisLog {
+    /// Commands that must not be retried blindly (appends) and short reads.
+    client: Client,
+    /// `XREAD BLOCK` holds a connection; it gets its own.
+    tail: Client,
+    stream: String,
+    counter: String,
+    replicas: String,
+    prefix: String,
+}
+
+/// Builds a fred config from the worker's Redis settings.
+pub fn fred_config(cfg: &RedisConfig) -> Result<Config, RedisLogError> {
+    let mut config = match cfg.mode {
+        RedisMode::Standalone => {
+            let url = cfg
+                .url
+                .as_deref()
+                .ok_or_else(|| RedisLogError::Config("redis.url is required".into()))?;
+            Config::from_url(url).map_err(|e| RedisLogError::Config(format!("{url}: {e}")))?
+        }
+        RedisMode::Cluster => Config {
+            server: ServerConfig::new_clustered(hosts(&cfg.nodes)?),
+            ..Config::default()
+        },
+        RedisMode::Sentinel => Config {
+            server: ServerConfig::new_sentinel(
+                hosts(&cfg.nodes)?,
+                cfg.sentinel_service.clone().ok_or_else(|| {
+                    RedisLogError::Config("redis.sentinel_service is required".into())
+                })?,
+            ),
+            ..Config::default()
+        },
+    };
+    if let Some(var) = &cfg.password_env {
+        let password = std::env::var(var).map_err(|_| {
+            RedisLogError::Config(format!(
+                "redis.password_env names {var}, which is not set in the environment"
+            ))
+        })?;
+        config.password = Some(password);
+    }
+    if cfg.tls && config.tls.is_none() {
+        let connector = TlsConnector::default_rustls()
+            .map_err(|e| RedisLogError::Config(format!("TLS setup failed: {e}")))?;
+        config.tls = Some(connector.into());
+    }
+    Ok(config)
+}
+
+fn hosts(nodes: &[String]) -> Result<Vec<(String, u16)>, RedisLogError> {
+    if nodes.is_empty() {
+        return Err(RedisLogError::Config("redis.nodes is empty".into()));
+    }
+    nodes
+        .iter()
+        .map(|node| {
+            let (host, port) = node.rsplit_once(':').ok_or_else(|| {
+                RedisLogError::Config(format!("redis node {node:?} is not host:port"))
+            })?;
+            let port = port.parse().map_err(|_| {
+                RedisLogError::Config(format!("redis node {node:?} has an invalid port"))
+            })?;
+            Ok((host.to_string(), port))
+        })
+        .collect()
+}
+
+fn client(config: Config) -> Result<Client, RedisLogError> {
+    Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            // An append that was sent but not answered may have run: never replay it.
+            c.max_command_attempts = 1;
+        })
+        .with_performance_config(|p| {
+            // Writes fail fast (503) while Redis is unreachable.
+            p.default_command_timeout = Duration::from_secs(2);
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .build()
+        .map_err(RedisLogError::from)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl RedisLog {
+    /// Connects (keeps reconnecting in the background after the first success).
+    pub async fn connect(cfg: &RedisConfig) -> Result<Self, RedisLogError> {
+        let config = fred_config(cfg)?;
+        let client = client(config.clone())?;
+        let tail = client_for_tail(config)?;
+        client.init().await?;
+        tail.init().await?;
+        let prefix = if cfg.key_prefix.is_empty() {
+            "kb".to_string()
+        } else {
+            cfg.key_prefix.clone()
+        };
+        Ok(Self {
+            stream: format!("{{{prefix}}}:log"),
+            counter: format!("{{{prefix}}}:seq"),
+            replicas: format!("{{{prefix}}}:replicas"),
+            prefix,
+            client,
+            tail,
+        })
+    }
+
+    /// The key prefix (hash tag) of this knowledge base.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The command client (for the cache).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Appends `ops` atomically, in order; returns their records.
+    pub async fn append(&self, ops: Vec<Op>) -> Result<Vec<Record>, RedisLogError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let payloads = ops
+            .iter()
+            .map(|op| bincode::serialize(op).map(|b| Value::Bytes(b.into())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| LogError::Encode(e.to_string()))?;
+        let last: u64 = self
+            .client
+            .eval(
+                APPEND_SCRIPT,
+                vec![self.stream.clone(), self.counter.clone()],
+                payloads,
+            )
+            .await?;
+        let first = last + 1 - ops.len() as u64;
+        Ok(ops
+            .into_iter()
+            .zip(first..)
+            .map(|(op, seq)| Record { seq, op })
+            .collect())
+    }
+
+    /// The last assigned sequence.
+    pub async fn last_seq(&self) -> Result<Seq, RedisLogError> {
+        let seq: Option<u64> = self.client.get(&self.counter).await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// Records with `seq > after`, at most `count`, waiting up to `block` for the first.
+    /// Fails with [`RedisLogError::Trimmed`] when records after `after` were trimmed away.
+    pub async fn read_after(
+        &self,
+        after: Seq,
+        count: u64,
+        block: Option<Duration>,
+    ) -> Result<Vec<Record>, RedisLogError> {
+        let value: Value = match block {
+            Some(wait) => {
+                self.tail
+                    .xread(
+                        Some(count),
+                        Some(wait.as_millis() as u64),
+                        self.stream.clone(),
+                        format!("{after}-1"),
+                    )
+                    .await?
+            }
+            None => {
+                self.client
+                    .xrange(
+                        self.stream.clone(),
+                        format!("{}-0", after + 1),
+                        "+",
+                        Some(count),
+                    )
+                    .await?
+            }
+        };
+        let records = decode_entries(value, block.is_some())?;
+        if let Some(first) = records.first() {
+            if first.seq != after + 1 {
+                return Err(RedisLogError::Trimmed {
+                    after,
+                    first: first.seq,
+                });
+            }
+        } else if after > 0 && block.is_none() {
+            // Nothing after `after`: fine unless the stream was trimmed past it.
+            let last = self.last_seq().await?;
+            if last > after {
+                return Err(RedisLogError::Trimmed { after, first: last });
+            }
+        }
+        Ok(records)
+    }
+
+    /// Registers this replica as live with its oldest retained snapshot sequence.
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        snapshot_seq: Seq,
+        ttl: Duration,
+    ) -> Result<(), RedisLogError> {
+        let value = format!("{snapshot_seq}:{}", now_ms() + ttl.as_millis() as u64);
+        let _: () = self.client.hset(&self.replicas, (id, value)).await?;
+        Ok(())
+    }
+
+    /// Removes this replica's registration (clean shutdown).
+    pub async fn deregister(&self, id: &str) -> Result<(), RedisLogError> {
+        let _: () = self.client.hdel(&self.replicas, id).await?;
+        Ok(())
+    }
+
+    /// Trims the stream below the oldest snapshot sequence of live replicas; returns the
+    /// sequence below which records were removed (0 when nothing could be trimmed).
+    pub async fn trim(&self) -> Result<Seq, RedisLogError> {
+        let all: std::collections::HashMap<String, String> =
+            self.client.hgetall(&self.replicas).await?;
+        let now = now_ms();
+        let mut oldest: Option<Seq> = None;
+        for (id, value) in all {
+            let parsed = value
+                .split_once(':')
+                .and_then(|(s, e)| Some((s.parse::<u64>().ok()?, e.parse::<u64>().ok()?)));
+            match parsed {
+                Some((seq, expires)) if expires > now => {
+                    oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
+                }
+                _ => {
+                    let _: () = self.client.hdel(&self.replicas, id).await?;
+                }
+            }
+        }
+        let Some(minimum) = oldest.filter(|s| *s > 0) else {
+            return Ok(0);
+        };
+        // Keep the record at `minimum` too: a replica at that snapshot reads after it.
+        let cap = XCap::try_from(("MINID", "=", format!("{minimum}-1")))?;
+        let _: u64 = self.client.xtrim(self.stream.clone(), cap).await?;
+        Ok(minimum)
+    }
+
+    /// Closes both connections.
+    pub async fn quit(&self) {
+        let _ = self.client.quit().await;
+        let _ = self.tail.quit().await;
+    }
+}
+
+fn client_for_tail(config: Config) -> Result<Client, RedisLogError> {
+    Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+        })
+        .with_performance_config(|p| {
+            // Longer than the XREAD BLOCK time.
+            p.default_command_timeout = Duration::from_secs(10);
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .build()
+        .map_err(RedisLogError::from)
+}
+
+/// Decodes XRANGE (`xread == false`) or XREAD replies, RESP2 arrays or RESP3 maps, into
+/// records.
+fn decode_entries(value: Value, xread: bool) -> Result<Vec<Record>, RedisLogError> {
+    let entries = match value {
+        Value::Null => return Ok(Vec::new()),
+        // XREAD: [[stream, entries]] or {stream: entries}.
+        Value::Map(map) => map.inner().into_iter().next().map(|(_, v)| v),
+        Value::Array(items) if xread => match items.into_iter().next() {
+            Some(Value::Array(mut pair)) if pair.len() == 2 => pair.pop(),
+            _ => None,
+        },
+        other => Some(other),
+    };
+    let Some(Value::Array(entries)) = entries else {
+        return Ok(Vec::new());
+    };
+    entries.into_iter().map(decode_entry).collect()
+}
+
+fn decode_entry(entry: Value) -> Result<Record, RedisLogError> {
+    let corrupt = |m: &str| RedisLogError::Log(LogError::Corrupt(format!("stream entry: {m}")));
+    let Value::Array(mut parts) = entry else {
+        return Err(corrupt("not an array"));
+    };
+    if parts.len() != 2 {
+        return Err(corrupt("expected [id, fields]"));
+    }
+    let fields = parts.pop().unwrap();
+    let id = parts.pop().unwrap();
+    let id = id
+        .as_string()
+        .ok_or_else(|| corrupt("id is not a string"))?;
+    let seq: Seq = id
+        .split_once('-')
+        .and_then(|(s, _)| s.parse().ok())
+        .ok_or_else(|| corrupt("id is not SEQ-1"))?;
+    let payload = match fields {
+        Value::Array(mut kv) if kv.len() == 2 => kv.pop().unwrap(),
+        Value::Map(map) => map
+            .inner()
+            .into_iter()
+            .next()
+            .map(|(_, v)| v)
+            .ok_or_else(|| corrupt("no fields"))?,
+        _ => return Err(corrupt("fields are not [op, payload]")),
+    };
+    let bytes = match payload {
+        Value::Bytes(b) => b.to_vec(),
+        Value::String(s) => s.as_bytes().to_vec(),
+        _ => return Err(corrupt("payload is not bytes")),
+    };
+    let op: Op = bincode::deserialize(&bytes)
+        .map_err(|e| corrupt(&format!("seq {seq}: undecodable op: {e}")))?;
+    Ok(Record { seq, op })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::Metric;
+    use std::process::{Child, Command, Stdio};
+
+    struct Server(Child, u16);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn server() -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed: run `make setup`");
+        let server = Server(child, port);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not start");
+    }
+
+    async fn log(server: &Server) -> RedisLog {
+        RedisLog::connect(&RedisConfig {
+            url: Some(format!("redis://127.0.0.1:{}", server.1)),
+            key_prefix: "t".into(),
+            ..RedisConfig::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    fn op(i: usize) -> Op {
+        Op::CreateCollection {
+            collection: format!("c{i}"),
+            dim: 4,
+            metric: Metric::Dot,
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_are_numbered_in_order_and_read_back_by_range_and_tail() {
+        let server = server();
+        let log = log(&server).await;
+        let first = log.append(vec![op(0), op(1)]).await.unwrap();
+        assert_eq!(first.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+        let next = log.append(vec![op(2)]).await.unwrap();
+        assert_eq!(next[0].seq, 3);
+        assert_eq!(log.last_seq().await.unwrap(), 3);
+        let ranged = log.read_after(1, 10, None).await.unwrap();
+        assert_eq!(ranged, [first[1].clone(), next[0].clone()]);
+        let one = log.read_after(0, 1, None).await.unwrap();
+        assert_eq!(one, [first[0].clone()]);
+        let tailed = log
+            .read_after(0, 10, Some(Duration::from_millis(100)))
+            .await
+            .unwrap();
+        assert_eq!(tailed.len(), 3);
+        assert_eq!(tailed[2], next[0]);
+        let empty = log
+            .read_after(3, 10, Some(Duration::from_millis(100)))
+            .await
+            .unwrap();
+        assert!(empty.is_empty());
+    }
+
+    #[tokio::test]
+    async fn trim_keeps_what_the_oldest_live_replica_needs_and_reading_past_it_is_an_error() {
+        let server = server();
+        let log = log(&server).await;
+        log.append((0..10).map(op).collect()).await.unwrap();
+        log.heartbeat("a", 4, Duration::from_secs(30))
+            .await
+            .unwrap();
+        log.heartbeat("b", 7, Duration::from_secs(30))
+            .await
+            .unwrap();
+        // An expired registration does not hold the stream back.
+        log.heartbeat("gone", 1, Duration::ZERO).await.unwrap();
+        assert_eq!(log.trim().await.unwrap(), 4);
+        let after_four = log.read_after(4, 100, None).await.unwrap();
+        assert_eq!(after_four.first().map(|r| r.seq), Some(5));
+        assert!(matches!(
+            log.read_after(1, 100, None).await,
+            Err(RedisLogError::Trimmed { after: 1, .. })
+        ));
+        // A live replica without a snapshot (0) holds everything.
+        log.heartbeat("c", 0, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(log.trim().await.unwrap(), 0);
+    }
+}
