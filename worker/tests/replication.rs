@@ -4,19 +4,11 @@
 
 mod common;
 
-use common::Worker;
+use common::{free_port, Worker};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A `redis-server` with an fsync-always AOF in its own directory; killed on drop.
 struct Redis {
