@@ -52,11 +52,12 @@ pub(super) fn add_to_plan(
     ]);
 }
 
-/// `redis.conf`: append-only (the log must survive restarts) and only keys with a TTL —
-/// the cache — may be evicted, never the log streams.
+/// `redis.conf`: append-only with an fsync per write (a worker acknowledges a write once it
+/// is in the stream, so an `everysec` window could lose acknowledged writes on a crash), and
+/// only keys with a TTL — the cache — may be evicted, never the log streams.
 fn config(managed: &ManagedRedis, names: &Names) -> ConfigMap {
     let mut conf = format!(
-        "bind 0.0.0.0\nport {REDIS_PORT}\ndir /data\nappendonly yes\nappendfsync everysec\nmaxmemory-policy volatile-lru\n"
+        "bind 0.0.0.0\nport {REDIS_PORT}\ndir /data\nappendonly yes\nappendfsync always\nmaxmemory-policy volatile-lru\n"
     );
     if let Some(max_memory) = &managed.max_memory {
         conf.push_str(&format!("maxmemory {max_memory}\n"));

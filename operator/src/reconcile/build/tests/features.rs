@@ -123,7 +123,9 @@ fn managed_redis_gets_its_own_children_and_workers_use_it() {
     let conf = json(&plan, ChildKind::ConfigMap, "docs-redis");
     let conf = conf["data"]["redis.conf"].as_str().unwrap();
     assert!(
-        conf.contains("appendonly yes") && conf.contains("maxmemory-policy volatile-lru"),
+        conf.contains("appendonly yes")
+            && conf.contains("appendfsync always")
+            && conf.contains("maxmemory-policy volatile-lru"),
         "{conf}"
     );
     assert!(plan.get(ChildKind::Secret, "docs-redis").is_some());
