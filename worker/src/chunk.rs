@@ -161,6 +161,17 @@ impl Chunker {
     }
 }
 
+impl Chunker {
+    /// The whole document as one chunk, uncut (for documents that bring their own vector).
+    pub fn whole(&self, doc_id: &str, text: &str) -> Chunk {
+        Chunk {
+            chunk_id: chunk_id(doc_id, 0, text),
+            text: text.to_string(),
+            tokens: 0,
+        }
+    }
+}
+
 fn chunk_id(doc_id: &str, index: usize, text: &str) -> String {
     let mut h = Sha256::new();
     h.update(doc_id.as_bytes());

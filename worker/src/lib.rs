@@ -4,12 +4,14 @@
 
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod chunk;
 pub mod cli;
 pub mod index;
 pub mod log;
 pub mod metrics;
 pub mod replica;
+pub mod search;
 pub mod snapshot;
 pub mod store;
 #[cfg(test)]

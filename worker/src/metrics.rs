@@ -2,6 +2,7 @@
 //! embedding engine counters, index sizes and the log sequence.
 
 use crate::api::{AppState, SharedState};
+use crate::cache::{Kind, Level};
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -33,6 +34,13 @@ struct CollectionLabels {
     collection: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    level: &'static str,
+    kind: &'static str,
+    outcome: &'static str,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Every metric the worker exports.
@@ -51,6 +59,7 @@ pub struct Metrics {
     applied_sequence: Gauge,
     replication_lag: Gauge,
     redis_connected: Gauge,
+    cache: Family<CacheLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -78,6 +87,7 @@ impl Metrics {
             applied_sequence: Gauge::default(),
             replication_lag: Gauge::default(),
             redis_connected: Gauge::default(),
+            cache: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
         r.register(
@@ -141,8 +151,24 @@ impl Metrics {
             "1 while this replica reaches Redis (replicated mode)",
             m.redis_connected.clone(),
         );
+        r.register(
+            "cache_lookups",
+            "Query cache lookups by level (l1 in process, l2 Redis), kind and outcome",
+            m.cache.clone(),
+        );
         *m.registry.lock().expect("registry") = r;
         m
+    }
+
+    /// Counts one cache lookup.
+    pub fn cache(&self, level: Level, kind: Kind, hit: bool) {
+        self.cache
+            .get_or_create(&CacheLabels {
+                level: level.as_str(),
+                kind: kind.as_str(),
+                outcome: if hit { "hit" } else { "miss" },
+            })
+            .inc();
     }
 
     fn observe(&self, route: String, method: String, status: u16, seconds: f64) {

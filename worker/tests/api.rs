@@ -267,3 +267,38 @@ async fn embeddings_endpoint_speaks_the_openai_format() {
     );
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() >= 2);
 }
+
+#[tokio::test]
+async fn documents_with_their_own_vectors_skip_embedding_and_are_checked() {
+    let (_tmp, w) = start().await;
+    let key = Some(ADMIN_KEY);
+    let axis = |i: usize| {
+        (0..384)
+            .map(|j| if j == i { 2.0 } else { 0.0 })
+            .collect::<Vec<f32>>()
+    };
+    let body = json!({"documents": [
+        {"id": "x", "text": "first axis", "vector": axis(0), "metadata": {"k": 1}},
+        {"id": "y", "text": "second axis", "vector": axis(1)},
+    ]});
+    let (status, out) = call(&w, "POST", "/v1/collections/own/documents", key, Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["chunks"], 2);
+    // The stored vector is the one given (normalised for cosine), not an embedding.
+    let probe = json!({"vector": axis(1), "top_k": 2});
+    let (status, hits) = call(&w, "POST", "/v1/collections/own/query", key, Some(probe)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(hits["hits"][0]["document_id"], "y");
+    assert!((hits["hits"][0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-6);
+    assert!(hits["hits"][1]["score"].as_f64().unwrap().abs() < 1e-6);
+    assert_eq!(hits["hits"][1]["text"], "first axis");
+
+    for (bad, needle) in [(json!([1.0, 2.0]), "384"), (json!([]), "finite")] {
+        let body = json!({"documents": [{"id": "z", "text": "t", "vector": bad}]});
+        let (status, err) =
+            call(&w, "POST", "/v1/collections/own/documents", key, Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{message}");
+    }
+}

@@ -1,6 +1,7 @@
 //! Replicated mode against real `redis-server` processes on free loopback ports: workers
 //! share one stream, a late replica bootstraps from a peer's snapshot, Redis killed
-//! mid-ingestion loses no acknowledged write, and a Sentinel topology works.
+//! mid-ingestion loses no acknowledged write, cached results are shared and never outlive a
+//! write, and Sentinel and Cluster topologies work.
 
 mod common;
 
@@ -19,6 +20,11 @@ struct Redis {
 
 impl Redis {
     fn start(dir: &Path, port: u16) -> Redis {
+        Redis::start_with(dir, port, &[])
+    }
+
+    /// Starts with extra `--name value` arguments (cluster mode, for example).
+    fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Redis {
         std::fs::create_dir_all(dir).unwrap();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -31,6 +37,7 @@ impl Redis {
                 "--save",
                 "",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is not installed: run `make setup`");
@@ -54,6 +61,10 @@ impl Redis {
     fn restart(&mut self) {
         self.kill();
         *self = Redis::start(&self.dir.clone(), self.port);
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     fn cli(&self, args: &[&str]) -> String {
@@ -334,4 +345,142 @@ async fn sentinel_topology_replicates() {
     assert_eq!(redis.cli(&["GET", "{kb:sentinel}:seq"]), seq.to_string());
     let _ = sentinel.kill();
     let _ = sentinel.wait();
+}
+
+async fn metrics(w: &Worker) -> String {
+    reqwest::get(format!("{}/metrics", w.metrics_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one counter line of the exposition text (0 when absent).
+fn counter(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls until Redis holds at least one key matching `pattern` (L2 writes are asynchronous).
+async fn wait_for_key(redis: &Redis, pattern: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["--scan", "--pattern", pattern]).is_empty() {
+        assert!(Instant::now() < deadline, "no key matching {pattern}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_results_are_shared_and_never_outlive_a_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&tmp.path().join("redis"), free_port());
+    let cfg = config(&redis.url(), "cache:\n  ttl_seconds: 600\n");
+    let a = Worker::start(&tmp.path().join("a"), &cfg, &["--open"]).await;
+    let b = Worker::start(&tmp.path().join("b"), &cfg, &["--open"]).await;
+    let seq = ingest_ok(&a.url, docs("cached", 6)).await;
+    let text = "how stale cache entries are avoided";
+    let probe = json!({"query": text, "top_k": 3, "min_sequence": seq});
+
+    let first = query(&a.url, probe.clone()).await;
+    assert_eq!(first["cache"], "miss");
+    let again = query(&a.url, probe.clone()).await;
+    assert_eq!(again["cache"], "l1");
+    assert_eq!(again["hits"], first["hits"]);
+    // Another replica finds the entry in Redis, with a TTL so volatile-lru may evict it.
+    wait_for_key(&redis, "kb:test:cache:r:c:*").await;
+    let key = redis.cli(&["--scan", "--pattern", "kb:test:cache:r:c:*"]);
+    let ttl: i64 = redis
+        .cli(&["TTL", key.lines().next().unwrap()])
+        .parse()
+        .unwrap();
+    assert!((1..=600).contains(&ttl), "cache key TTL {ttl}");
+    let shared = query(&b.url, probe.clone()).await;
+    assert_eq!(shared["cache"], "l2");
+    assert_eq!(shared["hits"], first["hits"]);
+
+    // A write through the other replica makes every cached answer unreachable: a computes
+    // a new one with the new best match, and b answers the same (computed or shared from
+    // a's new entry, never the old one).
+    let fresh = json!([{"id": "fresh", "text": text, "metadata": {"origin": "fresh", "n": 0}}]);
+    let seq = ingest_ok(&b.url, fresh).await;
+    let probe = json!({"query": text, "top_k": 3, "min_sequence": seq});
+    let on_a = query(&a.url, probe.clone()).await;
+    assert_eq!(on_a["cache"], "miss", "{on_a}");
+    assert_eq!(on_a["hits"][0]["document_id"], "fresh");
+    let on_b = query(&b.url, probe).await;
+    assert_ne!(on_b["cache"], "l1", "{on_b}");
+    assert_eq!(on_b["hits"], on_a["hits"]);
+
+    // The query's embedding is cached too: another top_k misses the result cache but
+    // reuses the vector.
+    let series = r#"kb_worker_cache_lookups_total{level="l1",kind="embedding",outcome="hit"}"#;
+    let before = counter(&metrics(&a).await, series);
+    let other = query(&a.url, json!({"query": text, "top_k": 2})).await;
+    assert_eq!(other["cache"], "miss");
+    assert_eq!(counter(&metrics(&a).await, series), before + 1.0);
+    // b's L2 hit counter matches the answers it reported as shared.
+    let l2_hits = r#"kb_worker_cache_lookups_total{level="l2",kind="result",outcome="hit"}"#;
+    let reported = [&shared, &on_b]
+        .iter()
+        .filter(|v| v["cache"] == "l2")
+        .count();
+    assert_eq!(counter(&metrics(&b).await, l2_hits), reported as f64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_topology_replicates_and_caches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes: Vec<Redis> = (0..3)
+        .map(|i| {
+            let dir = tmp.path().join(format!("node{i}"));
+            // The bus port defaults to port + 10000, which may not exist for a high port.
+            let bus = free_port().to_string();
+            let args = ["--cluster-enabled", "yes", "--cluster-port", &bus];
+            Redis::start_with(&dir, free_port(), &args)
+        })
+        .collect();
+    let addresses: Vec<String> = nodes.iter().map(Redis::address).collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addresses)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nodes
+        .iter()
+        .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+    {
+        assert!(Instant::now() < deadline, "cluster never became ok");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cfg = format!(
+        "redis:\n  mode: cluster\n  nodes: {addresses:?}\n  key_prefix: kb:cluster\nreplication:\n  max_ready_lag: 0\n"
+    );
+    let a = Worker::start(&tmp.path().join("a"), &cfg, &["--open"]).await;
+    let b = Worker::start(&tmp.path().join("b"), &cfg, &["--open"]).await;
+    let seq = ingest_ok(&a.url, docs("cluster", 3)).await;
+    assert_eq!(find(&b.url, "cluster", 2, seq).await, "cluster-2");
+    let probe = json!({"query": "cluster document number 1", "top_k": 2, "min_sequence": seq});
+    let first = query(&b.url, probe.clone()).await;
+    assert_eq!(first["cache"], "miss");
+    // The L2 entry lands on whichever node owns its slot; the other replica finds it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes.iter().all(|n| {
+        n.cli(&["--scan", "--pattern", "kb:cluster:cache:r:*"])
+            .is_empty()
+    }) {
+        assert!(Instant::now() < deadline, "no cache entry on any node");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let shared = query(&a.url, probe).await;
+    assert_eq!(shared["cache"], "l2");
+    assert_eq!(shared["hits"], first["hits"]);
 }

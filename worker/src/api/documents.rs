@@ -21,6 +21,10 @@ pub struct DocumentIn {
     pub text: String,
     #[serde(default)]
     pub metadata: Metadata,
+    /// A precomputed embedding: the document is stored as one chunk with this vector,
+    /// neither chunked nor embedded (it must have the model's dimension).
+    #[serde(default)]
+    pub vector: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +131,7 @@ async fn read_multipart(req: Request, state: &SharedState) -> Result<Vec<Documen
             id: file_name,
             text,
             metadata,
+            vector: None,
         });
     }
     Ok(docs)
@@ -165,6 +170,14 @@ fn validate(docs: &[DocumentIn], state: &SharedState) -> Result<(), ApiError> {
                 limits.max_document_bytes
             )));
         }
+        if let Some(v) = &d.vector {
+            if v.is_empty() || !v.iter().all(|x| x.is_finite()) {
+                return Err(ApiError::BadRequest(format!(
+                    "document {:?}: vector must be a non-empty list of finite numbers",
+                    d.id
+                )));
+            }
+        }
         if let Some((k, _)) = d.metadata.iter().find(|(_, v)| v.is_object()) {
             return Err(ApiError::BadRequest(format!(
                 "document {:?}: metadata value of {k:?} must be a string, number, boolean or list",
@@ -182,18 +195,34 @@ pub async fn ingest_documents(
     docs: Vec<DocumentIn>,
     wait: Wait,
 ) -> Result<Value, ApiError> {
+    let dim = engine.embedder.dim();
+    if let Some(d) = docs
+        .iter()
+        .find(|d| d.vector.as_ref().is_some_and(|v| v.len() != dim))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "document {:?}: vector has {} dimensions, the model has {dim}",
+            d.id,
+            d.vector.as_ref().map_or(0, Vec::len)
+        )));
+    }
     let chunking = engine.clone();
     let docs = tokio::task::spawn_blocking(move || {
         docs.into_iter()
             .map(|d| {
-                let chunks = chunking.chunker.chunk(&d.id, &d.text);
+                let chunks = match &d.vector {
+                    Some(_) => vec![chunking.chunker.whole(&d.id, &d.text)],
+                    None => chunking.chunker.chunk(&d.id, &d.text),
+                };
                 (d, chunks)
             })
             .collect::<Vec<_>>()
     })
     .await?;
+    // Only chunks without a precomputed vector are embedded.
     let texts: Vec<String> = docs
         .iter()
+        .filter(|(d, _)| d.vector.is_none())
         .flat_map(|(_, cs)| cs.iter().map(|c| c.text.clone()))
         .collect();
     let embedded = if texts.is_empty() {
@@ -209,20 +238,24 @@ pub async fn ingest_documents(
     let mut vectors = embedded.vectors.into_iter();
     let mut ops = vec![Op::CreateCollection {
         collection: collection.to_string(),
-        dim: engine.embedder.dim(),
+        dim,
         metric: Metric::Cosine,
     }];
     let mut total_chunks = 0;
     let documents = docs.len();
-    for (doc, chunks) in docs {
+    for (mut doc, chunks) in docs {
         total_chunks += chunks.len();
+        let given = doc.vector.take();
         let chunks = chunks
             .into_iter()
             .map(|c| ChunkRecord {
                 chunk_id: c.chunk_id,
                 text: c.text,
                 metadata: doc.metadata.clone(),
-                vector: vectors.next().unwrap_or_default(),
+                vector: match &given {
+                    Some(v) => v.clone(),
+                    None => vectors.next().unwrap_or_default(),
+                },
             })
             .collect();
         ops.push(Op::Upsert {

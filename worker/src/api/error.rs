@@ -92,6 +92,12 @@ impl From<EmbedError> for ApiError {
 
 impl From<IndexError> for ApiError {
     fn from(e: IndexError) -> Self {
+        Self::from(&e)
+    }
+}
+
+impl From<&IndexError> for ApiError {
+    fn from(e: &IndexError) -> Self {
         match e {
             IndexError::Dimension { .. } => Self::BadRequest(e.to_string()),
             IndexError::NoSuchCollection(_) => Self::NotFound(e.to_string()),

@@ -9,10 +9,12 @@ pub mod health;
 pub mod query;
 
 use crate::auth::{Auth, Principal};
+use crate::cache::QueryCache;
 use crate::chunk::Chunker;
 use crate::log::{Op, Seq};
 use crate::metrics::Metrics;
 use crate::replica::Replicator;
+use crate::search::SearchBatcher;
 use crate::store::Store;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderMap;
@@ -30,6 +32,10 @@ pub struct Engine {
     pub chunker: Chunker,
     /// Present in replicated mode (Redis holds the log).
     pub replicator: Option<Arc<Replicator>>,
+    /// Query results and query embeddings (absent when `cache.enabled` is false).
+    pub cache: Option<QueryCache>,
+    /// Runs concurrent searches of a collection as one matrix product.
+    pub searches: Arc<SearchBatcher>,
 }
 
 /// When a write is acknowledged.

@@ -2,7 +2,7 @@
 
 use super::documents::read_body;
 use super::error::ApiError;
-use super::SharedState;
+use super::{Engine, SharedState};
 use crate::auth::Role;
 use crate::index::filter::Filter;
 use axum::extract::{Path, Request, State};
@@ -60,16 +60,16 @@ pub async fn query(
     if let Some(seq) = body.min_sequence {
         engine.wait_min_sequence(seq).await?;
     }
-    if engine.store.index().get(&collection).is_none() {
-        return Err(ApiError::NotFound(format!(
-            "collection {collection:?} does not exist"
-        )));
-    }
-    let vector = match (body.query, body.vector) {
-        (Some(text), None) if !text.trim().is_empty() => {
-            engine.embedder.embed(vec![text]).await?.vectors.remove(0)
-        }
-        (None, Some(v)) if !v.is_empty() && v.iter().all(|x| x.is_finite()) => v,
+    let (version, dim) = {
+        let index = engine.store.index();
+        let c = index.get(&collection).ok_or_else(|| {
+            ApiError::NotFound(format!("collection {collection:?} does not exist"))
+        })?;
+        (index.version(&collection), c.dim())
+    };
+    let query = match (body.query, body.vector) {
+        (Some(text), None) if !text.trim().is_empty() => Query::Text(text),
+        (None, Some(v)) if !v.is_empty() && v.iter().all(|x| x.is_finite()) => Query::Vector(v),
         _ => {
             return Err(ApiError::BadRequest(
                 "give exactly one of `query` (non-empty text) or `vector` (finite numbers)".into(),
@@ -77,17 +77,42 @@ pub async fn query(
         }
     };
     let (top_k, include_text) = (body.top_k, body.include_text);
-    let search_engine = engine.clone();
-    let (hits, sequence) = tokio::task::spawn_blocking(move || {
-        let index = search_engine.store.index();
-        let c = index.get(&collection).ok_or_else(|| {
-            ApiError::NotFound(format!("collection {collection:?} does not exist"))
-        })?;
-        let hits = c.search(&[vector], top_k, &filter)?.remove(0);
-        Ok::<_, ApiError>((hits, index.applied()))
-    })
-    .await??;
-    let hits: Vec<Value> = hits
+    let filter_key = body
+        .filter
+        .as_ref()
+        .map(Value::to_string)
+        .unwrap_or_default();
+    // Everything that shapes the answer; the collection's version is part of the key.
+    let request = json!({
+        "query": query, "top_k": top_k, "filter": body.filter, "include_text": include_text,
+    });
+    let cache = engine.cache.as_ref();
+    if let Some(cache) = cache {
+        let key = cache.result_key(&collection, version, &request);
+        if let Some((hits, level)) = cache.result(&key).await {
+            let sequence = engine.store.index().applied();
+            return Ok(Json(
+                json!({"hits": hits, "sequence": sequence, "cache": level.as_str()}),
+            ));
+        }
+    }
+    let vector = match query {
+        Query::Vector(v) => v,
+        Query::Text(text) => embed_query(&engine, text).await?,
+    };
+    if vector.len() != dim {
+        return Err(ApiError::BadRequest(format!(
+            "vector has {} dimensions, the collection has {dim}",
+            vector.len()
+        )));
+    }
+    let answer = engine
+        .searches
+        .search(&collection, filter_key, filter, vector, top_k)
+        .await
+        .map_err(|e| ApiError::from(&*e))?;
+    let (hits, sequence, version) = (answer.hits, answer.applied, answer.version);
+    let hits: Value = hits
         .into_iter()
         .map(|h| {
             let mut v = json!({
@@ -101,6 +126,35 @@ pub async fn query(
             }
             v
         })
-        .collect();
-    Ok(Json(json!({"hits": hits, "sequence": sequence})))
+        .collect::<Vec<_>>()
+        .into();
+    if let Some(cache) = cache {
+        cache.put_result(cache.result_key(&collection, version, &request), &hits);
+    }
+    Ok(Json(
+        json!({"hits": hits, "sequence": sequence, "cache": "miss"}),
+    ))
+}
+
+/// What is searched for; serialised into the cache key.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Query {
+    Text(String),
+    Vector(Vec<f32>),
+}
+
+/// The query's embedding, from the cache when this text was embedded before.
+async fn embed_query(engine: &Engine, text: String) -> Result<Vec<f32>, ApiError> {
+    let key = engine.cache.as_ref().map(|c| c.embedding_key(&text));
+    if let (Some(cache), Some(key)) = (&engine.cache, &key) {
+        if let Some(v) = cache.embedding(key).await {
+            return Ok(v);
+        }
+    }
+    let vector = engine.embedder.embed(vec![text]).await?.vectors.remove(0);
+    if let (Some(cache), Some(key)) = (&engine.cache, key) {
+        cache.put_embedding(key, &vector);
+    }
+    Ok(vector)
 }

@@ -1,10 +1,12 @@
-//! `kb-worker bench embed|search`: throughput and latency figures for the benchmark
-//! records, one JSON object per line on stdout (progress notes go to stderr).
+//! `kb-worker bench embed|search|query|replication`: throughput and latency figures for the
+//! benchmark records, one JSON object per line on stdout (progress notes go to stderr).
 
 mod embed;
+mod http;
 mod search;
 
 pub use embed::BenchEmbedArgs;
+pub use http::{BenchQueryArgs, BenchReplicationArgs};
 pub use search::BenchSearchArgs;
 
 /// Arguments of `kb-worker bench`.
@@ -21,16 +23,23 @@ pub enum BenchCommand {
     Embed(BenchEmbedArgs),
     /// Exact top-k search latency over random vectors, checked against an f64 brute force.
     Search(BenchSearchArgs),
+    /// Query throughput and latency of running workers (round-robin), split by cache level.
+    Query(BenchQueryArgs),
+    /// Replication delay and lag of replicas while one worker takes sustained writes.
+    Replication(BenchReplicationArgs),
 }
 
-/// Runs `kb-worker bench`. Both benchmarks block (libtorch), so they run off the async
-/// runtime's threads.
+/// Runs `kb-worker bench`. The in-process benchmarks block (libtorch), so they run off the
+/// async runtime's threads; the HTTP ones are async.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || match args.command {
-        BenchCommand::Embed(args) => embed::run(&args),
-        BenchCommand::Search(args) => search::run(&args),
-    })
-    .await?
+    match args.command {
+        BenchCommand::Embed(args) => tokio::task::spawn_blocking(move || embed::run(&args)).await?,
+        BenchCommand::Search(args) => {
+            tokio::task::spawn_blocking(move || search::run(&args)).await?
+        }
+        BenchCommand::Query(args) => http::query(args).await,
+        BenchCommand::Replication(args) => http::replication(args).await,
+    }
 }
 
 /// Rounds for printing: benchmark records need no more than three decimals.

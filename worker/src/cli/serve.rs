@@ -3,10 +3,12 @@
 
 use crate::api::{self, AppState, Engine, SharedState};
 use crate::auth::Auth;
+use crate::cache::{model_fingerprint, QueryCache};
 use crate::chunk::Chunker;
 use crate::log::redis::RedisLog;
 use crate::metrics::Metrics;
 use crate::replica::{self, Replicator};
+use crate::search::SearchBatcher;
 use crate::store::Store;
 use anyhow::{bail, Context};
 use kb_config::WorkerConfig;
@@ -98,7 +100,11 @@ fn index_device(spec: &str) -> Device {
     }
 }
 
-fn load_engine(cfg: &WorkerConfig, log: Option<RedisLog>) -> anyhow::Result<Engine> {
+fn load_engine(
+    cfg: &WorkerConfig,
+    log: Option<RedisLog>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Engine> {
     let model = cfg
         .model
         .as_ref()
@@ -108,6 +114,18 @@ fn load_engine(cfg: &WorkerConfig, log: Option<RedisLog>) -> anyhow::Result<Engi
     let chunker = Chunker::new(&cfg.chunking, embedder.tokenizer());
     let device = index_device(&cfg.embedding.device);
     let opening = || format!("opening data directory {}", cfg.data_dir.display());
+    let cache = cfg.cache.enabled.then(|| {
+        let settings = format!(
+            "{}/{}/{}",
+            embedder.precision(),
+            embedder.max_seq_len(),
+            embedder.dim()
+        );
+        let l2 = log
+            .as_ref()
+            .map(|l| (l.client().clone(), l.prefix().to_string()));
+        QueryCache::new(&cfg.cache, l2, model_fingerprint(model, &settings), metrics)
+    });
     let (store, replicator) = match log {
         None => {
             let (store, recovery) =
@@ -124,10 +142,12 @@ fn load_engine(cfg: &WorkerConfig, log: Option<RedisLog>) -> anyhow::Result<Engi
         }
     };
     Ok(Engine {
+        searches: SearchBatcher::new(store.clone()),
         store,
         embedder,
         chunker,
         replicator,
+        cache,
     })
 }
 
@@ -184,7 +204,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let loader_state = state.clone();
     let loader = tokio::spawn(async move {
         let log = connect_replica(&cfg).await?;
-        let engine = tokio::task::spawn_blocking(move || load_engine(&cfg, log)).await??;
+        let metrics = loader_state.metrics.clone();
+        let engine = tokio::task::spawn_blocking(move || load_engine(&cfg, log, metrics)).await??;
         if let Some(replicator) = &engine.replicator {
             replicator.start();
         }

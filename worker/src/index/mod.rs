@@ -30,6 +30,10 @@ pub struct Index {
     device: Device,
     collections: BTreeMap<String, FlatIndex>,
     applied: Seq,
+    /// Sequence of the last applied record that changed each collection.
+    changed: BTreeMap<String, Seq>,
+    /// Sequence of the snapshot this index was loaded from (0: built from the log).
+    loaded_at: Seq,
 }
 
 impl Index {
@@ -39,6 +43,8 @@ impl Index {
             device,
             collections: BTreeMap::new(),
             applied: 0,
+            changed: BTreeMap::new(),
+            loaded_at: 0,
         }
     }
 
@@ -50,6 +56,18 @@ impl Index {
     /// Sets the applied sequence (after loading a snapshot).
     pub fn set_applied(&mut self, seq: Seq) {
         self.applied = seq;
+        self.loaded_at = seq;
+    }
+
+    /// The version of a collection's contents: the sequence of the last applied record that
+    /// changed it, or the snapshot's sequence when none has since it was loaded. Every
+    /// replica whose index reports version `v` for `c` holds exactly the writes to `c` up
+    /// to `v`, so `(c, v)` can key shared cache entries: any later write changes it.
+    pub fn version(&self, collection: &str) -> Seq {
+        self.changed
+            .get(collection)
+            .copied()
+            .unwrap_or(self.loaded_at)
     }
 
     pub fn device(&self) -> Device {
@@ -138,6 +156,8 @@ impl Index {
         // replication; writers `check` before appending, so this only guards replay.
         let result = self.apply_op(&record.op);
         self.applied = record.seq;
+        self.changed
+            .insert(record.op.collection().to_string(), record.seq);
         result
     }
 

@@ -169,3 +169,52 @@ fn replaying_a_record_twice_is_harmless() {
     assert_eq!(index.applied(), 2);
     assert_eq!(index.get("c").unwrap().stats().chunks, 1);
 }
+
+#[test]
+fn collection_versions_follow_the_records_that_change_them() {
+    let mut index = Index::new(Device::Cpu);
+    let create = |c: &str| Op::CreateCollection {
+        collection: c.into(),
+        dim: 2,
+        metric: Metric::Cosine,
+    };
+    let upsert = |c: &str, doc: &str| Op::Upsert {
+        collection: c.into(),
+        doc_id: doc.into(),
+        chunks: vec![chunk(0, vec![1.0, 0.0], "a")],
+    };
+    for (seq, op) in [create("a"), create("b"), upsert("a", "x"), upsert("b", "y")]
+        .into_iter()
+        .enumerate()
+    {
+        index
+            .apply(&Record {
+                seq: seq as Seq + 1,
+                op,
+            })
+            .unwrap();
+    }
+    assert_eq!((index.version("a"), index.version("b")), (3, 4));
+    index
+        .apply(&Record {
+            seq: 5,
+            op: Op::Delete {
+                collection: "a".into(),
+                doc_id: "x".into(),
+            },
+        })
+        .unwrap();
+    assert_eq!((index.version("a"), index.version("b")), (5, 4));
+
+    // Loaded from a snapshot: untouched collections take the snapshot's sequence.
+    let mut loaded = Index::new(Device::Cpu);
+    loaded.set_applied(5);
+    assert_eq!(loaded.version("a"), 5);
+    loaded
+        .apply(&Record {
+            seq: 6,
+            op: upsert("a", "z"),
+        })
+        .ok();
+    assert_eq!((loaded.version("a"), loaded.version("b")), (6, 5));
+}

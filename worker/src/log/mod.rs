@@ -75,6 +75,18 @@ pub enum Op {
     DropCollection { collection: String },
 }
 
+impl Op {
+    /// The collection this op changes.
+    pub fn collection(&self) -> &str {
+        match self {
+            Op::CreateCollection { collection, .. }
+            | Op::Upsert { collection, .. }
+            | Op::Delete { collection, .. }
+            | Op::DropCollection { collection } => collection,
+        }
+    }
+}
+
 /// An [`Op`] with its position in the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {

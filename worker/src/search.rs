@@ -1,0 +1,245 @@
+//! Query batching: concurrent searches of one collection with the same filter run as one
+//! matrix product.
+//!
+//! Exact search streams the whole matrix of a collection for every call, so on CPU one call
+//! for 64 queries costs little more than one call for a single query. The first query to
+//! arrive for a (collection, filter) runs at once; queries that arrive while it runs wait
+//! in a queue and the next run takes all of them (up to `MAX_BATCH`). An idle worker adds
+//! no latency; a loaded one answers many queries per pass over the data.
+
+use crate::index::filter::Filter;
+use crate::index::flat::Hit;
+use crate::index::IndexError;
+use crate::log::Seq;
+use crate::store::Store;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Most queries in one matrix product.
+pub const MAX_BATCH: usize = 256;
+
+/// The answer to one query and the state it was computed on.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub hits: Vec<Hit>,
+    /// The index's applied sequence during the search.
+    pub applied: Seq,
+    /// The collection's version during the search (see [`crate::index::Index::version`]).
+    pub version: Seq,
+}
+
+type Reply = oneshot::Sender<Result<Answer, Arc<IndexError>>>;
+
+struct Pending {
+    vector: Vec<f32>,
+    top_k: usize,
+    reply: Reply,
+}
+
+struct Queue {
+    pending: Vec<Pending>,
+}
+
+/// Groups concurrent searches per (collection, filter).
+pub struct SearchBatcher {
+    store: Arc<Store>,
+    /// A key is present while a run for it is in flight; its queue holds the next batch.
+    queues: Mutex<HashMap<(String, String), Queue>>,
+}
+
+impl SearchBatcher {
+    pub fn new(store: Arc<Store>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            queues: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Searches `collection` for the `top_k` best rows that pass `filter`; `filter_key` is
+    /// the filter's canonical text (equal filters, equal keys). The vector must have the
+    /// collection's dimension.
+    pub async fn search(
+        self: &Arc<Self>,
+        collection: &str,
+        filter_key: String,
+        filter: Filter,
+        vector: Vec<f32>,
+        top_k: usize,
+    ) -> Result<Answer, Arc<IndexError>> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            vector,
+            top_k,
+            reply,
+        };
+        let key = (collection.to_string(), filter_key);
+        let start = {
+            let mut queues = self.queues.lock().expect("queue lock");
+            match queues.get_mut(&key) {
+                Some(queue) => {
+                    queue.pending.push(pending);
+                    None
+                }
+                None => {
+                    queues.insert(
+                        key.clone(),
+                        Queue {
+                            pending: Vec::new(),
+                        },
+                    );
+                    Some(pending)
+                }
+            }
+        };
+        if let Some(first) = start {
+            let batcher = self.clone();
+            tokio::task::spawn_blocking(move || batcher.drain(key, filter, vec![first]));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Arc::new(IndexError::NoSuchCollection(
+                "search task ended without an answer".into(),
+            )))
+        })
+    }
+
+    /// Runs `batch`, then whatever queued meanwhile, until the queue is empty.
+    fn drain(&self, key: (String, String), filter: Filter, mut batch: Vec<Pending>) {
+        loop {
+            self.run(&key.0, &filter, batch);
+            let mut queues = self.queues.lock().expect("queue lock");
+            let queue = queues.get_mut(&key).expect("a running key has a queue");
+            if queue.pending.is_empty() {
+                queues.remove(&key);
+                return;
+            }
+            let take = queue.pending.len().min(MAX_BATCH);
+            batch = queue.pending.drain(..take).collect();
+        }
+    }
+
+    fn run(&self, collection: &str, filter: &Filter, batch: Vec<Pending>) {
+        let index = self.store.index();
+        let k = batch.iter().map(|p| p.top_k).max().unwrap_or(1);
+        let result = match index.get(collection) {
+            None => Err(IndexError::NoSuchCollection(collection.to_string())),
+            Some(c) => {
+                let vectors: Vec<Vec<f32>> = batch.iter().map(|p| p.vector.clone()).collect();
+                c.search(&vectors, k, filter)
+            }
+        };
+        let (applied, version) = (index.applied(), index.version(collection));
+        drop(index);
+        match result {
+            Ok(all) => {
+                for (p, mut hits) in batch.into_iter().zip(all) {
+                    hits.truncate(p.top_k);
+                    let _ = p.reply.send(Ok(Answer {
+                        hits,
+                        applied,
+                        version,
+                    }));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for p in batch {
+                    let _ = p.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{ChunkRecord, Metric, Op};
+    use rand::{Rng, SeedableRng};
+    use serde_json::json;
+
+    fn store_with(rows: usize, dim: usize) -> (tempfile::TempDir, Arc<Store>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = kb_config::WorkerConfig::default();
+        let (store, _) = Store::open(tmp.path(), &cfg, tch::Device::Cpu).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut ops = vec![Op::CreateCollection {
+            collection: "c".into(),
+            dim,
+            metric: Metric::Cosine,
+        }];
+        for i in 0..rows {
+            ops.push(Op::Upsert {
+                collection: "c".into(),
+                doc_id: format!("d{i}"),
+                chunks: vec![ChunkRecord {
+                    chunk_id: format!("d{i}#0"),
+                    text: String::new(),
+                    metadata: json!({"even": i % 2 == 0}).as_object().unwrap().clone(),
+                    vector: (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect(),
+                }],
+            });
+        }
+        store.write(ops).unwrap();
+        (tmp, Arc::new(store))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_queries_get_the_answers_of_single_searches() {
+        let (_tmp, store) = store_with(500, 16);
+        let batcher = SearchBatcher::new(store.clone());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let even = Filter::parse(&json!({"even": true})).unwrap();
+        let cases: Vec<(Vec<f32>, usize, Filter, String)> = (0..64)
+            .map(|i| {
+                let v: Vec<f32> = (0..16).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+                let (f, key) = if i % 3 == 0 {
+                    (even.clone(), "even".to_string())
+                } else {
+                    (Filter::default(), String::new())
+                };
+                (v, 1 + i % 7, f, key)
+            })
+            .collect();
+        let tasks: Vec<_> = cases
+            .iter()
+            .cloned()
+            .map(|(v, k, f, key)| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.search("c", key, f, v, k).await.unwrap() })
+            })
+            .collect();
+        for ((v, k, f, _), task) in cases.iter().zip(tasks) {
+            let answer = task.await.unwrap();
+            let index = store.index();
+            let alone = index
+                .get("c")
+                .unwrap()
+                .search(std::slice::from_ref(v), *k, f)
+                .unwrap();
+            let ids = |hits: &[Hit]| {
+                hits.iter()
+                    .map(|h| h.row.doc_id.clone())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(ids(&answer.hits), ids(&alone[0]));
+            assert_eq!(answer.hits.len(), *k);
+            assert_eq!(answer.version, index.version("c"));
+        }
+        assert!(
+            batcher.queues.lock().unwrap().is_empty(),
+            "no queue left behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_collection_fails_every_waiter() {
+        let (_tmp, store) = store_with(3, 4);
+        let batcher = SearchBatcher::new(store);
+        let err = batcher
+            .search("nope", String::new(), Filter::default(), vec![1.0; 4], 1)
+            .await
+            .unwrap_err();
+        assert!(matches!(*err, IndexError::NoSuchCollection(_)));
+    }
+}
