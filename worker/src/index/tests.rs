@@ -3,6 +3,7 @@ use super::*;
 use crate::log::ChunkRecord;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use tch::Kind;
 
 fn random_vectors(rng: &mut impl Rng, n: usize, dim: usize) -> Vec<Vec<f32>> {
     (0..n)
@@ -217,4 +218,42 @@ fn collection_versions_follow_the_records_that_change_them() {
         })
         .ok();
     assert_eq!((loaded.version("a"), loaded.version("b")), (6, 5));
+}
+
+#[test]
+fn fp16_storage_finds_the_fp64_neighbours_within_half_precision() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let (n, dim, k) = (4000, 64, 10);
+    let db = random_vectors(&mut rng, n, dim);
+    let mut idx = FlatIndex::with_kind(dim, Metric::Cosine, Device::Cpu, Kind::Half);
+    for (i, v) in db.iter().enumerate() {
+        idx.upsert(&format!("doc-{i}"), &[chunk(i, v.clone(), "a")])
+            .unwrap();
+    }
+    // Half precision: each score within ~1e-3 of the exact one, so a returned row counts
+    // as correct when its exact score is within that of the exact k-th best.
+    let tolerance = 2e-3;
+    let queries = random_vectors(&mut rng, 32, dim);
+    let results = idx.search(&queries, k, &Filter::default()).unwrap();
+    let (mut correct, mut total) = (0, 0);
+    for (q, hits) in queries.iter().zip(&results) {
+        let exact = reference(&db, q, n, Metric::Cosine, |_| true);
+        let kth = exact[k - 1].1;
+        assert_eq!(hits.len(), k);
+        for hit in hits {
+            let i: usize = hit.row.doc_id["doc-".len()..].parse().unwrap();
+            let score = exact.iter().find(|(j, _)| *j == i).unwrap().1;
+            assert!((f64::from(hit.score) - score).abs() < tolerance);
+            correct += usize::from(score >= kth - tolerance);
+            total += 1;
+        }
+    }
+    assert_eq!(correct, total, "every hit is a true top-{k} neighbour");
+    // Vectors come back out (snapshots) as fp32 within half precision.
+    let exported = idx.export();
+    let v = &exported[5].1;
+    let norm = db[5].iter().map(|x| x * x).sum::<f32>().sqrt();
+    for (a, b) in v.iter().zip(&db[5]) {
+        assert!((a - b / norm).abs() < 1e-3);
+    }
 }

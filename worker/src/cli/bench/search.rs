@@ -14,6 +14,8 @@ const WARMUP_SEARCHES: usize = 3;
 /// Scores this close to the k-th exact score count as ties, not misses: the index adds in
 /// f32, so two rows a rounding error apart may legitimately swap at the cut.
 const TIE_TOLERANCE: f64 = 1e-5;
+/// The same for vectors stored in fp16 (about three decimal digits per element).
+const TIE_TOLERANCE_FP16: f64 = 2e-3;
 
 /// Arguments of `kb-worker bench search`.
 #[derive(Debug, clap::Args)]
@@ -42,10 +44,26 @@ pub struct BenchSearchArgs {
     /// Seed of the random data, for comparable runs.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Storage precision of the vectors: `auto` (fp16 on CUDA, fp32 on CPU), `fp32`, `fp16`.
+    #[arg(long, default_value = "auto")]
+    pub precision: String,
+    /// Queries of the first batch checked against the f64 brute force (it runs on the CPU).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub check_queries: u32,
+}
+
+fn storage_kind(precision: &str, device: tch::Device) -> anyhow::Result<tch::Kind> {
+    Ok(match precision {
+        "auto" => crate::index::flat::storage_kind(device),
+        "fp32" => tch::Kind::Float,
+        "fp16" => tch::Kind::Half,
+        other => anyhow::bail!("unknown precision {other:?}; use auto, fp32 or fp16"),
+    })
 }
 
 pub(super) fn run(args: &BenchSearchArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
+    let kind = storage_kind(&args.precision, device)?;
     let (dim, k) = (args.dim as usize, args.top_k as usize);
     let mut rng = StdRng::seed_from_u64(args.seed);
     let data = unit_vectors(&mut rng, args.rows as usize, dim);
@@ -57,7 +75,7 @@ pub(super) fn run(args: &BenchSearchArgs) -> anyhow::Result<()> {
             metadata: Metadata::new(),
         })
         .collect();
-    let index = FlatIndex::from_rows(dim, Metric::Cosine, device, rows, &data);
+    let index = FlatIndex::from_rows_as(dim, Metric::Cosine, device, kind, rows, &data);
     let batches: Vec<Vec<Vec<f32>>> = (0..args.concurrency)
         .map(|_| {
             unit_vectors(&mut rng, args.queries as usize, dim)
@@ -70,12 +88,19 @@ pub(super) fn run(args: &BenchSearchArgs) -> anyhow::Result<()> {
     for _ in 0..WARMUP_SEARCHES {
         index.search(&batches[0], k, &filter)?;
     }
+    let checked = &batches[0][..(args.check_queries as usize).min(batches[0].len())];
+    let tolerance = if kind == tch::Kind::Half {
+        TIE_TOLERANCE_FP16
+    } else {
+        TIE_TOLERANCE
+    };
     let recall = recall(
         &data,
         dim,
-        &batches[0],
+        checked,
         &index.search(&batches[0], k, &filter)?,
         k,
+        tolerance,
     );
     let (mut latencies_ms, seconds) = timed_searches(&index, &batches, k, args.iterations)?;
     latencies_ms.sort_by(f64::total_cmp);
@@ -83,6 +108,7 @@ pub(super) fn run(args: &BenchSearchArgs) -> anyhow::Result<()> {
     let line = serde_json::json!({
         "bench": "search",
         "device": args.device,
+        "precision": if kind == tch::Kind::Half { "fp16" } else { "fp32" },
         "rows": args.rows,
         "dim": args.dim,
         "queries": args.queries,
@@ -157,20 +183,37 @@ fn timed_searches(
 }
 
 /// Fraction of returned hits that belong to the exact top-k computed in f64 (ties within
-/// [`TIE_TOLERANCE`] of the k-th score count as correct).
-fn recall(data: &[f32], dim: usize, queries: &[Vec<f32>], hits: &[Vec<Hit>], k: usize) -> f64 {
+/// `tolerance` of the k-th score count as correct); `hits` may cover more queries than
+/// are checked.
+fn recall(
+    data: &[f32],
+    dim: usize,
+    queries: &[Vec<f32>],
+    hits: &[Vec<Hit>],
+    k: usize,
+    tolerance: f64,
+) -> f64 {
     let correct: usize = std::thread::scope(|scope| {
         let workers: Vec<_> = queries
             .iter()
             .zip(hits)
-            .map(|(query, hits)| scope.spawn(move || correct_hits(data, dim, query, hits, k)))
+            .map(|(query, hits)| {
+                scope.spawn(move || correct_hits(data, dim, query, hits, k, tolerance))
+            })
             .collect();
         workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
     });
     correct as f64 / (queries.len() * k) as f64
 }
 
-fn correct_hits(data: &[f32], dim: usize, query: &[f32], hits: &[Hit], k: usize) -> usize {
+fn correct_hits(
+    data: &[f32],
+    dim: usize,
+    query: &[f32],
+    hits: &[Hit],
+    k: usize,
+    tolerance: f64,
+) -> usize {
     let norm = query
         .iter()
         .map(|&x| f64::from(x).powi(2))
@@ -192,7 +235,7 @@ fn correct_hits(data: &[f32], dim: usize, query: &[f32], hits: &[Hit], k: usize)
     hits.iter()
         .take(k)
         .filter_map(|hit| hit.row.doc_id.parse::<usize>().ok())
-        .filter(|&row| score(row) >= kth - TIE_TOLERANCE)
+        .filter(|&row| score(row) >= kth - tolerance)
         .count()
 }
 
@@ -220,7 +263,7 @@ mod tests {
             .map(<[f32]>::to_vec)
             .collect();
         let hits = index.search(&queries, k, &Filter::default()).unwrap();
-        assert_eq!(recall(&data, dim, &queries, &hits, k), 1.0);
+        assert_eq!(recall(&data, dim, &queries, &hits, k, TIE_TOLERANCE), 1.0);
     }
 
     #[test]
@@ -248,6 +291,6 @@ mod tests {
             score: 1.0,
         };
         let hits = vec![right, wrong[0].clone()];
-        assert!(recall(&data, dim, &[query], &[hits], 2) < 1.0);
+        assert!(recall(&data, dim, &[query], &[hits], 2, TIE_TOLERANCE) < 1.0);
     }
 }
