@@ -97,17 +97,25 @@ impl SearchBatcher {
             tokio::task::spawn_blocking(move || batcher.drain(key, filter, vec![first]));
         }
         answer.await.unwrap_or_else(|_| {
-            Err(Arc::new(IndexError::NoSuchCollection(
-                "search task ended without an answer".into(),
+            Err(Arc::new(IndexError::Aborted(
+                "the search task ended without an answer".into(),
             )))
         })
     }
 
-    /// Runs `batch`, then whatever queued meanwhile, until the queue is empty.
+    /// Runs `batch`, then whatever queued meanwhile, until the queue is empty. A panic in
+    /// a search fails the queries waiting for that key instead of leaving the key stuck.
     fn drain(&self, key: (String, String), filter: Filter, mut batch: Vec<Pending>) {
         loop {
-            self.run(&key.0, &filter, batch);
-            let mut queues = self.queues.lock().expect("queue lock");
+            let run = std::panic::AssertUnwindSafe(|| self.run(&key.0, &filter, batch));
+            let ok = std::panic::catch_unwind(run).is_ok();
+            let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+            if !ok {
+                tracing::error!(collection = key.0, "search panicked; failing its queue");
+                // Dropping the pending replies answers their waiters with an error.
+                queues.remove(&key);
+                return;
+            }
             let queue = queues.get_mut(&key).expect("a running key has a queue");
             if queue.pending.is_empty() {
                 queues.remove(&key);

@@ -23,6 +23,8 @@ pub enum IndexError {
     },
     #[error("tensor operation failed: {0}")]
     Torch(#[from] tch::TchError),
+    #[error("search failed: {0}")]
+    Aborted(String),
 }
 
 /// Every collection plus the sequence of the last record applied.
