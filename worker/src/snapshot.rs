@@ -64,38 +64,71 @@ struct RowData {
     vector: Vec<f32>,
 }
 
+/// A copy of the index's contents at one sequence, taken under the index lock; turning it
+/// into bytes and writing them ([`Capture::save`]) needs no lock, so a replica can do it
+/// off its apply path.
+pub struct Capture(SnapshotData);
+
+impl Capture {
+    /// Copies every collection of `index`.
+    pub fn of(index: &Index) -> Capture {
+        let collections = index
+            .collections()
+            .map(|(name, c)| CollectionData {
+                name: name.clone(),
+                dim: c.dim(),
+                metric: c.metric(),
+                rows: c
+                    .export()
+                    .into_iter()
+                    .map(|(row, vector)| RowData {
+                        metadata: serde_json::to_string(&row.metadata)
+                            .unwrap_or_else(|_| "{}".into()),
+                        doc_id: row.doc_id,
+                        chunk_id: row.chunk_id,
+                        text: row.text,
+                        vector,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Capture(SnapshotData {
+            seq: index.applied(),
+            collections,
+        })
+    }
+
+    /// The sequence the copy was taken at.
+    pub fn seq(&self) -> Seq {
+        self.0.seq
+    }
+
+    /// The snapshot file format: magic, bincode payload, CRC32 and length.
+    pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
+        let payload =
+            bincode::serialize(&self.0).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+        let mut out = Vec::with_capacity(payload.len() + MAGIC.len() + TRAILER);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        Ok(out)
+    }
+
+    /// Writes the snapshot into `dir` atomically and removes all but the newest `keep`.
+    pub fn save(&self, dir: &Path, keep: usize) -> Result<PathBuf, SnapshotError> {
+        let bytes = self.encode()?;
+        let path = write_atomic(dir, &file_name(self.seq()), &bytes)?;
+        for (_, old) in list(dir)?.into_iter().skip(keep.max(1)) {
+            fs::remove_file(&old).map_err(io_err(&old))?;
+        }
+        Ok(path)
+    }
+}
+
 /// Serialises the index into the snapshot file format.
 pub fn encode(index: &Index) -> Result<Vec<u8>, SnapshotError> {
-    let collections = index
-        .collections()
-        .map(|(name, c)| CollectionData {
-            name: name.clone(),
-            dim: c.dim(),
-            metric: c.metric(),
-            rows: c
-                .export()
-                .into_iter()
-                .map(|(row, vector)| RowData {
-                    metadata: serde_json::to_string(&row.metadata).unwrap_or_else(|_| "{}".into()),
-                    doc_id: row.doc_id,
-                    chunk_id: row.chunk_id,
-                    text: row.text,
-                    vector,
-                })
-                .collect(),
-        })
-        .collect();
-    let data = SnapshotData {
-        seq: index.applied(),
-        collections,
-    };
-    let payload = bincode::serialize(&data).map_err(|e| SnapshotError::Encode(e.to_string()))?;
-    let mut out = Vec::with_capacity(payload.len() + MAGIC.len() + TRAILER);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&payload);
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    Ok(out)
+    Capture::of(index).encode()
 }
 
 /// Verifies and decodes snapshot bytes into an index on `device`.
@@ -186,12 +219,7 @@ pub fn file_name(seq: Seq) -> String {
 
 /// Writes a snapshot of `index` into `dir` and removes all but the newest `keep`.
 pub fn save(index: &Index, dir: &Path, keep: usize) -> Result<PathBuf, SnapshotError> {
-    let bytes = encode(index)?;
-    let path = write_atomic(dir, &file_name(index.applied()), &bytes)?;
-    for (_, old) in list(dir)?.into_iter().skip(keep.max(1)) {
-        fs::remove_file(&old).map_err(io_err(&old))?;
-    }
-    Ok(path)
+    Capture::of(index).save(dir, keep)
 }
 
 /// Loads the newest valid snapshot; invalid ones are reported and skipped.

@@ -46,6 +46,8 @@ pub struct Store {
     keep: usize,
     /// Serialises writers; holds the number of records since the last snapshot.
     writer: Mutex<u64>,
+    /// The replica's snapshot write in flight, if any.
+    background: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Store {
@@ -78,6 +80,7 @@ impl Store {
             every_records: cfg.snapshot.every_records,
             keep: cfg.snapshot.keep,
             writer: Mutex::new(records.len() as u64),
+            background: Mutex::new(None),
         };
         Ok((store, recovery))
     }
@@ -99,6 +102,7 @@ impl Store {
             every_records: cfg.snapshot.every_records,
             keep: cfg.snapshot.keep,
             writer: Mutex::new(0),
+            background: Mutex::new(None),
         })
     }
 
@@ -130,13 +134,52 @@ impl Store {
             index.applied()
         };
         *since_snapshot += applied_now;
-        if self.every_records > 0 && *since_snapshot >= self.every_records {
-            match self.snapshot_locked() {
-                Ok(_) => *since_snapshot = 0,
-                Err(e) => tracing::error!(error = %e, "automatic snapshot failed"),
-            }
+        if self.every_records > 0
+            && *since_snapshot >= self.every_records
+            && self.snapshot_in_background()
+        {
+            *since_snapshot = 0;
         }
         Ok(applied)
+    }
+
+    /// Copies the index (under the read lock; the caller holds the writer lock so it
+    /// cannot move) and encodes and writes the snapshot on a background thread, so that
+    /// applying the stream does not wait for the disk. At most one such write runs at a
+    /// time; returns false when one is still running (the caller tries again later).
+    fn snapshot_in_background(&self) -> bool {
+        let mut running = self.background.lock().expect("background lock");
+        if running.as_ref().is_some_and(|h| !h.is_finished()) {
+            return false;
+        }
+        let capture = snapshot::Capture::of(&self.index());
+        let (dir, keep) = (self.snapshots_dir.clone(), self.keep);
+        let spawned = std::thread::Builder::new()
+            .name("kb-snapshot".into())
+            .spawn(move || match capture.save(&dir, keep) {
+                Ok(path) => {
+                    tracing::info!(seq = capture.seq(), snapshot = %path.display(), "snapshot written")
+                }
+                Err(e) => tracing::error!(error = %e, "automatic snapshot failed"),
+            });
+        match spawned {
+            Ok(handle) => {
+                *running = Some(handle);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the snapshot thread");
+                false
+            }
+        }
+    }
+
+    /// Waits for a background snapshot write to finish (clean shutdown, tests).
+    pub fn wait_for_background_snapshot(&self) {
+        let handle = self.background.lock().expect("background lock").take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
     }
 
     /// The sequence of the oldest snapshot kept on disk (0 when there is none): the
@@ -303,5 +346,29 @@ mod tests {
             2
         );
         assert_eq!(docs(&store), 1);
+    }
+
+    #[test]
+    fn a_replica_snapshots_in_the_background_at_a_consistent_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_replicated(dir.path(), &cfg(3), Device::Cpu).unwrap();
+        let records: Vec<Record> = std::iter::once(create())
+            .chain((0..4).map(|i| upsert(&format!("d{i}"), vec![i as f32, 1.0])))
+            .enumerate()
+            .map(|(i, op)| Record {
+                seq: i as Seq + 1,
+                op,
+            })
+            .collect();
+        assert_eq!(store.apply_replicated(&records[..3]).unwrap(), 3);
+        store.wait_for_background_snapshot();
+        assert_eq!(store.oldest_snapshot_seq(), 3);
+        assert_eq!(store.apply_replicated(&records[3..]).unwrap(), 5);
+        store.wait_for_background_snapshot();
+        // The snapshot holds exactly the first three records: it reloads to sequence 3
+        // with the two documents upserted by then.
+        let reopened = Store::open_replicated(dir.path(), &cfg(3), Device::Cpu).unwrap();
+        assert_eq!(reopened.index().applied(), 3);
+        assert_eq!(docs(&reopened), 2);
     }
 }

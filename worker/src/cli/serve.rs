@@ -225,8 +225,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         res = loader => res??,
     }
     server.await?.context("HTTP server failed")?;
-    if let Some(replicator) = state.engine().ok().and_then(|e| e.replicator.clone()) {
-        replicator.shutdown().await;
+    if let Ok(engine) = state.engine() {
+        if let Some(replicator) = &engine.replicator {
+            replicator.shutdown().await;
+        }
+        let store = engine.store.clone();
+        tokio::task::spawn_blocking(move || store.wait_for_background_snapshot()).await?;
     }
     Ok(())
 }
