@@ -7,6 +7,7 @@ command -v redis-sentinel >/dev/null || need+=(redis-sentinel)
 command -v curl >/dev/null || need+=(curl)
 command -v unzip >/dev/null || need+=(unzip)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
   echo "installing Debian packages: ${need[*]}"
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo

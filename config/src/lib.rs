@@ -183,7 +183,11 @@ pub struct RedisConfig {
     pub sentinel_service: Option<String>,
     /// Environment variable that holds the password (mounted from a Secret).
     pub password_env: Option<String>,
+    /// Connect with TLS (also implied by a `rediss://` URL or `tls_ca_file`).
     pub tls: bool,
+    /// PEM file of the CA certificates that sign the server's certificate (a private CA,
+    /// for example from cert-manager); without it the system's roots are trusted.
+    pub tls_ca_file: Option<PathBuf>,
     /// Stream key prefix; one knowledge base per prefix.
     pub key_prefix: String,
 }

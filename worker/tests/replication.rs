@@ -484,3 +484,136 @@ async fn cluster_topology_replicates_and_caches() {
     assert_eq!(shared["cache"], "l2");
     assert_eq!(shared["hits"], first["hits"]);
 }
+
+/// Runs openssl; panics with its output on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is not installed: run `make setup`");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it.
+fn private_ca(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    let days = ["-days", "2"];
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=kb-test-ca",
+            days[0],
+            days[1],
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-extfile",
+            "san.cnf",
+            days[0],
+            days[1],
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_with_a_private_ca_and_a_password_replicates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    private_ca(&certs);
+    let (port, password) = (free_port(), "s3cret-redis-password");
+    let path = |f: &str| certs.join(f).to_str().unwrap().to_string();
+    let (cert, key, ca) = (path("server.crt"), path("server.key"), path("ca.crt"));
+    // Plain TCP is off: only TLS clients that know the password get in.
+    let args = [
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        password,
+    ];
+    let mut redis = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--save", ""])
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    wait_for_port(port);
+    let cfg = format!(
+        "redis:\n  url: rediss://127.0.0.1:{port}\n  password_env: KB_TEST_REDIS_PASSWORD\n  tls_ca_file: {ca}\n  key_prefix: kb:tls\nreplication:\n  max_ready_lag: 0\n"
+    );
+    let env = [("KB_TEST_REDIS_PASSWORD", password)];
+    let a = Worker::start_with_env(&tmp.path().join("a"), &cfg, &["--open"], &env).await;
+    let b = Worker::start_with_env(&tmp.path().join("b"), &cfg, &["--open"], &env).await;
+    let seq = ingest_ok(&a.url, docs("tls", 3)).await;
+    assert_eq!(find(&b.url, "tls", 2, seq).await, "tls-2");
+    // The stream really lives in that Redis, behind TLS and the password.
+    let out = Command::new("redis-cli")
+        .args([
+            "--tls",
+            "--cacert",
+            &ca,
+            "-p",
+            &port.to_string(),
+            "-a",
+            password,
+        ])
+        .args(["--no-auth-warning", "GET", "{kb:tls}:seq"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), seq.to_string());
+    let _ = redis.kill();
+    let _ = redis.wait();
+}

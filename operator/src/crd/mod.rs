@@ -15,7 +15,7 @@ pub use autoscaling::{Autoscaling, ScalingBehavior, ScalingRules};
 pub use backup::{Backup, BackupDestination, PvcDestination, S3Destination};
 pub use embedding::{Chunking, Device, Embedding, GpuScheduling, ModelVolume, Precision};
 pub use network::Network;
-pub use redis::{ExternalRedis, ManagedRedis, Redis, RedisMode, SecretKeyRef};
+pub use redis::{CaSecretRef, ExternalRedis, ManagedRedis, Redis, RedisMode, SecretKeyRef};
 pub use status::{ConditionType, KnowledgeBaseStatus};
 pub use storage::{ReclaimPolicy, Storage};
 

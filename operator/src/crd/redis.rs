@@ -74,6 +74,24 @@ pub struct ExternalRedis {
     /// Connect with TLS.
     #[serde(default)]
     pub tls: bool,
+    /// Secret key holding the PEM CA certificate(s) that sign the server's certificate
+    /// (a private CA, e.g. from cert-manager); mounted into the workers and trusted
+    /// instead of the system roots. Implies TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_secret_ref: Option<CaSecretRef>,
+}
+
+/// A key of a Secret holding PEM certificates.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecretRef {
+    pub name: String,
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".to_string()
 }
 
 /// Redis topology.

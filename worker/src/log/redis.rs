@@ -81,12 +81,38 @@ pub fn fred_config(cfg: &RedisConfig) -> Result<Config, RedisLogError> {
         })?;
         config.password = Some(password);
     }
-    if cfg.tls && config.tls.is_none() {
+    if let Some(ca) = &cfg.tls_ca_file {
+        config.tls = Some(private_ca_connector(ca)?.into());
+    } else if cfg.tls && config.tls.is_none() {
         let connector = TlsConnector::default_rustls()
             .map_err(|e| RedisLogError::Config(format!("TLS setup failed: {e}")))?;
         config.tls = Some(connector.into());
     }
     Ok(config)
+}
+
+/// A TLS connector that trusts exactly the CA certificates in the PEM file `ca`.
+fn private_ca_connector(ca: &std::path::Path) -> Result<TlsConnector, RedisLogError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let bad =
+        |what: String| RedisLogError::Config(format!("redis.tls_ca_file {}: {what}", ca.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
+        let cert = cert.map_err(|e| bad(e.to_string()))?;
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    // An explicit provider: the process may link more than one rustls backend.
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config.into())
 }
 
 fn hosts(nodes: &[String]) -> Result<Vec<(String, u16)>, RedisLogError> {
@@ -370,6 +396,25 @@ fn decode_entry(entry: Value) -> Result<Record, RedisLogError> {
 mod tests {
     use super::*;
     use crate::log::Metric;
+
+    #[test]
+    fn a_private_ca_file_must_exist_and_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for (file, needle) in [
+            (dir.path().join("missing.pem"), "missing.pem"),
+            (empty, "holds no PEM certificate"),
+        ] {
+            let cfg = RedisConfig {
+                url: Some("rediss://127.0.0.1:6379".into()),
+                tls_ca_file: Some(file),
+                ..RedisConfig::default()
+            };
+            let err = fred_config(&cfg).expect_err("a bad CA file is refused");
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
     use std::process::{Child, Command, Stdio};
 
     struct Server(Child, u16);

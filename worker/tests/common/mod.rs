@@ -48,6 +48,16 @@ impl Worker {
     /// Starts a worker on `data_dir` with `config` YAML (written next to the data) and
     /// extra flags, and waits until it is ready.
     pub async fn start(data_dir: &Path, config: &str, extra: &[&str]) -> Worker {
+        Worker::start_with_env(data_dir, config, extra, &[]).await
+    }
+
+    /// [`Worker::start`] with extra environment variables.
+    pub async fn start_with_env(
+        data_dir: &Path,
+        config: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Worker {
         let (port, mport) = (free_port(), free_port());
         let cfg_path = data_dir.with_extension("yaml");
         std::fs::File::create(&cfg_path)
@@ -67,6 +77,7 @@ impl Worker {
             .args(["--metrics-listen", &format!("127.0.0.1:{mport}")])
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

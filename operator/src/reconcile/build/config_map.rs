@@ -21,6 +21,10 @@ pub const DATA_DIR: &str = "/data";
 pub const MODELS_DIR: &str = "/models";
 /// Environment variable carrying the Redis password.
 pub const REDIS_PASSWORD_ENV: &str = "KB_REDIS_PASSWORD";
+/// Where an external Redis' private CA certificate is mounted in the worker.
+pub const REDIS_CA_DIR: &str = "/etc/kb/redis-ca";
+/// File name of that certificate inside [`REDIS_CA_DIR`].
+pub const REDIS_CA_FILE: &str = "ca.crt";
 /// Environment variable carrying the admin key a replica shows peers for their snapshot.
 pub const PEER_API_KEY_ENV: &str = "KB_PEER_API_KEY";
 /// Pod-template annotation whose change rolls the workers when the config changes.
@@ -111,7 +115,11 @@ fn redis_config(spec: &KnowledgeBaseSpec, names: &Names) -> Option<RedisConfig> 
             .password_secret_ref
             .as_ref()
             .map(|_| REDIS_PASSWORD_ENV.to_string()),
-        tls: external.tls,
+        tls: external.tls || external.tls_ca_secret_ref.is_some(),
+        tls_ca_file: external
+            .tls_ca_secret_ref
+            .as_ref()
+            .map(|_| PathBuf::from(format!("{REDIS_CA_DIR}/{REDIS_CA_FILE}"))),
         key_prefix,
     })
 }

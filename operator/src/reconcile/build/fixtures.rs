@@ -56,6 +56,7 @@ pub fn external_cluster_redis() -> Redis {
                 key: "password".into(),
             }),
             tls: true,
+            tls_ca_secret_ref: None,
         }),
     }
 }

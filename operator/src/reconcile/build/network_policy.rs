@@ -251,6 +251,7 @@ mod tests {
             sentinel_service: None,
             password_secret_ref: None,
             tls: false,
+            tls_ca_secret_ref: None,
         };
         assert_eq!(external_redis_ports(&external), vec![7000, 7001]);
     }

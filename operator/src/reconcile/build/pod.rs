@@ -2,7 +2,7 @@
 
 use super::config_map::{
     CONFIG_DIR, CONFIG_FILE, CONFIG_HASH_ANNOTATION, DATA_DIR, KEYS_DIR, MODELS_DIR,
-    PEER_API_KEY_ENV, REDIS_PASSWORD_ENV,
+    PEER_API_KEY_ENV, REDIS_CA_DIR, REDIS_CA_FILE, REDIS_PASSWORD_ENV,
 };
 use super::names::{Component, Names, HTTP_PORT, METRICS_PORT};
 use super::secret::{ADMIN_KEY, REDIS_PASSWORD_KEY};
@@ -10,8 +10,8 @@ use super::{scheduling, security};
 use crate::crd::{KnowledgeBaseSpec, ModelVolume};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, LocalObjectReference, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
-    SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
+    HTTPGetAction, KeyToPath, LocalObjectReference, ObjectFieldSelector, PodSpec, PodTemplateSpec,
+    Probe, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -182,7 +182,20 @@ fn mounts(spec: &KnowledgeBaseSpec) -> Vec<VolumeMount> {
     if spec.embedding.model_volume.is_some() {
         mounts.push(mount("models", MODELS_DIR, true));
     }
+    if redis_ca(spec).is_some() {
+        mounts.push(mount("redis-ca", REDIS_CA_DIR, true));
+    }
     mounts
+}
+
+/// The Secret key of an external Redis' private CA, if one is set.
+fn redis_ca(spec: &KnowledgeBaseSpec) -> Option<&crate::crd::CaSecretRef> {
+    spec.redis
+        .as_ref()?
+        .external
+        .as_ref()?
+        .tls_ca_secret_ref
+        .as_ref()
 }
 
 fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
@@ -226,6 +239,22 @@ fn volumes(spec: &KnowledgeBaseSpec, names: &Names) -> Vec<Volume> {
     ];
     if let Some(model) = &spec.embedding.model_volume {
         volumes.push(model_volume(model));
+    }
+    if let Some(ca) = redis_ca(spec) {
+        volumes.push(Volume {
+            name: "redis-ca".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: ca.key.clone(),
+                    path: REDIS_CA_FILE.to_string(),
+                    ..KeyToPath::default()
+                }]),
+                default_mode: Some(0o444),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
     }
     volumes
 }

@@ -199,6 +199,56 @@ fn without_redis_workers_get_no_replication_settings() {
 }
 
 #[test]
+fn an_external_redis_private_ca_is_mounted_and_trusted() {
+    let mut kb = kb("docs");
+    let mut redis = fixtures::external_cluster_redis();
+    let external = redis.external.as_mut().unwrap();
+    external.tls = false;
+    external.tls_ca_secret_ref = Some(crate::crd::CaSecretRef {
+        name: "redis-ca".into(),
+        key: "tls.ca".into(),
+    });
+    kb.spec.redis = Some(redis);
+    let plan = plan_for(&kb);
+    let redis = config(&plan).redis.unwrap();
+    assert!(redis.tls, "a CA implies TLS");
+    assert_eq!(
+        redis.tls_ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/kb/redis-ca/ca.crt"))
+    );
+    let sts = json(&plan, ChildKind::StatefulSet, "docs-worker");
+    let pod = &sts["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "redis-ca")
+        .expect("a redis-ca volume");
+    assert_eq!(volume["secret"]["secretName"], "redis-ca");
+    assert_eq!(volume["secret"]["items"][0]["key"], "tls.ca");
+    assert_eq!(volume["secret"]["items"][0]["path"], "ca.crt");
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "redis-ca")
+        .expect("a redis-ca mount");
+    assert_eq!(mount["mountPath"], "/etc/kb/redis-ca");
+    assert_eq!(mount["readOnly"], true);
+    // Without a CA there is no such volume.
+    let plain = plan_for(&{
+        let mut kb = kb.clone();
+        kb.spec.redis = Some(fixtures::external_cluster_redis());
+        kb
+    });
+    let sts = json(&plain, ChildKind::StatefulSet, "docs-worker");
+    let volumes = sts["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    assert!(volumes.iter().all(|v| v["name"] != "redis-ca"));
+}
+
+#[test]
 fn external_redis_cluster_is_configured_and_reachable() {
     let mut kb = kb("docs");
     kb.spec.redis = Some(fixtures::external_cluster_redis());
