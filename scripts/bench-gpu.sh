@@ -29,6 +29,7 @@ mkdir -p "$out"
 torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 export LD_LIBRARY_PATH="$torch_lib:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt" >&2
+"$bin" devices | tee -a "$out/bench.jsonl"
 
 run() {
     echo "+ kb-worker $*" >&2

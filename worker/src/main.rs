@@ -28,6 +28,8 @@ enum Command {
     Restore(cli::backup::RestoreArgs),
     /// Embedding and search benchmarks (one JSON line per result).
     Bench(cli::bench::BenchArgs),
+    /// The GPUs this process sees (CUDA driver), with their memory, as JSON.
+    Devices,
 }
 
 fn init_logging() {
@@ -40,6 +42,16 @@ fn init_logging() {
         .init();
 }
 
+/// `kb-worker devices`: `{"cuda_driver": bool, "gpus": [...]}` on one line.
+fn devices() -> anyhow::Result<()> {
+    let report = serde_json::json!({
+        "cuda_driver": kb_worker::gpu::driver_present(),
+        "gpus": kb_worker::gpu::devices(),
+    });
+    println!("{report}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     init_logging();
@@ -50,6 +62,7 @@ async fn main() -> std::process::ExitCode {
         Command::Backup(args) => cli::backup::run(args).await,
         Command::Restore(args) => cli::backup::restore(args).await,
         Command::Bench(args) => cli::bench::run(args).await,
+        Command::Devices => devices(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -35,6 +35,12 @@ struct CollectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GpuLabels {
+    device: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     level: &'static str,
     kind: &'static str,
@@ -60,6 +66,8 @@ pub struct Metrics {
     replication_lag: Gauge,
     redis_connected: Gauge,
     cache: Family<CacheLabels, Counter>,
+    gpu_total: Family<GpuLabels, Gauge>,
+    gpu_used: Family<GpuLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -88,6 +96,8 @@ impl Metrics {
             replication_lag: Gauge::default(),
             redis_connected: Gauge::default(),
             cache: Family::default(),
+            gpu_total: Family::default(),
+            gpu_used: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
         r.register(
@@ -156,6 +166,16 @@ impl Metrics {
             "Query cache lookups by level (l1 in process, l2 Redis), kind and outcome",
             m.cache.clone(),
         );
+        r.register(
+            "gpu_memory_total_bytes",
+            "Memory of each visible GPU (CUDA driver)",
+            m.gpu_total.clone(),
+        );
+        r.register(
+            "gpu_memory_used_bytes",
+            "Memory in use on each visible GPU, by every process (CUDA driver)",
+            m.gpu_used.clone(),
+        );
         *m.registry.lock().expect("registry") = r;
         m
     }
@@ -211,6 +231,20 @@ impl Metrics {
                 self.replication_lag.set(status.lag as i64);
                 self.redis_connected.set(i64::from(status.redis_connected));
             }
+        }
+        self.gpu_total.clear();
+        self.gpu_used.clear();
+        for gpu in crate::gpu::devices() {
+            let labels = GpuLabels {
+                device: format!("cuda:{}", gpu.ordinal),
+                name: gpu.name,
+            };
+            self.gpu_total
+                .get_or_create(&labels)
+                .set(gpu.total_bytes as i64);
+            self.gpu_used
+                .get_or_create(&labels)
+                .set(gpu.total_bytes.saturating_sub(gpu.free_bytes) as i64);
         }
         let mut out = String::new();
         let registry = self.registry.lock().expect("registry");

@@ -168,7 +168,7 @@ pub fn decode(bytes: &[u8], device: Device, origin: &Path) -> Result<Index, Snap
                 metadata,
             });
         }
-        let flat = FlatIndex::from_rows(c.dim, c.metric, device, rows, &vectors);
+        let flat = FlatIndex::from_rows(c.dim, c.metric, device, rows, &vectors)?;
         index.insert(c.name, flat);
     }
     index.set_applied(data.seq);

@@ -302,3 +302,25 @@ async fn documents_with_their_own_vectors_skip_embedding_and_are_checked() {
         assert!(message.contains(needle), "{message}");
     }
 }
+
+#[test]
+fn devices_command_reports_the_gpus_libtorch_sees() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kb-worker"))
+        .arg("devices")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gpus = report["gpus"].as_array().unwrap();
+    assert_eq!(gpus.len() as i64, tch::Cuda::device_count(), "{report}");
+    assert!(report["cuda_driver"].is_boolean());
+    if gpus.is_empty() {
+        return;
+    }
+    assert!(report["cuda_driver"].as_bool().unwrap());
+    assert!(gpus[0]["total_bytes"].as_u64().unwrap() > 0);
+}

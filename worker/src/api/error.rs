@@ -102,7 +102,9 @@ impl From<&IndexError> for ApiError {
             IndexError::Dimension { .. } => Self::BadRequest(e.to_string()),
             IndexError::NoSuchCollection(_) => Self::NotFound(e.to_string()),
             IndexError::Conflict { .. } => Self::Conflict(e.to_string()),
-            IndexError::Torch(_) | IndexError::Aborted(_) => Self::Internal(e.to_string()),
+            IndexError::Torch(_) | IndexError::Aborted(_) | IndexError::Capacity(_) => {
+                Self::Internal(e.to_string())
+            }
         }
     }
 }

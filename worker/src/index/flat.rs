@@ -85,7 +85,7 @@ impl FlatIndex {
         device: Device,
         rows: Vec<Row>,
         vectors: &[f32],
-    ) -> Self {
+    ) -> Result<Self, IndexError> {
         Self::from_rows_as(dim, metric, device, storage_kind(device), rows, vectors)
     }
 
@@ -97,10 +97,10 @@ impl FlatIndex {
         kind: Kind,
         rows: Vec<Row>,
         vectors: &[f32],
-    ) -> Self {
+    ) -> Result<Self, IndexError> {
         let mut index = Self::with_kind(dim, metric, device, kind);
         let n = rows.len() as i64;
-        index.reserve(n);
+        index.reserve(n)?;
         if n > 0 {
             let data = Tensor::from_slice(vectors).view([n, dim as i64]);
             index
@@ -113,7 +113,7 @@ impl FlatIndex {
             index.docs.entry(row.doc_id.clone()).or_default().push(i);
         }
         index.rows = rows.into_iter().map(Some).collect();
-        index
+        Ok(index)
     }
 
     pub fn dim(&self) -> usize {
@@ -158,7 +158,7 @@ impl FlatIndex {
             new = normalize(&new);
         }
         let start = self.rows.len() as i64;
-        self.reserve(start + chunks.len() as i64);
+        self.reserve(start + chunks.len() as i64)?;
         self.vectors
             .0
             .narrow(0, start, chunks.len() as i64)
@@ -191,18 +191,26 @@ impl FlatIndex {
         true
     }
 
-    fn reserve(&mut self, rows: i64) {
+    /// Grows the vector tensor to hold `rows`; on a GPU, first checks that the new tensor
+    /// fits in its free memory, so a too-large collection is a clear error, not an OOM.
+    fn reserve(&mut self, rows: i64) -> Result<(), IndexError> {
         let cap = self.vectors.0.size()[0];
         if rows <= cap {
-            return;
+            return Ok(());
         }
         let new_cap = (cap * 2).max(rows);
-        let grown = Tensor::zeros([new_cap, self.dim as i64], (self.kind, self.device));
+        if let Device::Cuda(ordinal) = self.device {
+            let bytes = new_cap as u64 * self.dim as u64 * self.kind.elt_size_in_bytes() as u64;
+            crate::gpu::check_capacity(ordinal, bytes, &format!("an index of {rows} rows"))
+                .map_err(IndexError::Capacity)?;
+        }
+        let grown = Tensor::f_zeros([new_cap, self.dim as i64], (self.kind, self.device))?;
         let used = self.rows.len() as i64;
         grown
             .narrow(0, 0, used)
             .copy_(&self.vectors.0.narrow(0, 0, used));
         self.vectors = SharedTensor(grown);
+        Ok(())
     }
 
     /// Drops tombstoned rows from the tensor and the host tables.

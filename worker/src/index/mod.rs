@@ -25,6 +25,8 @@ pub enum IndexError {
     Torch(#[from] tch::TchError),
     #[error("search failed: {0}")]
     Aborted(String),
+    #[error("not enough GPU memory: {0}")]
+    Capacity(String),
 }
 
 /// Every collection plus the sequence of the last record applied.

@@ -75,7 +75,7 @@ pub(super) fn run(args: &BenchSearchArgs) -> anyhow::Result<()> {
             metadata: Metadata::new(),
         })
         .collect();
-    let index = FlatIndex::from_rows_as(dim, Metric::Cosine, device, kind, rows, &data);
+    let index = FlatIndex::from_rows_as(dim, Metric::Cosine, device, kind, rows, &data)?;
     let batches: Vec<Vec<Vec<f32>>> = (0..args.concurrency)
         .map(|_| {
             unit_vectors(&mut rng, args.queries as usize, dim)
@@ -257,7 +257,7 @@ mod tests {
                 metadata: Metadata::new(),
             })
             .collect();
-        let index = FlatIndex::from_rows(dim, Metric::Cosine, Device::Cpu, rows, &data);
+        let index = FlatIndex::from_rows(dim, Metric::Cosine, Device::Cpu, rows, &data).unwrap();
         let queries: Vec<Vec<f32>> = unit_vectors(&mut rng, 8, dim)
             .chunks(dim)
             .map(<[f32]>::to_vec)
