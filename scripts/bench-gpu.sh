@@ -41,7 +41,8 @@ run() {
 run bench embed --model "$model" --corpus "$corpus" --device cuda --precision fp16 \
     --limit 100000 --batch-texts 4096 --concurrency 4 --max-batch-tokens 262144
 
-# Exact search, vectors resident on the GPU.
+# Exact search, vectors resident on the GPU (`cuda:0,0`: the sharded multi-GPU path with
+# two shards on one GPU; on a multi-GPU node list the GPUs, e.g. `cuda:0,1`).
 for spec in "1000000 1 200" "1000000 1024 50" "10000000 1024 20"; do
     read -r rows queries iterations <<<"$spec"
     for precision in fp16 fp32; do
@@ -49,3 +50,4 @@ for spec in "1000000 1 200" "1000000 1024 50" "10000000 1024 20"; do
             --queries "$queries" --top-k 10 --iterations "$iterations"
     done
 done
+run bench search --device cuda:0,0 --rows 1000000 --dim 384 --queries 1024 --top-k 10 --iterations 50

@@ -6,13 +6,12 @@
 //! a snapshot name. Loading walks from the newest file to the oldest valid one.
 
 use crate::index::flat::{FlatIndex, Row};
-use crate::index::Index;
+use crate::index::{Index, Placement};
 use crate::log::{Metadata, Metric, Seq};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use tch::Device;
 
 const MAGIC: &[u8; 8] = b"KBSNAP01";
 const TRAILER: usize = 12;
@@ -131,8 +130,13 @@ pub fn encode(index: &Index) -> Result<Vec<u8>, SnapshotError> {
     Capture::of(index).encode()
 }
 
-/// Verifies and decodes snapshot bytes into an index on `device`.
-pub fn decode(bytes: &[u8], device: Device, origin: &Path) -> Result<Index, SnapshotError> {
+/// Verifies and decodes snapshot bytes into an index on `placement`.
+pub fn decode(
+    bytes: &[u8],
+    placement: impl Into<Placement>,
+    origin: &Path,
+) -> Result<Index, SnapshotError> {
+    let device = placement.into();
     let invalid = |msg: &str| SnapshotError::Invalid(origin.to_path_buf(), msg.to_string());
     if bytes.len() < MAGIC.len() + TRAILER || &bytes[..MAGIC.len()] != MAGIC {
         return Err(invalid("not a snapshot (bad magic or too short)"));
@@ -149,7 +153,7 @@ pub fn decode(bytes: &[u8], device: Device, origin: &Path) -> Result<Index, Snap
     }
     let data: SnapshotData =
         bincode::deserialize(payload).map_err(|e| invalid(&format!("undecodable: {e}")))?;
-    let mut index = Index::new(device);
+    let mut index = Index::new(device.clone());
     for c in data.collections {
         let mut vectors = Vec::with_capacity(c.rows.len() * c.dim);
         let mut rows = Vec::with_capacity(c.rows.len());
@@ -168,7 +172,7 @@ pub fn decode(bytes: &[u8], device: Device, origin: &Path) -> Result<Index, Snap
                 metadata,
             });
         }
-        let flat = FlatIndex::from_rows(c.dim, c.metric, device, rows, &vectors)?;
+        let flat = FlatIndex::from_rows(c.dim, c.metric, device.clone(), rows, &vectors)?;
         index.insert(c.name, flat);
     }
     index.set_applied(data.seq);
@@ -223,10 +227,14 @@ pub fn save(index: &Index, dir: &Path, keep: usize) -> Result<PathBuf, SnapshotE
 }
 
 /// Loads the newest valid snapshot; invalid ones are reported and skipped.
-pub fn load_newest(dir: &Path, device: Device) -> Result<Option<Index>, SnapshotError> {
+pub fn load_newest(
+    dir: &Path,
+    device: impl Into<Placement>,
+) -> Result<Option<Index>, SnapshotError> {
+    let device = device.into();
     for (_, path) in list(dir)? {
         let bytes = fs::read(&path).map_err(io_err(&path))?;
-        match decode(&bytes, device, &path) {
+        match decode(&bytes, device.clone(), &path) {
             Ok(index) => return Ok(Some(index)),
             Err(e) => tracing::error!(error = %e, "skipping invalid snapshot"),
         }
@@ -239,6 +247,7 @@ mod tests {
     use super::*;
     use crate::index::filter::Filter;
     use crate::log::{ChunkRecord, Op, Record};
+    use tch::Device;
 
     fn sample_index() -> Index {
         let mut index = Index::new(Device::Cpu);

@@ -4,14 +4,13 @@
 //! the index, and every `snapshot.every_records` records write a snapshot and truncate the
 //! log below it. Start-up loads the newest valid snapshot and replays the log after it.
 
-use crate::index::{Index, IndexError};
+use crate::index::{Index, IndexError, Placement};
 use crate::log::wal::FileWal;
 use crate::log::{Log, LogError, Op, Record, Seq};
 use crate::snapshot::{self, SnapshotError};
 use kb_config::WorkerConfig;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
-use tch::Device;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -55,11 +54,12 @@ impl Store {
     pub fn open(
         data_dir: &Path,
         cfg: &WorkerConfig,
-        device: Device,
+        device: impl Into<Placement>,
     ) -> Result<(Self, Recovery), StoreError> {
+        let device = device.into();
         let snapshots_dir = data_dir.join("snapshots");
-        let mut index =
-            snapshot::load_newest(&snapshots_dir, device)?.unwrap_or_else(|| Index::new(device));
+        let mut index = snapshot::load_newest(&snapshots_dir, device.clone())?
+            .unwrap_or_else(|| Index::new(device));
         let snapshot_seq = (index.applied() > 0).then_some(index.applied());
         let (log, report) = FileWal::open(&data_dir.join("wal"), cfg.log.fsync, index.applied())?;
         let records = log.read_after(index.applied())?;
@@ -90,11 +90,12 @@ impl Store {
     pub fn open_replicated(
         data_dir: &Path,
         cfg: &WorkerConfig,
-        device: Device,
+        device: impl Into<Placement>,
     ) -> Result<Self, StoreError> {
+        let device = device.into();
         let snapshots_dir = data_dir.join("snapshots");
-        let index =
-            snapshot::load_newest(&snapshots_dir, device)?.unwrap_or_else(|| Index::new(device));
+        let index = snapshot::load_newest(&snapshots_dir, device.clone())?
+            .unwrap_or_else(|| Index::new(device));
         Ok(Self {
             index: RwLock::new(index),
             log: None,
@@ -264,6 +265,7 @@ mod tests {
     use super::*;
     use crate::index::filter::Filter;
     use crate::log::{ChunkRecord, Metadata, Metric};
+    use tch::Device;
 
     fn upsert(doc: &str, v: Vec<f32>) -> Op {
         Op::Upsert {

@@ -5,6 +5,7 @@ use crate::api::{self, AppState, Engine, SharedState};
 use crate::auth::Auth;
 use crate::cache::{model_fingerprint, QueryCache};
 use crate::chunk::Chunker;
+use crate::index::Placement;
 use crate::log::redis::RedisLog;
 use crate::metrics::Metrics;
 use crate::replica::{self, Replicator};
@@ -92,12 +93,14 @@ fn auth_for(cfg: &WorkerConfig, listen: &SocketAddr) -> anyhow::Result<Auth> {
     }
 }
 
-fn index_device(spec: &str) -> Device {
-    match spec {
-        s if s.starts_with("cuda") => Device::Cuda(0),
-        "auto" => Device::cuda_if_available(),
-        _ => Device::Cpu,
-    }
+/// The index lives where the embedder runs: sharded over the same GPUs (`cuda`,
+/// `cuda:0,1`, or `auto` with GPUs present), else on the CPU.
+fn index_placement(embedder_devices: &[String]) -> Placement {
+    let devices: Vec<Device> = embedder_devices
+        .iter()
+        .filter_map(|name| name.strip_prefix("cuda:")?.parse().ok().map(Device::Cuda))
+        .collect();
+    Placement::from(devices)
 }
 
 fn load_engine(
@@ -112,7 +115,7 @@ fn load_engine(
     let embedder = Embedder::load(model, &cfg.embedding)
         .with_context(|| format!("loading model {}", model.display()))?;
     let chunker = Chunker::new(&cfg.chunking, embedder.tokenizer());
-    let device = index_device(&cfg.embedding.device);
+    let device = index_placement(&embedder.devices());
     let opening = || format!("opening data directory {}", cfg.data_dir.display());
     let cache = cfg.cache.enabled.then(|| {
         let settings = format!(

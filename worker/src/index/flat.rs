@@ -1,10 +1,15 @@
-//! Exact (flat) index of one collection: vectors in one `tch` tensor, everything else on
-//! the host. Search is a matrix product plus top-k; deletes are tombstones (masked out of
+//! Exact (flat) index of one collection: vectors in `tch` tensors, everything else on the
+//! host. Search is a matrix product plus top-k; deletes are tombstones (masked out of
 //! every search) until compaction drops them. Vectors are stored in fp32 on the CPU and in
 //! fp16 on CUDA (half the memory and bandwidth; scores stay within ~1e-3 of fp32).
+//!
+//! With several devices ([`Placement`]) the rows are sharded round-robin: row `i` lives
+//! on shard `i % n` at position `i / n`. A search runs the product and a top-k on every
+//! shard (launched on all devices before any result is read back) and merges the
+//! candidates on the host, so it returns exactly what one device would.
 
 use super::filter::Filter;
-use super::IndexError;
+use super::{IndexError, Placement};
 use crate::log::{ChunkRecord, Metadata, Metric};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -43,34 +48,54 @@ pub struct CollectionStats {
     pub tombstones: usize,
 }
 
+/// The vectors that live on one device.
+struct Shard {
+    device: Device,
+    vectors: SharedTensor,
+}
+
 /// The flat index of one collection.
 pub struct FlatIndex {
     dim: usize,
     metric: Metric,
-    device: Device,
     /// Storage precision of the vectors (`Float` or `Half`).
     kind: Kind,
-    vectors: SharedTensor,
+    shards: Vec<Shard>,
     rows: Vec<Option<Row>>,
     docs: HashMap<String, Vec<usize>>,
     dead: usize,
 }
 
 impl FlatIndex {
-    /// An empty index of `dim`-dimensional vectors on `device`, in the device's default
-    /// precision ([`storage_kind`]).
-    pub fn new(dim: usize, metric: Metric, device: Device) -> Self {
-        Self::with_kind(dim, metric, device, storage_kind(device))
+    /// An empty index of `dim`-dimensional vectors on `placement`, in the precision of
+    /// its first device ([`storage_kind`]).
+    pub fn new(dim: usize, metric: Metric, placement: impl Into<Placement>) -> Self {
+        let placement = placement.into();
+        let kind = storage_kind(placement.primary());
+        Self::with_kind(dim, metric, placement, kind)
     }
 
     /// An empty index storing its vectors as `kind` (`Kind::Float` or `Kind::Half`).
-    pub fn with_kind(dim: usize, metric: Metric, device: Device, kind: Kind) -> Self {
+    pub fn with_kind(
+        dim: usize,
+        metric: Metric,
+        placement: impl Into<Placement>,
+        kind: Kind,
+    ) -> Self {
+        let shards = placement
+            .into()
+            .devices()
+            .iter()
+            .map(|&device| Shard {
+                device,
+                vectors: SharedTensor(Tensor::zeros([MIN_CAPACITY, dim as i64], (kind, device))),
+            })
+            .collect();
         Self {
             dim,
             metric,
-            device,
             kind,
-            vectors: SharedTensor(Tensor::zeros([MIN_CAPACITY, dim as i64], (kind, device))),
+            shards,
             rows: Vec::new(),
             docs: HashMap::new(),
             dead: 0,
@@ -82,32 +107,29 @@ impl FlatIndex {
     pub fn from_rows(
         dim: usize,
         metric: Metric,
-        device: Device,
+        placement: impl Into<Placement>,
         rows: Vec<Row>,
         vectors: &[f32],
     ) -> Result<Self, IndexError> {
-        Self::from_rows_as(dim, metric, device, storage_kind(device), rows, vectors)
+        let placement = placement.into();
+        let kind = storage_kind(placement.primary());
+        Self::from_rows_as(dim, metric, placement, kind, rows, vectors)
     }
 
     /// [`FlatIndex::from_rows`] with an explicit storage precision.
     pub fn from_rows_as(
         dim: usize,
         metric: Metric,
-        device: Device,
+        placement: impl Into<Placement>,
         kind: Kind,
         rows: Vec<Row>,
         vectors: &[f32],
     ) -> Result<Self, IndexError> {
-        let mut index = Self::with_kind(dim, metric, device, kind);
-        let n = rows.len() as i64;
-        index.reserve(n)?;
+        let mut index = Self::with_kind(dim, metric, placement, kind);
+        let n = rows.len();
         if n > 0 {
-            let data = Tensor::from_slice(vectors).view([n, dim as i64]);
-            index
-                .vectors
-                .0
-                .narrow(0, 0, n)
-                .copy_(&data.to_device(device));
+            let data = Tensor::from_slice(vectors).view([n as i64, dim as i64]);
+            index.store_rows(0, &data)?;
         }
         for (i, row) in rows.iter().enumerate() {
             index.docs.entry(row.doc_id.clone()).or_default().push(i);
@@ -124,6 +146,11 @@ impl FlatIndex {
         self.metric
     }
 
+    /// Devices holding the shards, in shard order.
+    pub fn devices(&self) -> Vec<Device> {
+        self.shards.iter().map(|s| s.device).collect()
+    }
+
     pub fn stats(&self) -> CollectionStats {
         CollectionStats {
             documents: self.docs.len(),
@@ -135,6 +162,37 @@ impl FlatIndex {
     /// Whether `doc_id` has chunks here.
     pub fn contains(&self, doc_id: &str) -> bool {
         self.docs.contains_key(doc_id)
+    }
+
+    /// Rows of `total` that shard `s` holds (row `i` is on shard `i % n`).
+    fn shard_len(&self, s: usize, total: usize) -> usize {
+        let n = self.shards.len();
+        (total + n - 1 - s) / n
+    }
+
+    /// Writes `data` (host, fp32) as rows `start..start + len` into their shards, growing
+    /// them first.
+    fn store_rows(&mut self, start: usize, data: &Tensor) -> Result<(), IndexError> {
+        let count = data.size()[0] as usize;
+        let end = start + count;
+        let n = self.shards.len();
+        for s in 0..n {
+            let (first, last) = (self.shard_len(s, start), self.shard_len(s, end));
+            if last == first {
+                continue;
+            }
+            self.reserve(s, last as i64)?;
+            // Rows first*n + s, (first+1)*n + s, ... of the batch, as offsets into `data`.
+            let picks: Vec<i64> = (first..last).map(|j| (j * n + s - start) as i64).collect();
+            let part = data.index_select(0, &Tensor::from_slice(&picks));
+            let shard = &self.shards[s];
+            shard
+                .vectors
+                .0
+                .narrow(0, first as i64, (last - first) as i64)
+                .copy_(&part.to_device(shard.device));
+        }
+        Ok(())
     }
 
     /// Replaces every chunk of `doc_id` with `chunks` (which may be empty).
@@ -157,15 +215,11 @@ impl FlatIndex {
         if self.metric == Metric::Cosine {
             new = normalize(&new);
         }
-        let start = self.rows.len() as i64;
-        self.reserve(start + chunks.len() as i64)?;
-        self.vectors
-            .0
-            .narrow(0, start, chunks.len() as i64)
-            .copy_(&new.to_device(self.device));
+        let start = self.rows.len();
+        self.store_rows(start, &new)?;
         let ids = self.docs.entry(doc_id.to_string()).or_default();
         for (i, c) in chunks.iter().enumerate() {
-            ids.push(start as usize + i);
+            ids.push(start + i);
             self.rows.push(Some(Row {
                 doc_id: doc_id.to_string(),
                 chunk_id: c.chunk_id.clone(),
@@ -191,51 +245,41 @@ impl FlatIndex {
         true
     }
 
-    /// Grows the vector tensor to hold `rows`; on a GPU, first checks that the new tensor
-    /// fits in its free memory, so a too-large collection is a clear error, not an OOM.
-    fn reserve(&mut self, rows: i64) -> Result<(), IndexError> {
-        let cap = self.vectors.0.size()[0];
+    /// Grows shard `s` to hold `rows`; on a GPU, first checks that the new tensor fits in
+    /// its free memory, so a too-large collection is a clear error, not an OOM.
+    fn reserve(&mut self, s: usize, rows: i64) -> Result<(), IndexError> {
+        let used = self.shard_len(s, self.rows.len()) as i64;
+        let (dim, kind) = (self.dim as i64, self.kind);
+        let shard = &mut self.shards[s];
+        let cap = shard.vectors.0.size()[0];
         if rows <= cap {
             return Ok(());
         }
         let new_cap = (cap * 2).max(rows);
-        if let Device::Cuda(ordinal) = self.device {
-            let bytes = new_cap as u64 * self.dim as u64 * self.kind.elt_size_in_bytes() as u64;
-            crate::gpu::check_capacity(ordinal, bytes, &format!("an index of {rows} rows"))
+        if let Device::Cuda(ordinal) = shard.device {
+            let bytes = new_cap as u64 * dim as u64 * kind.elt_size_in_bytes() as u64;
+            crate::gpu::check_capacity(ordinal, bytes, &format!("a shard of {rows} rows"))
                 .map_err(IndexError::Capacity)?;
         }
-        let grown = Tensor::f_zeros([new_cap, self.dim as i64], (self.kind, self.device))?;
-        let used = self.rows.len() as i64;
+        let grown = Tensor::f_zeros([new_cap, dim], (kind, shard.device))?;
         grown
             .narrow(0, 0, used)
-            .copy_(&self.vectors.0.narrow(0, 0, used));
-        self.vectors = SharedTensor(grown);
+            .copy_(&shard.vectors.0.narrow(0, 0, used));
+        shard.vectors = SharedTensor(grown);
         Ok(())
     }
 
-    /// Drops tombstoned rows from the tensor and the host tables.
+    /// Drops tombstoned rows from the tensors and the host tables (live rows keep their
+    /// order, so results do not change).
     pub fn compact(&mut self) {
-        let keep: Vec<i64> = (0..self.rows.len())
-            .filter(|&i| self.rows[i].is_some())
-            .map(|i| i as i64)
-            .collect();
-        let idx = Tensor::from_slice(&keep).to_device(self.device);
-        let live = self.vectors.0.index_select(0, &idx);
-        let cap = (keep.len() as i64 * 2).max(MIN_CAPACITY);
-        let fresh = Tensor::zeros([cap, self.dim as i64], (self.kind, self.device));
-        fresh.narrow(0, 0, keep.len() as i64).copy_(&live);
-        self.vectors = SharedTensor(fresh);
-        self.rows = std::mem::take(&mut self.rows)
-            .into_iter()
-            .flatten()
-            .map(Some)
-            .collect();
-        self.docs.clear();
-        for (i, row) in self.rows.iter().enumerate() {
-            let row = row.as_ref().expect("compacted rows are live");
-            self.docs.entry(row.doc_id.clone()).or_default().push(i);
+        let live = self.export();
+        let (rows, vectors): (Vec<Row>, Vec<Vec<f32>>) = live.into_iter().unzip();
+        let flat: Vec<f32> = vectors.into_iter().flatten().collect();
+        let placement = Placement::from(self.devices());
+        match Self::from_rows_as(self.dim, self.metric, placement, self.kind, rows, &flat) {
+            Ok(fresh) => *self = fresh,
+            Err(e) => tracing::warn!(error = %e, "compaction skipped; tombstones stay masked"),
         }
-        self.dead = 0;
     }
 
     /// The `k` best live rows for each query that pass `filter`, best first.
@@ -251,7 +295,7 @@ impl FlatIndex {
                 got: bad.len(),
             });
         }
-        let n = self.rows.len();
+        let total = self.rows.len();
         let allowed: Option<Vec<bool>> = (self.dead > 0 || !filter.is_empty()).then(|| {
             self.rows
                 .iter()
@@ -260,7 +304,7 @@ impl FlatIndex {
         });
         let candidates = allowed
             .as_ref()
-            .map_or(n, |a| a.iter().filter(|x| **x).count());
+            .map_or(total, |a| a.iter().filter(|x| **x).count());
         let k = k.min(candidates);
         if k == 0 || queries.is_empty() {
             return Ok(vec![Vec::new(); queries.len()]);
@@ -270,35 +314,65 @@ impl FlatIndex {
         if self.metric == Metric::Cosine {
             q = normalize(&q);
         }
-        let db = self.vectors.0.narrow(0, 0, n as i64);
-        let mut scores = q
-            .to_device(self.device)
-            .to_kind(self.kind)
-            .f_matmul(&db.tr())?;
-        if let Some(allowed) = allowed {
-            let ok: Vec<u8> = allowed.iter().map(|&b| b as u8).collect();
-            let ok = Tensor::from_slice(&ok)
-                .to_device(self.device)
-                .to_kind(Kind::Bool);
-            scores = scores.f_masked_fill(&ok.logical_not(), f64::NEG_INFINITY)?;
+        let n = self.shards.len();
+        // Launch every shard's product and top-k before reading any back, so that the
+        // devices work at the same time.
+        let mut launched = Vec::with_capacity(n);
+        for (s, shard) in self.shards.iter().enumerate() {
+            let len = self.shard_len(s, total);
+            let mask: Option<Vec<u8>> = allowed
+                .as_ref()
+                .map(|a| a.iter().skip(s).step_by(n).map(|&b| u8::from(b)).collect());
+            let k_s = mask
+                .as_ref()
+                .map_or(len, |m| m.iter().filter(|&&b| b == 1).count())
+                .min(k);
+            if k_s == 0 {
+                continue;
+            }
+            let db = shard.vectors.0.narrow(0, 0, len as i64);
+            let mut scores = q
+                .to_device(shard.device)
+                .to_kind(self.kind)
+                .f_matmul(&db.tr())?;
+            if let Some(mask) = mask {
+                let ok = Tensor::from_slice(&mask)
+                    .to_device(shard.device)
+                    .to_kind(Kind::Bool);
+                scores = scores.f_masked_fill(&ok.logical_not(), f64::NEG_INFINITY)?;
+            }
+            let (values, indices) = scores.f_topk(k_s as i64, 1, true, true)?;
+            launched.push((s, k_s, values, indices));
         }
-        let (values, indices) = scores.f_topk(k as i64, 1, true, true)?;
-        let values: Vec<f32> = Vec::<f32>::try_from(
-            values
-                .to_kind(Kind::Float)
-                .to_device(Device::Cpu)
-                .flatten(0, -1),
-        )?;
-        let indices: Vec<i64> =
-            Vec::<i64>::try_from(indices.to_device(Device::Cpu).flatten(0, -1))?;
-        Ok(values
-            .chunks(k)
-            .zip(indices.chunks(k))
-            .map(|(vals, idxs)| {
-                vals.iter()
-                    .zip(idxs)
-                    .filter_map(|(&score, &i)| {
-                        let row = self.rows[i as usize].as_ref()?;
+        let mut merged: Vec<Vec<(f32, usize)>> = vec![Vec::new(); queries.len()];
+        for (s, k_s, values, indices) in launched {
+            let values: Vec<f32> = Vec::<f32>::try_from(
+                values
+                    .to_kind(Kind::Float)
+                    .to_device(Device::Cpu)
+                    .flatten(0, -1),
+            )?;
+            let indices: Vec<i64> =
+                Vec::<i64>::try_from(indices.to_device(Device::Cpu).flatten(0, -1))?;
+            for (qi, (vals, idxs)) in values.chunks(k_s).zip(indices.chunks(k_s)).enumerate() {
+                merged[qi].extend(
+                    vals.iter()
+                        .zip(idxs)
+                        .map(|(&v, &local)| (v, local as usize * n + s)),
+                );
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .map(|mut cands| {
+                // Best first; equal scores in row order, as a single device returns them.
+                cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                cands
+                    .into_iter()
+                    .filter(|(score, _)| score.is_finite())
+                    .take(k)
+                    .filter_map(|(score, i)| {
+                        let row = self.rows[i].as_ref()?;
                         Some(Hit {
                             row: row.clone(),
                             score,
@@ -311,22 +385,35 @@ impl FlatIndex {
 
     /// Live rows with their vectors, in row order (for snapshots).
     pub fn export(&self) -> Vec<(Row, Vec<f32>)> {
-        let n = self.rows.len() as i64;
-        let all: Vec<f32> = Vec::<f32>::try_from(
-            self.vectors
-                .0
-                .narrow(0, 0, n)
-                .to_kind(Kind::Float)
-                .to_device(Device::Cpu)
-                .flatten(0, -1),
-        )
-        .unwrap_or_default();
+        let total = self.rows.len();
+        let n = self.shards.len();
+        let per_shard: Vec<Vec<f32>> = self
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(s, shard)| {
+                let len = self.shard_len(s, total) as i64;
+                Vec::<f32>::try_from(
+                    shard
+                        .vectors
+                        .0
+                        .narrow(0, 0, len)
+                        .to_kind(Kind::Float)
+                        .to_device(Device::Cpu)
+                        .flatten(0, -1),
+                )
+                .unwrap_or_default()
+            })
+            .collect();
+        let dim = self.dim;
         self.rows
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
                 let r = r.as_ref()?;
-                Some((r.clone(), all[i * self.dim..(i + 1) * self.dim].to_vec()))
+                let (s, j) = (i % n, i / n);
+                let v = per_shard[s].get(j * dim..(j + 1) * dim)?.to_vec();
+                Some((r.clone(), v))
             })
             .collect()
     }

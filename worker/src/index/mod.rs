@@ -29,9 +29,43 @@ pub enum IndexError {
     Capacity(String),
 }
 
+/// Where index vectors live: one device, or shards over several (a GPU may be listed
+/// twice, and so may the CPU, which is how the sharded path is tested without GPUs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement(Vec<Device>);
+
+impl Placement {
+    /// The devices, in shard order (never empty).
+    pub fn devices(&self) -> &[Device] {
+        &self.0
+    }
+
+    /// The first device: it sets the storage precision.
+    pub fn primary(&self) -> Device {
+        self.0[0]
+    }
+}
+
+impl From<Device> for Placement {
+    fn from(device: Device) -> Self {
+        Placement(vec![device])
+    }
+}
+
+impl From<Vec<Device>> for Placement {
+    /// An empty list means the CPU.
+    fn from(devices: Vec<Device>) -> Self {
+        if devices.is_empty() {
+            Placement(vec![Device::Cpu])
+        } else {
+            Placement(devices)
+        }
+    }
+}
+
 /// Every collection plus the sequence of the last record applied.
 pub struct Index {
-    device: Device,
+    placement: Placement,
     collections: BTreeMap<String, FlatIndex>,
     applied: Seq,
     /// Sequence of the last applied record that changed each collection.
@@ -41,10 +75,10 @@ pub struct Index {
 }
 
 impl Index {
-    /// An empty index whose vectors live on `device`.
-    pub fn new(device: Device) -> Self {
+    /// An empty index whose vectors live on `placement` (a device or a list of them).
+    pub fn new(placement: impl Into<Placement>) -> Self {
         Self {
-            device,
+            placement: placement.into(),
             collections: BTreeMap::new(),
             applied: 0,
             changed: BTreeMap::new(),
@@ -74,8 +108,8 @@ impl Index {
             .unwrap_or(self.loaded_at)
     }
 
-    pub fn device(&self) -> Device {
-        self.device
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     pub fn get(&self, name: &str) -> Option<&FlatIndex> {
@@ -175,7 +209,7 @@ impl Index {
                 self.check(op)?;
                 self.collections
                     .entry(collection.clone())
-                    .or_insert_with(|| FlatIndex::new(*dim, *metric, self.device));
+                    .or_insert_with(|| FlatIndex::new(*dim, *metric, self.placement.clone()));
             }
             Op::Upsert {
                 collection,

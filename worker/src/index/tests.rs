@@ -257,3 +257,61 @@ fn fp16_storage_finds_the_fp64_neighbours_within_half_precision() {
         assert!((a - b / norm).abs() < 1e-3);
     }
 }
+
+#[test]
+fn sharded_placement_answers_exactly_like_one_device() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let dim = 24;
+    let db = random_vectors(&mut rng, 700, dim);
+    let one = index_with(&db, Metric::Cosine);
+    let mut three = FlatIndex::new(dim, Metric::Cosine, vec![Device::Cpu; 3]);
+    for (i, v) in db.iter().enumerate() {
+        let tag = if i % 3 == 0 { "a" } else { "b" };
+        three
+            .upsert(&format!("doc-{i}"), &[chunk(i, v.clone(), tag)])
+            .unwrap();
+    }
+    let mut one = one;
+    assert_eq!(three.devices().len(), 3);
+    let queries = random_vectors(&mut rng, 16, dim);
+    let tag_a = Filter::parse(&json!({"tag": "a"})).unwrap();
+    let ids = |r: Vec<Vec<flat::Hit>>| -> Vec<Vec<String>> {
+        r.into_iter()
+            .map(|hits| hits.into_iter().map(|h| h.row.doc_id).collect())
+            .collect()
+    };
+    let check = |one: &FlatIndex, three: &FlatIndex| {
+        for (k, filter) in [
+            (10, Filter::default()),
+            (7, tag_a.clone()),
+            (1000, tag_a.clone()),
+        ] {
+            let a = one.search(&queries, k, &filter).unwrap();
+            let b = three.search(&queries, k, &filter).unwrap();
+            for (x, y) in a.iter().zip(&b) {
+                for (h, g) in x.iter().zip(y) {
+                    assert!((h.score - g.score).abs() < 1e-6);
+                }
+            }
+            assert_eq!(ids(a), ids(b), "k={k}");
+        }
+        assert_eq!(one.export(), three.export());
+    };
+    check(&one, &three);
+    // Tombstones, then enough deletes to compact: still the same answers.
+    for i in (0..700).step_by(2).take(100) {
+        assert!(one.delete(&format!("doc-{i}")));
+        assert!(three.delete(&format!("doc-{i}")));
+    }
+    check(&one, &three);
+    for i in (1..700).step_by(2).take(150) {
+        one.delete(&format!("doc-{i}"));
+        three.delete(&format!("doc-{i}"));
+    }
+    let stats = three.stats();
+    assert!(
+        stats.chunks + stats.tombstones < 700,
+        "compacted: {stats:?}"
+    );
+    check(&one, &three);
+}

@@ -58,45 +58,56 @@ impl Worker {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Worker {
-        let (port, mport) = (free_port(), free_port());
         let cfg_path = data_dir.with_extension("yaml");
         std::fs::File::create(&cfg_path)
             .unwrap()
             .write_all(config.as_bytes())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kb-worker"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&cfg_path)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--model")
-            .arg(model_dir())
-            .args(["--device", "cpu"])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{mport}")])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start kb-worker");
-        let worker = Worker {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            metrics_url: format!("http://127.0.0.1:{mport}"),
-        };
-        worker.wait_ready().await;
-        worker
+        // A free port can be taken by another test between our probe and the worker's
+        // bind; a worker that exits before it is ready is started again on new ports.
+        for _ in 0..3 {
+            let (port, mport) = (free_port(), free_port());
+            let child = Command::new(env!("CARGO_BIN_EXE_kb-worker"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&cfg_path)
+                .arg("--data-dir")
+                .arg(data_dir)
+                .arg("--model")
+                .arg(model_dir())
+                .args(["--device", "cpu"])
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--metrics-listen", &format!("127.0.0.1:{mport}")])
+                .args(extra)
+                .env("RUST_LOG", "warn")
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start kb-worker");
+            let mut worker = Worker {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+                metrics_url: format!("http://127.0.0.1:{mport}"),
+            };
+            match worker.wait_ready().await {
+                Ok(()) => return worker,
+                Err(status) => eprintln!("worker exited before it was ready ({status}); retrying"),
+            }
+        }
+        panic!("the worker exited before it was ready three times (see its errors above)");
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until `/readyz` answers 200; `Err` when the process exited first.
+    async fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Err(status);
+            }
             if let Ok(r) = reqwest::get(format!("{}/readyz", self.url)).await {
                 if r.status().is_success() {
-                    return;
+                    return Ok(());
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

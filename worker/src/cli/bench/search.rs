@@ -38,7 +38,8 @@ pub struct BenchSearchArgs {
     /// Timed searches per thread.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub iterations: u32,
-    /// `cpu`, `cuda` or `cuda:N`: where the index's vectors live.
+    /// `cpu`, `cuda`, `cuda:N` or `cuda:N,M,...` (shards; a device may repeat): where the
+    /// index's vectors live.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Seed of the random data, for comparable runs.
@@ -62,8 +63,18 @@ fn storage_kind(precision: &str, device: tch::Device) -> anyhow::Result<tch::Kin
 }
 
 pub(super) fn run(args: &BenchSearchArgs) -> anyhow::Result<()> {
-    let device = parse_device(&args.device)?;
-    let kind = storage_kind(&args.precision, device)?;
+    // `cuda:0,1` shards the vectors over the listed devices (a device may repeat).
+    let devices = args
+        .device
+        .split(',')
+        .enumerate()
+        .map(|(i, part)| match (i, part.parse::<usize>()) {
+            (i, Ok(n)) if i > 0 => parse_device(&format!("cuda:{n}")),
+            _ => parse_device(part),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let device = crate::index::Placement::from(devices);
+    let kind = storage_kind(&args.precision, device.primary())?;
     let (dim, k) = (args.dim as usize, args.top_k as usize);
     let mut rng = StdRng::seed_from_u64(args.seed);
     let data = unit_vectors(&mut rng, args.rows as usize, dim);
