@@ -51,6 +51,11 @@ pub struct RedisLog {
 
 /// Builds a fred config from the worker's Redis settings.
 pub fn fred_config(cfg: &RedisConfig) -> Result<Config, RedisLogError> {
+    // fred builds its default TLS config (for `rediss://` and `tls: true`) with rustls'
+    // process-level provider, which rustls cannot choose by itself when the build links
+    // both of its backends (the workspace's other crates bring aws-lc-rs). Ours is ring;
+    // an error only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut config = match cfg.mode {
         RedisMode::Standalone => {
             let url = cfg
@@ -413,6 +418,24 @@ mod tests {
             };
             let err = fred_config(&cfg).expect_err("a bad CA file is refused");
             assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn tls_with_the_system_roots_builds_in_a_workspace_build() {
+        // The whole workspace links two rustls backends; building the default TLS config
+        // must still work (it panicked before a provider was installed explicitly).
+        for (url, tls) in [
+            ("rediss://127.0.0.1:6379", false),
+            ("redis://127.0.0.1:6379", true),
+        ] {
+            let cfg = RedisConfig {
+                url: Some(url.into()),
+                tls,
+                ..RedisConfig::default()
+            };
+            let config = fred_config(&cfg).unwrap();
+            assert!(config.tls.is_some(), "{url} tls={tls}");
         }
     }
     use std::process::{Child, Command, Stdio};
