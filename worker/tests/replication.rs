@@ -289,6 +289,8 @@ async fn redis_killed_mid_ingestion_loses_no_acknowledged_write() {
     // Reads keep working from the local index while Redis is down.
     let during = query(&reader.url, json!({"query": "seed document", "top_k": 1})).await;
     assert_eq!(during["hits"][0]["document_id"], "seed-0");
+    // ... without the shared cache, which is down with Redis.
+    assert_ne!(during["cache"], "l2", "{during}");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let acked_before_restart = ingestion_progress(&writer.url).await;
     redis.restart();
