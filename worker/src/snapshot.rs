@@ -63,20 +63,35 @@ struct RowData {
     vector: Vec<f32>,
 }
 
-/// A copy of the index's contents at one sequence, taken under the index lock; turning it
-/// into bytes and writing them ([`Capture::save`]) needs no lock, so a replica can do it
-/// off its apply path.
-pub struct Capture(SnapshotData);
+/// The index's contents at one sequence, frozen under the index lock (tensor views and
+/// shared rows, nothing copied: see [`FlatIndex::freeze`]); exporting, encoding and
+/// writing it ([`Capture::save`]) needs no lock, so it can run on another thread while
+/// the index moves on.
+pub struct Capture {
+    seq: Seq,
+    collections: Vec<(String, crate::index::flat::Frozen)>,
+}
 
 impl Capture {
-    /// Copies every collection of `index`.
+    /// Freezes every collection of `index`.
     pub fn of(index: &Index) -> Capture {
-        let collections = index
-            .collections()
+        Capture {
+            seq: index.applied(),
+            collections: index
+                .collections()
+                .map(|(name, c)| (name.clone(), c.freeze()))
+                .collect(),
+        }
+    }
+
+    fn data(&self) -> SnapshotData {
+        let collections = self
+            .collections
+            .iter()
             .map(|(name, c)| CollectionData {
                 name: name.clone(),
-                dim: c.dim(),
-                metric: c.metric(),
+                dim: c.dim,
+                metric: c.metric,
                 rows: c
                     .export()
                     .into_iter()
@@ -91,21 +106,21 @@ impl Capture {
                     .collect(),
             })
             .collect();
-        Capture(SnapshotData {
-            seq: index.applied(),
+        SnapshotData {
+            seq: self.seq,
             collections,
-        })
+        }
     }
 
     /// The sequence the copy was taken at.
     pub fn seq(&self) -> Seq {
-        self.0.seq
+        self.seq
     }
 
     /// The snapshot file format: magic, bincode payload, CRC32 and length.
     pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
         let payload =
-            bincode::serialize(&self.0).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+            bincode::serialize(&self.data()).map_err(|e| SnapshotError::Encode(e.to_string()))?;
         let mut out = Vec::with_capacity(payload.len() + MAGIC.len() + TRAILER);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&payload);

@@ -12,6 +12,7 @@ use super::filter::Filter;
 use super::{IndexError, Placement};
 use crate::log::{ChunkRecord, Metadata, Metric};
 use std::collections::HashMap;
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 /// Compaction runs once this fraction of rows are tombstones.
@@ -33,10 +34,10 @@ pub struct Row {
     pub metadata: Metadata,
 }
 
-/// One search result.
+/// One search result (the row is shared with the index, not copied).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
-    pub row: Row,
+    pub row: Arc<Row>,
     pub score: f32,
 }
 
@@ -61,7 +62,7 @@ pub struct FlatIndex {
     /// Storage precision of the vectors (`Float` or `Half`).
     kind: Kind,
     shards: Vec<Shard>,
-    rows: Vec<Option<Row>>,
+    rows: Vec<Option<Arc<Row>>>,
     docs: HashMap<String, Vec<usize>>,
     dead: usize,
 }
@@ -134,7 +135,7 @@ impl FlatIndex {
         for (i, row) in rows.iter().enumerate() {
             index.docs.entry(row.doc_id.clone()).or_default().push(i);
         }
-        index.rows = rows.into_iter().map(Some).collect();
+        index.rows = rows.into_iter().map(|r| Some(Arc::new(r))).collect();
         Ok(index)
     }
 
@@ -220,12 +221,12 @@ impl FlatIndex {
         let ids = self.docs.entry(doc_id.to_string()).or_default();
         for (i, c) in chunks.iter().enumerate() {
             ids.push(start + i);
-            self.rows.push(Some(Row {
+            self.rows.push(Some(Arc::new(Row {
                 doc_id: doc_id.to_string(),
                 chunk_id: c.chunk_id.clone(),
                 text: c.text.clone(),
                 metadata: c.metadata.clone(),
-            }));
+            })));
         }
         Ok(())
     }
@@ -374,7 +375,7 @@ impl FlatIndex {
                     .filter_map(|(score, i)| {
                         let row = self.rows[i].as_ref()?;
                         Some(Hit {
-                            row: row.clone(),
+                            row: Arc::clone(row),
                             score,
                         })
                     })
@@ -385,24 +386,50 @@ impl FlatIndex {
 
     /// Live rows with their vectors, in row order (for snapshots).
     pub fn export(&self) -> Vec<(Row, Vec<f32>)> {
+        self.freeze().export()
+    }
+
+    /// A consistent, cheap copy of the collection (tensor views and shared rows, nothing
+    /// copied) whose export can run later on another thread: rows are only ever appended
+    /// past the frozen length, and growth or compaction replaces tensors instead of
+    /// writing into them.
+    pub fn freeze(&self) -> Frozen {
         let total = self.rows.len();
+        Frozen {
+            dim: self.dim,
+            metric: self.metric,
+            shards: self
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(s, shard)| {
+                    let len = self.shard_len(s, total) as i64;
+                    shard.vectors.0.narrow(0, 0, len)
+                })
+                .collect(),
+            rows: self.rows.clone(),
+        }
+    }
+}
+
+/// A frozen view of one collection (see [`FlatIndex::freeze`]).
+pub struct Frozen {
+    pub dim: usize,
+    pub metric: Metric,
+    shards: Vec<Tensor>,
+    rows: Vec<Option<Arc<Row>>>,
+}
+
+impl Frozen {
+    /// Live rows with their vectors (fp32), in row order.
+    pub fn export(&self) -> Vec<(Row, Vec<f32>)> {
         let n = self.shards.len();
         let per_shard: Vec<Vec<f32>> = self
             .shards
             .iter()
-            .enumerate()
-            .map(|(s, shard)| {
-                let len = self.shard_len(s, total) as i64;
-                Vec::<f32>::try_from(
-                    shard
-                        .vectors
-                        .0
-                        .narrow(0, 0, len)
-                        .to_kind(Kind::Float)
-                        .to_device(Device::Cpu)
-                        .flatten(0, -1),
-                )
-                .unwrap_or_default()
+            .map(|t| {
+                Vec::<f32>::try_from(t.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))
+                    .unwrap_or_default()
             })
             .collect();
         let dim = self.dim;
@@ -413,7 +440,7 @@ impl FlatIndex {
                 let r = r.as_ref()?;
                 let (s, j) = (i % n, i / n);
                 let v = per_shard[s].get(j * dim..(j + 1) * dim)?.to_vec();
-                Some((r.clone(), v))
+                Some((Row::clone(r), v))
             })
             .collect()
     }

@@ -277,7 +277,7 @@ fn sharded_placement_answers_exactly_like_one_device() {
     let tag_a = Filter::parse(&json!({"tag": "a"})).unwrap();
     let ids = |r: Vec<Vec<flat::Hit>>| -> Vec<Vec<String>> {
         r.into_iter()
-            .map(|hits| hits.into_iter().map(|h| h.row.doc_id).collect())
+            .map(|hits| hits.into_iter().map(|h| h.row.doc_id.clone()).collect())
             .collect()
     };
     let check = |one: &FlatIndex, three: &FlatIndex| {
@@ -314,4 +314,30 @@ fn sharded_placement_answers_exactly_like_one_device() {
         "compacted: {stats:?}"
     );
     check(&one, &three);
+}
+
+#[test]
+fn a_frozen_collection_keeps_its_contents_while_the_index_moves_on() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let db = random_vectors(&mut rng, 1500, 8);
+    let mut idx = FlatIndex::new(8, Metric::Cosine, vec![Device::Cpu; 2]);
+    for (i, v) in db[..1000].iter().enumerate() {
+        idx.upsert(&format!("doc-{i}"), &[chunk(i, v.clone(), "a")])
+            .unwrap();
+    }
+    let before = idx.export();
+    let frozen = idx.freeze();
+    // Appends past the frozen length (with tensor growth), deletes and a compaction.
+    for (i, v) in db.iter().enumerate().skip(1000) {
+        idx.upsert(&format!("doc-{i}"), &[chunk(i, v.clone(), "b")])
+            .unwrap();
+    }
+    for i in 0..600 {
+        idx.delete(&format!("doc-{i}"));
+    }
+    assert!(
+        idx.stats().chunks + idx.stats().tombstones < 1500,
+        "compacted"
+    );
+    assert_eq!(frozen.export(), before);
 }

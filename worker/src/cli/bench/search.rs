@@ -285,20 +285,20 @@ mod tests {
         let query = data[..dim].to_vec();
         let wrong: Vec<Hit> = (50..52)
             .map(|i| Hit {
-                row: Row {
+                row: std::sync::Arc::new(Row {
                     doc_id: i.to_string(),
                     chunk_id: String::new(),
                     text: String::new(),
                     metadata: Metadata::new(),
-                },
+                }),
                 score: 0.0,
             })
             .collect();
         let right = Hit {
-            row: Row {
+            row: std::sync::Arc::new(Row {
                 doc_id: "0".into(),
-                ..wrong[0].row.clone()
-            },
+                ..Row::clone(&wrong[0].row)
+            }),
             score: 1.0,
         };
         let hits = vec![right, wrong[0].clone()];
