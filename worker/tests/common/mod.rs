@@ -1,6 +1,9 @@
 //! A real `kb-worker serve` process on a free loopback port, for black-box tests.
 #![allow(dead_code)]
 
+pub mod redis;
+pub mod replicated;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
