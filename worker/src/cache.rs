@@ -92,11 +92,14 @@ impl QueryCache {
         }
     }
 
-    /// The key of a query's result in `collection` at `version`; `request` is every
-    /// parameter that shapes the answer (serialised with sorted keys, so equal requests
-    /// give equal keys).
-    pub fn result_key(&self, collection: &str, version: Seq, request: &Value) -> String {
-        let digest = hex::encode(Sha256::digest(request.to_string().as_bytes()));
+    /// The digest of every parameter that shapes an answer (serialised with sorted keys,
+    /// so equal requests give equal digests); computed once per query.
+    pub fn request_digest(request: &Value) -> String {
+        hex::encode(Sha256::digest(request.to_string().as_bytes()))
+    }
+
+    /// The key of a query's result in `collection` at `version`.
+    pub fn result_key(&self, collection: &str, version: Seq, digest: &str) -> String {
         format!(
             "{}:cache:r:{collection}:{version}:{digest}",
             self.prefix_or_local()
@@ -259,18 +262,15 @@ mod tests {
     #[tokio::test]
     async fn results_round_trip_and_keys_change_with_version_and_request() {
         let cache = local(8, 60);
-        let req = json!({"query": "q", "top_k": 3});
+        let digest = |v: Value| QueryCache::request_digest(&v);
+        let req = digest(json!({"query": "q", "top_k": 3}));
         let key = cache.result_key("c", 7, &req);
-        assert_eq!(
-            key,
-            cache.result_key("c", 7, &json!({"top_k": 3, "query": "q"}))
-        );
+        let reordered = digest(json!({"top_k": 3, "query": "q"}));
+        assert_eq!(key, cache.result_key("c", 7, &reordered));
         assert_ne!(key, cache.result_key("c", 8, &req));
         assert_ne!(key, cache.result_key("d", 7, &req));
-        assert_ne!(
-            key,
-            cache.result_key("c", 7, &json!({"query": "q", "top_k": 4}))
-        );
+        let other = digest(json!({"query": "q", "top_k": 4}));
+        assert_ne!(key, cache.result_key("c", 7, &other));
         assert!(cache.result(&key).await.is_none());
         let hits = json!([{"document_id": "a", "score": 0.5}]);
         cache.put_result(key.clone(), &hits);

@@ -4,6 +4,7 @@ use super::documents::read_body;
 use super::error::ApiError;
 use super::{Engine, SharedState};
 use crate::auth::Role;
+use crate::cache::QueryCache;
 use crate::index::filter::Filter;
 use axum::extract::{Path, Request, State};
 use axum::Json;
@@ -82,13 +83,15 @@ pub async fn query(
         .as_ref()
         .map(Value::to_string)
         .unwrap_or_default();
-    // Everything that shapes the answer; the collection's version is part of the key.
-    let request = json!({
-        "query": query, "top_k": top_k, "filter": body.filter, "include_text": include_text,
-    });
     let cache = engine.cache.as_ref();
-    if let Some(cache) = cache {
-        let key = cache.result_key(&collection, version, &request);
+    // Everything that shapes the answer; the collection's version joins it in the key.
+    let digest = cache.map(|_| {
+        QueryCache::request_digest(&json!({
+            "query": query, "top_k": top_k, "filter": body.filter, "include_text": include_text,
+        }))
+    });
+    if let (Some(cache), Some(digest)) = (cache, &digest) {
+        let key = cache.result_key(&collection, version, digest);
         if let Some((hits, level)) = cache.result(&key).await {
             let sequence = engine.store.index().applied();
             return Ok(Json(
@@ -128,8 +131,8 @@ pub async fn query(
         })
         .collect::<Vec<_>>()
         .into();
-    if let Some(cache) = cache {
-        cache.put_result(cache.result_key(&collection, version, &request), &hits);
+    if let (Some(cache), Some(digest)) = (cache, &digest) {
+        cache.put_result(cache.result_key(&collection, version, digest), &hits);
     }
     Ok(Json(
         json!({"hits": hits, "sequence": sequence, "cache": "miss"}),
@@ -146,15 +149,14 @@ enum Query {
 
 /// The query's embedding, from the cache when this text was embedded before.
 async fn embed_query(engine: &Engine, text: String) -> Result<Vec<f32>, ApiError> {
-    let key = engine.cache.as_ref().map(|c| c.embedding_key(&text));
-    if let (Some(cache), Some(key)) = (&engine.cache, &key) {
-        if let Some(v) = cache.embedding(key).await {
-            return Ok(v);
-        }
+    let Some(cache) = &engine.cache else {
+        return Ok(engine.embedder.embed(vec![text]).await?.vectors.remove(0));
+    };
+    let key = cache.embedding_key(&text);
+    if let Some(v) = cache.embedding(&key).await {
+        return Ok(v);
     }
     let vector = engine.embedder.embed(vec![text]).await?.vectors.remove(0);
-    if let (Some(cache), Some(key)) = (&engine.cache, key) {
-        cache.put_embedding(key, &vector);
-    }
+    cache.put_embedding(key, &vector);
     Ok(vector)
 }
