@@ -144,8 +144,9 @@ impl Store {
         Ok(applied)
     }
 
-    /// Copies the index (under the read lock; the caller holds the writer lock so it
-    /// cannot move) and encodes and writes the snapshot on a background thread, so that
+    /// Freezes the index (under the read lock; the caller holds the writer lock so it
+    /// cannot move; nothing is copied) and exports, encodes and writes the snapshot on a
+    /// background thread, so that
     /// applying the stream does not wait for the disk. At most one such write runs at a
     /// time; returns false when one is still running (the caller tries again later).
     fn snapshot_in_background(&self) -> bool {
