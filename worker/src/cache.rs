@@ -12,10 +12,11 @@ use crate::metrics::Metrics;
 use fred::prelude::*;
 use kb_config::CacheConfig;
 use lru::LruCache;
+use parking_lot::Mutex;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Longest wait for a Redis cache read; beyond it the query runs uncached.
@@ -158,7 +159,7 @@ impl QueryCache {
     }
 
     fn l1_get(&self, key: &str) -> Option<Arc<[u8]>> {
-        let mut l1 = self.l1.lock().expect("cache lock");
+        let mut l1 = self.l1.lock();
         match l1.get(key) {
             Some(e) if e.expires > Instant::now() => Some(e.bytes.clone()),
             Some(_) => {
@@ -171,10 +172,7 @@ impl QueryCache {
 
     fn l1_put(&self, key: String, bytes: Arc<[u8]>) {
         let expires = Instant::now() + self.ttl;
-        self.l1
-            .lock()
-            .expect("cache lock")
-            .put(key, Entry { bytes, expires });
+        self.l1.lock().put(key, Entry { bytes, expires });
     }
 
     async fn l2_get(&self, client: &Client, key: &str) -> Option<Vec<u8>> {
@@ -303,7 +301,7 @@ mod tests {
     #[test]
     fn expired_entries_are_not_served() {
         let cache = local(2, 60);
-        cache.l1.lock().unwrap().put(
+        cache.l1.lock().put(
             "old".into(),
             Entry {
                 bytes: Arc::from(&b"x"[..]),
@@ -311,7 +309,7 @@ mod tests {
             },
         );
         assert!(cache.l1_get("old").is_none());
-        assert!(cache.l1.lock().unwrap().is_empty());
+        assert!(cache.l1.lock().is_empty());
     }
 
     #[test]

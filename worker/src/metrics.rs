@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +65,8 @@ pub struct Metrics {
     applied_sequence: Gauge,
     replication_lag: Gauge,
     redis_connected: Gauge,
+    writes_halted: Gauge,
+    snapshot_failures: Gauge,
     cache: Family<CacheLabels, Counter>,
     gpu_total: Family<GpuLabels, Gauge>,
     gpu_used: Family<GpuLabels, Gauge>,
@@ -95,6 +97,8 @@ impl Metrics {
             applied_sequence: Gauge::default(),
             replication_lag: Gauge::default(),
             redis_connected: Gauge::default(),
+            writes_halted: Gauge::default(),
+            snapshot_failures: Gauge::default(),
             cache: Family::default(),
             gpu_total: Family::default(),
             gpu_used: Family::default(),
@@ -162,6 +166,16 @@ impl Metrics {
             m.redis_connected.clone(),
         );
         r.register(
+            "writes_halted",
+            "1 while writes are refused: a logged record could not be applied, or the WAL is poisoned by a failed fsync (restart needed)",
+            m.writes_halted.clone(),
+        );
+        r.register(
+            "snapshot_failures",
+            "Consecutive failed automatic snapshots (0 after a success)",
+            m.snapshot_failures.clone(),
+        );
+        r.register(
             "cache_lookups",
             "Query cache lookups by level (l1 in process, l2 Redis), kind and outcome",
             m.cache.clone(),
@@ -176,7 +190,7 @@ impl Metrics {
             "Memory in use on each visible GPU, by every process (CUDA driver)",
             m.gpu_used.clone(),
         );
-        *m.registry.lock().expect("registry") = r;
+        *m.registry.lock() = r;
         m
     }
 
@@ -225,6 +239,11 @@ impl Metrics {
                     .set(c.stats().chunks as i64);
             }
             self.applied_sequence.set(index.applied() as i64);
+            drop(index);
+            self.writes_halted
+                .set(i64::from(engine.store.halted().is_some()));
+            self.snapshot_failures
+                .set(i64::from(engine.store.health().snapshot_failures));
             self.log_sequence.set(engine.log_seq() as i64);
             if let Some(replicator) = &engine.replicator {
                 let status = replicator.status();
@@ -247,7 +266,7 @@ impl Metrics {
                 .set(gpu.total_bytes.saturating_sub(gpu.free_bytes) as i64);
         }
         let mut out = String::new();
-        let registry = self.registry.lock().expect("registry");
+        let registry = self.registry.lock();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &registry);
         out

@@ -11,9 +11,10 @@ use crate::log::{Op, Seq};
 use crate::snapshot;
 use crate::store::Store;
 use kb_config::ReplicationConfig;
+use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tch::Device;
 use tokio::sync::watch;
@@ -145,7 +146,7 @@ impl Replicator {
             log_sequence,
             lag: log_sequence.saturating_sub(applied),
             redis_connected: self.redis_up.load(Ordering::Relaxed),
-            stalled: self.stalled.lock().expect("stalled lock").clone(),
+            stalled: self.stalled.lock().clone(),
         }
     }
 
@@ -185,6 +186,9 @@ impl Replicator {
                     {
                         Ok(Ok(applied)) => {
                             self.applied.send_replace(applied);
+                            if let Some(reason) = self.stalled.lock().take() {
+                                tracing::info!(%reason, applied, "replication resumed");
+                            }
                         }
                         Ok(Err(e)) => self.stall(&e.to_string()).await,
                         Err(e) => self.stall(&format!("apply task failed: {e}")).await,
@@ -203,14 +207,9 @@ impl Replicator {
     }
 
     async fn stall(&self, reason: &str) {
-        let first = self
-            .stalled
-            .lock()
-            .expect("stalled lock")
-            .replace(reason.to_string())
-            .is_none();
+        let first = self.stalled.lock().replace(reason.to_string()).is_none();
         if first {
-            tracing::error!(reason, "replication stalled; this replica needs a fresh snapshot (restart it with an empty data volume)");
+            tracing::error!(reason, "replication stalled; retrying every 5 s (after a gap or trimming, this replica needs a fresh snapshot: restart it with an empty data volume)");
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     }

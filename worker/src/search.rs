@@ -12,8 +12,9 @@ use crate::index::flat::Hit;
 use crate::index::IndexError;
 use crate::log::Seq;
 use crate::store::Store;
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// Most queries in one matrix product.
@@ -75,7 +76,7 @@ impl SearchBatcher {
         };
         let key = (collection.to_string(), filter_key);
         let start = {
-            let mut queues = self.queues.lock().expect("queue lock");
+            let mut queues = self.queues.lock();
             match queues.get_mut(&key) {
                 Some(queue) => {
                     queue.pending.push(pending);
@@ -109,7 +110,7 @@ impl SearchBatcher {
         loop {
             let run = std::panic::AssertUnwindSafe(|| self.run(&key.0, &filter, batch));
             let ok = std::panic::catch_unwind(run).is_ok();
-            let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+            let mut queues = self.queues.lock();
             if !ok {
                 tracing::error!(collection = key.0, "search panicked; failing its queue");
                 // Dropping the pending replies answers their waiters with an error.
@@ -234,10 +235,7 @@ mod tests {
             assert_eq!(answer.hits.len(), *k);
             assert_eq!(answer.version, index.version("c"));
         }
-        assert!(
-            batcher.queues.lock().unwrap().is_empty(),
-            "no queue left behind"
-        );
+        assert!(batcher.queues.lock().is_empty(), "no queue left behind");
     }
 
     #[tokio::test]

@@ -1,9 +1,12 @@
 //! Crash-safe snapshots of the whole index plus the last applied log sequence.
 //!
-//! File: `KBSNAP01 | payload (bincode) | crc32(payload) u32 LE | payload length u64 LE`.
-//! Written to a temporary file, fsynced, renamed into place and the directory fsynced, so
-//! a crash leaves either the old set of snapshots or the new one, never a half file under
-//! a snapshot name. Loading walks from the newest file to the oldest valid one.
+//! File: `KBSNAP02 | payload | crc32(payload) u32 LE | payload length u64 LE`, the payload
+//! in [`crate::format`] (version byte + postcard). Files of format version 1 (`KBSNAP01`,
+//! bincode payload) still load. Written to a temporary file, fsynced, renamed into place
+//! and the directory fsynced, so a crash leaves either the old set of snapshots or the new
+//! one, never a half file under a snapshot name; a failed write removes its temporary
+//! file, and [`clean_temporary`] removes those a crash left. Loading walks from the newest
+//! file to the oldest valid one.
 
 use crate::index::flat::{FlatIndex, Row};
 use crate::index::{Index, Placement};
@@ -13,7 +16,9 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"KBSNAP01";
+const MAGIC: &[u8; 8] = b"KBSNAP02";
+/// Magic of format version 1 (bincode payload), read but no longer written.
+const MAGIC_V1: &[u8; 8] = b"KBSNAP01";
 const TRAILER: usize = 12;
 
 /// Errors reading or writing snapshots.
@@ -58,7 +63,7 @@ struct RowData {
     doc_id: String,
     chunk_id: String,
     text: String,
-    /// JSON text: bincode cannot encode untyped JSON values.
+    /// JSON text: the encoding is not self-describing, so untyped JSON travels as text.
     metadata: String,
     vector: Vec<f32>,
 }
@@ -74,42 +79,42 @@ pub struct Capture {
 
 impl Capture {
     /// Freezes every collection of `index`.
-    pub fn of(index: &Index) -> Capture {
-        Capture {
+    pub fn of(index: &Index) -> Result<Capture, SnapshotError> {
+        let collections = index
+            .collections()
+            .map(|(name, c)| Ok((name.clone(), c.freeze()?)))
+            .collect::<Result<_, SnapshotError>>()?;
+        Ok(Capture {
             seq: index.applied(),
-            collections: index
-                .collections()
-                .map(|(name, c)| (name.clone(), c.freeze()))
-                .collect(),
-        }
+            collections,
+        })
     }
 
-    fn data(&self) -> SnapshotData {
-        let collections = self
-            .collections
-            .iter()
-            .map(|(name, c)| CollectionData {
+    fn data(&self) -> Result<SnapshotData, SnapshotError> {
+        let mut collections = Vec::with_capacity(self.collections.len());
+        for (name, c) in &self.collections {
+            let rows = c
+                .export()?
+                .into_iter()
+                .map(|(row, vector)| RowData {
+                    metadata: serde_json::to_string(&row.metadata).unwrap_or_else(|_| "{}".into()),
+                    doc_id: row.doc_id,
+                    chunk_id: row.chunk_id,
+                    text: row.text,
+                    vector,
+                })
+                .collect();
+            collections.push(CollectionData {
                 name: name.clone(),
                 dim: c.dim,
                 metric: c.metric,
-                rows: c
-                    .export()
-                    .into_iter()
-                    .map(|(row, vector)| RowData {
-                        metadata: serde_json::to_string(&row.metadata)
-                            .unwrap_or_else(|_| "{}".into()),
-                        doc_id: row.doc_id,
-                        chunk_id: row.chunk_id,
-                        text: row.text,
-                        vector,
-                    })
-                    .collect(),
-            })
-            .collect();
-        SnapshotData {
+                rows,
+            });
+        }
+        Ok(SnapshotData {
             seq: self.seq,
             collections,
-        }
+        })
     }
 
     /// The sequence the copy was taken at.
@@ -117,10 +122,10 @@ impl Capture {
         self.seq
     }
 
-    /// The snapshot file format: magic, bincode payload, CRC32 and length.
+    /// The snapshot file format: magic, versioned payload, CRC32 and length.
     pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
-        let payload =
-            bincode::serialize(&self.data()).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+        let payload = crate::format::encode(&self.data()?)
+            .map_err(|e| SnapshotError::Encode(e.to_string()))?;
         let mut out = Vec::with_capacity(payload.len() + MAGIC.len() + TRAILER);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&payload);
@@ -142,7 +147,7 @@ impl Capture {
 
 /// Serialises the index into the snapshot file format.
 pub fn encode(index: &Index) -> Result<Vec<u8>, SnapshotError> {
-    Capture::of(index).encode()
+    Capture::of(index)?.encode()
 }
 
 /// Verifies and decodes snapshot bytes into an index on `placement`.
@@ -153,7 +158,8 @@ pub fn decode(
 ) -> Result<Index, SnapshotError> {
     let device = placement.into();
     let invalid = |msg: &str| SnapshotError::Invalid(origin.to_path_buf(), msg.to_string());
-    if bytes.len() < MAGIC.len() + TRAILER || &bytes[..MAGIC.len()] != MAGIC {
+    let magic = bytes.get(..MAGIC.len());
+    if bytes.len() < MAGIC.len() + TRAILER || (magic != Some(MAGIC) && magic != Some(MAGIC_V1)) {
         return Err(invalid("not a snapshot (bad magic or too short)"));
     }
     let end = bytes.len() - TRAILER;
@@ -166,8 +172,12 @@ pub fn decode(
     if crc32fast::hash(payload) != crc {
         return Err(invalid("checksum mismatch"));
     }
-    let data: SnapshotData =
-        bincode::deserialize(payload).map_err(|e| invalid(&format!("undecodable: {e}")))?;
+    let data = if magic == Some(MAGIC_V1) {
+        decode_v1(payload)
+    } else {
+        crate::format::decode::<SnapshotData>(payload)
+    }
+    .map_err(|e| invalid(&format!("undecodable: {e}")))?;
     let mut index = Index::new(device.clone());
     for c in data.collections {
         let mut vectors = Vec::with_capacity(c.rows.len() * c.dim);
@@ -219,16 +229,77 @@ pub fn list(dir: &Path) -> Result<Vec<(Seq, PathBuf)>, SnapshotError> {
 /// Writes `bytes` to `dir/name` atomically (temp, fsync, rename, fsync dir).
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, SnapshotError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
+    let tmp = dir.join(format!(".{name}{TEMP_MARK}{}", std::process::id()));
+    let written = File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .map_err(io_err(&tmp));
+    if let Err(e) = written {
+        // A full disk must not also keep the partial file that filled it.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     let path = dir.join(name);
-    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    if let Err(e) = fs::rename(&tmp, &path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(&path)(e));
+    }
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))?;
     Ok(path)
+}
+
+/// Part of the name of a snapshot being written (`.NAME.tmp-PID`).
+const TEMP_MARK: &str = ".tmp-";
+
+/// Removes temporary files that a crash during a snapshot write left in `dir`; returns how
+/// many. Call before anything writes snapshots.
+pub fn clean_temporary(dir: &Path) -> Result<usize, SnapshotError> {
+    if !dir.exists() {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        let stale = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.') && n.contains(TEMP_MARK));
+        if stale {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Decodes a format-version-1 payload (see [`crate::format::legacy`]).
+fn decode_v1(payload: &[u8]) -> Result<SnapshotData, crate::format::FormatError> {
+    let mut r = crate::format::legacy::Reader::new(payload);
+    let data = SnapshotData {
+        seq: r.u64()?,
+        collections: r.seq(28, |r| {
+            Ok(CollectionData {
+                name: r.string()?,
+                dim: r.u64()? as usize,
+                metric: r.metric()?,
+                rows: r.seq(40, |r| {
+                    Ok(RowData {
+                        doc_id: r.string()?,
+                        chunk_id: r.string()?,
+                        text: r.string()?,
+                        metadata: r.string()?,
+                        vector: r.f32s()?,
+                    })
+                })?,
+            })
+        })?,
+    };
+    r.finish()?;
+    Ok(data)
 }
 
 /// File name of the snapshot at `seq`.
@@ -238,7 +309,7 @@ pub fn file_name(seq: Seq) -> String {
 
 /// Writes a snapshot of `index` into `dir` and removes all but the newest `keep`.
 pub fn save(index: &Index, dir: &Path, keep: usize) -> Result<PathBuf, SnapshotError> {
-    Capture::of(index).save(dir, keep)
+    Capture::of(index)?.save(dir, keep)
 }
 
 /// Loads the newest valid snapshot; invalid ones are reported and skipped.

@@ -1,16 +1,29 @@
 //! The worker's durable state: the log, the index built from it, and snapshots.
 //!
-//! Writes are serialised: check against the index, append to the log (durable), apply to
-//! the index, and every `snapshot.every_records` records write a snapshot and truncate the
-//! log below it. Start-up loads the newest valid snapshot and replays the log after it.
+//! Writes are serialised and validate-then-commit: everything that can reject a write
+//! (collection, dimension, metric, device capacity) is checked against the index before
+//! the record is appended to the log (durable); then it is applied. An apply that still
+//! fails after the append is a bug or a lost device: the store stops taking writes
+//! ([`Store::halted`], 503 and readiness false) instead of acknowledging a write the index
+//! does not hold. Every `snapshot.every_records` records a snapshot is written and the log
+//! truncated below it; a failed snapshot is retried with exponential backoff.
+//!
+//! Start-up loads the newest valid snapshot and replays the log after it, and refuses to
+//! start when records between the two are missing (it names the range and the way out).
 
 use crate::index::{Index, IndexError, Placement};
 use crate::log::wal::FileWal;
 use crate::log::{Log, LogError, Op, Record, Seq};
 use crate::snapshot::{self, SnapshotError};
 use kb_config::WorkerConfig;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// First wait after a failed automatic snapshot; doubles per failure up to the maximum.
+const SNAPSHOT_BACKOFF: Duration = Duration::from_secs(1);
+const SNAPSHOT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +38,34 @@ pub enum StoreError {
     Gap { applied: Seq, next: Seq },
     #[error("this store replicates through Redis; write through the replicator")]
     Replicated,
+    #[error("writes are stopped: {0}")]
+    Halted(String),
+    #[error("record {seq} cannot be applied on this worker: {source}")]
+    Apply { seq: Seq, source: IndexError },
+    #[error("cannot recover the data directory: {0}")]
+    Recovery(String),
+}
+
+impl StoreError {
+    /// What a client may read: the cause without file paths or library internals (the
+    /// full error goes to the log).
+    pub fn public_message(&self) -> String {
+        match self {
+            StoreError::Log(e) => e.public_message(),
+            StoreError::Snapshot(SnapshotError::Io { source, .. }) => {
+                crate::log::io_public_message(source)
+            }
+            StoreError::Snapshot(_) => "the snapshot could not be written".into(),
+            StoreError::Index(e @ IndexError::Capacity(_)) => e.to_string(),
+            StoreError::Index(e) if e.is_resource() => {
+                "the index could not take the write (device or memory error)".into()
+            }
+            StoreError::Apply { seq, .. } => {
+                format!("record {seq} could not be applied (device or memory error)")
+            }
+            other => other.to_string(),
+        }
+    }
 }
 
 /// What start-up found.
@@ -33,6 +74,52 @@ pub struct Recovery {
     pub snapshot_seq: Option<Seq>,
     pub replayed: usize,
     pub wal_truncated_bytes: u64,
+    /// Temporary snapshot files a crash left behind, removed.
+    pub stale_temporary_files: usize,
+}
+
+/// State of the (serialised) writer.
+#[derive(Debug, Default)]
+struct Writer {
+    /// Records applied since the last snapshot.
+    since_snapshot: u64,
+    /// Consecutive failed automatic snapshots, and when to try the next one.
+    snapshot_failures: u32,
+    retry_snapshot_at: Option<Instant>,
+}
+
+impl Writer {
+    /// Whether an automatic snapshot is due after `every` records (0: never).
+    fn snapshot_due(&self, every: u64) -> bool {
+        every > 0
+            && self.since_snapshot >= every
+            && self.retry_snapshot_at.is_none_or(|t| Instant::now() >= t)
+    }
+
+    fn snapshot_succeeded(&mut self) {
+        self.since_snapshot = 0;
+        self.snapshot_failures = 0;
+        self.retry_snapshot_at = None;
+    }
+
+    fn snapshot_failed(&mut self, error: &dyn std::fmt::Display) {
+        self.snapshot_failures += 1;
+        let wait = SNAPSHOT_BACKOFF
+            .saturating_mul(1 << self.snapshot_failures.min(16).saturating_sub(1))
+            .min(SNAPSHOT_BACKOFF_MAX);
+        self.retry_snapshot_at = Some(Instant::now() + wait);
+        tracing::error!(%error, failures = self.snapshot_failures, retry_in_s = wait.as_secs(),
+            "automatic snapshot failed; the log keeps every record until one succeeds");
+    }
+}
+
+/// Health of the store, for `/readyz` and metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StoreHealth {
+    /// Why writes are stopped, if they are.
+    pub halted: Option<String>,
+    /// Consecutive failed automatic snapshots.
+    pub snapshot_failures: u32,
 }
 
 /// Log + index + snapshots. See the module docs.
@@ -43,10 +130,31 @@ pub struct Store {
     snapshots_dir: PathBuf,
     every_records: u64,
     keep: usize,
-    /// Serialises writers; holds the number of records since the last snapshot.
-    writer: Mutex<u64>,
-    /// The replica's snapshot write in flight, if any.
-    background: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Serialises writers.
+    writer: Mutex<Writer>,
+    /// Why writes are stopped (an apply failed after the append); `None` while healthy.
+    halted: Mutex<Option<String>>,
+    /// The replica's snapshot write in flight, if any, and its outcome.
+    background: Mutex<Option<std::thread::JoinHandle<Result<(), String>>>>,
+    /// `Writer::snapshot_failures`, readable without waiting for a write in progress.
+    snapshot_failures: AtomicU32,
+}
+
+/// The first record after `applied` must be `applied + 1`: anything else means records
+/// are missing between the snapshot and the log.
+fn check_continuity(applied: Seq, first_in_log: Option<Seq>) -> Result<(), StoreError> {
+    match first_in_log {
+        Some(first) if first > applied + 1 => Err(StoreError::Recovery(format!(
+            "the newest valid snapshot covers records up to {applied} but the write-ahead log \
+             continues at {first}: records {}..={} are missing (a snapshot was damaged or \
+             removed). Restore a backup into an empty data directory (`kb-worker restore \
+             --from BACKUP --data-dir DIR`) or, in replicated mode, start this replica with \
+             an empty data volume so that it bootstraps from a peer.",
+            applied + 1,
+            first - 1
+        ))),
+        _ => Ok(()),
+    }
 }
 
 impl Store {
@@ -58,20 +166,35 @@ impl Store {
     ) -> Result<(Self, Recovery), StoreError> {
         let device = device.into();
         let snapshots_dir = data_dir.join("snapshots");
+        let stale = snapshot::clean_temporary(&snapshots_dir)?;
         let mut index = snapshot::load_newest(&snapshots_dir, device.clone())?
             .unwrap_or_else(|| Index::new(device));
         let snapshot_seq = (index.applied() > 0).then_some(index.applied());
         let (log, report) = FileWal::open(&data_dir.join("wal"), cfg.log.fsync, index.applied())?;
+        check_continuity(index.applied(), log.first_seq())?;
         let records = log.read_after(index.applied())?;
         for record in &records {
-            if let Err(e) = index.apply(record) {
-                tracing::error!(seq = record.seq, error = %e, "log record could not be applied");
+            match index.apply(record) {
+                Ok(()) => {}
+                // Resource failures would leave a partial index: refuse to serve one.
+                Err(e) if e.is_resource() => {
+                    return Err(StoreError::Apply {
+                        seq: record.seq,
+                        source: e,
+                    })
+                }
+                // Deterministic: it was a no-op when first applied too (older versions
+                // logged such records); the index is the same as before the restart.
+                Err(e) => {
+                    tracing::warn!(seq = record.seq, error = %e, "log record applies as a no-op")
+                }
             }
         }
         let recovery = Recovery {
             snapshot_seq,
             replayed: records.len(),
             wal_truncated_bytes: report.truncated_bytes,
+            stale_temporary_files: stale,
         };
         let store = Self {
             index: RwLock::new(index),
@@ -79,8 +202,13 @@ impl Store {
             snapshots_dir,
             every_records: cfg.snapshot.every_records,
             keep: cfg.snapshot.keep,
-            writer: Mutex::new(records.len() as u64),
+            writer: Mutex::new(Writer {
+                since_snapshot: records.len() as u64,
+                ..Writer::default()
+            }),
+            halted: Mutex::new(None),
             background: Mutex::new(None),
+            snapshot_failures: AtomicU32::new(0),
         };
         Ok((store, recovery))
     }
@@ -94,6 +222,7 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let device = device.into();
         let snapshots_dir = data_dir.join("snapshots");
+        snapshot::clean_temporary(&snapshots_dir)?;
         let index = snapshot::load_newest(&snapshots_dir, device.clone())?
             .unwrap_or_else(|| Index::new(device));
         Ok(Self {
@@ -102,67 +231,103 @@ impl Store {
             snapshots_dir,
             every_records: cfg.snapshot.every_records,
             keep: cfg.snapshot.keep,
-            writer: Mutex::new(0),
+            writer: Mutex::new(Writer::default()),
+            halted: Mutex::new(None),
             background: Mutex::new(None),
+            snapshot_failures: AtomicU32::new(0),
         })
     }
 
     /// Applies records of the replicated log in order: records at or below the applied
-    /// sequence are skipped (a re-read after reconnecting), a gap is an error. Returns the
-    /// applied sequence. Snapshots every `snapshot.every_records` records.
+    /// sequence are skipped (a re-read after reconnecting), a gap is an error. A record
+    /// that this worker's resources cannot take stops the batch there with
+    /// [`StoreError::Apply`] (the applied sequence stays before it, so the caller can
+    /// retry); one that applies as a no-op on every replica is logged and passed.
+    /// Returns the applied sequence. Snapshots every `snapshot.every_records` records.
     pub fn apply_replicated(&self, records: &[Record]) -> Result<Seq, StoreError> {
-        let mut since_snapshot = self.writer.lock().expect("writer lock");
+        let mut writer = self.writer.lock();
         let mut applied_now = 0u64;
-        let applied = {
-            let mut index = self.index.write().expect("index lock");
+        let outcome = {
+            let mut index = self.index.write();
+            let mut outcome = Ok(());
             for record in records {
                 let applied = index.applied();
                 if record.seq <= applied {
                     continue;
                 }
                 if record.seq != applied + 1 {
-                    return Err(StoreError::Gap {
+                    outcome = Err(StoreError::Gap {
                         applied,
                         next: record.seq,
                     });
+                    break;
                 }
-                if let Err(e) = index.apply(record) {
-                    // Every replica applies the same records, so every replica skips it.
-                    tracing::warn!(seq = record.seq, error = %e, "replicated record not applicable; skipped");
+                match index.apply(record) {
+                    Ok(()) => {}
+                    Err(e) if e.is_resource() => {
+                        outcome = Err(StoreError::Apply {
+                            seq: record.seq,
+                            source: e,
+                        });
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(seq = record.seq, error = %e, "replicated record applies as a no-op on every replica")
+                    }
                 }
                 applied_now += 1;
             }
-            index.applied()
+            outcome.map(|()| index.applied())
         };
-        *since_snapshot += applied_now;
-        if self.every_records > 0
-            && *since_snapshot >= self.every_records
-            && self.snapshot_in_background()
-        {
-            *since_snapshot = 0;
+        writer.since_snapshot += applied_now;
+        if writer.snapshot_due(self.every_records) && self.snapshot_in_background(&mut writer) {
+            writer.since_snapshot = 0;
         }
-        Ok(applied)
+        self.snapshot_failures
+            .store(writer.snapshot_failures, Ordering::Relaxed);
+        outcome
     }
 
     /// Freezes the index (under the read lock; the caller holds the writer lock so it
     /// cannot move; nothing is copied) and exports, encodes and writes the snapshot on a
-    /// background thread, so that
-    /// applying the stream does not wait for the disk. At most one such write runs at a
-    /// time; returns false when one is still running (the caller tries again later).
-    fn snapshot_in_background(&self) -> bool {
-        let mut running = self.background.lock().expect("background lock");
+    /// background thread, so that applying the stream does not wait for the disk. At most
+    /// one such write runs at a time; returns false when one is still running or could not
+    /// start (the caller tries again later). The outcome of the previous write feeds the
+    /// retry backoff.
+    fn snapshot_in_background(&self, writer: &mut Writer) -> bool {
+        let mut running = self.background.lock();
         if running.as_ref().is_some_and(|h| !h.is_finished()) {
             return false;
         }
-        let capture = snapshot::Capture::of(&self.index());
+        if let Some(previous) = running.take() {
+            match previous.join() {
+                Ok(Ok(())) => writer.snapshot_succeeded(),
+                Ok(Err(e)) => {
+                    writer.snapshot_failed(&e);
+                    return false;
+                }
+                Err(_) => {
+                    writer.snapshot_failed(&"the snapshot thread panicked");
+                    return false;
+                }
+            }
+        }
+        let capture = match snapshot::Capture::of(&self.index()) {
+            Ok(capture) => capture,
+            Err(e) => {
+                writer.snapshot_failed(&e);
+                return false;
+            }
+        };
         let (dir, keep) = (self.snapshots_dir.clone(), self.keep);
         let spawned = std::thread::Builder::new()
             .name("kb-snapshot".into())
             .spawn(move || match capture.save(&dir, keep) {
                 Ok(path) => {
-                    tracing::info!(seq = capture.seq(), snapshot = %path.display(), "snapshot written")
+                    tracing::info!(seq = capture.seq(), snapshot = %path.display(), "snapshot written");
+                    Ok(())
                 }
-                Err(e) => tracing::error!(error = %e, "automatic snapshot failed"),
+                Err(e) => Err(e.to_string()),
             });
         match spawned {
             Ok(handle) => {
@@ -170,7 +335,7 @@ impl Store {
                 true
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot start the snapshot thread");
+                writer.snapshot_failed(&format!("cannot start the snapshot thread: {e}"));
                 false
             }
         }
@@ -178,9 +343,17 @@ impl Store {
 
     /// Waits for a background snapshot write to finish (clean shutdown, tests).
     pub fn wait_for_background_snapshot(&self) {
-        let handle = self.background.lock().expect("background lock").take();
+        let handle = self.background.lock().take();
         if let Some(handle) = handle {
-            let _ = handle.join();
+            let outcome = handle.join();
+            let mut writer = self.writer.lock();
+            match outcome {
+                Ok(Ok(())) => writer.snapshot_succeeded(),
+                Ok(Err(e)) => writer.snapshot_failed(&e),
+                Err(_) => writer.snapshot_failed(&"the snapshot thread panicked"),
+            }
+            self.snapshot_failures
+                .store(writer.snapshot_failures, Ordering::Relaxed);
         }
     }
 
@@ -195,7 +368,7 @@ impl Store {
 
     /// Read access to the index.
     pub fn index(&self) -> RwLockReadGuard<'_, Index> {
-        self.index.read().expect("index lock")
+        self.index.read()
     }
 
     /// The last durable sequence of the local WAL (the applied one for a replica).
@@ -206,37 +379,93 @@ impl Store {
         }
     }
 
+    /// Why writes are stopped, and how snapshots fare.
+    pub fn health(&self) -> StoreHealth {
+        StoreHealth {
+            halted: self.halted.lock().clone(),
+            snapshot_failures: self.snapshot_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the store takes writes: not halted, and its log not poisoned.
+    pub fn halted(&self) -> Option<String> {
+        if let Some(reason) = self.halted.lock().clone() {
+            return Some(reason);
+        }
+        self.log.as_ref().and_then(FileWal::poisoned)
+    }
+
+    fn halt(&self, reason: String) {
+        tracing::error!(%reason, "writes stopped: the log holds a record the index could not apply; restart the worker to replay it");
+        self.halted.lock().get_or_insert(reason);
+    }
+
     /// Checks, logs durably and applies `ops`; returns the sequence of the last one.
-    /// Nothing reaches the log when any op would fail to apply.
+    /// Nothing reaches the log when any op would fail to apply; an apply that fails anyway
+    /// halts the store (see the module docs) and the write is not acknowledged.
     pub fn write(&self, ops: Vec<Op>) -> Result<Seq, StoreError> {
         let log = self.log.as_ref().ok_or(StoreError::Replicated)?;
-        let mut since_snapshot = self.writer.lock().expect("writer lock");
+        let mut writer = self.writer.lock();
+        if let Some(reason) = self.halted.lock().clone() {
+            return Err(StoreError::Halted(reason));
+        }
         self.index().check_batch(&ops)?;
         let records = log.append(ops)?;
         let last = records.last().map_or(log.last_seq(), |r| r.seq);
-        {
-            let mut index = self.index.write().expect("index lock");
-            for record in &records {
-                if let Err(e) = index.apply(record) {
-                    tracing::error!(seq = record.seq, error = %e, "checked record failed to apply");
-                }
-            }
-        }
-        *since_snapshot += records.len() as u64;
-        if self.every_records > 0 && *since_snapshot >= self.every_records {
+        self.apply_logged(&records)?;
+        writer.since_snapshot += records.len() as u64;
+        if writer.snapshot_due(self.every_records) {
             match self.snapshot_locked() {
-                Ok(_) => *since_snapshot = 0,
-                Err(e) => tracing::error!(error = %e, "automatic snapshot failed"),
+                Ok(_) => writer.snapshot_succeeded(),
+                Err(e) => writer.snapshot_failed(&e),
             }
+            self.snapshot_failures
+                .store(writer.snapshot_failures, Ordering::Relaxed);
         }
         Ok(last)
     }
 
+    /// Applies records that are already in the log; any failure (or panic) halts.
+    fn apply_logged(&self, records: &[Record]) -> Result<(), StoreError> {
+        let failure = {
+            let mut index = self.index.write();
+            let apply = std::panic::AssertUnwindSafe(|| {
+                for record in records {
+                    if let Err(e) = index.apply(record) {
+                        tracing::error!(seq = record.seq, error = %e, "a logged record failed to apply");
+                        let cause = match &e {
+                            IndexError::Capacity(m) => format!("not enough GPU memory: {m}"),
+                            e if e.is_resource() => "device or memory error".into(),
+                            _ => "it contradicts the index (a bug: please report it)".into(),
+                        };
+                        return Some(format!(
+                            "record {} is in the log but could not be applied to the index \
+                             ({cause}); restart the worker to replay it",
+                            record.seq
+                        ));
+                    }
+                }
+                None
+            });
+            std::panic::catch_unwind(apply)
+                .unwrap_or_else(|_| Some("applying a logged record panicked".into()))
+        };
+        match failure {
+            None => Ok(()),
+            Some(reason) => {
+                self.halt(reason.clone());
+                Err(StoreError::Halted(reason))
+            }
+        }
+    }
+
     /// Writes a snapshot now and truncates the log below it; returns its path.
     pub fn snapshot(&self) -> Result<PathBuf, StoreError> {
-        let mut since_snapshot = self.writer.lock().expect("writer lock");
+        let mut writer = self.writer.lock();
         let path = self.snapshot_locked()?;
-        *since_snapshot = 0;
+        writer.snapshot_succeeded();
+        self.snapshot_failures
+            .store(writer.snapshot_failures, Ordering::Relaxed);
         Ok(path)
     }
 
@@ -265,6 +494,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::index::filter::Filter;
+    use crate::index::flat::faults;
     use crate::log::{ChunkRecord, Metadata, Metric};
     use tch::Device;
 
@@ -349,6 +579,176 @@ mod tests {
             2
         );
         assert_eq!(docs(&store), 1);
+    }
+
+    fn vector_of(store: &Store, doc: &str) -> Option<Vec<f32>> {
+        let index = store.index();
+        let c = index.get("c")?;
+        c.export()
+            .unwrap()
+            .into_iter()
+            .find(|(row, _)| row.doc_id == doc)
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn an_apply_failure_after_the_append_halts_writes_instead_of_acknowledging() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), &cfg(0), Device::Cpu).unwrap();
+        store
+            .write(vec![create(), upsert("a", vec![1.0, 0.0])])
+            .unwrap();
+        // The check passes (CPU has no capacity limit); storing the rows then fails.
+        faults::inject(faults::Fault::Fail);
+        let err = store.write(vec![upsert("a", vec![0.0, 1.0])]).unwrap_err();
+        assert!(matches!(err, StoreError::Halted(_)), "{err}");
+        assert!(
+            err.public_message().contains("restart"),
+            "{}",
+            err.public_message()
+        );
+        // Nothing was lost: the previous version of the document is still served.
+        assert_eq!(vector_of(&store, "a"), Some(vec![1.0, 0.0]));
+        assert!(store.halted().is_some());
+        // Later writes are refused too (503), not applied past the hole.
+        assert!(matches!(
+            store.write(vec![upsert("b", vec![1.0, 1.0])]),
+            Err(StoreError::Halted(_))
+        ));
+        assert_eq!(store.last_seq(), 3);
+        drop(store);
+        // A restart replays the logged record.
+        let (store, recovery) = Store::open(dir.path(), &cfg(0), Device::Cpu).unwrap();
+        assert_eq!(recovery.replayed, 3);
+        assert!(store.halted().is_none());
+        assert_eq!(vector_of(&store, "a"), Some(vec![0.0, 1.0]));
+        assert_eq!(docs(&store), 1);
+    }
+
+    #[test]
+    fn a_panic_while_applying_halts_writes_and_leaves_reads_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), &cfg(0), Device::Cpu).unwrap();
+        store
+            .write(vec![create(), upsert("a", vec![1.0, 0.0])])
+            .unwrap();
+        faults::inject(faults::Fault::Panic);
+        let err = store.write(vec![upsert("b", vec![0.0, 1.0])]).unwrap_err();
+        assert!(matches!(err, StoreError::Halted(_)), "{err}");
+        // No poisoned lock: reads, health and snapshots go on.
+        assert_eq!(docs(&store), 1);
+        assert!(store.health().halted.is_some());
+        store.snapshot().unwrap();
+    }
+
+    #[test]
+    fn an_upsert_that_cannot_be_stored_keeps_the_previous_chunks() {
+        let mut index = Index::new(Device::Cpu);
+        let record = |seq, op| Record { seq, op };
+        index.apply(&record(1, create())).unwrap();
+        index
+            .apply(&record(2, upsert("a", vec![1.0, 0.0])))
+            .unwrap();
+        faults::inject(faults::Fault::Fail);
+        let err = index
+            .apply(&record(3, upsert("a", vec![0.0, 1.0])))
+            .unwrap_err();
+        assert!(err.is_resource());
+        // Not applied: the sequence stays, so the record can be retried.
+        assert_eq!(index.applied(), 2);
+        let c = index.get("c").unwrap();
+        assert_eq!(c.stats().chunks, 1);
+        assert_eq!(c.export().unwrap()[0].1, vec![1.0, 0.0]);
+        index
+            .apply(&record(3, upsert("a", vec![0.0, 1.0])))
+            .unwrap();
+        assert_eq!(
+            index.get("c").unwrap().export().unwrap()[0].1,
+            vec![0.0, 1.0]
+        );
+    }
+
+    #[test]
+    fn a_replica_stops_at_a_record_it_cannot_apply_and_resumes_on_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_replicated(dir.path(), &cfg(0), Device::Cpu).unwrap();
+        let records: Vec<Record> = [
+            create(),
+            upsert("a", vec![1.0, 0.0]),
+            upsert("b", vec![0.0, 1.0]),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| Record {
+            seq: i as Seq + 1,
+            op,
+        })
+        .collect();
+        store.apply_replicated(&records[..1]).unwrap();
+        faults::inject(faults::Fault::Fail);
+        let err = store.apply_replicated(&records[1..]).unwrap_err();
+        assert!(matches!(err, StoreError::Apply { seq: 2, .. }), "{err}");
+        assert_eq!(store.index().applied(), 1);
+        assert_eq!(store.apply_replicated(&records[1..]).unwrap(), 3);
+        assert_eq!(docs(&store), 2);
+    }
+
+    #[test]
+    fn recovery_refuses_a_gap_between_the_snapshot_and_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path(), &cfg(0), Device::Cpu).unwrap();
+            store
+                .write(vec![create(), upsert("a", vec![1.0, 0.0])])
+                .unwrap();
+            store.snapshot().unwrap(); // the log now starts after record 2
+            store.write(vec![upsert("b", vec![0.0, 1.0])]).unwrap();
+        }
+        // The snapshot is lost: replaying the log alone would serve only document b.
+        for (_, path) in snapshot::list(&dir.path().join("snapshots")).unwrap() {
+            std::fs::remove_file(path).unwrap();
+        }
+        let err = Store::open(dir.path(), &cfg(0), Device::Cpu)
+            .err()
+            .expect("a gap");
+        let message = err.to_string();
+        assert!(matches!(err, StoreError::Recovery(_)), "{message}");
+        assert!(message.contains("records 1..=2 are missing"), "{message}");
+        assert!(message.contains("kb-worker restore"), "{message}");
+    }
+
+    #[test]
+    fn a_failing_automatic_snapshot_backs_off_instead_of_retrying_on_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), &cfg(1), Device::Cpu).unwrap();
+        // A file where the snapshot directory belongs: every snapshot write fails.
+        std::fs::write(dir.path().join("snapshots"), b"in the way").unwrap();
+        store.write(vec![create()]).unwrap();
+        for i in 0..5 {
+            store
+                .write(vec![upsert(&format!("d{i}"), vec![1.0, 0.0])])
+                .unwrap();
+        }
+        // Writes were acknowledged; one attempt failed and the next waits for its backoff.
+        assert_eq!(store.health().snapshot_failures, 1);
+        assert_eq!(docs(&store), 5);
+        std::fs::remove_file(dir.path().join("snapshots")).unwrap();
+        std::thread::sleep(SNAPSHOT_BACKOFF + Duration::from_millis(100));
+        store.write(vec![upsert("late", vec![0.0, 1.0])]).unwrap();
+        assert_eq!(store.health().snapshot_failures, 0);
+        assert_eq!(store.oldest_snapshot_seq(), 7);
+    }
+
+    #[test]
+    fn temporary_files_of_an_interrupted_snapshot_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = dir.path().join("snapshots");
+        std::fs::create_dir_all(&snapshots).unwrap();
+        let stale = snapshots.join(format!(".{}.tmp-4242", snapshot::file_name(9)));
+        std::fs::write(&stale, b"half a snapshot").unwrap();
+        let (_store, recovery) = Store::open(dir.path(), &cfg(0), Device::Cpu).unwrap();
+        assert_eq!(recovery.stale_temporary_files, 1);
+        assert!(!stale.exists());
     }
 
     #[test]

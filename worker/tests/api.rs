@@ -223,6 +223,21 @@ async fn reingesting_a_document_replaces_it_and_delete_removes_it() {
     .await;
     assert_eq!(hits["hits"][0]["metadata"]["v"], 2);
     assert_eq!(hits["hits"].as_array().unwrap().len(), 1);
+    // A blank re-ingest is refused; it used to delete the stored document silently.
+    for blank in ["", "  \n\t "] {
+        let body = json!({"documents": [{"id": "doc", "text": blank}]});
+        let (s, err) = call(&w, "POST", path, Some(ADMIN_KEY), Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no text"),
+            "{err}"
+        );
+    }
+    let (_, stats) = call(&w, "GET", "/v1/collections/alpha", Some(ADMIN_KEY), None).await;
+    assert_eq!(stats["documents"].as_u64(), Some(1), "{stats}");
     let (s, del) = call(
         &w,
         "DELETE",

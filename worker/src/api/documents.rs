@@ -162,6 +162,13 @@ fn validate(docs: &[DocumentIn], state: &SharedState) -> Result<(), ApiError> {
                 d.id
             )));
         }
+        if d.text.trim().is_empty() {
+            // An upsert without chunks would silently delete the stored document.
+            return Err(ApiError::BadRequest(format!(
+                "document {:?} has no text (empty or whitespace only); to remove a document use DELETE /v1/collections/{{collection}}/documents/{{id}}",
+                d.id
+            )));
+        }
         if d.text.len() > limits.max_document_bytes {
             return Err(ApiError::TooLarge(format!(
                 "document {:?} has {} bytes; the limit is {} (limits.max_document_bytes)",
@@ -219,6 +226,12 @@ pub async fn ingest_documents(
             .collect::<Vec<_>>()
     })
     .await?;
+    if let Some((d, _)) = docs.iter().find(|(_, chunks)| chunks.is_empty()) {
+        return Err(ApiError::BadRequest(format!(
+            "document {:?} has no indexable text after chunking",
+            d.id
+        )));
+    }
     // Only chunks without a precomputed vector are embedded.
     let texts: Vec<String> = docs
         .iter()

@@ -102,9 +102,9 @@ impl From<&IndexError> for ApiError {
             IndexError::Dimension { .. } => Self::BadRequest(e.to_string()),
             IndexError::NoSuchCollection(_) => Self::NotFound(e.to_string()),
             IndexError::Conflict { .. } => Self::Conflict(e.to_string()),
-            IndexError::Torch(_) | IndexError::Aborted(_) | IndexError::Capacity(_) => {
-                Self::Internal(e.to_string())
-            }
+            // Refused before anything was logged: retry elsewhere or after scaling out.
+            IndexError::Capacity(_) => Self::Unavailable(e.to_string()),
+            IndexError::Torch(_) | IndexError::Aborted(_) => Self::Internal(e.to_string()),
         }
     }
 }
@@ -122,8 +122,16 @@ impl From<ReplicaError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Index(e) => e.into(),
-            other => Self::Unavailable(format!("write not durable: {other}")),
+            StoreError::Index(e) if !e.is_resource() => e.into(),
+            other => {
+                // The full error (paths included) goes to the log; the client gets the
+                // cause in words it can act on.
+                tracing::error!(error = %other, "write failed");
+                Self::Unavailable(format!(
+                    "write not acknowledged: {}",
+                    other.public_message()
+                ))
+            }
         }
     }
 }

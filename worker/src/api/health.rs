@@ -26,9 +26,19 @@ pub async fn readyz(State(state): State<SharedState>) -> Response {
                 "devices": engine.embedder.devices(),
             });
             let mut code = StatusCode::OK;
+            let store = engine.store.health();
+            if store.snapshot_failures > 0 {
+                body["snapshot_failures"] = json!(store.snapshot_failures);
+            }
+            if let Some(reason) = engine.store.halted() {
+                // Writes cannot be acknowledged: take the pod out of service.
+                body["status"] = json!("halted");
+                body["reason"] = json!(reason);
+                code = StatusCode::SERVICE_UNAVAILABLE;
+            }
             if let Some(replicator) = &engine.replicator {
                 body["replication"] = json!(replicator.status());
-                if !replicator.is_caught_up() {
+                if !replicator.is_caught_up() && code == StatusCode::OK {
                     body["status"] = json!("catching_up");
                     code = StatusCode::SERVICE_UNAVAILABLE;
                 }
@@ -67,7 +77,10 @@ pub async fn snapshot(
     let engine = state.engine()?;
     let store = engine.store.clone();
     let (bytes, seq) = tokio::task::spawn_blocking(move || {
-        let path = store.snapshot()?;
+        let path = store.snapshot().map_err(|e| {
+            tracing::error!(error = %e, "snapshot for download failed");
+            ApiError::Unavailable(format!("snapshot failed: {}", e.public_message()))
+        })?;
         let bytes = std::fs::read(&path)
             .map_err(|e| ApiError::Internal(format!("reading snapshot: {e}")))?;
         Ok::<_, ApiError>((bytes, store.index().applied()))

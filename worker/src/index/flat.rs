@@ -70,7 +70,11 @@ pub struct FlatIndex {
 impl FlatIndex {
     /// An empty index of `dim`-dimensional vectors on `placement`, in the precision of
     /// its first device ([`storage_kind`]).
-    pub fn new(dim: usize, metric: Metric, placement: impl Into<Placement>) -> Self {
+    pub fn new(
+        dim: usize,
+        metric: Metric,
+        placement: impl Into<Placement>,
+    ) -> Result<Self, IndexError> {
         let placement = placement.into();
         let kind = storage_kind(placement.primary());
         Self::with_kind(dim, metric, placement, kind)
@@ -82,17 +86,22 @@ impl FlatIndex {
         metric: Metric,
         placement: impl Into<Placement>,
         kind: Kind,
-    ) -> Self {
+    ) -> Result<Self, IndexError> {
         let shards = placement
             .into()
             .devices()
             .iter()
-            .map(|&device| Shard {
-                device,
-                vectors: SharedTensor(Tensor::zeros([MIN_CAPACITY, dim as i64], (kind, device))),
+            .map(|&device| {
+                Ok(Shard {
+                    device,
+                    vectors: SharedTensor(Tensor::f_zeros(
+                        [MIN_CAPACITY, dim as i64],
+                        (kind, device),
+                    )?),
+                })
             })
-            .collect();
-        Self {
+            .collect::<Result<_, IndexError>>()?;
+        Ok(Self {
             dim,
             metric,
             kind,
@@ -100,7 +109,7 @@ impl FlatIndex {
             rows: Vec::new(),
             docs: HashMap::new(),
             dead: 0,
-        }
+        })
     }
 
     /// An index holding `rows` with their row-major `vectors` (stored as given: snapshot
@@ -126,10 +135,10 @@ impl FlatIndex {
         rows: Vec<Row>,
         vectors: &[f32],
     ) -> Result<Self, IndexError> {
-        let mut index = Self::with_kind(dim, metric, placement, kind);
+        let mut index = Self::with_kind(dim, metric, placement, kind)?;
         let n = rows.len();
         if n > 0 {
-            let data = Tensor::from_slice(vectors).view([n as i64, dim as i64]);
+            let data = Tensor::f_from_slice(vectors)?.f_view([n as i64, dim as i64])?;
             index.store_rows(0, &data)?;
         }
         for (i, row) in rows.iter().enumerate() {
@@ -174,6 +183,8 @@ impl FlatIndex {
     /// Writes `data` (host, fp32) as rows `start..start + len` into their shards, growing
     /// them first.
     fn store_rows(&mut self, start: usize, data: &Tensor) -> Result<(), IndexError> {
+        #[cfg(test)]
+        faults::fire()?;
         let count = data.size()[0] as usize;
         let end = start + count;
         let n = self.shards.len();
@@ -185,18 +196,20 @@ impl FlatIndex {
             self.reserve(s, last as i64)?;
             // Rows first*n + s, (first+1)*n + s, ... of the batch, as offsets into `data`.
             let picks: Vec<i64> = (first..last).map(|j| (j * n + s - start) as i64).collect();
-            let part = data.index_select(0, &Tensor::from_slice(&picks));
+            let part = data.f_index_select(0, &Tensor::f_from_slice(&picks)?)?;
             let shard = &self.shards[s];
-            shard
+            let mut target = shard
                 .vectors
                 .0
-                .narrow(0, first as i64, (last - first) as i64)
-                .copy_(&part.to_device(shard.device));
+                .f_narrow(0, first as i64, (last - first) as i64)?;
+            target.f_copy_(&part.f_to_device(shard.device)?)?;
         }
         Ok(())
     }
 
-    /// Replaces every chunk of `doc_id` with `chunks` (which may be empty).
+    /// Replaces every chunk of `doc_id` with `chunks` (which may be empty). The new rows
+    /// are stored before the old ones are tombstoned, so a failure (no memory for the
+    /// grown tensor, a device error) leaves the collection exactly as it was.
     pub fn upsert(&mut self, doc_id: &str, chunks: &[ChunkRecord]) -> Result<(), IndexError> {
         if let Some(bad) = chunks.iter().find(|c| c.vector.len() != self.dim) {
             return Err(IndexError::Dimension {
@@ -204,29 +217,69 @@ impl FlatIndex {
                 got: bad.vector.len(),
             });
         }
-        self.delete(doc_id);
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        let mut flat: Vec<f32> = Vec::with_capacity(chunks.len() * self.dim);
-        for c in chunks {
-            flat.extend_from_slice(&c.vector);
-        }
-        let mut new = Tensor::from_slice(&flat).view([chunks.len() as i64, self.dim as i64]);
-        if self.metric == Metric::Cosine {
-            new = normalize(&new);
-        }
         let start = self.rows.len();
-        self.store_rows(start, &new)?;
-        let ids = self.docs.entry(doc_id.to_string()).or_default();
-        for (i, c) in chunks.iter().enumerate() {
-            ids.push(start + i);
-            self.rows.push(Some(Arc::new(Row {
-                doc_id: doc_id.to_string(),
-                chunk_id: c.chunk_id.clone(),
-                text: c.text.clone(),
-                metadata: c.metadata.clone(),
-            })));
+        if !chunks.is_empty() {
+            let mut flat: Vec<f32> = Vec::with_capacity(chunks.len() * self.dim);
+            for c in chunks {
+                flat.extend_from_slice(&c.vector);
+            }
+            let mut new =
+                Tensor::f_from_slice(&flat)?.f_view([chunks.len() as i64, self.dim as i64])?;
+            if self.metric == Metric::Cosine {
+                new = normalize(&new)?;
+            }
+            // Rows past `self.rows.len()` are invisible until pushed below.
+            self.store_rows(start, &new)?;
+        }
+        let old = self.docs.remove(doc_id);
+        if !chunks.is_empty() {
+            let ids = self.docs.entry(doc_id.to_string()).or_default();
+            for (i, c) in chunks.iter().enumerate() {
+                ids.push(start + i);
+                self.rows.push(Some(Arc::new(Row {
+                    doc_id: doc_id.to_string(),
+                    chunk_id: c.chunk_id.clone(),
+                    text: c.text.clone(),
+                    metadata: c.metadata.clone(),
+                })));
+            }
+        }
+        if let Some(old) = old {
+            self.tombstone(old);
+        }
+        Ok(())
+    }
+
+    /// Tombstones rows, then compacts when enough are dead.
+    fn tombstone(&mut self, rows: Vec<usize>) {
+        for r in rows {
+            self.rows[r] = None;
+            self.dead += 1;
+        }
+        if self.dead as f64 > COMPACT_RATIO * self.rows.len() as f64 && self.dead > 64 {
+            self.compact();
+        }
+    }
+
+    /// Checks that `extra` more rows fit: on a GPU, growing a shard needs the grown tensor
+    /// in free memory next to the current one. Writers call this before logging a write.
+    pub fn check_growth(&self, extra: usize) -> Result<(), IndexError> {
+        let total = self.rows.len() + extra;
+        for (s, shard) in self.shards.iter().enumerate() {
+            let needed = self.shard_len(s, total) as i64;
+            check_shard_growth(shard.device, shard.vectors.0.size()[0], needed, self.dim, self.kind)?;
+        }
+        Ok(())
+    }
+
+    /// [`FlatIndex::check_growth`] for a collection not created yet: whether `rows` rows
+    /// of `dim` fit on `placement` once it exists.
+    pub fn check_new(dim: usize, placement: &Placement, rows: usize) -> Result<(), IndexError> {
+        let devices = placement.devices();
+        let kind = storage_kind(placement.primary());
+        for (s, &device) in devices.iter().enumerate() {
+            let needed = (rows + devices.len() - 1 - s) / devices.len();
+            check_shard_growth(device, MIN_CAPACITY, needed as i64, dim, kind)?;
         }
         Ok(())
     }
@@ -236,13 +289,7 @@ impl FlatIndex {
         let Some(rows) = self.docs.remove(doc_id) else {
             return false;
         };
-        for r in rows {
-            self.rows[r] = None;
-            self.dead += 1;
-        }
-        if self.dead as f64 > COMPACT_RATIO * self.rows.len() as f64 && self.dead > 64 {
-            self.compact();
-        }
+        self.tombstone(rows);
         true
     }
 
@@ -264,20 +311,23 @@ impl FlatIndex {
         }
         let grown = Tensor::f_zeros([new_cap, dim], (kind, shard.device))?;
         grown
-            .narrow(0, 0, used)
-            .copy_(&shard.vectors.0.narrow(0, 0, used));
+            .f_narrow(0, 0, used)?
+            .f_copy_(&shard.vectors.0.f_narrow(0, 0, used)?)?;
         shard.vectors = SharedTensor(grown);
         Ok(())
     }
 
     /// Drops tombstoned rows from the tensors and the host tables (live rows keep their
     /// order, so results do not change).
+    /// A failure (memory, device) keeps the current tensors: tombstones stay masked.
     pub fn compact(&mut self) {
-        let live = self.export();
-        let (rows, vectors): (Vec<Row>, Vec<Vec<f32>>) = live.into_iter().unzip();
-        let flat: Vec<f32> = vectors.into_iter().flatten().collect();
-        let placement = Placement::from(self.devices());
-        match Self::from_rows_as(self.dim, self.metric, placement, self.kind, rows, &flat) {
+        let fresh = self.export().and_then(|live| {
+            let (rows, vectors): (Vec<Row>, Vec<Vec<f32>>) = live.into_iter().unzip();
+            let flat: Vec<f32> = vectors.into_iter().flatten().collect();
+            let placement = Placement::from(self.devices());
+            Self::from_rows_as(self.dim, self.metric, placement, self.kind, rows, &flat)
+        });
+        match fresh {
             Ok(fresh) => *self = fresh,
             Err(e) => tracing::warn!(error = %e, "compaction skipped; tombstones stay masked"),
         }
@@ -311,9 +361,9 @@ impl FlatIndex {
             return Ok(vec![Vec::new(); queries.len()]);
         }
         let flat: Vec<f32> = queries.iter().flatten().copied().collect();
-        let mut q = Tensor::from_slice(&flat).view([queries.len() as i64, self.dim as i64]);
+        let mut q = Tensor::f_from_slice(&flat)?.f_view([queries.len() as i64, self.dim as i64])?;
         if self.metric == Metric::Cosine {
-            q = normalize(&q);
+            q = normalize(&q)?;
         }
         let n = self.shards.len();
         // Launch every shard's product and top-k before reading any back, so that the
@@ -331,16 +381,16 @@ impl FlatIndex {
             if k_s == 0 {
                 continue;
             }
-            let db = shard.vectors.0.narrow(0, 0, len as i64);
+            let db = shard.vectors.0.f_narrow(0, 0, len as i64)?;
             let mut scores = q
-                .to_device(shard.device)
-                .to_kind(self.kind)
-                .f_matmul(&db.tr())?;
+                .f_to_device(shard.device)?
+                .f_to_kind(self.kind)?
+                .f_matmul(&db.f_tr()?)?;
             if let Some(mask) = mask {
-                let ok = Tensor::from_slice(&mask)
-                    .to_device(shard.device)
-                    .to_kind(Kind::Bool);
-                scores = scores.f_masked_fill(&ok.logical_not(), f64::NEG_INFINITY)?;
+                let ok = Tensor::f_from_slice(&mask)?
+                    .f_to_device(shard.device)?
+                    .f_to_kind(Kind::Bool)?;
+                scores = scores.f_masked_fill(&ok.f_logical_not()?, f64::NEG_INFINITY)?;
             }
             let (values, indices) = scores.f_topk(k_s as i64, 1, true, true)?;
             launched.push((s, k_s, values, indices));
@@ -349,12 +399,12 @@ impl FlatIndex {
         for (s, k_s, values, indices) in launched {
             let values: Vec<f32> = Vec::<f32>::try_from(
                 values
-                    .to_kind(Kind::Float)
-                    .to_device(Device::Cpu)
-                    .flatten(0, -1),
+                    .f_to_kind(Kind::Float)?
+                    .f_to_device(Device::Cpu)?
+                    .f_flatten(0, -1)?,
             )?;
             let indices: Vec<i64> =
-                Vec::<i64>::try_from(indices.to_device(Device::Cpu).flatten(0, -1))?;
+                Vec::<i64>::try_from(indices.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
             for (qi, (vals, idxs)) in values.chunks(k_s).zip(indices.chunks(k_s)).enumerate() {
                 merged[qi].extend(
                     vals.iter()
@@ -385,30 +435,31 @@ impl FlatIndex {
     }
 
     /// Live rows with their vectors, in row order (for snapshots).
-    pub fn export(&self) -> Vec<(Row, Vec<f32>)> {
-        self.freeze().export()
+    pub fn export(&self) -> Result<Vec<(Row, Vec<f32>)>, IndexError> {
+        self.freeze()?.export()
     }
 
     /// A consistent, cheap copy of the collection (tensor views and shared rows, nothing
     /// copied) whose export can run later on another thread: rows are only ever appended
     /// past the frozen length, and growth or compaction replaces tensors instead of
     /// writing into them.
-    pub fn freeze(&self) -> Frozen {
+    pub fn freeze(&self) -> Result<Frozen, IndexError> {
         let total = self.rows.len();
-        Frozen {
+        let shards = self
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(s, shard)| {
+                let len = self.shard_len(s, total) as i64;
+                shard.vectors.0.f_narrow(0, 0, len)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Frozen {
             dim: self.dim,
             metric: self.metric,
-            shards: self
-                .shards
-                .iter()
-                .enumerate()
-                .map(|(s, shard)| {
-                    let len = self.shard_len(s, total) as i64;
-                    shard.vectors.0.narrow(0, 0, len)
-                })
-                .collect(),
+            shards,
             rows: self.rows.clone(),
-        }
+        })
     }
 }
 
@@ -421,29 +472,54 @@ pub struct Frozen {
 }
 
 impl Frozen {
-    /// Live rows with their vectors (fp32), in row order.
-    pub fn export(&self) -> Vec<(Row, Vec<f32>)> {
+    /// Live rows with their vectors (fp32), in row order. A device error (e.g. no host
+    /// memory for the copy) is an error, never a silently shorter export.
+    pub fn export(&self) -> Result<Vec<(Row, Vec<f32>)>, IndexError> {
         let n = self.shards.len();
         let per_shard: Vec<Vec<f32>> = self
             .shards
             .iter()
             .map(|t| {
-                Vec::<f32>::try_from(t.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))
-                    .unwrap_or_default()
+                let host = t
+                    .f_to_kind(Kind::Float)?
+                    .f_to_device(Device::Cpu)?
+                    .f_flatten(0, -1)?;
+                Ok(Vec::<f32>::try_from(host)?)
             })
-            .collect();
+            .collect::<Result<_, IndexError>>()?;
         let dim = self.dim;
-        self.rows
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                let r = r.as_ref()?;
-                let (s, j) = (i % n, i / n);
-                let v = per_shard[s].get(j * dim..(j + 1) * dim)?.to_vec();
-                Some((Row::clone(r), v))
-            })
-            .collect()
+        let mut out = Vec::with_capacity(self.rows.len());
+        for (i, r) in self.rows.iter().enumerate() {
+            let Some(r) = r.as_ref() else { continue };
+            let (s, j) = (i % n, i / n);
+            let v = per_shard[s]
+                .get(j * dim..(j + 1) * dim)
+                .ok_or_else(|| IndexError::Aborted(format!("row {i} is missing from shard {s}")))?;
+            out.push((Row::clone(r), v.to_vec()));
+        }
+        Ok(out)
     }
+}
+
+/// Whether a shard on `device` of capacity `cap` can grow to `needed` rows: on a GPU the
+/// grown tensor must fit in free memory (the old one stays until the copy is done).
+fn check_shard_growth(
+    device: Device,
+    cap: i64,
+    needed: i64,
+    dim: usize,
+    kind: Kind,
+) -> Result<(), IndexError> {
+    let Device::Cuda(ordinal) = device else {
+        return Ok(());
+    };
+    if needed <= cap {
+        return Ok(());
+    }
+    let new_cap = (cap * 2).max(needed);
+    let bytes = new_cap as u64 * dim as u64 * kind.elt_size_in_bytes() as u64;
+    crate::gpu::check_capacity(ordinal, bytes, &format!("a shard of {needed} rows"))
+        .map_err(IndexError::Capacity)
 }
 
 /// Storage precision of index vectors on `device`: fp16 on CUDA, fp32 elsewhere.
@@ -455,9 +531,42 @@ pub fn storage_kind(device: Device) -> Kind {
     }
 }
 
-fn normalize(t: &Tensor) -> Tensor {
+fn normalize(t: &Tensor) -> Result<Tensor, tch::TchError> {
     let norm = t
-        .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
-        .clamp_min(1e-12);
-    t / norm
+        .f_norm_scalaropt_dim(2.0, [1i64].as_slice(), true)?
+        .f_clamp_min(1e-12)?;
+    t.f_div(&norm)
+}
+
+/// Failures injected into the next row store of this thread (tests only).
+#[cfg(test)]
+pub(crate) mod faults {
+    use super::IndexError;
+    use std::cell::Cell;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub(crate) enum Fault {
+        None,
+        /// The store fails as a full GPU would.
+        Fail,
+        /// The store panics, as a tch call without `f_` does on a device error.
+        Panic,
+    }
+
+    thread_local! {
+        static NEXT: Cell<Fault> = const { Cell::new(Fault::None) };
+    }
+
+    /// Makes the next row store on this thread fail or panic.
+    pub(crate) fn inject(fault: Fault) {
+        NEXT.with(|n| n.set(fault));
+    }
+
+    pub(super) fn fire() -> Result<(), IndexError> {
+        match NEXT.with(|n| n.replace(Fault::None)) {
+            Fault::None => Ok(()),
+            Fault::Fail => Err(IndexError::Capacity("injected: the device is full".into())),
+            Fault::Panic => panic!("injected panic while storing rows"),
+        }
+    }
 }

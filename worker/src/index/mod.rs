@@ -29,6 +29,19 @@ pub enum IndexError {
     Capacity(String),
 }
 
+impl IndexError {
+    /// Whether the failure comes from this worker's resources (memory, devices) rather
+    /// than from the log's contents. Such a record is not applied (the applied sequence
+    /// stays put) so that it can be retried; every other failure is deterministic, the
+    /// same on every replica, and the record applies as a no-op.
+    pub fn is_resource(&self) -> bool {
+        matches!(
+            self,
+            IndexError::Torch(_) | IndexError::Aborted(_) | IndexError::Capacity(_)
+        )
+    }
+}
+
 /// Where index vectors live: one device, or shards over several (a GPU may be listed
 /// twice, and so may the CPU, which is how the sharded path is tested without GPUs).
 #[derive(Debug, Clone, PartialEq)]
@@ -154,9 +167,11 @@ impl Index {
         }
     }
 
-    /// Checks a batch in order, counting collections that earlier ops of the batch create.
+    /// Checks a batch in order, counting collections that earlier ops of the batch create,
+    /// then that the rows it adds fit on every device holding the collections.
     pub fn check_batch(&self, ops: &[Op]) -> Result<(), IndexError> {
         let mut created: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut added: BTreeMap<&str, usize> = BTreeMap::new();
         for op in ops {
             match op {
                 Op::CreateCollection {
@@ -177,8 +192,22 @@ impl Index {
                 }
                 Op::DropCollection { collection } => {
                     created.remove(collection.as_str());
+                    added.remove(collection.as_str());
                 }
                 _ => self.check(op)?,
+            }
+            if let Op::Upsert {
+                collection, chunks, ..
+            } = op
+            {
+                *added.entry(collection).or_default() += chunks.len();
+            }
+        }
+        for (name, rows) in added {
+            match (self.collections.get(name), created.get(name)) {
+                (Some(c), _) => c.check_growth(rows)?,
+                (None, Some(&dim)) => FlatIndex::check_new(dim, &self.placement, rows)?,
+                (None, None) => {}
             }
         }
         Ok(())
@@ -190,9 +219,14 @@ impl Index {
         if record.seq <= self.applied {
             return Ok(());
         }
-        // The sequence advances even when the op fails, so one bad record cannot stall
-        // replication; writers `check` before appending, so this only guards replay.
+        // A deterministic failure (the op does not fit the index, e.g. an upsert into a
+        // collection that an earlier record dropped) applies as a no-op on every replica,
+        // so the sequence advances; a failure of this worker's resources leaves the index
+        // untouched and the sequence where it was, so the caller can stop and retry.
         let result = self.apply_op(&record.op);
+        if result.as_ref().is_err_and(IndexError::is_resource) {
+            return result;
+        }
         self.applied = record.seq;
         self.changed
             .insert(record.op.collection().to_string(), record.seq);
@@ -207,9 +241,10 @@ impl Index {
                 metric,
             } => {
                 self.check(op)?;
-                self.collections
-                    .entry(collection.clone())
-                    .or_insert_with(|| FlatIndex::new(*dim, *metric, self.placement.clone()));
+                if !self.collections.contains_key(collection) {
+                    let c = FlatIndex::new(*dim, *metric, self.placement.clone())?;
+                    self.collections.insert(collection.clone(), c);
+                }
             }
             Op::Upsert {
                 collection,

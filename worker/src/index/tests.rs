@@ -21,7 +21,7 @@ fn chunk(i: usize, vector: Vec<f32>, tag: &str) -> ChunkRecord {
 }
 
 fn index_with(vectors: &[Vec<f32>], metric: Metric) -> FlatIndex {
-    let mut idx = FlatIndex::new(vectors[0].len(), metric, Device::Cpu);
+    let mut idx = FlatIndex::new(vectors[0].len(), metric, Device::Cpu).unwrap();
     for (i, v) in vectors.iter().enumerate() {
         let tag = if i % 3 == 0 { "a" } else { "b" };
         idx.upsert(&format!("doc-{i}"), &[chunk(i, v.clone(), tag)])
@@ -116,7 +116,7 @@ fn filters_and_deletes_are_respected_and_survive_compaction() {
 
 #[test]
 fn upsert_replaces_the_chunks_of_a_document() {
-    let mut idx = FlatIndex::new(2, Metric::Dot, Device::Cpu);
+    let mut idx = FlatIndex::new(2, Metric::Dot, Device::Cpu).unwrap();
     idx.upsert(
         "d",
         &[chunk(0, vec![1.0, 0.0], "a"), chunk(1, vec![0.0, 1.0], "a")],
@@ -134,7 +134,7 @@ fn upsert_replaces_the_chunks_of_a_document() {
 
 #[test]
 fn wrong_dimension_is_an_error_not_a_panic() {
-    let mut idx = FlatIndex::new(4, Metric::Cosine, Device::Cpu);
+    let mut idx = FlatIndex::new(4, Metric::Cosine, Device::Cpu).unwrap();
     assert!(matches!(
         idx.upsert("d", &[chunk(0, vec![1.0], "a")]),
         Err(IndexError::Dimension {
@@ -225,7 +225,7 @@ fn fp16_storage_finds_the_fp64_neighbours_within_half_precision() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let (n, dim, k) = (4000, 64, 10);
     let db = random_vectors(&mut rng, n, dim);
-    let mut idx = FlatIndex::with_kind(dim, Metric::Cosine, Device::Cpu, Kind::Half);
+    let mut idx = FlatIndex::with_kind(dim, Metric::Cosine, Device::Cpu, Kind::Half).unwrap();
     for (i, v) in db.iter().enumerate() {
         idx.upsert(&format!("doc-{i}"), &[chunk(i, v.clone(), "a")])
             .unwrap();
@@ -250,7 +250,7 @@ fn fp16_storage_finds_the_fp64_neighbours_within_half_precision() {
     }
     assert_eq!(correct, total, "every hit is a true top-{k} neighbour");
     // Vectors come back out (snapshots) as fp32 within half precision.
-    let exported = idx.export();
+    let exported = idx.export().unwrap();
     let v = &exported[5].1;
     let norm = db[5].iter().map(|x| x * x).sum::<f32>().sqrt();
     for (a, b) in v.iter().zip(&db[5]) {
@@ -264,7 +264,7 @@ fn sharded_placement_answers_exactly_like_one_device() {
     let dim = 24;
     let db = random_vectors(&mut rng, 700, dim);
     let one = index_with(&db, Metric::Cosine);
-    let mut three = FlatIndex::new(dim, Metric::Cosine, vec![Device::Cpu; 3]);
+    let mut three = FlatIndex::new(dim, Metric::Cosine, vec![Device::Cpu; 3]).unwrap();
     for (i, v) in db.iter().enumerate() {
         let tag = if i % 3 == 0 { "a" } else { "b" };
         three
@@ -295,7 +295,7 @@ fn sharded_placement_answers_exactly_like_one_device() {
             }
             assert_eq!(ids(a), ids(b), "k={k}");
         }
-        assert_eq!(one.export(), three.export());
+        assert_eq!(one.export().unwrap(), three.export().unwrap());
     };
     check(&one, &three);
     // Tombstones, then enough deletes to compact: still the same answers.
@@ -320,13 +320,13 @@ fn sharded_placement_answers_exactly_like_one_device() {
 fn a_frozen_collection_keeps_its_contents_while_the_index_moves_on() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let db = random_vectors(&mut rng, 1500, 8);
-    let mut idx = FlatIndex::new(8, Metric::Cosine, vec![Device::Cpu; 2]);
+    let mut idx = FlatIndex::new(8, Metric::Cosine, vec![Device::Cpu; 2]).unwrap();
     for (i, v) in db[..1000].iter().enumerate() {
         idx.upsert(&format!("doc-{i}"), &[chunk(i, v.clone(), "a")])
             .unwrap();
     }
-    let before = idx.export();
-    let frozen = idx.freeze();
+    let before = idx.export().unwrap();
+    let frozen = idx.freeze().unwrap();
     // Appends past the frozen length (with tensor growth), deletes and a compaction.
     for (i, v) in db.iter().enumerate().skip(1000) {
         idx.upsert(&format!("doc-{i}"), &[chunk(i, v.clone(), "b")])
@@ -339,5 +339,5 @@ fn a_frozen_collection_keeps_its_contents_while_the_index_moves_on() {
         idx.stats().chunks + idx.stats().tombstones < 1500,
         "compacted"
     );
-    assert_eq!(frozen.export(), before);
+    assert_eq!(frozen.export().unwrap(), before);
 }

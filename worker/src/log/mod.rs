@@ -37,8 +37,8 @@ pub struct ChunkRecord {
     pub vector: Vec<f32>,
 }
 
-/// Metadata travels as JSON text: log records are bincode, which cannot decode untyped
-/// JSON values (it has no self-describing `deserialize_any`).
+/// Metadata travels as JSON text: the record encoding ([`crate::format`]) is not
+/// self-describing, so it cannot decode untyped JSON values (`deserialize_any`).
 mod metadata_as_json_text {
     use super::Metadata;
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
@@ -106,6 +106,32 @@ pub enum LogError {
     Encode(String),
     #[error("log is corrupt: {0}")]
     Corrupt(String),
+    #[error("the write-ahead log stopped accepting writes: {0}")]
+    Poisoned(String),
+}
+
+impl LogError {
+    /// What a client may read: the cause without file paths (the full error is logged).
+    pub fn public_message(&self) -> String {
+        match self {
+            LogError::Io { source, .. } => io_public_message(source),
+            LogError::Encode(_) => "the record could not be encoded".into(),
+            LogError::Corrupt(_) => "the write-ahead log is damaged; see the worker log".into(),
+            LogError::Poisoned(reason) => {
+                format!("the write-ahead log stopped accepting writes: {reason}")
+            }
+        }
+    }
+}
+
+/// An I/O failure on the data volume, in words a client can act on, without paths.
+pub fn io_public_message(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull => "no space left on the data volume".into(),
+        std::io::ErrorKind::QuotaExceeded => "disk quota exceeded on the data volume".into(),
+        std::io::ErrorKind::ReadOnlyFilesystem => "the data volume is read-only".into(),
+        kind => format!("I/O error on the data volume ({kind})"),
+    }
 }
 
 /// An append-only, ordered, durable sequence of records.

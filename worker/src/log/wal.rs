@@ -1,18 +1,32 @@
 //! Single-node file WAL: segment files of length-prefixed, CRC-checked frames.
 //!
-//! Frame: `len: u32 LE | crc32(payload): u32 LE | payload (bincode Record)`. A segment is
-//! named after the first sequence it may hold, so truncation after a snapshot is a matter
-//! of deleting whole files. A torn or corrupt tail of the newest segment (a crash during a
-//! write that was therefore never acknowledged) is reported and cut on open.
+//! Segment (format version 2): the 8-byte header `KBWALv02`, then frames
+//! `len: u32 LE | crc32(payload): u32 LE | payload`, the payload a [`Record`] in
+//! [`crate::format`] (version byte + postcard). Segments of format version 1 have no
+//! header and bincode payloads; they are still read (the header's first four bytes, read
+//! as a length, exceed any valid frame, so the two cannot be confused), and new records
+//! always go to a version-2 segment. A segment is named after the first sequence it holds,
+//! so truncation after a snapshot is a matter of deleting whole files.
+//!
+//! Failures: a torn or corrupt tail of the newest segment (a crash during a write that was
+//! therefore never acknowledged) is reported and cut on open. A failed append (ENOSPC,
+//! EIO) is cut back to the last good frame at once, so a later append never follows a
+//! partial frame and numbering never skips; writes resume when the disk takes them again.
+//! A failed fsync poisons the WAL: the kernel may have dropped the unsynced pages, so
+//! nothing more is appended (every append answers [`LogError::Poisoned`]) until a restart
+//! re-reads what is really on disk.
 
 use super::{Log, LogError, Op, Record, Seq};
+use crate::format;
 use kb_config::FsyncPolicy;
+use parking_lot::Mutex;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 const HEADER: usize = 8;
+/// Header of a version-2 segment.
+const SEGMENT_MAGIC: &[u8; 8] = b"KBWALv02";
 /// Upper bound of one frame; anything larger in a header is corruption, not a record.
 const MAX_FRAME: usize = 1 << 30;
 
@@ -21,15 +35,22 @@ pub struct FileWal {
     dir: PathBuf,
     fsync: FsyncPolicy,
     inner: Mutex<Inner>,
+    /// Why appends are refused (a failed fsync), if they are. Outside `inner` so that
+    /// health checks never wait for an fsync in progress.
+    poisoned: Mutex<Option<String>>,
 }
 
 struct Inner {
     /// (first seq, path), oldest first; the last one is open for appends.
     segments: Vec<(Seq, PathBuf)>,
     file: File,
+    /// Length of the open segment up to its last good frame.
+    len: u64,
     last_seq: Seq,
     /// Records in the open segment.
     records_in_current: u64,
+    #[cfg(test)]
+    faults: faults::Faults,
 }
 
 /// What `open` found and repaired.
@@ -68,8 +89,20 @@ fn list_segments(dir: &Path) -> Result<Vec<(Seq, PathBuf)>, LogError> {
     Ok(segments)
 }
 
+/// The format of a segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SegmentFormat {
+    /// No header, bincode payloads.
+    V1,
+    /// `SEGMENT_MAGIC`, versioned payloads.
+    V2,
+    /// Empty, or a torn version-2 header: holds nothing.
+    Empty,
+}
+
 /// Result of scanning one segment.
 struct Scan {
+    format: SegmentFormat,
     records: Vec<Record>,
     /// Offset just past the last valid frame.
     valid_len: u64,
@@ -79,7 +112,7 @@ struct Scan {
 
 /// A frame whose checksum holds but whose record does not decode was written whole by an
 /// incompatible writer: cutting it would drop acknowledged writes, so it is an error.
-fn undecodable(path: &Path, at: usize, e: &bincode::Error) -> LogError {
+fn undecodable(path: &Path, at: usize, e: &format::FormatError) -> LogError {
     LogError::Corrupt(format!(
         "{}: record at offset {at} has a valid checksum but does not decode ({e}); refusing to cut acknowledged data",
         path.display()
@@ -91,8 +124,15 @@ fn scan_segment(path: &Path) -> Result<Scan, LogError> {
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(io_err(path))?;
+    let (format, start) = if bytes.starts_with(SEGMENT_MAGIC) {
+        (SegmentFormat::V2, HEADER)
+    } else if bytes.len() < HEADER && SEGMENT_MAGIC.starts_with(&bytes) {
+        (SegmentFormat::Empty, bytes.len())
+    } else {
+        (SegmentFormat::V1, 0)
+    };
     let mut records = Vec::new();
-    let mut at = 0usize;
+    let mut at = start;
     let damage = loop {
         if at == bytes.len() {
             break None;
@@ -109,13 +149,18 @@ fn scan_segment(path: &Path) -> Result<Scan, LogError> {
         if crc32fast::hash(payload) != crc {
             break Some(format!("checksum mismatch at offset {at}"));
         }
-        match bincode::deserialize::<Record>(payload) {
+        let decoded = match format {
+            SegmentFormat::V1 => format::legacy::record(payload),
+            _ => format::decode::<Record>(payload),
+        };
+        match decoded {
             Ok(record) => records.push(record),
             Err(e) => return Err(undecodable(path, at, &e)),
         }
         at += HEADER + len;
     };
     Ok(Scan {
+        format,
         records,
         valid_len: at as u64,
         damage,
@@ -128,10 +173,26 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
         .map_err(io_err(dir))
 }
 
+/// Creates (or resets) a version-2 segment holding only its header, durably.
+fn create_segment(dir: &Path, path: &Path) -> Result<File, LogError> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.set_len(0)
+        .and_then(|()| file.write_all(SEGMENT_MAGIC))
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(path))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
 impl FileWal {
     /// Opens (or creates) the WAL in `dir`, cutting a damaged tail of the newest segment.
     /// `floor` is the sequence of the snapshot the caller loaded: numbering continues from
-    /// at least there even when older segments were truncated away.
+    /// at least there even when older segments were truncated away. Fails when a segment
+    /// other than the newest is damaged or records are missing between segments.
     pub fn open(
         dir: &Path,
         fsync: FsyncPolicy,
@@ -141,10 +202,29 @@ impl FileWal {
         let mut segments = list_segments(dir)?;
         let mut report = OpenReport::default();
         let mut last_seq = floor;
-        let mut records_in_current = 0;
+        let mut current = None;
         let count = segments.len();
-        for (i, (_, path)) in segments.iter().enumerate() {
+        let mut expected_next: Option<Seq> = None;
+        for (i, (first, path)) in segments.iter().enumerate() {
             let scan = scan_segment(path)?;
+            if let Some(expected) = expected_next.filter(|e| e != first) {
+                return Err(LogError::Corrupt(format!(
+                    "{}: segment starts at sequence {first} but the previous one ends at {}; records are missing",
+                    path.display(),
+                    expected - 1
+                )));
+            }
+            for (k, record) in scan.records.iter().enumerate() {
+                if record.seq != first + k as u64 {
+                    return Err(LogError::Corrupt(format!(
+                        "{}: record {k} has sequence {} where {} belongs",
+                        path.display(),
+                        record.seq,
+                        first + k as u64
+                    )));
+                }
+            }
+            expected_next = Some(first + scan.records.len() as u64);
             if let Some(damage) = &scan.damage {
                 if i + 1 < count {
                     return Err(LogError::Corrupt(format!(
@@ -167,28 +247,53 @@ impl FileWal {
             if let Some(last) = scan.records.last() {
                 last_seq = last_seq.max(last.seq);
             }
-            records_in_current = scan.records.len() as u64;
+            if i + 1 == count {
+                current = Some((scan.format, scan.records.len() as u64, scan.valid_len));
+            }
         }
-        if segments.is_empty() {
-            segments.push((last_seq + 1, segment_path(dir, last_seq + 1)));
-        }
-        let current = &segments.last().expect("one segment").1;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(current)
-            .map_err(io_err(current))?;
+        // Appends go to a version-2 segment: the newest one, reset when it holds nothing,
+        // or a new one after a version-1 segment with records.
+        let (file, len, records_in_current) = match current {
+            Some((SegmentFormat::V2, records, len)) => {
+                let path = &segments.last().expect("one segment").1;
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(io_err(path))?;
+                (file, len, records)
+            }
+            Some((SegmentFormat::V1, records, _)) if records > 0 => {
+                let path = segment_path(dir, last_seq + 1);
+                let file = create_segment(dir, &path)?;
+                segments.push((last_seq + 1, path));
+                (file, HEADER as u64, 0)
+            }
+            Some(_) => {
+                let path = &segments.last().expect("one segment").1;
+                (create_segment(dir, path)?, HEADER as u64, 0)
+            }
+            None => {
+                let path = segment_path(dir, last_seq + 1);
+                let file = create_segment(dir, &path)?;
+                segments.push((last_seq + 1, path));
+                (file, HEADER as u64, 0)
+            }
+        };
         sync_dir(dir)?;
         let inner = Inner {
             segments,
             file,
+            len,
             last_seq,
             records_in_current,
+            #[cfg(test)]
+            faults: faults::Faults::default(),
         };
         let wal = Self {
             dir: dir.to_path_buf(),
             fsync,
             inner: Mutex::new(inner),
+            poisoned: Mutex::new(None),
         };
         Ok((wal, report))
     }
@@ -196,20 +301,64 @@ impl FileWal {
     fn rotate(&self, inner: &mut Inner) -> Result<(), LogError> {
         let first = inner.last_seq + 1;
         let path = segment_path(&self.dir, first);
-        inner.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        inner.file = create_segment(&self.dir, &path)?;
         inner.segments.push((first, path));
         inner.records_in_current = 0;
-        sync_dir(&self.dir)
+        inner.len = HEADER as u64;
+        Ok(())
+    }
+
+    /// The first sequence the WAL can hold (records before it were truncated away after a
+    /// snapshot): the caller's snapshot must reach at least the one before it.
+    pub fn first_seq(&self) -> Option<Seq> {
+        self.inner.lock().segments.first().map(|(s, _)| *s)
+    }
+
+    /// Why appends are refused, if they are.
+    pub fn poisoned(&self) -> Option<String> {
+        self.poisoned.lock().clone()
+    }
+
+    #[cfg(test)]
+    fn faults(&self) -> parking_lot::MappedMutexGuard<'_, faults::Faults> {
+        parking_lot::MutexGuard::map(self.inner.lock(), |i| &mut i.faults)
+    }
+}
+
+impl Inner {
+    fn write_frames(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(keep) = self.faults.fail_write_after.take() {
+            // A disk that fills mid-frame: part of the buffer lands, then ENOSPC.
+            self.file.write_all(&buf[..keep.min(buf.len())])?;
+            return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        }
+        self.file.write_all(buf)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if std::mem::take(&mut self.faults.fail_sync) {
+            return Err(std::io::Error::other("injected EIO"));
+        }
+        self.file.sync_data()
+    }
+
+    fn cut_back(&mut self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if std::mem::take(&mut self.faults.fail_cut) {
+            return Err(std::io::Error::other("injected EIO"));
+        }
+        self.file.set_len(self.len)
     }
 }
 
 impl Log for FileWal {
     fn append(&self, ops: Vec<Op>) -> Result<Vec<Record>, LogError> {
-        let mut inner = self.inner.lock().expect("wal lock");
+        let mut inner = self.inner.lock();
+        if let Some(reason) = self.poisoned() {
+            return Err(LogError::Poisoned(reason));
+        }
         let mut buf = Vec::new();
         let mut records = Vec::with_capacity(ops.len());
         for (i, op) in ops.into_iter().enumerate() {
@@ -218,24 +367,50 @@ impl Log for FileWal {
                 op,
             };
             let payload =
-                bincode::serialize(&record).map_err(|e| LogError::Encode(e.to_string()))?;
+                format::encode_record(&record).map_err(|e| LogError::Encode(e.to_string()))?;
+            if payload.len() > MAX_FRAME {
+                return Err(LogError::Encode(format!(
+                    "record of {} bytes exceeds the frame limit of {MAX_FRAME}",
+                    payload.len()
+                )));
+            }
             buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
             buf.extend_from_slice(&payload);
             records.push(record);
         }
         let path = inner.segments.last().expect("one segment").1.clone();
-        inner.file.write_all(&buf).map_err(io_err(&path))?;
-        if self.fsync == FsyncPolicy::Always {
-            inner.file.sync_data().map_err(io_err(&path))?;
+        if let Err(e) = inner.write_frames(&buf) {
+            // Cut the partial frame so that the next append follows the last good one.
+            if let Err(cut) = inner.cut_back() {
+                let reason = format!(
+                    "a failed write could not be cut back ({}); restart the worker",
+                    super::io_public_message(&cut)
+                );
+                tracing::error!(segment = %path.display(), error = %cut, "WAL poisoned: a partial frame could not be removed");
+                *self.poisoned.lock() = Some(reason);
+            }
+            return Err(io_err(&path)(e));
         }
+        if self.fsync == FsyncPolicy::Always {
+            if let Err(e) = inner.sync() {
+                let reason = format!(
+                    "fsync of the write-ahead log failed ({}); restart the worker to recover from what is on disk",
+                    super::io_public_message(&e)
+                );
+                tracing::error!(segment = %path.display(), error = %e, "WAL poisoned: fsync failed");
+                *self.poisoned.lock() = Some(reason.clone());
+                return Err(LogError::Poisoned(reason));
+            }
+        }
+        inner.len += buf.len() as u64;
         inner.last_seq += records.len() as u64;
         inner.records_in_current += records.len() as u64;
         Ok(records)
     }
 
     fn read_after(&self, after: Seq) -> Result<Vec<Record>, LogError> {
-        let segments = self.inner.lock().expect("wal lock").segments.clone();
+        let segments = self.inner.lock().segments.clone();
         let mut out = Vec::new();
         for (i, (_, path)) in segments.iter().enumerate() {
             // Skip segments that end at or before `after`.
@@ -255,29 +430,54 @@ impl Log for FileWal {
     }
 
     fn last_seq(&self) -> Seq {
-        self.inner.lock().expect("wal lock").last_seq
+        self.inner.lock().last_seq
     }
 
     fn truncate_before(&self, upto: Seq) -> Result<(), LogError> {
-        let mut inner = self.inner.lock().expect("wal lock");
+        if self.poisoned().is_some() {
+            return Ok(());
+        }
+        let mut inner = self.inner.lock();
         if inner.records_in_current > 0 {
             self.rotate(&mut inner)?;
         }
         // A segment is redundant when the next one starts at or below upto + 1.
         let mut keep = Vec::new();
         let segments = std::mem::take(&mut inner.segments);
+        let mut failed = None;
         for (i, seg) in segments.iter().enumerate() {
             let redundant = segments
                 .get(i + 1)
                 .is_some_and(|(next, _)| *next <= upto + 1);
-            if redundant {
-                fs::remove_file(&seg.1).map_err(io_err(&seg.1))?;
+            if redundant && failed.is_none() {
+                if let Err(e) = fs::remove_file(&seg.1) {
+                    // Keep it (and everything after it) listed: the WAL stays whole.
+                    failed = Some(io_err(&seg.1)(e));
+                    keep.push(seg.clone());
+                }
             } else {
                 keep.push(seg.clone());
             }
         }
         inner.segments = keep;
-        sync_dir(&self.dir)
+        match failed {
+            Some(e) => Err(e),
+            None => sync_dir(&self.dir),
+        }
+    }
+}
+
+#[cfg(test)]
+mod faults {
+    /// Failures the next append meets (each fires once).
+    #[derive(Debug, Default)]
+    pub struct Faults {
+        /// Write this many bytes of the next append, then fail with ENOSPC.
+        pub fail_write_after: Option<usize>,
+        /// The next fsync fails with EIO.
+        pub fail_sync: bool,
+        /// Cutting a failed append back fails with EIO.
+        pub fail_cut: bool,
     }
 }
 
@@ -413,6 +613,119 @@ mod tests {
         let (wal, _) = FileWal::open(dir.path(), FsyncPolicy::Always, 2).unwrap();
         assert_eq!(wal.last_seq(), 4);
         assert_eq!(list_segments(dir.path()).unwrap()[0].0, 3);
+    }
+
+    fn seqs(wal: &FileWal) -> Vec<Seq> {
+        wal.read_after(0).unwrap().iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn a_write_that_fills_the_disk_is_cut_back_and_later_writes_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path());
+        wal.append(vec![op(1)]).unwrap();
+        // The disk fills after 5 bytes of the next frame.
+        wal.faults().fail_write_after = Some(5);
+        let err = wal.append(vec![op(2)]).unwrap_err();
+        assert!(
+            matches!(&err, LogError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull),
+            "{err}"
+        );
+        assert_eq!(err.public_message(), "no space left on the data volume");
+        assert_eq!(wal.last_seq(), 1, "a failed append does not use a sequence");
+        // Space is back: the next append succeeds without intervention.
+        assert_eq!(wal.append(vec![op(3)]).unwrap()[0].seq, 2);
+        drop(wal);
+        let (wal, report) = open(dir.path());
+        assert_eq!(
+            report.truncated_bytes, 0,
+            "no partial frame was left behind"
+        );
+        assert_eq!(seqs(&wal), vec![1, 2]);
+        assert_eq!(wal.read_after(1).unwrap()[0].op, op(3));
+    }
+
+    #[test]
+    fn a_failed_fsync_poisons_the_wal_instead_of_reusing_the_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path());
+        wal.append(vec![op(1)]).unwrap();
+        wal.faults().fail_sync = true;
+        let err = wal.append(vec![op(2)]).unwrap_err();
+        assert!(matches!(err, LogError::Poisoned(_)), "{err}");
+        let message = err.public_message();
+        assert!(
+            message.contains("fsync") && message.contains("restart"),
+            "{message}"
+        );
+        assert!(!message.contains(dir.path().to_str().unwrap()), "{message}");
+        // Every later append is refused, even though the disk would now take it.
+        assert!(matches!(
+            wal.append(vec![op(3)]),
+            Err(LogError::Poisoned(_))
+        ));
+        assert!(wal.poisoned().is_some());
+        drop(wal);
+        // After a restart the log is whatever is on disk, numbered without reuse.
+        let (wal, _) = open(dir.path());
+        let next = wal.append(vec![op(4)]).unwrap()[0].seq;
+        let all = seqs(&wal);
+        assert_eq!(*all.last().unwrap(), next);
+        assert_eq!(all, (1..=next).collect::<Vec<_>>());
+        assert_eq!(wal.read_after(next - 1).unwrap()[0].op, op(4));
+    }
+
+    #[test]
+    fn a_failed_write_that_cannot_be_cut_back_poisons_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path());
+        wal.append(vec![op(1)]).unwrap();
+        {
+            let mut faults = wal.faults();
+            faults.fail_write_after = Some(5);
+            faults.fail_cut = true;
+        }
+        assert!(matches!(wal.append(vec![op(2)]), Err(LogError::Io { .. })));
+        // Appending after the partial frame would make this record unreadable.
+        assert!(matches!(
+            wal.append(vec![op(3)]),
+            Err(LogError::Poisoned(_))
+        ));
+        drop(wal);
+        let (wal, report) = open(dir.path());
+        assert_eq!(report.truncated_bytes, 5);
+        assert_eq!(seqs(&wal), vec![1]);
+    }
+
+    #[test]
+    fn a_missing_segment_between_two_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path());
+        wal.append(vec![op(1)]).unwrap();
+        wal.truncate_before(0).unwrap(); // rotates: segments 1 and 2
+        wal.append(vec![op(2)]).unwrap();
+        wal.truncate_before(0).unwrap(); // segments 1, 2 and 3
+        wal.append(vec![op(3)]).unwrap();
+        drop(wal);
+        let segments = list_segments(dir.path()).unwrap();
+        assert_eq!(segments.len(), 3);
+        fs::remove_file(&segments[1].1).unwrap();
+        let err = FileWal::open(dir.path(), FsyncPolicy::Always, 0)
+            .err()
+            .expect("gap");
+        assert!(err.to_string().contains("records are missing"), "{err}");
+    }
+
+    #[test]
+    fn new_segments_carry_the_format_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path());
+        wal.append(vec![op(1)]).unwrap();
+        let seg = list_segments(dir.path()).unwrap()[0].1.clone();
+        let bytes = fs::read(seg).unwrap();
+        assert_eq!(&bytes[..HEADER], SEGMENT_MAGIC);
+        // The payload starts with the format version.
+        assert_eq!(bytes[HEADER + 8], crate::format::VERSION);
     }
 
     #[test]

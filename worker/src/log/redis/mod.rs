@@ -1,7 +1,8 @@
 //! The replicated log: one Redis stream per knowledge base.
 //!
-//! Every record is a stream entry with the id `SEQ-1` and one field `op` holding the
-//! bincode of its [`Op`]. A Lua script assigns sequences (`INCR` of a counter key) and
+//! Every record is a stream entry with the id `SEQ-1` and one field: `r` holding its
+//! [`Op`] in [`crate::format`] (version byte + postcard), or, in entries written by format
+//! version 1, `op` holding its bincode (still read). A Lua script assigns sequences (`INCR` of a counter key) and
 //! appends a whole batch atomically, so replicas see either all of a write or none of it,
 //! in one total order. Keys share a hash tag (`{prefix}`) so the script also runs on Redis
 //! Cluster. Live replicas register `replica id -> (snapshot sequence, expiry)` in a hash;
@@ -19,7 +20,7 @@ const APPEND_SCRIPT: &str = r"
 local seq = 0
 for i = 1, #ARGV do
   seq = redis.call('INCR', KEYS[2])
-  redis.call('XADD', KEYS[1], seq .. '-1', 'op', ARGV[i])
+  redis.call('XADD', KEYS[1], seq .. '-1', 'r', ARGV[i])
 end
 return seq
 ";
@@ -99,7 +100,7 @@ impl RedisLog {
         }
         let payloads = ops
             .iter()
-            .map(|op| bincode::serialize(op).map(|b| Value::Bytes(b.into())))
+            .map(|op| crate::format::encode_op(op).map(|b| Value::Bytes(b.into())))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| LogError::Encode(e.to_string()))?;
         let last: u64 = self
@@ -262,23 +263,29 @@ fn decode_entry(entry: Value) -> Result<Record, RedisLogError> {
         .split_once('-')
         .and_then(|(s, _)| s.parse().ok())
         .ok_or_else(|| corrupt("id is not SEQ-1"))?;
-    let payload = match fields {
-        Value::Array(mut kv) if kv.len() == 2 => kv.pop().unwrap(),
+    let (field, payload) = match fields {
+        Value::Array(mut kv) if kv.len() == 2 => {
+            let payload = kv.pop().unwrap();
+            (kv.pop().unwrap().as_string(), payload)
+        }
         Value::Map(map) => map
             .inner()
             .into_iter()
             .next()
-            .map(|(_, v)| v)
+            .map(|(k, v)| (k.as_str().map(str::to_string), v))
             .ok_or_else(|| corrupt("no fields"))?,
-        _ => return Err(corrupt("fields are not [op, payload]")),
+        _ => return Err(corrupt("fields are not [name, payload]")),
     };
     let bytes = match payload {
         Value::Bytes(b) => b.to_vec(),
         Value::String(s) => s.as_bytes().to_vec(),
         _ => return Err(corrupt("payload is not bytes")),
     };
-    let op: Op = bincode::deserialize(&bytes)
-        .map_err(|e| corrupt(&format!("seq {seq}: undecodable op: {e}")))?;
+    let op = match field.as_deref() {
+        Some("op") => crate::format::legacy::op(&bytes),
+        _ => crate::format::decode::<Op>(&bytes),
+    }
+    .map_err(|e| corrupt(&format!("seq {seq}: undecodable op: {e}")))?;
     Ok(Record { seq, op })
 }
 
