@@ -143,18 +143,22 @@ pub struct Store {
 /// The first record after `applied` must be `applied + 1`: anything else means records
 /// are missing between the snapshot and the log.
 fn check_continuity(applied: Seq, first_in_log: Option<Seq>) -> Result<(), StoreError> {
-    match first_in_log {
-        Some(first) if first > applied + 1 => Err(StoreError::Recovery(format!(
-            "the newest valid snapshot covers records up to {applied} but the write-ahead log \
-             continues at {first}: records {}..={} are missing (a snapshot was damaged or \
-             removed). Restore a backup into an empty data directory (`kb-worker restore \
-             --from BACKUP --data-dir DIR`) or, in replicated mode, start this replica with \
-             an empty data volume so that it bootstraps from a peer.",
-            applied + 1,
-            first - 1
-        ))),
-        _ => Ok(()),
-    }
+    let Some(first) = first_in_log.filter(|&first| first > applied + 1) else {
+        return Ok(());
+    };
+    let found = if applied == 0 {
+        "no valid snapshot was found".to_string()
+    } else {
+        format!("the newest valid snapshot covers records up to {applied}")
+    };
+    Err(StoreError::Recovery(format!(
+        "{found} but the write-ahead log continues at {first}: records {}..={} are missing \
+         (a snapshot was damaged or removed). Restore a backup into an empty data directory \
+         (`kb-worker restore --from BACKUP --data-dir DIR`) or, in replicated mode, start \
+         this replica with an empty data volume so that it bootstraps from a peer.",
+        applied + 1,
+        first - 1
+    )))
 }
 
 impl Store {
@@ -713,6 +717,7 @@ mod tests {
             .expect("a gap");
         let message = err.to_string();
         assert!(matches!(err, StoreError::Recovery(_)), "{message}");
+        assert!(message.contains("no valid snapshot was found"), "{message}");
         assert!(message.contains("records 1..=2 are missing"), "{message}");
         assert!(message.contains("kb-worker restore"), "{message}");
     }

@@ -267,7 +267,13 @@ impl FlatIndex {
         let total = self.rows.len() + extra;
         for (s, shard) in self.shards.iter().enumerate() {
             let needed = self.shard_len(s, total) as i64;
-            check_shard_growth(shard.device, shard.vectors.0.size()[0], needed, self.dim, self.kind)?;
+            check_shard_growth(
+                shard.device,
+                shard.vectors.0.size()[0],
+                needed,
+                self.dim,
+                self.kind,
+            )?;
         }
         Ok(())
     }
