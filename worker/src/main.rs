@@ -22,14 +22,25 @@ enum Command {
     Ingest(cli::ingest::IngestArgs),
     /// Query a collection.
     Query(cli::query::QueryArgs),
-    /// Download a snapshot from a worker into a backup directory.
+    /// Stream a snapshot from a worker into a backup directory or S3-compatible bucket.
     Backup(cli::backup::BackupArgs),
-    /// Install a backup into a data directory.
+    /// Install a backup (directory, file or s3:// URL) into a data directory.
     Restore(cli::backup::RestoreArgs),
+    /// Inspect backups.
+    Backups {
+        #[command(subcommand)]
+        command: BackupsCommand,
+    },
     /// Embedding and search benchmarks (one JSON line per result).
     Bench(cli::bench::BenchArgs),
     /// The GPUs this process sees (CUDA driver), with their memory, as JSON.
     Devices,
+}
+
+#[derive(Subcommand)]
+enum BackupsCommand {
+    /// One JSON line per backup (manifest for s3://), newest first.
+    List(cli::backup::ListArgs),
 }
 
 fn init_logging() {
@@ -61,6 +72,9 @@ async fn main() -> std::process::ExitCode {
         Command::Query(args) => cli::query::run(args).await,
         Command::Backup(args) => cli::backup::run(args).await,
         Command::Restore(args) => cli::backup::restore(args).await,
+        Command::Backups {
+            command: BackupsCommand::List(args),
+        } => cli::backup::list(args).await,
         Command::Bench(args) => cli::bench::run(args).await,
         Command::Devices => devices(),
     };

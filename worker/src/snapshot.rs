@@ -204,6 +204,15 @@ pub fn decode(
     Ok(index)
 }
 
+/// The sequence in a snapshot file's name (`snap-<seq>.kbsnap`).
+pub fn sequence_of_file_name(path: &Path) -> Option<Seq> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("snap-"))
+        .and_then(|n| n.strip_suffix(".kbsnap"))
+        .and_then(|n| n.parse::<Seq>().ok())
+}
+
 /// Snapshot files in `dir`, newest first.
 pub fn list(dir: &Path) -> Result<Vec<(Seq, PathBuf)>, SnapshotError> {
     if !dir.exists() {
@@ -212,13 +221,7 @@ pub fn list(dir: &Path) -> Result<Vec<(Seq, PathBuf)>, SnapshotError> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let path = entry.map_err(io_err(dir))?.path();
-        let seq = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("snap-"))
-            .and_then(|n| n.strip_suffix(".kbsnap"))
-            .and_then(|n| n.parse::<Seq>().ok());
-        if let Some(seq) = seq {
+        if let Some(seq) = sequence_of_file_name(&path) {
             found.push((seq, path));
         }
     }
@@ -250,6 +253,110 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, Sna
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))?;
     Ok(path)
+}
+
+/// What [`StreamCheck`] found in a complete snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// The sequence the snapshot was taken at (read from its payload).
+    pub sequence: Seq,
+    pub bytes: u64,
+    /// Lower-case hex SHA-256 of the whole file.
+    pub sha256: String,
+    /// `KBSNAP01` or `KBSNAP02`.
+    pub format: String,
+}
+
+/// Verifies a snapshot that passes through in pieces (a download streamed to object
+/// storage) without holding it: magic, payload CRC32 and length from the trailer, the
+/// sequence from the payload's first field, and a SHA-256 of every byte for the manifest.
+#[derive(Default)]
+pub struct StreamCheck {
+    /// The first bytes: magic and the start of the payload.
+    head: Vec<u8>,
+    /// The last `TRAILER` bytes seen; the CRC covers what falls out of this window.
+    tail: Vec<u8>,
+    crc: crc32fast::Hasher,
+    sha: sha2::Sha256,
+    total: u64,
+}
+
+/// Bytes of the head kept: magic, version byte and a 10-byte varint (or a u64).
+const HEAD: usize = 32;
+
+impl StreamCheck {
+    pub fn update(&mut self, mut data: &[u8]) {
+        use sha2::Digest;
+        self.sha.update(data);
+        self.total += data.len() as u64;
+        // The magic is not covered by the CRC.
+        if self.head.len() < HEAD {
+            let take = (HEAD - self.head.len()).min(data.len());
+            let magic_left = MAGIC.len().saturating_sub(self.head.len()).min(take);
+            self.head.extend_from_slice(&data[..take]);
+            self.push_payload(&data[magic_left..take]);
+            data = &data[take..];
+        }
+        self.push_payload(data);
+    }
+
+    /// Feeds payload-or-trailer bytes: everything but the last `TRAILER` goes to the CRC.
+    fn push_payload(&mut self, data: &[u8]) {
+        self.tail.extend_from_slice(data);
+        if self.tail.len() > TRAILER {
+            let out = self.tail.len() - TRAILER;
+            self.crc.update(&self.tail[..out]);
+            self.tail.drain(..out);
+        }
+    }
+
+    /// Checks the trailer against what passed; fails on a truncated or corrupt stream.
+    pub fn finish(self) -> Result<Checked, String> {
+        use sha2::Digest;
+        let magic = self.head.get(..MAGIC.len());
+        if magic != Some(MAGIC) && magic != Some(MAGIC_V1) {
+            return Err("not a snapshot (bad magic or too short)".into());
+        }
+        if self.tail.len() < TRAILER {
+            return Err("truncated snapshot (no trailer)".into());
+        }
+        let crc = u32::from_le_bytes(self.tail[..4].try_into().expect("4 bytes"));
+        let len = u64::from_le_bytes(self.tail[4..].try_into().expect("8 bytes"));
+        if len != self.total - (MAGIC.len() + TRAILER) as u64 {
+            return Err("length mismatch (truncated snapshot)".into());
+        }
+        if self.crc.finalize() != crc {
+            return Err("checksum mismatch".into());
+        }
+        let sequence = sequence_of(&self.head).ok_or("payload does not start with a sequence")?;
+        Ok(Checked {
+            sequence,
+            bytes: self.total,
+            sha256: hex::encode(self.sha.finalize()),
+            format: String::from_utf8_lossy(&self.head[..MAGIC.len()]).into_owned(),
+        })
+    }
+}
+
+/// The sequence in the first bytes of a snapshot file (its payload's first field).
+pub fn sequence_of(head: &[u8]) -> Option<Seq> {
+    let payload = head.get(MAGIC.len()..)?;
+    if head.starts_with(MAGIC_V1) {
+        return Some(u64::from_le_bytes(payload.get(..8)?.try_into().ok()?));
+    }
+    // Version byte, then the sequence as a postcard varint (7 bits per byte, LSB first).
+    let (&version, varint) = payload.split_first()?;
+    if version != crate::format::VERSION {
+        return None;
+    }
+    let mut value = 0u64;
+    for (i, &b) in varint.iter().take(10).enumerate() {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// Part of the name of a snapshot being written (`.NAME.tmp-PID`).
@@ -419,6 +526,31 @@ mod tests {
         let bytes = encode(&sample_index()).unwrap();
         let cut = &bytes[..bytes.len() - 5];
         assert!(decode(cut, Device::Cpu, Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn a_stream_check_verifies_in_pieces_and_catches_corruption() {
+        let mut index = sample_index();
+        index.set_applied(300); // a multi-byte varint
+        let bytes = encode(&index).unwrap();
+        for piece in [1, 3, 7, 64, bytes.len()] {
+            let mut check = StreamCheck::default();
+            for part in bytes.chunks(piece) {
+                check.update(part);
+            }
+            let checked = check.finish().unwrap();
+            assert_eq!(checked.sequence, 300);
+            assert_eq!(checked.bytes, bytes.len() as u64);
+            assert_eq!(checked.format, "KBSNAP02");
+        }
+        let mut corrupt = bytes.clone();
+        corrupt[40] ^= 1;
+        let mut check = StreamCheck::default();
+        check.update(&corrupt);
+        assert_eq!(check.finish().unwrap_err(), "checksum mismatch");
+        let mut check = StreamCheck::default();
+        check.update(&bytes[..bytes.len() - 1]);
+        assert!(check.finish().is_err());
     }
 
     #[test]

@@ -76,25 +76,35 @@ pub async fn snapshot(
     }
     let engine = state.engine()?;
     let store = engine.store.clone();
-    let (bytes, seq) = tokio::task::spawn_blocking(move || {
-        let path = store.snapshot().map_err(|e| {
+    let path = tokio::task::spawn_blocking(move || {
+        store.snapshot().map_err(|e| {
             tracing::error!(error = %e, "snapshot for download failed");
             ApiError::Unavailable(format!("snapshot failed: {}", e.public_message()))
-        })?;
-        let bytes = std::fs::read(&path)
-            .map_err(|e| ApiError::Internal(format!("reading snapshot: {e}")))?;
-        Ok::<_, ApiError>((bytes, store.index().applied()))
+        })
     })
     .await??;
+    // The file is streamed, never held in memory; retention may unlink it meanwhile, and
+    // an open file stays readable.
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::Internal(format!("opening the snapshot: {}", e.kind())))?;
+    let size = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::Internal(format!("reading the snapshot: {}", e.kind())))?
+        .len();
+    let seq = crate::snapshot::sequence_of_file_name(&path).unwrap_or_default();
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
             (
                 header::HeaderName::from_static("x-kb-sequence"),
                 seq.to_string(),
             ),
         ],
-        bytes,
+        body,
     )
         .into_response())
 }

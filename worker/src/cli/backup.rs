@@ -1,11 +1,14 @@
-//! `kb-worker backup` (ask a worker for a snapshot, keep the newest N in a directory) and
-//! `kb-worker restore` (install a backup as the snapshot a stopped worker starts from).
+//! `kb-worker backup` (ask a worker for a snapshot, keep the newest N in a directory or an
+//! S3-compatible bucket), `kb-worker restore` (install a backup as the snapshot a stopped
+//! worker starts from) and `kb-worker backups list`.
 //!
-//! A backup file is a snapshot file byte for byte (see [`crate::snapshot`]), named
-//! `backup-<sequence>-<unix time>.kbsnap`. Both commands decode the whole snapshot before
-//! writing anything, so a corrupt download or file is never kept or installed.
+//! In a directory, a backup file is a snapshot file byte for byte (see
+//! [`crate::snapshot`]), named `backup-<sequence>-<unix time>.kbsnap`; both commands decode
+//! the whole snapshot before writing anything, so a corrupt download or file is never kept
+//! or installed. `s3://` targets are described in [`super::objects`].
 
 use super::client::{ApiClient, ServerArgs};
+use super::objects::{self, Encryption, S3Url};
 use crate::log::Seq;
 use crate::snapshot;
 use anyhow::{bail, Context};
@@ -22,18 +25,30 @@ const DATA_SUBDIRS: [&str; 2] = ["wal", "snapshots"];
 pub struct BackupArgs {
     #[command(flatten)]
     pub server: ServerArgs,
-    /// Directory to write the backup into (`s3://` is not supported yet).
+    /// Directory, or `s3://BUCKET/PREFIX` (credentials, region and endpoint from the
+    /// standard AWS_* variables), to write the backup into.
     #[arg(long)]
     pub to: String,
-    /// Backups kept in the directory; older ones are deleted.
+    /// Backups kept in the directory or under the prefix; older ones are deleted.
     #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
     pub keep: u32,
+    #[command(flatten)]
+    pub encryption: Encryption,
+}
+
+/// Arguments of `kb-worker backups list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Directory or `s3://BUCKET/PREFIX` holding backups.
+    #[arg(long)]
+    pub from: String,
 }
 
 /// Arguments of `kb-worker restore`.
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
-    /// A backup file, or a directory whose newest valid backup is used.
+    /// A backup file, a directory whose newest valid backup is used, or
+    /// `s3://BUCKET/PREFIX[/BACKUP]` (the newest complete backup when BACKUP is absent).
     #[arg(long)]
     pub from: String,
     /// Data directory of the (stopped) worker to restore into.
@@ -55,8 +70,20 @@ struct BackupFile {
 
 /// Runs `kb-worker backup`.
 pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
-    let dir = local_dir(&args.to)?;
     let client = ApiClient::new(&args.server)?;
+    if let Some(url) = S3Url::parse(&args.to) {
+        let manifest = objects::backup(
+            &client,
+            &args.server.url,
+            &url?,
+            args.keep,
+            &args.encryption,
+        )
+        .await?;
+        println!("{}", serde_json::to_string(&manifest)?);
+        return Ok(());
+    }
+    let dir = PathBuf::from(&args.to);
     let (headers, bytes) = client
         .get_bytes("/v1/admin/snapshot")
         .await
@@ -85,7 +112,10 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
 
 /// Runs `kb-worker restore`.
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let source = local_dir(&args.from)?;
+    if let Some(url) = S3Url::parse(&args.from) {
+        return restore_from_s3(&url?, &args).await;
+    }
+    let source = PathBuf::from(&args.from);
     let candidates = if source.is_dir() {
         list_backups(&source)?.into_iter().map(|b| b.path).collect()
     } else {
@@ -108,6 +138,55 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         "replaced": replaced,
     });
     println!("{line}");
+    Ok(())
+}
+
+/// Downloads and verifies the backup into a staging folder inside the data directory
+/// first, so that nothing is moved aside (`--force`) unless a good snapshot is in hand.
+async fn restore_from_s3(url: &S3Url, args: &RestoreArgs) -> anyhow::Result<()> {
+    let (parent, name) = objects::split_backup_name(url);
+    let staging = args
+        .data_dir
+        .join(format!(".restore-{}", std::process::id()));
+    let downloaded = objects::download(&parent, name.as_deref(), &staging).await;
+    let installed = downloaded.and_then(|(manifest, file)| {
+        let replaced = prepare_data_dir(&args.data_dir, args.force)?;
+        let snapshots = args.data_dir.join("snapshots");
+        std::fs::create_dir_all(&snapshots)
+            .with_context(|| format!("cannot create {}", snapshots.display()))?;
+        let target = snapshots.join(snapshot::file_name(manifest.sequence));
+        std::fs::rename(&file, &target)
+            .with_context(|| format!("cannot install {}", target.display()))?;
+        std::fs::File::open(&snapshots).and_then(|d| d.sync_all())?;
+        Ok((manifest, target, replaced))
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    let (manifest, target, replaced) = installed?;
+    let line = serde_json::json!({
+        "restored": target,
+        "from": format!("{parent}/{}", manifest.name),
+        "sequence": manifest.sequence,
+        "replaced": replaced,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// Runs `kb-worker backups list`: one JSON line per backup, newest first.
+pub async fn list(args: ListArgs) -> anyhow::Result<()> {
+    if let Some(url) = S3Url::parse(&args.from) {
+        let url = url?;
+        let store = objects::connect(&url, &Encryption::default())?;
+        for manifest in objects::list(&store, &url).await? {
+            println!("{}", serde_json::to_string(&manifest)?);
+        }
+        return Ok(());
+    }
+    for b in list_backups(Path::new(&args.from))? {
+        let line =
+            serde_json::json!({"file": b.path, "sequence": b.sequence, "created_unix": b.taken_at});
+        println!("{line}");
+    }
     Ok(())
 }
 
@@ -157,17 +236,6 @@ fn prepare_data_dir(data_dir: &Path, force: bool) -> anyhow::Result<Option<PathB
 
 fn has_entries(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
-}
-
-/// A local directory, or a clear error for object-storage URLs.
-fn local_dir(target: &str) -> anyhow::Result<PathBuf> {
-    if target.starts_with("s3://") {
-        bail!(
-            "{target}: s3:// backup targets are not supported yet; use a directory \
-             (for example a mounted volume)"
-        );
-    }
-    Ok(PathBuf::from(target))
 }
 
 fn backup_name(sequence: Seq, taken_at: u64) -> String {
@@ -246,12 +314,6 @@ mod tests {
         let expired: Vec<_> = found.iter().skip(2).map(|b| b.sequence).collect();
         assert_eq!(expired, [5]);
         assert_eq!(parse_backup_name(&backup_name(42, 7)), Some((42, 7)));
-    }
-
-    #[test]
-    fn object_storage_targets_are_refused_clearly() {
-        let err = local_dir("s3://bucket/kb").unwrap_err().to_string();
-        assert!(err.contains("not supported yet"), "{err}");
     }
 
     #[tokio::test]

@@ -113,6 +113,11 @@ impl ApiClient {
         Ok((headers, body))
     }
 
+    /// `GET path`, returning the response for the caller to stream its body.
+    pub async fn get_response(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        self.send(Method::GET, path, None::<&()>).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -164,6 +164,27 @@ async fn connect_replica(cfg: &WorkerConfig) -> anyhow::Result<Option<RedisLog>>
         .await
         .context("connecting to Redis (redis.url / redis.nodes)")?;
     replica::bootstrap(&log, &cfg.replication, &cfg.data_dir).await?;
+    // A data directory ahead of the stream (restored from a backup into a new knowledge
+    // base, or Redis lost its data) continues the stream after its sequence.
+    let local = crate::snapshot::list(&cfg.data_dir.join("snapshots"))?
+        .first()
+        .map_or(0, |(seq, _)| *seq);
+    if local > log.last_seq().await? {
+        let last = log.start_at(local).await?;
+        if last < local {
+            anyhow::bail!(
+                "this data directory is at sequence {local} but the Redis stream (prefix {:?}) \
+                 ends at {last}: it holds another history. Give a knowledge base restored from \
+                 a backup its own redis.key_prefix, or start this replica with an empty data \
+                 volume to bootstrap from a peer",
+                log.prefix()
+            );
+        }
+        tracing::info!(
+            sequence = local,
+            "the stream continues after this data directory's snapshot"
+        );
+    }
     Ok(Some(log))
 }
 

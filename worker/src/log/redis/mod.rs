@@ -25,6 +25,17 @@ end
 return seq
 ";
 
+/// Starts an empty stream (counter unset, no entries) at `ARGV[1]`: the next append gets
+/// the sequence after it. Returns the counter, unchanged when the stream was not empty.
+const START_AT_SCRIPT: &str = r"
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current == 0 and redis.call('XLEN', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[2], ARGV[1])
+  return tonumber(ARGV[1])
+end
+return current
+";
+
 /// Errors talking to Redis.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisLogError {
@@ -117,6 +128,23 @@ impl RedisLog {
             .zip(first..)
             .map(|(op, seq)| Record { seq, op })
             .collect())
+    }
+
+    /// Continues an empty stream after `seq` (a knowledge base restored from a backup
+    /// taken at `seq`, or a Redis that lost its data): without this, new records would be
+    /// numbered from 1 and every replica, already past them, would skip them. Returns the
+    /// stream's last sequence afterwards; below `seq` means the stream holds another
+    /// history.
+    pub async fn start_at(&self, seq: Seq) -> Result<Seq, RedisLogError> {
+        let last: u64 = self
+            .client
+            .eval(
+                START_AT_SCRIPT,
+                vec![self.stream.clone(), self.counter.clone()],
+                vec![seq.to_string()],
+            )
+            .await?;
+        Ok(last)
     }
 
     /// The last assigned sequence.
