@@ -149,7 +149,22 @@ fn exactly_one_redis_and_backup_destination() {
     let none = json!({"embedding": {"device": "cpu"}, "backup": {"schedule": "@daily", "destination": {}}});
     assert_rejected(
         none,
-        "exactly one of backup.destination.pvc or backup.destination.s3",
+        "spec.backup.destination: set exactly one of destination.pvc or destination.s3",
+    );
+    let both = json!({"embedding": {"device": "cpu"}, "bootstrap": {"fromBackup": {"destination": {
+        "pvc": {"claimName": "b"},
+        "s3": {"bucket": "kb-backups", "credentialsSecretRef": "c"}}}}});
+    assert_rejected(
+        both,
+        "spec.bootstrap.fromBackup.destination: set exactly one of destination.pvc or destination.s3",
+    );
+    let named = |name: &str| {
+        json!({"embedding": {"device": "cpu"}, "bootstrap": {"fromBackup": {
+        "destination": {"pvc": {"claimName": "b"}}, "backupName": name}}})
+    };
+    assert_eq!(
+        cel_errors(named("backup-42-1700000000")),
+        Vec::<String>::new()
     );
 }
 

@@ -26,9 +26,9 @@ fn default_retention() -> i32 {
     7
 }
 
-/// Backup target; exactly one of `pvc`, `s3`.
+/// Backup target (or, in `bootstrap.fromBackup`, source); exactly one of `pvc`, `s3`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("has(self.pvc) != has(self.s3)").message("set exactly one of backup.destination.pvc or backup.destination.s3"))]
+#[x_kube(validation = Rule::new("has(self.pvc) != has(self.s3)").message("set exactly one of destination.pvc or destination.s3"))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupDestination {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,6 +69,45 @@ impl S3Destination {
         match self.prefix.as_deref().map(|p| p.trim_matches('/')) {
             Some(prefix) if !prefix.is_empty() => format!("s3://{}/{}", self.bucket, prefix),
             _ => format!("s3://{}", self.bucket),
+        }
+    }
+}
+
+/// How a new knowledge base gets its first data.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Bootstrap {
+    /// Restore a backup (usually another knowledge base's) before the workers start.
+    pub from_backup: FromBackup,
+}
+
+/// A backup to restore: every worker whose volume is empty restores it in an init
+/// container, then continues from it (a replicated knowledge base starts its own Redis
+/// stream after the backup's sequence). Volumes that hold data are left alone, so the
+/// restore happens once per volume.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FromBackup {
+    /// Where the backups are, as in `backup.destination`.
+    pub destination: BackupDestination,
+    /// One backup (`backup-<sequence>-<unix time>`, see `kb-worker backups list`); the
+    /// newest complete one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^backup-[0-9]+-[0-9]+$"))]
+    pub backup_name: Option<String>,
+}
+
+impl FromBackup {
+    /// The `--from` argument of `kb-worker restore`, with a PVC mounted at `dir`.
+    pub fn source(&self, dir: &str) -> String {
+        let base = match &self.destination.s3 {
+            Some(s3) => s3.url(),
+            None => dir.to_string(),
+        };
+        match (&self.backup_name, self.destination.s3.is_some()) {
+            (Some(name), true) => format!("{base}/{name}"),
+            (Some(name), false) => format!("{base}/{name}.kbsnap"),
+            (None, _) => base,
         }
     }
 }

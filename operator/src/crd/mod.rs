@@ -12,7 +12,7 @@ mod status;
 mod storage;
 
 pub use autoscaling::{Autoscaling, ScalingBehavior, ScalingRules};
-pub use backup::{Backup, BackupDestination, PvcDestination, S3Destination};
+pub use backup::{Backup, BackupDestination, Bootstrap, FromBackup, PvcDestination, S3Destination};
 pub use embedding::{Chunking, Device, Embedding, GpuScheduling, ModelVolume, Precision};
 pub use network::Network;
 pub use redis::{CaSecretRef, ExternalRedis, ManagedRedis, Redis, RedisMode, SecretKeyRef};
@@ -90,6 +90,9 @@ pub struct KnowledgeBaseSpec {
     /// Scheduled backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<Backup>,
+    /// Initial data of a new knowledge base (restore from a backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<Bootstrap>,
     /// API keys.
     #[serde(default)]
     pub auth: Auth,

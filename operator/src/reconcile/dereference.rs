@@ -91,6 +91,14 @@ fn references(kb: &KnowledgeBase) -> Vec<Reference<'_>> {
             keys: Vec::new(),
         });
     }
+    let bootstrap = spec.bootstrap.as_ref();
+    if let Some(s3) = bootstrap.and_then(|b| b.from_backup.destination.s3.as_ref()) {
+        references.push(Reference {
+            field: "spec.bootstrap.fromBackup.destination.s3.credentialsSecretRef",
+            secret: &s3.credentials_secret_ref,
+            keys: Vec::new(),
+        });
+    }
     references
 }
 

@@ -92,6 +92,15 @@ fn check_spec(kb: &KnowledgeBase) -> Result<(), Invalid> {
             );
         }
     }
+    if let Some(bootstrap) = &spec.bootstrap {
+        let destination = &bootstrap.from_backup.destination;
+        if destination.pvc.is_some() == destination.s3.is_some() {
+            return invalid(
+                "InvalidBootstrap",
+                "set exactly one of bootstrap.fromBackup.destination.pvc or .s3",
+            );
+        }
+    }
     let names = super::build::Names::new(kb, "default");
     super::build::worker_config(spec, &names)
         .validate()

@@ -56,8 +56,12 @@ pub struct RestoreArgs {
     pub data_dir: PathBuf,
     /// Move existing wal/ and snapshots/ aside to DATA_DIR/replaced-<unix time>/ instead
     /// of refusing.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "if_empty")]
     pub force: bool,
+    /// Do nothing (exit 0) when the data directory already holds a log or snapshots: for
+    /// init containers, which run on every start of a pod.
+    #[arg(long)]
+    pub if_empty: bool,
 }
 
 /// A backup file found in a directory.
@@ -112,6 +116,14 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
 
 /// Runs `kb-worker restore`.
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    if args.if_empty && holds_data(&args.data_dir) {
+        let line = serde_json::json!({
+            "skipped": "the data directory already holds data",
+            "data_dir": args.data_dir,
+        });
+        println!("{line}");
+        return Ok(());
+    }
     if let Some(url) = S3Url::parse(&args.from) {
         return restore_from_s3(&url?, &args).await;
     }
@@ -206,13 +218,13 @@ fn newest_valid(candidates: &[PathBuf]) -> anyhow::Result<(PathBuf, Vec<u8>, Seq
 /// Refuses a data directory that already holds a log or snapshots, unless `force`, in
 /// which case they are moved aside (never deleted) and the new folder is returned.
 fn prepare_data_dir(data_dir: &Path, force: bool) -> anyhow::Result<Option<PathBuf>> {
+    if !holds_data(data_dir) {
+        return Ok(None);
+    }
     let held: Vec<&str> = DATA_SUBDIRS
         .into_iter()
         .filter(|name| has_entries(&data_dir.join(name)))
         .collect();
-    if held.is_empty() {
-        return Ok(None);
-    }
     if !force {
         bail!(
             "{} already holds data ({}); restoring over it would mix two histories. \
@@ -232,6 +244,13 @@ fn prepare_data_dir(data_dir: &Path, force: bool) -> anyhow::Result<Option<PathB
         }
     }
     Ok(Some(aside))
+}
+
+/// Whether `data_dir` holds a log or snapshots.
+fn holds_data(data_dir: &Path) -> bool {
+    DATA_SUBDIRS
+        .into_iter()
+        .any(|name| has_entries(&data_dir.join(name)))
 }
 
 fn has_entries(dir: &Path) -> bool {
@@ -293,7 +312,29 @@ mod tests {
             from: from.to_string_lossy().into_owned(),
             data_dir: data_dir.to_path_buf(),
             force,
+            if_empty: false,
         }
+    }
+
+    #[tokio::test]
+    async fn restore_if_empty_leaves_a_data_dir_with_data_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let backup = dir.path().join("backup-3-10.kbsnap");
+        std::fs::write(&backup, snapshot_bytes(3)).unwrap();
+        let data = dir.path().join("data");
+        let args = |data: &Path| RestoreArgs {
+            if_empty: true,
+            ..restore_args(&backup, data, false)
+        };
+        // First start: empty volume, restored.
+        restore(args(&data)).await.unwrap();
+        let installed = data.join("snapshots").join(snapshot::file_name(3));
+        assert!(installed.exists());
+        // Every later start: the worker's data stays as it is.
+        std::fs::write(&backup, snapshot_bytes(9)).unwrap();
+        restore(args(&data)).await.unwrap();
+        assert_eq!(snapshot::list(&data.join("snapshots")).unwrap().len(), 1);
+        assert_eq!(std::fs::read(installed).unwrap(), snapshot_bytes(3));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use super::names::{Component, Names};
 use super::secret::ADMIN_KEY;
 use super::{pod, security, Child};
-use crate::crd::{Backup, KnowledgeBaseSpec};
+use crate::crd::{Backup, KnowledgeBaseSpec, S3Destination};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
@@ -85,13 +85,7 @@ fn container(spec: &KnowledgeBaseSpec, backup: &Backup, names: &Names) -> Contai
     }];
     let s3 = backup.destination.s3.as_ref();
     if let Some(s3) = s3 {
-        let value = |name: &str, value: &str| EnvVar {
-            name: name.to_string(),
-            value: Some(value.to_string()),
-            ..EnvVar::default()
-        };
-        env.extend(s3.region.as_deref().map(|r| value("AWS_REGION", r)));
-        env.extend(s3.endpoint.as_deref().map(|e| value("AWS_ENDPOINT_URL", e)));
+        env.extend(s3_env(s3));
     }
     Container {
         name: "backup".to_string(),
@@ -108,19 +102,35 @@ fn container(spec: &KnowledgeBaseSpec, backup: &Backup, names: &Names) -> Contai
             backup.retention.to_string(),
         ]),
         env: Some(env),
-        env_from: s3.map(|s3| {
-            vec![EnvFromSource {
-                secret_ref: Some(SecretEnvSource {
-                    name: s3.credentials_secret_ref.clone(),
-                    optional: Some(false),
-                }),
-                ..EnvFromSource::default()
-            }]
-        }),
+        env_from: s3.map(s3_credentials),
         security_context: Some(security::container()),
         volume_mounts: Some(mounts(backup)),
         ..Container::default()
     }
+}
+
+/// Region and endpoint of an S3 destination, as the AWS variables `kb-worker` reads.
+pub(super) fn s3_env(s3: &S3Destination) -> Vec<EnvVar> {
+    let value = |name: &str, value: &str| EnvVar {
+        name: name.to_string(),
+        value: Some(value.to_string()),
+        ..EnvVar::default()
+    };
+    let mut env = Vec::new();
+    env.extend(s3.region.as_deref().map(|r| value("AWS_REGION", r)));
+    env.extend(s3.endpoint.as_deref().map(|e| value("AWS_ENDPOINT_URL", e)));
+    env
+}
+
+/// The credentials Secret of an S3 destination, as environment variables.
+pub(super) fn s3_credentials(s3: &S3Destination) -> Vec<EnvFromSource> {
+    vec![EnvFromSource {
+        secret_ref: Some(SecretEnvSource {
+            name: s3.credentials_secret_ref.clone(),
+            optional: Some(false),
+        }),
+        ..EnvFromSource::default()
+    }]
 }
 
 fn mounts(backup: &Backup) -> Vec<VolumeMount> {

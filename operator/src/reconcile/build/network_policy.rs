@@ -3,7 +3,7 @@
 
 use super::names::{Component, Names, HTTP_PORT, METRICS_PORT, REDIS_PORT};
 use super::Child;
-use crate::crd::{ExternalRedis, KnowledgeBaseSpec};
+use crate::crd::{ExternalRedis, KnowledgeBaseSpec, S3Destination};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
@@ -85,6 +85,11 @@ fn worker(spec: &KnowledgeBaseSpec, names: &Names) -> Child {
         }
         None => {}
     }
+    // The restore init container reads the backup bucket.
+    let restore_from = spec.bootstrap.as_ref();
+    if let Some(s3) = restore_from.and_then(|b| b.from_backup.destination.s3.as_ref()) {
+        egress.push(egress_rule(vec![], &[s3_port(s3)]));
+    }
     policy(
         names.worker(),
         names,
@@ -112,12 +117,7 @@ fn backup(spec: &KnowledgeBaseSpec, names: &Names) -> Child {
     ];
     let s3 = spec.backup.as_ref().and_then(|b| b.destination.s3.as_ref());
     if let Some(s3) = s3 {
-        let port = s3
-            .endpoint
-            .as_deref()
-            .and_then(url_port)
-            .unwrap_or(HTTPS_PORT);
-        egress.push(egress_rule(vec![], &[port]));
+        egress.push(egress_rule(vec![], &[s3_port(s3)]));
     }
     policy(
         names.backup(),
@@ -126,6 +126,14 @@ fn backup(spec: &KnowledgeBaseSpec, names: &Names) -> Child {
         vec![],
         egress,
     )
+}
+
+/// The port of an S3 endpoint (443 for AWS).
+fn s3_port(s3: &S3Destination) -> i32 {
+    s3.endpoint
+        .as_deref()
+        .and_then(url_port)
+        .unwrap_or(HTTPS_PORT)
 }
 
 /// API clients: the listed namespaces and pod selectors, else the KnowledgeBase's namespace.

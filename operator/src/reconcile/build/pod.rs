@@ -10,8 +10,9 @@ use super::{scheduling, security};
 use crate::crd::{KnowledgeBaseSpec, ModelVolume};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, LocalObjectReference, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-    Probe, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
+    HTTPGetAction, KeyToPath, LocalObjectReference, ObjectFieldSelector,
+    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
+    SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -33,6 +34,7 @@ pub(super) fn template(
         service_account_name: Some(names.worker()),
         automount_service_account_token: Some(false),
         security_context: Some(security::pod(security::RUN_AS_USER)),
+        init_containers: restore_container(spec).map(|c| vec![c]),
         containers: vec![container(spec, names)],
         volumes: Some(volumes(spec, names)),
         termination_grace_period_seconds: Some(30),
@@ -85,6 +87,43 @@ fn container(spec: &KnowledgeBaseSpec, names: &Names) -> Container {
         volume_mounts: Some(mounts(spec)),
         ..Container::default()
     }
+}
+
+/// Mount point of a PVC that `bootstrap.fromBackup` restores from.
+pub const RESTORE_DIR: &str = "/restore";
+
+/// `bootstrap.fromBackup`: restores the backup into an empty data volume before the
+/// worker starts (`--if-empty`: a volume that holds data is left alone, so every later
+/// start of the pod, and every volume after its first start, skips it).
+fn restore_container(spec: &KnowledgeBaseSpec) -> Option<Container> {
+    let from = &spec.bootstrap.as_ref()?.from_backup;
+    let s3 = from.destination.s3.as_ref();
+    let mut mounts = vec![
+        mount(DATA_VOLUME, DATA_DIR, false),
+        mount("tmp", "/tmp", false),
+    ];
+    if from.destination.pvc.is_some() {
+        mounts.push(mount("restore-source", RESTORE_DIR, true));
+    }
+    Some(Container {
+        name: "restore".to_string(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
+        command: Some(vec![
+            "kb-worker".to_string(),
+            "restore".to_string(),
+            "--from".to_string(),
+            from.source(RESTORE_DIR),
+            "--data-dir".to_string(),
+            DATA_DIR.to_string(),
+            "--if-empty".to_string(),
+        ]),
+        env: s3.map(super::cronjob::s3_env),
+        env_from: s3.map(super::cronjob::s3_credentials),
+        security_context: Some(security::container()),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    })
 }
 
 fn container_port(name: &str, port: i32) -> ContainerPort {
@@ -239,6 +278,20 @@ fn volumes(spec: &KnowledgeBaseSpec, names: &Names) -> Vec<Volume> {
     ];
     if let Some(model) = &spec.embedding.model_volume {
         volumes.push(model_volume(model));
+    }
+    let restore_pvc = spec
+        .bootstrap
+        .as_ref()
+        .and_then(|b| b.from_backup.destination.pvc.as_ref());
+    if let Some(pvc) = restore_pvc {
+        volumes.push(Volume {
+            name: "restore-source".to_string(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc.claim_name.clone(),
+                read_only: Some(true),
+            }),
+            ..Volume::default()
+        });
     }
     if let Some(ca) = redis_ca(spec) {
         volumes.push(Volume {

@@ -106,3 +106,98 @@ fn user_api_keys_secret_replaces_the_generated_one() {
     let env = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"][0];
     assert_eq!(env["valueFrom"]["secretKeyRef"]["name"], "my-keys");
 }
+
+#[test]
+fn bootstrap_from_an_s3_backup_restores_in_an_init_container() {
+    let mut kb = kb("docs");
+    let mut from = crate::crd::FromBackup {
+        destination: fixtures::s3_backup().destination,
+        backup_name: Some("backup-42-1700000000".into()),
+    };
+    kb.spec.bootstrap = Some(crate::crd::Bootstrap {
+        from_backup: from.clone(),
+    });
+    let plan = plan_for(&kb);
+    let pod = worker_pod(&plan);
+    let init = &pod.init_containers.as_ref().expect("an init container")[0];
+    assert_eq!(
+        init.command.as_ref().unwrap().join(" "),
+        "kb-worker restore --from s3://kb-backups/prod/docs/backup-42-1700000000 --data-dir /data --if-empty"
+    );
+    assert_eq!(init.image, worker_container(&plan).image);
+    let env: Vec<_> = init
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(env, ["AWS_REGION", "AWS_ENDPOINT_URL"]);
+    let secret = init.env_from.as_ref().unwrap()[0]
+        .secret_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(secret.name, "s3-creds");
+    let mounts: Vec<_> = init
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+        .collect();
+    assert_eq!(mounts, [("data", "/data"), ("tmp", "/tmp")]);
+    // The workers may reach the bucket's endpoint.
+    let policy = json(&plan, ChildKind::NetworkPolicy, "docs-worker");
+    let ports: Vec<_> = policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["ports"][0]["port"].as_i64())
+        .collect();
+    assert!(ports.contains(&9000), "{policy}");
+
+    // Without a name: the newest complete backup.
+    from.backup_name = None;
+    kb.spec.bootstrap = Some(crate::crd::Bootstrap { from_backup: from });
+    let plan = plan_for(&kb);
+    let init = &worker_pod(&plan).init_containers.as_ref().unwrap()[0];
+    assert_eq!(
+        init.command.as_ref().unwrap()[3],
+        "s3://kb-backups/prod/docs"
+    );
+}
+
+#[test]
+fn bootstrap_from_a_pvc_backup_mounts_the_claim_read_only() {
+    let mut kb = kb("docs");
+    kb.spec.bootstrap = Some(crate::crd::Bootstrap {
+        from_backup: crate::crd::FromBackup {
+            destination: fixtures::pvc_backup().destination,
+            backup_name: Some("backup-7-1700000000".into()),
+        },
+    });
+    let plan = plan_for(&kb);
+    let pod = worker_pod(&plan);
+    let init = &pod.init_containers.as_ref().unwrap()[0];
+    assert_eq!(
+        init.command.as_ref().unwrap()[3],
+        "/restore/backup-7-1700000000.kbsnap"
+    );
+    assert!(init.env_from.is_none());
+    let volume = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "restore-source")
+        .expect("the backup claim");
+    let claim = volume.persistent_volume_claim.as_ref().unwrap();
+    assert_eq!(
+        (claim.claim_name.as_str(), claim.read_only),
+        ("kb-backups", Some(true))
+    );
+    // No bootstrap, no init container.
+    assert!(worker_pod(&plan_for(&fixtures::kb("docs")))
+        .init_containers
+        .is_none());
+}
