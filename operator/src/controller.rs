@@ -6,7 +6,7 @@ use crate::reconcile::{error_policy, reconcile, Context};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -39,7 +39,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         children.clone(),
     )
     .owns(Api::<NetworkPolicy>::all(client.clone()), children.clone())
-    .owns(Api::<CronJob>::all(client), children)
+    .owns(Api::<CronJob>::all(client.clone()), children.clone())
+    // Backup Jobs (scheduled and on demand) finishing update the backup status.
+    .owns(Api::<Job>::all(client), children)
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {

@@ -29,6 +29,12 @@ pub enum Error {
     Status(#[source] Box<kube::Error>),
     #[error("updating the finalizer: {0}")]
     Finalizer(#[source] Box<kube::Error>),
+    #[error("starting the on-demand backup Job {name}: {source}")]
+    BackupJob {
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
     #[error("KnowledgeBase has no {0}")]
     MissingField(&'static str),
     #[error("generating a random secret: {0}")]
@@ -44,6 +50,7 @@ impl Error {
             Error::Delete { .. } => "delete",
             Error::Status(_) => "status",
             Error::Finalizer(_) => "finalizer",
+            Error::BackupJob { .. } => "backup_job",
             Error::MissingField(_) => "missing_field",
             Error::Random(_) => "random",
         }

@@ -97,6 +97,8 @@ fn cluster_role_grants_exactly_what_reconcile_uses() {
         ("autoscaling/horizontalpodautoscalers", children),
         ("networking.k8s.io/networkpolicies", children),
         ("batch/cronjobs", children),
+        ("batch/jobs", "get,list,watch,create"),
+        ("/pods", "list"),
         ("events.k8s.io/events", "create,patch"),
     ]
     .into_iter()

@@ -176,6 +176,7 @@ async fn a_backup_restored_into_an_empty_directory_answers_identically() {
     let before = answers(&source.url).await;
 
     let target = url("prod/docs");
+    let report = tmp.path().join("termination-log");
     let lines = s3.kb_worker_ok(&[
         "backup",
         "--url",
@@ -186,8 +187,12 @@ async fn a_backup_restored_into_an_empty_directory_answers_identically() {
         "3",
         "--sse",
         "AES256",
+        "--report",
+        report.to_str().unwrap(),
     ]);
     let manifest = &lines[0];
+    let reported: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(&reported, manifest);
     assert_eq!(manifest["sequence"], 25, "{manifest}"); // create + 24 upserts
     assert_eq!(manifest["snapshot_format"], "KBSNAP02");
     let listed = s3.kb_worker_ok(&["backups", "list", "--from", &target]);

@@ -16,7 +16,7 @@ pub use backup::{Backup, BackupDestination, Bootstrap, FromBackup, PvcDestinatio
 pub use embedding::{Chunking, Device, Embedding, GpuScheduling, ModelVolume, Precision};
 pub use network::Network;
 pub use redis::{CaSecretRef, ExternalRedis, ManagedRedis, Redis, RedisMode, SecretKeyRef};
-pub use status::{ConditionType, KnowledgeBaseStatus};
+pub use status::{BackupStatus, ConditionType, KnowledgeBaseStatus};
 pub use storage::{ReclaimPolicy, Storage};
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};

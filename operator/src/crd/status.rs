@@ -26,6 +26,39 @@ pub struct KnowledgeBaseStatus {
     /// Completion time of the last successful backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<Time>,
+    /// Backups as the backup Jobs (scheduled and on demand) report them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+}
+
+/// What the backup Jobs tell.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    /// Completion time of the newest successful backup Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_time: Option<Time>,
+    /// The Job that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_job: Option<String>,
+    /// Its backup (`backup-<sequence>-<unix time>`, as `kb-worker backups list` shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_name: Option<String>,
+    /// The log (Redis stream) sequence that backup covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_sequence: Option<i64>,
+    /// Its size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_bytes: Option<i64>,
+    /// Failed backup Jobs since the last success (among the Jobs Kubernetes keeps).
+    #[serde(default)]
+    pub failures_since_last_success: i32,
+    /// When the last failed backup Job failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<Time>,
+    /// The last `knowledge.dev/backup-now` annotation value a backup Job was started for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
 }
 
 /// The condition types the operator reports.

@@ -2,7 +2,7 @@
 //! condition's status does, so a converged KnowledgeBase's status never churns.
 
 use super::validate::Invalid;
-use crate::crd::{ConditionType, KnowledgeBaseStatus};
+use crate::crd::{BackupStatus, ConditionType, KnowledgeBaseStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// How far this reconcile got.
@@ -27,6 +27,29 @@ pub struct Observed {
     pub ready_replicas: i32,
     pub redis: RedisObserved,
     pub backup: BackupObserved,
+    /// The backup Jobs (scheduled and on demand); `None` without `spec.backup`.
+    pub backup_jobs: Option<BackupJobs>,
+    /// The `knowledge.dev/backup-now` value a Job exists or was just started for.
+    pub backup_request: Option<String>,
+}
+
+/// What the backup Jobs that still exist tell.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BackupJobs {
+    /// The newest successful Job: when it completed, its name, and its pod's report while
+    /// the pod exists.
+    pub last_success: Option<(Time, String, Option<BackupReport>)>,
+    /// Jobs that failed after the last success, and the newest failure time.
+    pub failures_since_success: i32,
+    pub last_failure: Option<Time>,
+}
+
+/// The result line `kb-worker backup --report` wrote (the Job pod's termination message).
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+pub struct BackupReport {
+    pub name: String,
+    pub sequence: i64,
+    pub bytes: i64,
 }
 
 /// Redis as observed.
@@ -83,9 +106,16 @@ pub fn status(
             }
         })
         .collect();
+    let backup = backup_status(observed, previous.and_then(|p| p.backup.as_ref()));
     let last_backup = match &observed.backup {
         BackupObserved::Scheduled { last_success, .. } => last_success.clone(),
         _ => previous.and_then(|p| p.last_backup.clone()),
+    };
+    // An on-demand backup is newer than the schedule's last one.
+    let from_jobs = backup.as_ref().and_then(|b| b.last_success_time.clone());
+    let last_backup = match (last_backup, from_jobs) {
+        (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+        (a, b) => a.or(b),
     };
     KnowledgeBaseStatus {
         observed_generation: generation,
@@ -93,8 +123,58 @@ pub fn status(
         replicas: observed.replicas,
         ready_replicas: observed.ready_replicas,
         last_backup,
+        backup,
         ..base
     }
+}
+
+/// `status.backup` from the Jobs; what a vanished pod can no longer tell (the report of
+/// the same Job) and a request whose Job is gone are kept from `previous`, and so is the
+/// whole block once `spec.backup` is removed (like `lastBackup`: history, not state).
+fn backup_status(observed: &Observed, previous: Option<&BackupStatus>) -> Option<BackupStatus> {
+    let Some(jobs) = observed.backup_jobs.as_ref() else {
+        return previous.cloned();
+    };
+    let mut status = BackupStatus {
+        failures_since_last_success: jobs.failures_since_success,
+        last_failure_time: jobs.last_failure.clone(),
+        last_request: observed
+            .backup_request
+            .clone()
+            .or_else(|| previous.and_then(|p| p.last_request.clone())),
+        ..BackupStatus::default()
+    };
+    match &jobs.last_success {
+        Some((time, job, report)) => {
+            status.last_success_time = Some(time.clone());
+            status.last_job = Some(job.clone());
+            match report {
+                Some(r) => {
+                    status.last_backup_name = Some(r.name.clone());
+                    status.last_backup_sequence = Some(r.sequence);
+                    status.last_backup_bytes = Some(r.bytes);
+                }
+                None => {
+                    if let Some(p) = previous.filter(|p| p.last_job.as_ref() == Some(job)) {
+                        status.last_backup_name = p.last_backup_name.clone();
+                        status.last_backup_sequence = p.last_backup_sequence;
+                        status.last_backup_bytes = p.last_backup_bytes;
+                    }
+                }
+            }
+        }
+        // Every Job of the last success is gone (history limits): keep what was known.
+        None => {
+            if let Some(p) = previous {
+                status.last_success_time = p.last_success_time.clone();
+                status.last_job = p.last_job.clone();
+                status.last_backup_name = p.last_backup_name.clone();
+                status.last_backup_sequence = p.last_backup_sequence;
+                status.last_backup_bytes = p.last_backup_bytes;
+            }
+        }
+    }
+    Some(status)
 }
 
 fn verdicts(outcome: &Outcome, observed: &Observed) -> [(ConditionType, Verdict); 5] {
@@ -352,5 +432,51 @@ mod tests {
             status.condition(ConditionType::Progressing).unwrap().reason,
             "Retrying"
         );
+    }
+
+    #[test]
+    fn backup_status_reports_the_newest_success_and_keeps_what_vanished_pods_told() {
+        let report = BackupReport {
+            name: "backup-42-1700000000".into(),
+            sequence: 42,
+            bytes: 4096,
+        };
+        let mut seen = observed(2);
+        seen.backup_jobs = Some(BackupJobs {
+            last_success: Some((at(500), "docs-backup-29000".into(), Some(report))),
+            failures_since_success: 0,
+            last_failure: None,
+        });
+        seen.backup_request = Some("now-1".into());
+        let first = compute(&seen, None, 600);
+        let backup = first.backup.clone().unwrap();
+        assert_eq!(
+            backup.last_backup_name.as_deref(),
+            Some("backup-42-1700000000")
+        );
+        assert_eq!(
+            (backup.last_backup_sequence, backup.last_backup_bytes),
+            (Some(42), Some(4096))
+        );
+        assert_eq!(backup.last_request.as_deref(), Some("now-1"));
+        assert_eq!(first.last_backup, Some(at(500)));
+
+        // The Job's pod is gone and two later Jobs failed; the request's Job expired.
+        seen.backup_jobs = Some(BackupJobs {
+            last_success: Some((at(500), "docs-backup-29000".into(), None)),
+            failures_since_success: 2,
+            last_failure: Some(at(900)),
+        });
+        seen.backup_request = None;
+        let later = compute(&seen, Some(&first), 1000);
+        let backup = later.backup.clone().unwrap();
+        assert_eq!(backup.last_backup_sequence, Some(42));
+        assert_eq!(backup.failures_since_last_success, 2);
+        assert_eq!(backup.last_failure_time, Some(at(900)));
+        assert_eq!(backup.last_request.as_deref(), Some("now-1"));
+        // Without spec.backup there is no backup status, and a known one is kept.
+        assert!(compute(&observed(2), None, 600).backup.is_none());
+        let removed = compute(&observed(2), Some(&later), 1100);
+        assert_eq!(removed.backup, later.backup);
     }
 }

@@ -13,13 +13,18 @@ use crate::metrics::Metrics;
 use crate::{Error, Result};
 use build::{Names, MANAGER};
 use conditions::Outcome;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Annotation asking for a backup now: each new value starts one backup Job (for example
+/// `kubectl annotate kb docs knowledge.dev/backup-now="$(date +%s)" --overwrite`).
+pub const BACKUP_NOW_ANNOTATION: &str = "knowledge.dev/backup-now";
 
 /// Periodic re-check of a converged KnowledgeBase.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -97,7 +102,82 @@ async fn converge(kb: &KnowledgeBase, ctx: &Context, namespace: &str) -> Result<
             return Err(error);
         }
     }
-    finish(kb, ctx, namespace, Outcome::Applied).await
+    let requested = backup_on_demand(kb, ctx, namespace).await?;
+    finish_with(kb, ctx, namespace, Outcome::Applied, requested).await
+}
+
+/// Starts the backup the `knowledge.dev/backup-now` annotation asks for, once per value
+/// (the Job's name derives from the value, so a retry finds the Job it started). Returns
+/// the value a Job exists for.
+async fn backup_on_demand(
+    kb: &KnowledgeBase,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Option<String>> {
+    let Some(request) = kb
+        .annotations()
+        .get(BACKUP_NOW_ANNOTATION)
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    let done = kb
+        .status
+        .as_ref()
+        .and_then(|s| s.backup.as_ref())
+        .and_then(|b| b.last_request.as_ref());
+    if done == Some(request) {
+        return Ok(Some(request.clone()));
+    }
+    let names = Names::new(kb, namespace);
+    let Some(job) = build::backup_job(&kb.spec, &names, request) else {
+        tracing::warn!(kb = %kb.name_any(), "{BACKUP_NOW_ANNOTATION} ignored: spec.backup is not set");
+        return Ok(None);
+    };
+    let name = job.name_any();
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = PostParams {
+        field_manager: Some(MANAGER.to_string()),
+        ..PostParams::default()
+    };
+    match jobs.create(&params, &job).await {
+        Ok(_) => {
+            tracing::info!(kb = %kb.name_any(), job = %name, request, "on-demand backup started");
+            publish(
+                kb,
+                ctx,
+                EventType::Normal,
+                "BackupRequested",
+                format!("started backup Job {name} for {BACKUP_NOW_ANNOTATION}={request}"),
+            )
+            .await;
+        }
+        // Started by an earlier pass whose status write did not land.
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(source) => {
+            return Err(Error::BackupJob {
+                name,
+                source: Box::new(source),
+            })
+        }
+    }
+    Ok(Some(request.clone()))
+}
+
+async fn publish(kb: &KnowledgeBase, ctx: &Context, type_: EventType, reason: &str, note: String) {
+    let Some(recorder) = &ctx.recorder else {
+        return;
+    };
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Backup".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &kb.object_ref(&())).await {
+        tracing::warn!(%error, "could not publish event");
+    }
 }
 
 /// Writes status, publishes an Event when readiness changed, and picks the next check.
@@ -107,7 +187,18 @@ async fn finish(
     namespace: &str,
     outcome: Outcome,
 ) -> Result<Action> {
-    let (status, _) = status::update(&ctx.client, kb, namespace, &outcome).await?;
+    finish_with(kb, ctx, namespace, outcome, None).await
+}
+
+/// [`finish`], with the on-demand backup request a Job exists for.
+async fn finish_with(
+    kb: &KnowledgeBase,
+    ctx: &Context,
+    namespace: &str,
+    outcome: Outcome,
+    backup_request: Option<String>,
+) -> Result<Action> {
+    let (status, _) = status::update(&ctx.client, kb, namespace, &outcome, backup_request).await?;
     publish_transition(kb, ctx, kb.status.as_ref(), &status).await;
     Ok(match outcome {
         Outcome::Paused | Outcome::Invalid(_) => Action::requeue(RESYNC),

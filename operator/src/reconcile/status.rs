@@ -1,26 +1,33 @@
 //! Reads the children's state and writes `status` (server-side apply, same field manager)
 //! only when it differs from what is stored.
 
+use super::build::Component;
 use super::build::{Names, MANAGER};
-use super::conditions::{self, BackupObserved, Observed, Outcome, RedisObserved};
+use super::conditions::{
+    self, BackupJobs, BackupObserved, BackupReport, Observed, Outcome, RedisObserved,
+};
 use crate::crd::{KnowledgeBase, KnowledgeBaseStatus};
 use crate::{Error, Result};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 
 /// Observes the children of `kb` and writes its status when it changed. Returns the new
-/// status and whether it was written.
+/// status and whether it was written. `backup_request` is the on-demand backup request a
+/// Job exists or was just started for.
 pub async fn update(
     client: &Client,
     kb: &KnowledgeBase,
     namespace: &str,
     outcome: &Outcome,
+    backup_request: Option<String>,
 ) -> Result<(KnowledgeBaseStatus, bool)> {
     let names = Names::new(kb, namespace);
-    let observed = observe(client, kb, &names).await?;
+    let mut observed = observe(client, kb, &names).await?;
+    observed.backup_request = backup_request;
     let base = KnowledgeBaseStatus {
         endpoint: Some(names.endpoint()),
         selector: Some(names.selector_string()),
@@ -98,13 +105,99 @@ async fn observe(client: &Client, kb: &KnowledgeBase, names: &Names) -> Result<O
             }
         }
     };
+    let backup_jobs = match kb.spec.backup {
+        Some(_) => Some(backup_jobs(client, names).await?),
+        None => None,
+    };
     Ok(Observed {
         desired_replicas,
         replicas: worker_status.replicas,
         ready_replicas: worker_status.ready_replicas.unwrap_or(0),
         redis,
         backup,
+        backup_jobs,
+        backup_request: None,
     })
+}
+
+/// The backup Jobs of this KnowledgeBase (the CronJob's and on-demand ones): the newest
+/// success with the report its pod left as termination message, and the failures since.
+async fn backup_jobs(client: &Client, names: &Names) -> Result<BackupJobs> {
+    let selector = names
+        .selector(Component::Backup)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &names.namespace);
+    let list = jobs
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::Read {
+            what: "backup Jobs".into(),
+            source: Box::new(source),
+        })?;
+    let mut successes = Vec::new();
+    let mut failures = Vec::new();
+    for job in &list.items {
+        let Some(status) = &job.status else { continue };
+        if status.succeeded.unwrap_or(0) > 0 {
+            if let Some(done) = &status.completion_time {
+                successes.push((done.clone(), job.name_any()));
+            }
+        } else if let Some(failed) = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Failed" && c.status == "True")
+        {
+            let at = failed
+                .last_transition_time
+                .clone()
+                .or_else(|| status.start_time.clone());
+            failures.extend(at);
+        }
+    }
+    let last_success = successes.into_iter().max_by(|a, b| a.0 .0.cmp(&b.0 .0));
+    let since = last_success.as_ref().map(|(t, _)| t.0);
+    let failed_since: Vec<Time> = failures
+        .into_iter()
+        .filter(|t| since.is_none_or(|s| t.0 > s))
+        .collect();
+    let last_failure = failed_since.iter().max_by(|a, b| a.0.cmp(&b.0)).cloned();
+    let last_success = match last_success {
+        Some((time, job)) => {
+            let report = job_report(client, names, &job).await?;
+            Some((time, job, report))
+        }
+        None => None,
+    };
+    Ok(BackupJobs {
+        last_success,
+        failures_since_success: failed_since.len() as i32,
+        last_failure,
+    })
+}
+
+/// The report of a finished backup Job: its pod's termination message.
+async fn job_report(client: &Client, names: &Names, job: &str) -> Result<Option<BackupReport>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("pods of Job {job}"),
+            source: Box::new(source),
+        })?;
+    let report = list
+        .items
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
+        .filter(|t| t.exit_code == 0)
+        .find_map(|t| serde_json::from_str::<BackupReport>(t.message.as_deref()?).ok());
+    Ok(report)
 }
 
 async fn get<K>(api: &Api<K>, name: &str) -> Result<Option<K>>

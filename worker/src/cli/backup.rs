@@ -34,6 +34,10 @@ pub struct BackupArgs {
     pub keep: u32,
     #[command(flatten)]
     pub encryption: Encryption,
+    /// Also write the result line to this file (in Kubernetes `/dev/termination-log`, where
+    /// the operator reads the backup's name, sequence and size for the KnowledgeBase status).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 /// Arguments of `kb-worker backups list`.
@@ -84,8 +88,7 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
             &args.encryption,
         )
         .await?;
-        println!("{}", serde_json::to_string(&manifest)?);
-        return Ok(());
+        return report(&serde_json::to_value(&manifest)?, args.report.as_deref());
     }
     let dir = PathBuf::from(&args.to);
     let (headers, bytes) = client
@@ -109,8 +112,22 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
         std::fs::remove_file(&old.path)
             .with_context(|| format!("cannot delete old backup {}", old.path.display()))?;
     }
-    let line = serde_json::json!({"file": path, "sequence": sequence, "bytes": bytes.len()});
+    let name = path
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let line =
+        serde_json::json!({"name": name, "file": path, "sequence": sequence, "bytes": bytes.len()});
+    report(&line, args.report.as_deref())
+}
+
+/// Prints the result line, and writes it to `file` when given.
+fn report(line: &serde_json::Value, file: Option<&Path>) -> anyhow::Result<()> {
     println!("{line}");
+    if let Some(file) = file {
+        std::fs::write(file, line.to_string())
+            .with_context(|| format!("cannot write the report to {}", file.display()))?;
+    }
     Ok(())
 }
 

@@ -1,32 +1,32 @@
-//! The backup CronJob: `kb-worker backup` against the client Service.
+//! The backup CronJob: `kb-worker backup` against the client Service; and the on-demand
+//! backup Job made from the same template.
 
 use super::names::{Component, Names};
 use super::secret::ADMIN_KEY;
 use super::{pod, security, Child};
 use crate::crd::{Backup, KnowledgeBaseSpec, S3Destination};
-use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
     PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, SecretEnvSource,
     SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use sha2::Digest;
+use std::collections::BTreeMap;
 
 /// Mount point of a PVC backup destination.
 pub const BACKUP_DIR: &str = "/backup";
 
+/// Where the backup container writes its result line (a manifest): the operator reads it
+/// from the pod's termination message.
+pub const REPORT_FILE: &str = "/dev/termination-log";
+/// Annotation of an on-demand backup Job: the request (the KnowledgeBase's
+/// `knowledge.dev/backup-now` value) it was made for.
+pub const REQUEST_ANNOTATION: &str = "knowledge.dev/backup-request";
+
 pub(super) fn build(spec: &KnowledgeBaseSpec, names: &Names) -> Option<Child> {
     let backup = spec.backup.as_ref()?;
-    let pod = PodSpec {
-        restart_policy: Some("OnFailure".to_string()),
-        service_account_name: Some(names.worker()),
-        automount_service_account_token: Some(false),
-        security_context: Some(security::pod(security::RUN_AS_USER)),
-        containers: vec![container(spec, backup, names)],
-        volumes: Some(volumes(backup)),
-        image_pull_secrets: pod::pull_secrets(spec),
-        ..PodSpec::default()
-    };
     Some(Child::CronJob(Box::new(CronJob {
         metadata: names.meta(names.backup(), Component::Backup),
         spec: Some(CronJobSpec {
@@ -40,22 +40,55 @@ pub(super) fn build(spec: &KnowledgeBaseSpec, names: &Names) -> Option<Child> {
                     labels: Some(names.labels(Component::Backup)),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(JobSpec {
-                    backoff_limit: Some(2),
-                    template: PodTemplateSpec {
-                        metadata: Some(ObjectMeta {
-                            labels: Some(names.labels(Component::Backup)),
-                            ..ObjectMeta::default()
-                        }),
-                        spec: Some(pod),
-                    },
-                    ..JobSpec::default()
-                }),
+                spec: Some(job_spec(spec, backup, names)),
             },
             ..CronJobSpec::default()
         }),
         ..CronJob::default()
     })))
+}
+
+/// A one-off backup Job for `request` (the value of the `knowledge.dev/backup-now`
+/// annotation): the CronJob's template under a name derived from the request, so asking
+/// twice with the same value makes one Job. `None` without `spec.backup`.
+pub fn on_demand(spec: &KnowledgeBaseSpec, names: &Names, request: &str) -> Option<Job> {
+    let backup = spec.backup.as_ref()?;
+    let digest = sha2::Sha256::digest(request.as_bytes());
+    let suffix: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let mut metadata = names.meta(format!("{}-{suffix}", names.backup()), Component::Backup);
+    metadata.annotations = Some(BTreeMap::from([(
+        REQUEST_ANNOTATION.to_string(),
+        request.to_string(),
+    )]));
+    Some(Job {
+        metadata,
+        spec: Some(job_spec(spec, backup, names)),
+        ..Job::default()
+    })
+}
+
+fn job_spec(spec: &KnowledgeBaseSpec, backup: &Backup, names: &Names) -> JobSpec {
+    let pod = PodSpec {
+        restart_policy: Some("OnFailure".to_string()),
+        service_account_name: Some(names.worker()),
+        automount_service_account_token: Some(false),
+        security_context: Some(security::pod(security::RUN_AS_USER)),
+        containers: vec![container(spec, backup, names)],
+        volumes: Some(volumes(backup)),
+        image_pull_secrets: pod::pull_secrets(spec),
+        ..PodSpec::default()
+    };
+    JobSpec {
+        backoff_limit: Some(2),
+        template: PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(names.labels(Component::Backup)),
+                ..ObjectMeta::default()
+            }),
+            spec: Some(pod),
+        },
+        ..JobSpec::default()
+    }
 }
 
 fn destination(backup: &Backup) -> String {
@@ -100,7 +133,10 @@ fn container(spec: &KnowledgeBaseSpec, backup: &Backup, names: &Names) -> Contai
             destination(backup),
             "--keep".to_string(),
             backup.retention.to_string(),
+            "--report".to_string(),
+            REPORT_FILE.to_string(),
         ]),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         env: Some(env),
         env_from: s3.map(s3_credentials),
         security_context: Some(security::container()),

@@ -20,6 +20,7 @@ mod service_account;
 mod statefulset;
 
 pub use config_map::{worker_config, CONFIG_HASH_ANNOTATION};
+pub use cronjob::{on_demand as backup_job, REPORT_FILE, REQUEST_ANNOTATION};
 pub use names::{Component, Names, HTTP_PORT, MANAGER, METRICS_PORT, REDIS_PORT};
 pub use secret::{ADMIN_KEY, API_KEYS_FILE, REDIS_PASSWORD_KEY};
 

@@ -17,7 +17,11 @@ fn s3_backups_run_kb_worker_backup_with_the_admin_key() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert_eq!(command.join(" "), "kb-worker backup --url http://docs.default.svc:8080 --to s3://kb-backups/prod/docs --keep 14");
+    assert_eq!(command.join(" "), "kb-worker backup --url http://docs.default.svc:8080 --to s3://kb-backups/prod/docs --keep 14 --report /dev/termination-log");
+    assert_eq!(
+        container["terminationMessagePolicy"],
+        "FallbackToLogsOnError"
+    );
     assert_eq!(container["env"][0]["name"], "KB_API_KEY");
     assert_eq!(
         container["env"][0]["valueFrom"]["secretKeyRef"]["key"],
@@ -200,4 +204,36 @@ fn bootstrap_from_a_pvc_backup_mounts_the_claim_read_only() {
     assert!(worker_pod(&plan_for(&fixtures::kb("docs")))
         .init_containers
         .is_none());
+}
+
+#[test]
+fn an_on_demand_backup_job_is_the_cronjob_template_named_after_its_request() {
+    let mut kb = kb("docs");
+    kb.spec.backup = Some(fixtures::s3_backup());
+    let plan = plan_for(&kb);
+    let cron = json(&plan, ChildKind::CronJob, "docs-backup");
+    let names = Names::new(&kb, "default");
+    let job = backup_job(&kb.spec, &names, "2026-12-01T10:00").unwrap();
+    let again = backup_job(&kb.spec, &names, "2026-12-01T10:00").unwrap();
+    let other = backup_job(&kb.spec, &names, "later").unwrap();
+    let name = job.metadata.name.clone().unwrap();
+    assert!(
+        name.starts_with("docs-backup-") && name.len() == "docs-backup-".len() + 8,
+        "{name}"
+    );
+    assert_eq!(again.metadata.name, job.metadata.name);
+    assert_ne!(other.metadata.name, job.metadata.name);
+    assert_eq!(
+        job.metadata.annotations.as_ref().unwrap()[REQUEST_ANNOTATION],
+        "2026-12-01T10:00"
+    );
+    assert_eq!(
+        job.metadata.owner_references.as_ref().unwrap()[0].name,
+        "docs"
+    );
+    assert_eq!(
+        serde_json::to_value(job.spec.as_ref().unwrap()).unwrap(),
+        cron["spec"]["jobTemplate"]["spec"]
+    );
+    assert!(backup_job(&fixtures::kb("docs").spec, &names, "x").is_none());
 }
