@@ -212,14 +212,37 @@ async fn a_backup_restored_into_an_empty_directory_answers_identically() {
     assert_eq!(answers(&copy.url).await, before);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupted_backup_object_is_refused_and_nothing_is_installed() {
+/// A worker holding `n` documents, backed up once to `s3://BUCKET/prefix`.
+struct BackedUp {
+    s3: S3,
+    tmp: tempfile::TempDir,
+    target: String,
+    manifest: Value,
+}
+
+async fn backed_up(n: usize, prefix: &str) -> BackedUp {
     let s3 = S3::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let source = Worker::start(&tmp.path().join("a"), "", &["--open"]).await;
-    post(&source.url, "/v1/collections/docs/documents", &docs(0, 4)).await;
-    let target = url("corrupt");
+    post(&source.url, "/v1/collections/docs/documents", &docs(0, n)).await;
+    let target = url(prefix);
     let manifest = s3.kb_worker_ok(&["backup", "--url", &source.url, "--to", &target])[0].clone();
+    BackedUp {
+        s3,
+        tmp,
+        target,
+        manifest,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_backup_object_is_refused_and_nothing_is_installed() {
+    let BackedUp {
+        s3,
+        tmp,
+        target,
+        manifest,
+    } = backed_up(4, "corrupt").await;
 
     // One flipped byte in the stored snapshot.
     let store = s3.store();
@@ -372,12 +395,12 @@ async fn a_backup_taken_during_ingestion_holds_whole_documents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_knowledge_base_restored_from_a_backup_continues_a_fresh_stream() {
-    let s3 = S3::start().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let source = Worker::start(&tmp.path().join("a"), "", &["--open"]).await;
-    post(&source.url, "/v1/collections/docs/documents", &docs(0, 6)).await;
-    let target = url("replicated");
-    let manifest = s3.kb_worker_ok(&["backup", "--url", &source.url, "--to", &target])[0].clone();
+    let BackedUp {
+        s3,
+        tmp,
+        target,
+        manifest,
+    } = backed_up(6, "replicated").await;
     let sequence = manifest["sequence"].as_u64().unwrap();
 
     let data = tmp.path().join("restored");
