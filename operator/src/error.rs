@@ -29,6 +29,8 @@ pub enum Error {
     Status(#[source] Box<kube::Error>),
     #[error("updating the finalizer: {0}")]
     Finalizer(#[source] Box<kube::Error>),
+    #[error("{count} children not applied: {summary}")]
+    Children { count: usize, summary: String },
     #[error("starting the on-demand backup Job {name}: {source}")]
     BackupJob {
         name: String,
@@ -46,7 +48,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Read { .. } => "read",
-            Error::Apply { .. } => "apply",
+            Error::Apply { .. } | Error::Children { .. } => "apply",
             Error::Delete { .. } => "delete",
             Error::Status(_) => "status",
             Error::Finalizer(_) => "finalizer",

@@ -324,3 +324,67 @@ async fn injected_errors_and_conflicts_still_converge_without_duplicates() {
     );
     assert_eq!(condition(&client, ConditionType::Degraded).await.0, "False");
 }
+
+#[tokio::test]
+async fn removing_a_field_from_the_spec_sends_the_child_without_it() {
+    let (client, writes) = cluster(None).await;
+    let with = "embedding:\n  device: cpu\nnodeSelector:\n  pool: inference\n";
+    create(&client, &kb("docs", with)).await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    let hash =
+        |sts: StatefulSet| sts.metadata.annotations.unwrap()["knowledge.dev/desired-hash"].clone();
+    let before = hash(get::<StatefulSet>(&client, "docs-worker").await.unwrap());
+    let api: Api<KnowledgeBase> = Api::namespaced(client.clone(), "default");
+    let off = json!({"spec": {"nodeSelector": null}});
+    api.patch("docs", &PatchParams::default(), &Patch::Merge(&off))
+        .await
+        .unwrap();
+    // The desired StatefulSet is now a subset of the live one (the in-memory API merges,
+    // so the old selector stays there); it must still be written, because server-side
+    // apply removes the fields a manager stops sending.
+    writes.take();
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert!(writes.take() > 0, "the removal was not sent");
+    let after = hash(get::<StatefulSet>(&client, "docs-worker").await.unwrap());
+    assert_ne!(before, after);
+    // And once applied, nothing is written again.
+    converge(&ctx, &writes, "docs").await;
+    writes.take();
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(writes.take(), 0);
+}
+
+#[tokio::test]
+async fn an_object_of_someone_else_is_not_adopted_and_the_rest_still_converges() {
+    let (client, writes) = cluster(None).await;
+    let theirs = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("docs-worker".into()),
+            ..Default::default()
+        },
+        data: Some([("owner".to_string(), "another team".to_string())].into()),
+        ..ConfigMap::default()
+    };
+    Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    create(&client, &kb("docs", MINIMAL)).await;
+    let ctx = context(client.clone());
+    let result = reconcile_once(&ctx, "docs").await;
+    assert!(result.is_err(), "a refused child is retried");
+    // Their ConfigMap is untouched, every other child exists, and the status names it.
+    let cm: ConfigMap = get(&client, "docs-worker").await.unwrap();
+    assert_eq!(cm.data, theirs.data);
+    assert!(get::<StatefulSet>(&client, "docs-worker").await.is_some());
+    assert_eq!(
+        condition(&client, ConditionType::Degraded).await,
+        ("True".into(), "AdoptionRefused".into())
+    );
+    let kb: KnowledgeBase = get(&client, "docs").await.unwrap();
+    let degraded = kb.status.unwrap();
+    let message = &degraded.condition(ConditionType::Degraded).unwrap().message;
+    assert!(message.contains("ConfigMap docs-worker"), "{message}");
+    let _ = writes;
+}

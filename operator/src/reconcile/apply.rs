@@ -1,5 +1,19 @@
 //! Server-side apply of a plan with one field manager, and deletion of the children of
 //! disabled features.
+//!
+//! Every apply sends the whole desired object, so a field removed from the spec (a node
+//! selector, a toleration, an annotation) is removed from the child by the API server:
+//! server-side apply drops fields the manager owned and no longer sends. A write is
+//! skipped only when the child carries the hash of exactly this desired object
+//! (annotation [`DESIRED_HASH`]) and still holds every desired field with its value, so
+//! removals (the hash changes) and edits by others (the values differ) are written.
+//!
+//! An existing object with a child's name that this operator did not create (no
+//! `managed-by` / `instance` labels of this KnowledgeBase) is never adopted: that child is
+//! reported as refused, and the others are still applied. The one exception are the
+//! generated Secrets (API keys, managed-Redis password): their existing data is reused
+//! as it is, so that keys clients hold stay valid when a KnowledgeBase is recreated. One failing child does not stop
+//! the rest; the failures are returned together.
 
 use super::build::{Child, ChildKind, ChildRef, Plan, MANAGER};
 use crate::{Error, Result};
@@ -17,6 +31,9 @@ use serde::Serialize;
 use serde_json::Value;
 use std::fmt::Debug;
 
+/// Annotation on every child: SHA-256 of the desired object it was last applied from.
+pub const DESIRED_HASH: &str = "knowledge.dev/desired-hash";
+
 /// What one apply changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -26,54 +43,101 @@ pub struct Applied {
     pub deleted: Vec<ChildRef>,
 }
 
+/// Children that could not be applied or deleted; the others were.
+#[derive(Debug, Default)]
+pub struct Failures {
+    /// Objects with a child's name that this operator did not create.
+    pub refused: Vec<ChildRef>,
+    /// API errors, per child.
+    pub errors: Vec<Error>,
+}
+
+impl Failures {
+    pub fn is_empty(&self) -> bool {
+        self.refused.is_empty() && self.errors.is_empty()
+    }
+
+    /// One line for a condition message.
+    pub fn summary(&self) -> String {
+        let refused = self.refused.iter().map(|r| {
+            format!(
+                "{:?} {} exists and was not created by this KnowledgeBase; refusing to adopt it (rename or delete it)",
+                r.kind, r.name
+            )
+        });
+        let errors = self.errors.iter().map(|e| e.to_string());
+        refused.chain(errors).collect::<Vec<_>>().join("; ")
+    }
+}
+
+/// Why one child was not applied.
+enum ChildError {
+    Refused,
+    Api(kube::Error),
+}
+
+impl From<kube::Error> for ChildError {
+    fn from(e: kube::Error) -> Self {
+        ChildError::Api(e)
+    }
+}
+
 /// Applies every child of `plan` and deletes the children it prunes. `instance` is the
-/// KnowledgeBase's name: only objects labelled as its children are ever deleted.
+/// KnowledgeBase's name: only objects labelled as its children are ever deleted or
+/// overwritten. Every child is attempted; what failed comes back with what changed.
 pub async fn apply(
     client: &Client,
     namespace: &str,
     instance: &str,
     plan: &Plan,
-) -> Result<Applied> {
+) -> (Applied, Failures) {
     let mut applied = Applied::default();
+    let mut failures = Failures::default();
     for child in &plan.children {
         let reference = child.reference();
-        let changed = apply_child(client, namespace, child)
-            .await
-            .map_err(|source| Error::Apply {
+        match apply_child(client, namespace, instance, child).await {
+            Ok(true) => applied.changed.push(reference),
+            Ok(false) => {}
+            Err(ChildError::Refused) => failures.refused.push(reference),
+            Err(ChildError::Api(source)) => failures.errors.push(Error::Apply {
                 kind: reference.kind,
                 name: reference.name.clone(),
                 source: Box::new(source),
-            })?;
-        if changed {
-            applied.changed.push(reference);
+            }),
         }
     }
     for reference in &plan.prune {
-        let deleted = delete_child(client, namespace, instance, reference)
-            .await
-            .map_err(|source| Error::Delete {
+        match delete_child(client, namespace, instance, reference).await {
+            Ok(true) => applied.deleted.push(reference.clone()),
+            Ok(false) => {}
+            Err(source) => failures.errors.push(Error::Delete {
                 kind: reference.kind,
                 name: reference.name.clone(),
                 source: Box::new(source),
-            })?;
-        if deleted {
-            applied.deleted.push(reference.clone());
+            }),
         }
     }
-    Ok(applied)
+    (applied, failures)
 }
 
-async fn apply_child(client: &Client, ns: &str, child: &Child) -> kube::Result<bool> {
+async fn apply_child(
+    client: &Client,
+    ns: &str,
+    instance: &str,
+    child: &Child,
+) -> Result<bool, ChildError> {
+    // Only the generated Secrets may take over an existing object (their data is reused).
+    let owner = Some(instance);
     match child {
-        Child::ServiceAccount(o) => server_side_apply(client, ns, o).await,
-        Child::ConfigMap(o) => server_side_apply(client, ns, o).await,
-        Child::Secret(o) => server_side_apply(client, ns, o).await,
-        Child::Service(o) => server_side_apply(client, ns, o).await,
-        Child::StatefulSet(o) => server_side_apply(client, ns, o.as_ref()).await,
-        Child::PodDisruptionBudget(o) => server_side_apply(client, ns, o).await,
-        Child::HorizontalPodAutoscaler(o) => server_side_apply(client, ns, o).await,
-        Child::NetworkPolicy(o) => server_side_apply(client, ns, o).await,
-        Child::CronJob(o) => server_side_apply(client, ns, o.as_ref()).await,
+        Child::ServiceAccount(o) => server_side_apply(client, ns, owner, o).await,
+        Child::ConfigMap(o) => server_side_apply(client, ns, owner, o).await,
+        Child::Secret(o) => server_side_apply(client, ns, None, o).await,
+        Child::Service(o) => server_side_apply(client, ns, owner, o).await,
+        Child::StatefulSet(o) => server_side_apply(client, ns, owner, o.as_ref()).await,
+        Child::PodDisruptionBudget(o) => server_side_apply(client, ns, owner, o).await,
+        Child::HorizontalPodAutoscaler(o) => server_side_apply(client, ns, owner, o).await,
+        Child::NetworkPolicy(o) => server_side_apply(client, ns, owner, o).await,
+        Child::CronJob(o) => server_side_apply(client, ns, owner, o.as_ref()).await,
     }
 }
 
@@ -103,10 +167,16 @@ async fn delete_child(
     }
 }
 
-/// Applies `desired` with the operator's field manager, forcing ownership so that edits by
-/// others are reverted. An object that already holds every field of `desired` is left
-/// alone, so a converged KnowledgeBase costs reads only. Returns whether it wrote.
-async fn server_side_apply<K>(client: &Client, ns: &str, desired: &K) -> kube::Result<bool>
+/// Applies the whole of `desired` with the operator's field manager, forcing ownership so
+/// that edits by others are reverted (see the module docs for when the write is skipped).
+/// With `owner`, an existing object not labelled as that KnowledgeBase's child is refused.
+/// Returns whether it wrote.
+async fn server_side_apply<K>(
+    client: &Client,
+    ns: &str,
+    owner: Option<&str>,
+    desired: &K,
+) -> Result<bool, ChildError>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -116,16 +186,46 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let name = desired.name_any();
+    let desired =
+        with_desired_hash(serde_json::to_value(desired).map_err(kube::Error::SerdeError)?);
     if let Some(existing) = api.get_opt(&name).await? {
-        let desired = serde_json::to_value(desired).map_err(kube::Error::SerdeError)?;
+        if owner.is_some_and(|instance| !is_child_of(existing.labels(), instance)) {
+            return Err(ChildError::Refused);
+        }
         let existing = serde_json::to_value(&existing).map_err(kube::Error::SerdeError)?;
-        if is_subset(&desired, &existing) {
+        let hash = |v: &Value| v["metadata"]["annotations"][DESIRED_HASH].clone();
+        if hash(&existing) == hash(&desired) && is_subset(&desired, &existing) {
             return Ok(false);
         }
     }
     let params = PatchParams::apply(MANAGER).force();
-    api.patch(&name, &params, &Patch::Apply(desired)).await?;
+    api.patch(&name, &params, &Patch::Apply(&desired)).await?;
     Ok(true)
+}
+
+/// `desired` with [`DESIRED_HASH`]: the SHA-256 of its JSON without that annotation.
+fn with_desired_hash(mut desired: Value) -> Value {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(desired.to_string().as_bytes());
+    let hash: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(annotations) = annotations.as_object_mut() {
+            annotations.insert(DESIRED_HASH.to_string(), Value::String(hash));
+        }
+    }
+    desired
+}
+
+/// Whether `labels` mark an object as made by this operator for `instance`.
+fn is_child_of(labels: &std::collections::BTreeMap<String, String>, instance: &str) -> bool {
+    labels
+        .get("app.kubernetes.io/managed-by")
+        .map(String::as_str)
+        == Some(MANAGER)
+        && labels.get("app.kubernetes.io/instance").map(String::as_str) == Some(instance)
 }
 
 /// True when every field of `desired` is present in `actual` with the same value. Lists
@@ -159,13 +259,7 @@ where
     let Some(existing) = api.get_opt(name).await? else {
         return Ok(false);
     };
-    let labels = existing.labels();
-    let ours = labels
-        .get("app.kubernetes.io/managed-by")
-        .map(String::as_str)
-        == Some(MANAGER)
-        && labels.get("app.kubernetes.io/instance").map(String::as_str) == Some(instance);
-    if !ours {
+    if !is_child_of(existing.labels(), instance) {
         return Ok(false);
     }
     match api.delete(name, &DeleteParams::background()).await {

@@ -14,8 +14,11 @@ pub enum Outcome {
     Paused,
     /// The spec or its references are invalid; nothing was applied.
     Invalid(Invalid),
-    /// Applying a child failed (will be retried).
+    /// Applying a child failed (will be retried); the other children were applied.
     ApplyFailed(String),
+    /// An object with a child's name exists and was not created by this KnowledgeBase;
+    /// it is left alone (the other children were applied).
+    AdoptionRefused(String),
 }
 
 /// State of the children, read from the cluster.
@@ -220,10 +223,10 @@ fn progressing(outcome: &Outcome, converged: bool) -> Verdict {
             "spec.paused is true: children are not reconciled".into(),
         ),
         Outcome::Invalid(_) => ("False", "Invalid", "fix the spec to continue".into()),
-        Outcome::ApplyFailed(_) => (
+        Outcome::ApplyFailed(_) | Outcome::AdoptionRefused(_) => (
             "True",
             "Retrying",
-            "applying children failed; retrying".into(),
+            "some children could not be applied; retrying with backoff".into(),
         ),
         _ if converged => (
             "False",
@@ -242,6 +245,7 @@ fn degraded(outcome: &Outcome) -> Verdict {
     match outcome {
         Outcome::Invalid(invalid) => ("True", invalid.reason, invalid.message.clone()),
         Outcome::ApplyFailed(message) => ("True", "ApplyFailed", message.clone()),
+        Outcome::AdoptionRefused(message) => ("True", "AdoptionRefused", message.clone()),
         _ => ("False", "AsExpected", "no problem found".into()),
     }
 }

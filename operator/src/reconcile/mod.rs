@@ -39,6 +39,8 @@ pub struct Context {
     pub recorder: Option<Recorder>,
     /// Upper bound of the best-effort cleanup on deletion.
     pub cleanup_timeout: Duration,
+    /// Retry delays after failed reconciles.
+    pub backoff: Backoff,
 }
 
 impl Context {
@@ -50,6 +52,7 @@ impl Context {
             metrics,
             recorder: Some(recorder),
             cleanup_timeout: Duration::from_secs(20),
+            backoff: Backoff::default(),
         }
     }
 }
@@ -84,24 +87,40 @@ async fn converge(kb: &KnowledgeBase, ctx: &Context, namespace: &str) -> Result<
         return finish(kb, ctx, namespace, Outcome::Invalid(invalid)).await;
     }
     let plan = build::plan(kb, &deref.inputs);
-    match apply::apply(&ctx.client, namespace, &kb.name_any(), &plan).await {
-        Ok(applied) if applied != apply::Applied::default() => tracing::info!(
+    let (applied, failures) = apply::apply(&ctx.client, namespace, &kb.name_any(), &plan).await;
+    if applied != apply::Applied::default() {
+        tracing::info!(
             kb = %kb.name_any(),
             namespace,
             changed = ?applied.changed,
             deleted = ?applied.deleted,
             "children updated"
-        ),
-        Ok(_) => {}
-        Err(error) => {
-            // Best effort: the apply error is what the controller retries on.
-            let failed = Outcome::ApplyFailed(error.to_string());
-            if let Err(status_error) = finish(kb, ctx, namespace, failed).await {
-                tracing::warn!(%status_error, "could not report the apply failure in status");
-            }
-            return Err(error);
-        }
+        );
     }
+    if !failures.is_empty() {
+        let summary = failures.summary();
+        for refused in &failures.refused {
+            let note = format!(
+                "{:?} {} exists and was not created by this KnowledgeBase; it is left alone (rename or delete it)",
+                refused.kind, refused.name
+            );
+            publish(kb, ctx, EventType::Warning, "AdoptionRefused", note).await;
+        }
+        let outcome = if failures.errors.is_empty() {
+            Outcome::AdoptionRefused(summary.clone())
+        } else {
+            Outcome::ApplyFailed(summary.clone())
+        };
+        // Best effort: the error below is what the controller retries on (with backoff).
+        if let Err(status_error) = finish(kb, ctx, namespace, outcome).await {
+            tracing::warn!(%status_error, "could not report the apply failure in status");
+        }
+        return Err(Error::Children {
+            count: failures.refused.len() + failures.errors.len(),
+            summary,
+        });
+    }
+    ctx.backoff.reset(kb);
     let requested = backup_on_demand(kb, ctx, namespace).await?;
     finish_with(kb, ctx, namespace, Outcome::Applied, requested).await
 }
@@ -286,9 +305,54 @@ async fn delete_claims(client: &Client, names: &Names) -> kube::Result<usize> {
     Ok(list.items.len())
 }
 
-/// What the controller does after a failed reconcile.
-pub fn error_policy(_kb: Arc<KnowledgeBase>, error: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(%error, "reconcile failed");
+/// What the controller does after a failed reconcile: retry with exponential backoff and
+/// jitter per KnowledgeBase (1 s doubling to 5 min), reset by the next clean apply.
+pub fn error_policy(kb: Arc<KnowledgeBase>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff.next(&kb);
+    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
     ctx.metrics.reconcile_failed(error);
-    Action::requeue(Duration::from_secs(10))
+    Action::requeue(delay)
+}
+
+/// Consecutive failures per KnowledgeBase, for [`error_policy`].
+#[derive(Default)]
+pub struct Backoff {
+    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl Backoff {
+    const BASE: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(300);
+
+    fn key(kb: &KnowledgeBase) -> String {
+        format!("{}/{}", kb.namespace().unwrap_or_default(), kb.name_any())
+    }
+
+    /// The wait before the next attempt: `BASE * 2^(failures - 1)`, capped at `MAX`, then
+    /// scaled by a random factor in [0.5, 1.0] so that many failing KnowledgeBases do not
+    /// retry in lockstep.
+    pub fn next(&self, kb: &KnowledgeBase) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(Self::key(kb)).or_insert(0);
+        *n = n.saturating_add(1);
+        let exp = Self::BASE
+            .saturating_mul(1u32 << (*n - 1).min(16))
+            .min(Self::MAX);
+        let jitter = 0.5 + 0.5 * (jitter_unit());
+        exp.mul_f64(jitter)
+    }
+
+    /// Forgets the failures of `kb` (it converged).
+    pub fn reset(&self, kb: &KnowledgeBase) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.remove(&Self::key(kb));
+    }
+}
+
+/// A number in [0, 1) from the clock's nanoseconds (jitter needs spread, not secrecy).
+fn jitter_unit() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos % 1_000_000) / 1_000_000.0
 }

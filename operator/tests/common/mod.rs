@@ -138,6 +138,7 @@ pub fn context(client: Client) -> Arc<Context> {
         metrics: Arc::new(Metrics::default()),
         recorder: None,
         cleanup_timeout: Duration::from_secs(5),
+        backoff: Default::default(),
     })
 }
 
