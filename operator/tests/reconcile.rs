@@ -36,9 +36,23 @@ async fn condition(client: &Client, kind: ConditionType) -> (String, String) {
     (c.status.clone(), c.reason.clone())
 }
 
+/// The StatefulSet controller's report: `ready` pods, all on the newest revision of the
+/// current spec.
 async fn set_ready_replicas(client: &Client, name: &str, ready: i32) {
+    set_rollout(client, name, ready, ready, true).await;
+}
+
+/// The StatefulSet controller's report of a rollout: `updated` of `ready` pods run the
+/// newest revision; `seen` says whether it has observed the current generation.
+async fn set_rollout(client: &Client, name: &str, ready: i32, updated: i32, seen: bool) {
     let api: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
-    let status = json!({"status": {"replicas": ready, "readyReplicas": ready}});
+    let generation = api.get(name).await.unwrap().metadata.generation.unwrap();
+    let observed = if seen { generation } else { generation - 1 };
+    let current = if updated >= ready { "rev-2" } else { "rev-1" };
+    let status = json!({"status": {
+        "replicas": ready, "readyReplicas": ready, "observedGeneration": observed,
+        "updatedReplicas": updated, "currentRevision": current, "updateRevision": "rev-2",
+    }});
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .unwrap();
@@ -387,4 +401,50 @@ async fn an_object_of_someone_else_is_not_adopted_and_the_rest_still_converges()
     let message = &degraded.condition(ConditionType::Degraded).unwrap().message;
     assert!(message.contains("ConfigMap docs-worker"), "{message}");
     let _ = writes;
+}
+
+#[tokio::test]
+async fn ready_waits_for_a_rollout_to_reach_every_replica() {
+    let (client, writes) = cluster(None).await;
+    create(
+        &client,
+        &kb("docs", "embedding:\n  device: cpu\nreplicas: 2\nredis:\n  external:\n    url: redis://r:6379\n"),
+    )
+    .await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    set_ready_replicas(&client, "docs-worker", 2).await;
+    converge(&ctx, &writes, "docs").await;
+    assert_eq!(
+        condition(&client, ConditionType::Ready).await,
+        ("True".into(), "AllReplicasReady".into())
+    );
+    // A new image: the StatefulSet's spec changes; its controller has not caught up yet.
+    let api: Api<KnowledgeBase> = Api::namespaced(client.clone(), "default");
+    let image = json!({"spec": {"image": "ghcr.io/knowledge-dev/kb-worker:next"}});
+    api.patch("docs", &PatchParams::default(), &Patch::Merge(&image))
+        .await
+        .unwrap();
+    converge(&ctx, &writes, "docs").await;
+    assert_eq!(
+        condition(&client, ConditionType::Ready).await,
+        ("False".into(), "RolloutPending".into())
+    );
+    // Both old pods are still ready, one runs the new revision.
+    set_rollout(&client, "docs-worker", 2, 1, true).await;
+    converge(&ctx, &writes, "docs").await;
+    assert_eq!(
+        condition(&client, ConditionType::Ready).await,
+        ("False".into(), "RollingOut".into())
+    );
+    assert_eq!(
+        condition(&client, ConditionType::Progressing).await,
+        ("True".into(), "RollingOut".into())
+    );
+    set_rollout(&client, "docs-worker", 2, 2, true).await;
+    converge(&ctx, &writes, "docs").await;
+    assert_eq!(
+        condition(&client, ConditionType::Ready).await,
+        ("True".into(), "AllReplicasReady".into())
+    );
 }

@@ -68,6 +68,12 @@ pub struct ExternalRedis {
     /// Sentinel master name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sentinel_service: Option<String>,
+    /// Ports of the Redis servers that Sentinel returns (or cluster redirects point to)
+    /// when they differ from the ports in `nodes`; the workers' NetworkPolicy allows them.
+    /// Default in sentinel mode: 6379.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub data_ports: Vec<i32>,
     /// Secret key holding the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,

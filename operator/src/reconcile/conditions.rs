@@ -28,12 +28,37 @@ pub struct Observed {
     pub desired_replicas: i32,
     pub replicas: i32,
     pub ready_replicas: i32,
+    /// The worker StatefulSet's rollout: whether its controller has seen the current spec
+    /// and how many pods run the newest revision.
+    pub rollout: Rollout,
     pub redis: RedisObserved,
     pub backup: BackupObserved,
     /// The backup Jobs (scheduled and on demand); `None` without `spec.backup`.
     pub backup_jobs: Option<BackupJobs>,
     /// The `knowledge.dev/backup-now` value a Job exists or was just started for.
     pub backup_request: Option<String>,
+}
+
+/// The worker StatefulSet's rollout state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rollout {
+    /// `status.observedGeneration == metadata.generation`.
+    pub observed: bool,
+    /// Pods running the newest revision (`status.updatedReplicas`).
+    pub updated_replicas: i32,
+    /// `status.currentRevision == status.updateRevision`.
+    pub on_newest_revision: bool,
+}
+
+impl Default for Rollout {
+    /// A StatefulSet whose controller is up to date (tests of other conditions).
+    fn default() -> Self {
+        Rollout {
+            observed: true,
+            updated_replicas: i32::MAX,
+            on_newest_revision: true,
+        }
+    }
 }
 
 /// What the backup Jobs that still exist tell.
@@ -182,7 +207,11 @@ fn backup_status(observed: &Observed, previous: Option<&BackupStatus>) -> Option
 
 fn verdicts(outcome: &Outcome, observed: &Observed) -> [(ConditionType, Verdict); 5] {
     let (redis_ok, redis) = redis(&observed.redis);
-    let workers_ready = observed.ready_replicas >= observed.desired_replicas;
+    let rollout = &observed.rollout;
+    let rolled_out = rollout.observed
+        && rollout.on_newest_revision
+        && rollout.updated_replicas >= observed.desired_replicas;
+    let workers_ready = observed.ready_replicas >= observed.desired_replicas && rolled_out;
     [
         (
             ConditionType::Ready,
@@ -203,8 +232,30 @@ fn ready(outcome: &Outcome, observed: &Observed, workers_ready: bool, redis_ok: 
         "{}/{} replicas ready",
         observed.ready_replicas, observed.desired_replicas
     );
+    let rollout = &observed.rollout;
     match outcome {
         Outcome::Invalid(invalid) => ("False", invalid.reason, invalid.message.clone()),
+        _ if observed.ready_replicas < observed.desired_replicas => {
+            ("False", "ReplicasNotReady", counts)
+        }
+        _ if !rollout.observed => (
+            "False",
+            "RolloutPending",
+            "the StatefulSet controller has not seen the current spec yet".into(),
+        ),
+        _ if rollout.updated_replicas < observed.desired_replicas
+            || !rollout.on_newest_revision =>
+        {
+            (
+                "False",
+                "RollingOut",
+                format!(
+                    "{}/{} replicas run the current revision",
+                    rollout.updated_replicas.min(observed.desired_replicas),
+                    observed.desired_replicas
+                ),
+            )
+        }
         _ if !workers_ready => ("False", "ReplicasNotReady", counts),
         _ if !redis_ok => (
             "False",

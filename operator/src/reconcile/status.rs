@@ -4,7 +4,7 @@
 use super::build::Component;
 use super::build::{Names, MANAGER};
 use super::conditions::{
-    self, BackupJobs, BackupObserved, BackupReport, Observed, Outcome, RedisObserved,
+    self, BackupJobs, BackupObserved, BackupReport, Observed, Outcome, RedisObserved, Rollout,
 };
 use crate::crd::{KnowledgeBase, KnowledgeBaseStatus};
 use crate::{Error, Result};
@@ -109,10 +109,26 @@ async fn observe(client: &Client, kb: &KnowledgeBase, names: &Names) -> Result<O
         Some(_) => Some(backup_jobs(client, names).await?),
         None => None,
     };
+    let generation = workers.as_ref().and_then(|s| s.metadata.generation);
+    let rollout = Rollout {
+        observed: workers.is_some()
+            && generation.is_some()
+            && worker_status.observed_generation == generation,
+        updated_replicas: worker_status.updated_replicas.unwrap_or(0),
+        on_newest_revision: match (
+            &worker_status.current_revision,
+            &worker_status.update_revision,
+        ) {
+            (Some(current), Some(update)) => current == update,
+            // A controller that reports no revisions yet has not rolled anything out.
+            _ => false,
+        },
+    };
     Ok(Observed {
         desired_replicas,
         replicas: worker_status.replicas,
         ready_replicas: worker_status.ready_replicas.unwrap_or(0),
+        rollout,
         redis,
         backup,
         backup_jobs,

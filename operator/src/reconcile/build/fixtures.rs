@@ -51,6 +51,7 @@ pub fn external_cluster_redis() -> Redis {
             url: None,
             nodes: vec!["redis-0.redis:7000".into(), "redis-1.redis:7000".into()],
             sentinel_service: None,
+            data_ports: vec![],
             password_secret_ref: Some(SecretKeyRef {
                 name: "redis-auth".into(),
                 key: "password".into(),

@@ -3,7 +3,7 @@
 
 use super::names::{Component, Names, HTTP_PORT, METRICS_PORT, REDIS_PORT};
 use super::Child;
-use crate::crd::{ExternalRedis, KnowledgeBaseSpec, S3Destination};
+use crate::crd::{ExternalRedis, KnowledgeBaseSpec, RedisMode, S3Destination};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
@@ -224,6 +224,11 @@ fn external_redis_ports(external: &ExternalRedis) -> Vec<i32> {
     if let Some(url) = &external.url {
         ports.insert(url_port(url).unwrap_or(REDIS_PORT));
     }
+    ports.extend(&external.data_ports);
+    // Sentinels answer with the master's address: its data port, not theirs.
+    if external.mode == RedisMode::Sentinel && external.data_ports.is_empty() {
+        ports.insert(REDIS_PORT);
+    }
     if ports.is_empty() {
         ports.insert(REDIS_PORT);
     }
@@ -257,10 +262,28 @@ mod tests {
             url: None,
             nodes: vec!["a:7000".into(), "b:7001".into(), "c:7000".into()],
             sentinel_service: None,
+            data_ports: vec![],
             password_secret_ref: None,
             tls: false,
             tls_ca_secret_ref: None,
         };
         assert_eq!(external_redis_ports(&external), vec![7000, 7001]);
+    }
+
+    #[test]
+    fn sentinel_mode_allows_the_data_port_the_sentinels_point_to() {
+        let mut external = ExternalRedis {
+            mode: RedisMode::Sentinel,
+            url: None,
+            nodes: vec!["s-0:26379".into(), "s-1:26379".into()],
+            sentinel_service: Some("mymaster".into()),
+            data_ports: vec![],
+            password_secret_ref: None,
+            tls: false,
+            tls_ca_secret_ref: None,
+        };
+        assert_eq!(external_redis_ports(&external), vec![6379, 26379]);
+        external.data_ports = vec![6380];
+        assert_eq!(external_redis_ports(&external), vec![6380, 26379]);
     }
 }
