@@ -13,9 +13,11 @@ use crate::metrics::Metrics;
 use crate::{Error, Result};
 use build::{Names, MANAGER};
 use conditions::Outcome;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -86,6 +88,10 @@ async fn converge(kb: &KnowledgeBase, ctx: &Context, namespace: &str) -> Result<
     if let Err(invalid) = validate::check(kb, &deref.missing) {
         return finish(kb, ctx, namespace, Outcome::Invalid(invalid)).await;
     }
+    if hand_over_replicas(kb, ctx, namespace).await? {
+        // spec.replicas was raised to the autoscaler's count; the next pass applies it.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let plan = build::plan(kb, &deref.inputs);
     let (applied, failures) = apply::apply(&ctx.client, namespace, &kb.name_any(), &plan).await;
     if applied != apply::Applied::default() {
@@ -123,6 +129,89 @@ async fn converge(kb: &KnowledgeBase, ctx: &Context, namespace: &str) -> Result<
     ctx.backoff.reset(kb);
     let requested = backup_on_demand(kb, ctx, namespace).await?;
     finish_with(kb, ctx, namespace, Outcome::Applied, requested).await
+}
+
+/// Field manager that holds the worker StatefulSet's `spec.replicas` while autoscaling
+/// takes over from the operator.
+pub const REPLICAS_HANDOVER_MANAGER: &str = "kb-operator-replicas-handover";
+
+/// Moves `spec.replicas` of the worker StatefulSet between the operator and the
+/// HorizontalPodAutoscaler without ever lowering the running count:
+///
+/// - Autoscaling turned on (the HPA does not exist yet): before the operator stops
+///   sending `replicas`, a second field manager applies the current count, so the field
+///   keeps an owner and server-side apply does not reset it to 1 (which would kill pods);
+///   the HPA then takes it over.
+/// - Autoscaling turned off (the HPA still exists): when the HPA's current count is above
+///   `spec.replicas`, the KnowledgeBase's `spec.replicas` is raised to it first (as
+///   `kubectl scale` would), so the StatefulSet keeps its pods; lower it yourself after.
+///
+/// Returns true when it changed the KnowledgeBase (the caller stops this pass).
+async fn hand_over_replicas(kb: &KnowledgeBase, ctx: &Context, namespace: &str) -> Result<bool> {
+    let names = Names::new(kb, namespace);
+    let read = |what: &str| {
+        let what = what.to_string();
+        move |source| Error::Read {
+            what,
+            source: Box::new(source),
+        }
+    };
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(live) = statefulsets
+        .get_opt(&names.worker())
+        .await
+        .map_err(read("the worker StatefulSet"))?
+    else {
+        return Ok(false);
+    };
+    let running = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), namespace);
+    let hpa_exists = hpas
+        .get_opt(&names.worker())
+        .await
+        .map_err(read("the worker HorizontalPodAutoscaler"))?
+        .is_some();
+    let apply_error = |source| Error::Apply {
+        kind: build::ChildKind::StatefulSet,
+        name: names.worker(),
+        source: Box::new(source),
+    };
+    if kb.spec.autoscaling_enabled() && !hpa_exists {
+        let patch = serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": names.worker(), "namespace": namespace},
+            "spec": {"replicas": running},
+        });
+        statefulsets
+            .patch(
+                &names.worker(),
+                &PatchParams::apply(REPLICAS_HANDOVER_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(apply_error)?;
+        tracing::info!(kb = %kb.name_any(), replicas = running, "autoscaling takes over spec.replicas");
+        return Ok(false);
+    }
+    if !kb.spec.autoscaling_enabled() && hpa_exists && running > kb.spec.replicas {
+        let api: Api<KnowledgeBase> = Api::namespaced(ctx.client.clone(), namespace);
+        let patch = serde_json::json!({"spec": {"replicas": running}});
+        api.patch(
+            &kb.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(apply_error)?;
+        let note = format!(
+            "autoscaling turned off at {running} replicas: spec.replicas raised from {} to {running}",
+            kb.spec.replicas
+        );
+        publish(kb, ctx, EventType::Normal, "ReplicasKept", note).await;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Starts the backup the `knowledge.dev/backup-now` annotation asks for, once per value

@@ -60,6 +60,16 @@ pub fn kb(name: &str, spec: &str) -> KnowledgeBase {
 
 /// A fake cluster holding `objects`, and the counter of its write requests.
 pub async fn cluster(faults: Option<Faults>) -> (Client, Arc<Writes>) {
+    cluster_with(faults, false).await
+}
+
+/// [`cluster`] whose objects come back with `metadata.managedFields` (server-side apply
+/// field ownership, as the in-memory API tracks it).
+pub async fn cluster_with_managed_fields() -> (Client, Arc<Writes>) {
+    cluster_with(None, true).await
+}
+
+async fn cluster_with(faults: Option<Faults>, managed_fields: bool) -> (Client, Arc<Writes>) {
     let writes = Arc::new(Writes::default());
     let calls = Arc::new(AtomicUsize::new(0));
     // A multiplicative hash of the call number: faults land at irregular places, so a
@@ -75,12 +85,13 @@ pub async fn cluster(faults: Option<Faults>) -> (Client, Arc<Writes>) {
         fail
     };
     let funcs = interceptors(&writes, Arc::new(fail));
-    let client = ClientBuilder::new()
+    let mut builder = ClientBuilder::new()
         .with_resource::<KnowledgeBase>()
-        .with_interceptor_funcs(funcs)
-        .build()
-        .await
-        .unwrap();
+        .with_interceptor_funcs(funcs);
+    if managed_fields {
+        builder = builder.with_return_managed_fields();
+    }
+    let client = builder.build().await.unwrap();
     (client, writes)
 }
 
