@@ -62,3 +62,116 @@ async fn managed_redis_password_is_generated_once() {
     let again: Secret = get(&client, "docs-redis").await.unwrap();
     assert_eq!(again.data, first.data);
 }
+
+fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+    let mut s = Secret::default();
+    s.metadata.name = Some(name.into());
+    s.data = Some(
+        data.iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect(),
+    );
+    s
+}
+
+async fn secrets_hash(client: &kube::Client) -> Option<String> {
+    let sts: k8s_openapi::api::apps::v1::StatefulSet = get(client, "docs-worker").await.unwrap();
+    sts.spec?
+        .template
+        .metadata?
+        .annotations?
+        .get("knowledge.dev/secrets-hash")
+        .cloned()
+}
+
+#[tokio::test]
+async fn rotating_a_secret_the_workers_read_at_start_rolls_them_and_api_keys_do_not() {
+    let (client, writes) = cluster(None).await;
+    let secrets = Api::<Secret>::namespaced(client.clone(), "default");
+    let keys = "- key: admin-key-0123456789abcdef\n  role: admin\n  collections: ['*']\n";
+    for s in [
+        secret("redis-auth", &[("password", "first")]),
+        secret(
+            "my-keys",
+            &[
+                ("api-keys.yaml", keys),
+                ("admin-key", "admin-key-0123456789abcdef"),
+            ],
+        ),
+    ] {
+        secrets.create(&PostParams::default(), &s).await.unwrap();
+    }
+    let spec = "embedding:\n  device: cpu\nauth:\n  apiKeysSecretRef: my-keys\nredis:\n  external:\n    url: redis://r:6379\n    passwordSecretRef: {name: redis-auth, key: password}\n";
+    create(&client, &kb("docs", spec)).await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    let first = secrets_hash(&client).await.expect("a secrets hash");
+
+    // New API keys: the workers reload the mounted file themselves, no roll.
+    let more =
+        format!("{keys}- key: reader-0123456789abcdef\n  role: read\n  collections: ['*']\n");
+    secrets
+        .replace(
+            "my-keys",
+            &PostParams::default(),
+            &secret(
+                "my-keys",
+                &[
+                    ("api-keys.yaml", &more),
+                    ("admin-key", "admin-key-0123456789abcdef"),
+                ],
+            ),
+        )
+        .await
+        .unwrap();
+    converge(&ctx, &writes, "docs").await;
+    assert_eq!(secrets_hash(&client).await.as_ref(), Some(&first));
+
+    // A new Redis password is read only at start: the pod template changes.
+    secrets
+        .replace(
+            "redis-auth",
+            &PostParams::default(),
+            &secret("redis-auth", &[("password", "second")]),
+        )
+        .await
+        .unwrap();
+    converge(&ctx, &writes, "docs").await;
+    let second = secrets_hash(&client).await.unwrap();
+    assert_ne!(second, first);
+}
+
+#[tokio::test]
+async fn a_missing_redis_ca_secret_is_degraded_not_replicas_not_ready() {
+    let (client, writes) = cluster(None).await;
+    let spec = "embedding:\n  device: cpu\nredis:\n  external:\n    url: rediss://r:6380\n    tlsCaSecretRef: {name: redis-ca}\n";
+    create(&client, &kb("docs", spec)).await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    let kb: kb_operator::crd::KnowledgeBase = get(&client, "docs").await.unwrap();
+    let status = kb.status.unwrap();
+    let degraded = status
+        .condition(kb_operator::crd::ConditionType::Degraded)
+        .unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "SecretNotFound")
+    );
+    assert!(
+        degraded.message.contains("tlsCaSecretRef"),
+        "{}",
+        degraded.message
+    );
+}
+
+#[test]
+fn referenced_secrets_are_what_the_spec_names() {
+    let kb = kb(
+        "docs",
+        "embedding:\n  device: cpu\nauth:\n  apiKeysSecretRef: my-keys\nredis:\n  external:\n    url: rediss://r:6380\n    passwordSecretRef: {name: redis-auth, key: password}\n    tlsCaSecretRef: {name: redis-ca}\n",
+    );
+    assert_eq!(
+        kb_operator::reconcile::dereference::referenced_secrets(&kb),
+        vec!["my-keys", "redis-auth", "redis-ca"]
+    );
+}

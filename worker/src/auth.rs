@@ -4,6 +4,12 @@
 //! ordered read < write < admin; `collections: ["*"]` means every collection. Presented
 //! keys are compared in constant time against every configured key (both hashed to the
 //! same length first), so response timing reveals neither a prefix nor which key matched.
+//!
+//! Keys read from a file can be rotated without a restart: [`Auth::reload`] (on SIGHUP and
+//! every few seconds, see `kb-worker serve`) re-reads the file and swaps the keys in when
+//! its content changed and parses; a broken file keeps the previous keys (and is logged),
+//! so a bad edit never locks every client out. Kubernetes updates a mounted Secret in
+//! place, so rotating the Secret rotates the keys.
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -71,61 +77,98 @@ pub enum KeysFileError {
     Invalid(String, String),
 }
 
+/// (sha256 of the key, principal)
+type Keys = Vec<([u8; 32], Principal)>;
+
 /// The configured keys, or open access.
 pub struct Auth {
-    /// (sha256 of the key, principal)
-    keys: Vec<([u8; 32], Principal)>,
+    keys: parking_lot::RwLock<Keys>,
     open: bool,
+    /// The keys file and the SHA-256 of the content last loaded from it.
+    source: Option<(std::path::PathBuf, parking_lot::Mutex<[u8; 32]>)>,
 }
 
 fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// Parses the YAML keys file content.
+fn parse_keys(text: &str, origin: &str) -> Result<Keys, KeysFileError> {
+    let entries: Vec<KeyEntry> =
+        serde_yaml::from_str(text).map_err(|e| KeysFileError::Parse(origin.into(), e))?;
+    let mut keys = Vec::with_capacity(entries.len());
+    for e in entries {
+        if e.key.len() < 16 {
+            return Err(KeysFileError::Invalid(
+                origin.into(),
+                "every key needs at least 16 characters".into(),
+            ));
+        }
+        if e.collections.is_empty() {
+            return Err(KeysFileError::Invalid(
+                origin.into(),
+                "every key needs `collections` (a list of names, or [\"*\"])".into(),
+            ));
+        }
+        let principal = Principal {
+            role: e.role,
+            collections: e.collections,
+        };
+        keys.push((digest(&e.key), principal));
+    }
+    Ok(keys)
+}
+
 impl Auth {
     /// No authentication: every caller is admin on every collection.
     pub fn open() -> Self {
         Self {
-            keys: Vec::new(),
+            keys: parking_lot::RwLock::new(Vec::new()),
             open: true,
+            source: None,
         }
     }
 
     /// Parses the YAML keys file content.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, KeysFileError> {
-        let entries: Vec<KeyEntry> =
-            serde_yaml::from_str(text).map_err(|e| KeysFileError::Parse(origin.into(), e))?;
-        let mut keys = Vec::with_capacity(entries.len());
-        for e in entries {
-            if e.key.len() < 16 {
-                return Err(KeysFileError::Invalid(
-                    origin.into(),
-                    "every key needs at least 16 characters".into(),
-                ));
-            }
-            if e.collections.is_empty() {
-                return Err(KeysFileError::Invalid(
-                    origin.into(),
-                    "every key needs `collections` (a list of names, or [\"*\"])".into(),
-                ));
-            }
-            let principal = Principal {
-                role: e.role,
-                collections: e.collections,
-            };
-            keys.push((digest(&e.key), principal));
-        }
-        Ok(Self { keys, open: false })
+        Ok(Self {
+            keys: parking_lot::RwLock::new(parse_keys(text, origin)?),
+            open: false,
+            source: None,
+        })
     }
 
-    /// Reads the YAML keys file.
+    /// Reads the YAML keys file (and remembers it for [`Auth::reload`]).
     pub fn from_file(path: &Path) -> Result<Self, KeysFileError> {
         let origin = path.display().to_string();
         let text =
             std::fs::read_to_string(path).map_err(|e| KeysFileError::Read(origin.clone(), e))?;
-        Self::from_yaml(&text, &origin)
+        let mut auth = Self::from_yaml(&text, &origin)?;
+        auth.source = Some((path.to_path_buf(), parking_lot::Mutex::new(digest(&text))));
+        Ok(auth)
     }
 
+    /// Re-reads the keys file: `Ok(Some(n))` when its content changed and the `n` keys in
+    /// it replace the old ones, `Ok(None)` when nothing changed (or there is no file).
+    /// On an error the previous keys stay in force.
+    pub fn reload(&self) -> Result<Option<usize>, KeysFileError> {
+        let Some((path, loaded)) = &self.source else {
+            return Ok(None);
+        };
+        let origin = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| KeysFileError::Read(origin.clone(), e))?;
+        let fingerprint = digest(&text);
+        let mut loaded = loaded.lock();
+        if *loaded == fingerprint {
+            return Ok(None);
+        }
+        let keys = parse_keys(&text, &origin)?;
+        let count = keys.len();
+        *self.keys.write() = keys;
+        *loaded = fingerprint;
+        Ok(Some(count))
+    }
     /// Resolves the caller from request headers.
     pub fn authenticate(&self, headers: &axum::http::HeaderMap) -> Result<Principal, AuthError> {
         if self.open {
@@ -142,7 +185,7 @@ impl Auth {
             .ok_or(AuthError::Missing)?;
         let presented = digest(presented.trim());
         let mut found = None;
-        for (key, principal) in &self.keys {
+        for (key, principal) in self.keys.read().iter() {
             if bool::from(key.ct_eq(&presented)) && found.is_none() {
                 found = Some(principal.clone());
             }
@@ -238,5 +281,35 @@ mod tests {
             err.to_string().contains("owner") || err.to_string().contains("variant"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_rotated_keys_file_replaces_the_keys_and_a_broken_one_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api-keys.yaml");
+        let file = |key: &str| format!("- {{ key: {key}, role: admin, collections: ['*'] }}\n");
+        std::fs::write(&path, file("old-key-0123456789abcdef")).unwrap();
+        let auth = Auth::from_file(&path).unwrap();
+        assert!(auth
+            .authenticate(&bearer("old-key-0123456789abcdef"))
+            .is_ok());
+        assert_eq!(auth.reload().unwrap(), None, "unchanged file");
+
+        std::fs::write(&path, file("new-key-0123456789abcdef")).unwrap();
+        assert_eq!(auth.reload().unwrap(), Some(1));
+        assert!(auth
+            .authenticate(&bearer("new-key-0123456789abcdef"))
+            .is_ok());
+        assert_eq!(
+            auth.authenticate(&bearer("old-key-0123456789abcdef")),
+            Err(AuthError::Invalid)
+        );
+
+        // A bad edit is refused; the keys in force stay.
+        std::fs::write(&path, "- { key: short, role: admin, collections: ['*'] }\n").unwrap();
+        assert!(auth.reload().is_err());
+        assert!(auth
+            .authenticate(&bearer("new-key-0123456789abcdef"))
+            .is_ok());
     }
 }

@@ -339,3 +339,46 @@ fn devices_command_reports_the_gpus_libtorch_sees() {
     assert!(report["cuda_driver"].as_bool().unwrap());
     assert!(gpus[0]["total_bytes"].as_u64().unwrap() > 0);
 }
+
+#[tokio::test]
+async fn rotated_api_keys_take_effect_on_sighup_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keys_file(tmp.path(), KEYS);
+    let w = Worker::start(
+        &tmp.path().join("data"),
+        LIMITS,
+        &["--api-keys", keys.to_str().unwrap()],
+    )
+    .await;
+    let (s, _) = call(&w, "GET", "/v1/collections", Some(ADMIN_KEY), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let rotated = "- { key: \"rotated-admin-0123456789\", role: admin, collections: [\"*\"] }\n";
+    std::fs::write(&keys, rotated).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &w.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Well before the 10 s timer: the signal itself reloads.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let (s, _) = call(
+            &w,
+            "GET",
+            "/v1/collections",
+            Some("rotated-admin-0123456789"),
+            None,
+        )
+        .await;
+        if s == StatusCode::OK {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new key never worked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (s, _) = call(&w, "GET", "/v1/collections", Some(ADMIN_KEY), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the old key still works");
+}

@@ -41,17 +41,66 @@ pub async fn gather(client: &Client, kb: &KnowledgeBase, namespace: &str) -> Res
         None => None,
     };
     let mut missing = Vec::new();
+    // Values the workers read only at start, in a fixed order, for the pod-template hash.
+    let mut hashed: Vec<(String, Vec<u8>)> = Vec::new();
     for reference in references(kb) {
-        check(&secrets, &reference, &mut missing).await?;
+        let secret = check(&secrets, &reference, &mut missing).await?;
+        let data = secret.and_then(|s| s.data).unwrap_or_default();
+        for key in &reference.hashed {
+            if let Some(value) = data.get(*key) {
+                hashed.push((format!("{}/{key}", reference.secret), value.0.clone()));
+            }
+        }
+    }
+    let peer_key = spec
+        .redis
+        .is_some()
+        .then_some(())
+        .and(generated_api_keys.as_ref());
+    if let Some(value) = peer_key.and_then(|d| d.get(ADMIN_KEY)) {
+        hashed.push((format!("{}/{ADMIN_KEY}", names.api_keys()), value.0.clone()));
+    }
+    if let Some(value) = redis_password
+        .as_ref()
+        .and_then(|d| d.get(REDIS_PASSWORD_KEY))
+    {
+        hashed.push((
+            format!("{}/{REDIS_PASSWORD_KEY}", names.redis()),
+            value.0.clone(),
+        ));
     }
     Ok(Dereferenced {
         inputs: Inputs {
             namespace: namespace.to_string(),
             generated_api_keys,
             redis_password,
+            secrets_hash: secrets_hash(&hashed),
         },
         missing,
     })
+}
+
+/// SHA-256 over `name=value` pairs (with lengths, so no two inputs collide); `None` when
+/// there are none.
+fn secrets_hash(values: &[(String, Vec<u8>)]) -> Option<String> {
+    use sha2::Digest;
+    if values.is_empty() {
+        return None;
+    }
+    let mut hasher = sha2::Sha256::new();
+    for (name, value) in values {
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update((value.len() as u64).to_le_bytes());
+        hasher.update(value);
+    }
+    Some(
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
 }
 
 /// A Secret the spec names, with the keys it must hold.
@@ -59,6 +108,16 @@ struct Reference<'a> {
     field: &'static str,
     secret: &'a str,
     keys: Vec<&'a str>,
+    /// Keys the workers read only at start: their values roll the pods when they change.
+    hashed: Vec<&'a str>,
+}
+
+/// Names of the Secrets `kb`'s spec refers to (in its namespace).
+pub fn referenced_secrets(kb: &KnowledgeBase) -> Vec<String> {
+    references(kb)
+        .into_iter()
+        .map(|r| r.secret.to_string())
+        .collect()
 }
 
 /// Every Secret the spec names.
@@ -70,10 +129,17 @@ fn references(kb: &KnowledgeBase) -> Vec<Reference<'_>> {
         if spec.backup.is_some() {
             keys.push(ADMIN_KEY);
         }
+        // The admin key doubles as the peer key of replicas (an environment variable).
+        let hashed = if spec.redis.is_some() {
+            vec![ADMIN_KEY]
+        } else {
+            vec![]
+        };
         references.push(Reference {
             field: "spec.auth.apiKeysSecretRef",
             secret,
             keys,
+            hashed,
         });
     }
     let external = spec.redis.as_ref().and_then(|r| r.external.as_ref());
@@ -82,6 +148,15 @@ fn references(kb: &KnowledgeBase) -> Vec<Reference<'_>> {
             field: "spec.redis.external.passwordSecretRef",
             secret: &password.name,
             keys: vec![password.key.as_str()],
+            hashed: vec![password.key.as_str()],
+        });
+    }
+    if let Some(ca) = external.and_then(|e| e.tls_ca_secret_ref.as_ref()) {
+        references.push(Reference {
+            field: "spec.redis.external.tlsCaSecretRef",
+            secret: &ca.name,
+            keys: vec![ca.key.as_str()],
+            hashed: vec![ca.key.as_str()],
         });
     }
     if let Some(s3) = spec.backup.as_ref().and_then(|b| b.destination.s3.as_ref()) {
@@ -89,6 +164,7 @@ fn references(kb: &KnowledgeBase) -> Vec<Reference<'_>> {
             field: "spec.backup.destination.s3.credentialsSecretRef",
             secret: &s3.credentials_secret_ref,
             keys: Vec::new(),
+            hashed: Vec::new(),
         });
     }
     let bootstrap = spec.bootstrap.as_ref();
@@ -97,6 +173,7 @@ fn references(kb: &KnowledgeBase) -> Vec<Reference<'_>> {
             field: "spec.bootstrap.fromBackup.destination.s3.credentialsSecretRef",
             secret: &s3.credentials_secret_ref,
             keys: Vec::new(),
+            hashed: Vec::new(),
         });
     }
     references
@@ -115,6 +192,8 @@ pub fn offline(kb: &KnowledgeBase, namespace: &str) -> Result<Inputs> {
             Some(_) => Some(generate_redis_password()?),
             None => None,
         },
+        // Offline there are no Secrets to read; rendered pods carry no secrets hash.
+        secrets_hash: None,
     })
 }
 
@@ -140,7 +219,7 @@ async fn check(
     secrets: &Api<Secret>,
     reference: &Reference<'_>,
     missing: &mut Vec<MissingReference>,
-) -> Result<()> {
+) -> Result<Option<Secret>> {
     let name = reference.secret;
     let secret = secrets.get_opt(name).await.map_err(|source| Error::Read {
         what: format!("Secret {name}"),
@@ -153,7 +232,7 @@ async fn check(
     };
     let Some(secret) = secret else {
         missing.push(absent(None));
-        return Ok(());
+        return Ok(None);
     };
     let has = |key: &str| {
         secret.data.as_ref().is_some_and(|d| d.contains_key(key))
@@ -165,7 +244,7 @@ async fn check(
     for key in reference.keys.iter().filter(|k| !has(k)) {
         missing.push(absent(Some(key)));
     }
-    Ok(())
+    Ok(Some(secret))
 }
 
 /// 32 bytes from the OS CSPRNG, hex encoded.

@@ -188,6 +188,42 @@ async fn connect_replica(cfg: &WorkerConfig) -> anyhow::Result<Option<RedisLog>>
     Ok(Some(log))
 }
 
+/// How often the API-keys file is checked for a new version (a rotated Secret).
+const KEYS_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Re-reads the API-keys file on SIGHUP and every [`KEYS_RELOAD_EVERY`]; a file that does
+/// not parse keeps the keys in force (see [`crate::auth::Auth::reload`]).
+async fn reload_keys(state: SharedState) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler; API keys reload on a timer only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(KEYS_RELOAD_EVERY);
+    loop {
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await.is_some(),
+                None => std::future::pending().await,
+            }
+        };
+        let by_signal = tokio::select! {
+            got = signalled => got,
+            _ = tick.tick() => false,
+        };
+        match state.auth.reload() {
+            Ok(Some(keys)) => tracing::info!(keys, "API keys reloaded"),
+            Ok(None) if by_signal => tracing::info!("SIGHUP: API keys file unchanged"),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "API keys file not reloaded; the previous keys stay in force")
+            }
+        }
+    }
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -225,6 +261,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%listen, %metrics_listen, "listening; loading model and data");
     let metrics_app = crate::metrics::router(state.clone());
     tokio::spawn(async move { axum::serve(metrics_listener, metrics_app).await });
+    tokio::spawn(reload_keys(state.clone()));
     let loader_state = state.clone();
     let loader = tokio::spawn(async move {
         let log = connect_replica(&cfg).await?;

@@ -21,6 +21,7 @@ pub fn kb(name: &str) -> KnowledgeBase {
 pub fn inputs(kb: &KnowledgeBase) -> Inputs {
     let managed = kb.spec.redis.as_ref().is_some_and(|r| r.managed.is_some());
     Inputs {
+        secrets_hash: None,
         namespace: "default".into(),
         generated_api_keys: kb.spec.auth.api_keys_secret_ref.is_none().then(|| {
             SecretData::from([

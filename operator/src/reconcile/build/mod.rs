@@ -48,6 +48,10 @@ pub struct Inputs {
     pub generated_api_keys: Option<SecretData>,
     /// Data of the managed-Redis password Secret; `None` without managed Redis.
     pub redis_password: Option<SecretData>,
+    /// SHA-256 of the Secret values the workers read only at start (Redis password and
+    /// CA, the peer admin key); in the pod template, so rotating them rolls the workers.
+    /// The API keys file is not in it: the workers reload it in place.
+    pub secrets_hash: Option<String>,
 }
 
 /// One child object (the large kinds boxed to keep plans small).
@@ -195,7 +199,7 @@ fn add_workers(plan: &mut Plan, spec: &KnowledgeBaseSpec, names: &Names, inputs:
         Child::ConfigMap(config),
         service::client(names),
         service::headless(names),
-        statefulset::build(spec, names, &config_hash),
+        statefulset::build(spec, names, &config_hash, inputs.secrets_hash.as_deref()),
     ]);
 }
 

@@ -20,16 +20,24 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 /// Name of the data volume (and of the StatefulSet's claim template).
 pub(super) const DATA_VOLUME: &str = "data";
 
-/// The worker pod template; `config_hash` rolls the pods when the configuration changes.
+/// Pod-template annotation: hash of the Secret values the workers read at start.
+pub const SECRETS_HASH_ANNOTATION: &str = "knowledge.dev/secrets-hash";
+
+/// The worker pod template; `config_hash` rolls the pods when the configuration changes,
+/// `secrets_hash` when a Secret they read at start does.
 pub(super) fn template(
     spec: &KnowledgeBaseSpec,
     names: &Names,
     config_hash: &str,
+    secrets_hash: Option<&str>,
 ) -> PodTemplateSpec {
     let mut labels = spec.pod_labels.clone();
     labels.extend(names.labels(Component::Worker));
     let mut annotations = spec.pod_annotations.clone();
     annotations.insert(CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string());
+    if let Some(hash) = secrets_hash {
+        annotations.insert(SECRETS_HASH_ANNOTATION.to_string(), hash.to_string());
+    }
     let mut pod = PodSpec {
         service_account_name: Some(names.worker()),
         automount_service_account_token: Some(false),

@@ -16,7 +16,12 @@ use std::collections::BTreeMap;
 
 /// The worker StatefulSet. With autoscaling on, `spec.replicas` is left out so that the
 /// HorizontalPodAutoscaler alone owns it.
-pub(super) fn build(spec: &KnowledgeBaseSpec, names: &Names, config_hash: &str) -> Child {
+pub(super) fn build(
+    spec: &KnowledgeBaseSpec,
+    names: &Names,
+    config_hash: &str,
+    secrets_hash: Option<&str>,
+) -> Child {
     let replicas = (!spec.autoscaling_enabled()).then_some(spec.replicas);
     Child::StatefulSet(Box::new(StatefulSet {
         metadata: names.meta(names.worker(), Component::Worker),
@@ -39,7 +44,7 @@ pub(super) fn build(spec: &KnowledgeBaseSpec, names: &Names, config_hash: &str) 
                     when_scaled: Some("Retain".to_string()),
                 },
             ),
-            template: pod::template(spec, names, config_hash),
+            template: pod::template(spec, names, config_hash, secrets_hash),
             volume_claim_templates: Some(vec![data_claim(spec, names)]),
             ..StatefulSetSpec::default()
         }),
