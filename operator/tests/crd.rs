@@ -227,3 +227,14 @@ fn model_volume_needs_exactly_one_source_and_batches_fit_a_sequence() {
         "maxBatchTokens must be at least",
     );
 }
+
+#[test]
+fn the_worker_image_has_no_stored_default() {
+    // A CRD default would be written into every KnowledgeBase at creation, pinning the
+    // workers to the operator release that created it.
+    let crd: serde_json::Value = serde_yaml::from_str(&generated_crd()).unwrap();
+    let image = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["image"];
+    assert!(image.is_object(), "{image}");
+    assert!(image.get("default").is_none(), "{image}");
+}

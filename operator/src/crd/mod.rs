@@ -57,9 +57,11 @@ pub const DEFAULT_IMAGE: &str = concat!(
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KnowledgeBaseSpec {
-    /// Worker image.
-    #[serde(default = "default_image")]
-    pub image: String,
+    /// Worker image. When absent the operator uses the worker of its own release, chosen
+    /// at every reconcile (not stored as a default), so upgrading the operator upgrades the
+    /// workers that do not pin an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Image pull policy of the worker (and backup) containers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<PullPolicy>,
@@ -123,10 +125,6 @@ pub struct KnowledgeBaseSpec {
     /// Stop reconciling children (status still reports).
     #[serde(default)]
     pub paused: bool,
-}
-
-fn default_image() -> String {
-    DEFAULT_IMAGE.to_string()
 }
 
 fn default_replicas() -> i32 {
@@ -193,6 +191,13 @@ pub struct Auth {
 
 impl KnowledgeBaseSpec {
     /// True when autoscaling is enabled.
+    /// The worker image: `spec.image`, or [`DEFAULT_IMAGE`] of this operator's release.
+    pub fn worker_image(&self) -> String {
+        self.image
+            .clone()
+            .unwrap_or_else(|| DEFAULT_IMAGE.to_string())
+    }
+
     pub fn autoscaling_enabled(&self) -> bool {
         self.autoscaling.as_ref().is_some_and(|a| a.enabled)
     }

@@ -122,7 +122,7 @@ fn container(spec: &KnowledgeBaseSpec, backup: &Backup, names: &Names) -> Contai
     }
     Container {
         name: "backup".to_string(),
-        image: Some(spec.image.clone()),
+        image: Some(spec.worker_image()),
         image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
         command: Some(vec![
             "kb-worker".to_string(),

@@ -73,7 +73,7 @@ pub(super) fn pull_secrets(spec: &KnowledgeBaseSpec) -> Option<Vec<LocalObjectRe
 fn container(spec: &KnowledgeBaseSpec, names: &Names) -> Container {
     Container {
         name: "worker".to_string(),
-        image: Some(spec.image.clone()),
+        image: Some(spec.worker_image()),
         image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
         command: Some(vec![
             "kb-worker".to_string(),
@@ -115,7 +115,7 @@ fn restore_container(spec: &KnowledgeBaseSpec) -> Option<Container> {
     }
     Some(Container {
         name: "restore".to_string(),
-        image: Some(spec.image.clone()),
+        image: Some(spec.worker_image()),
         image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
         command: Some(vec![
             "kb-worker".to_string(),

@@ -1,16 +1,16 @@
 //! Managed Redis: ConfigMap, password Secret, Service and a single-node StatefulSet.
 
 use super::names::{Component, Names, REDIS_PORT};
-use super::secret::{self, REDIS_PASSWORD_KEY};
+use super::secret::{self, REDIS_AUTH_CONF_KEY, REDIS_PASSWORD_KEY};
 use super::service::port;
 use super::{config_map, security, Child, ChildKind, Plan, SecretData};
 use crate::crd::{KnowledgeBaseSpec, ManagedRedis};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
-    SecretKeySelector, Service, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
+    SecretKeySelector, SecretVolumeSource, Service, ServiceSpec, TCPSocketAction, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -19,6 +19,8 @@ use std::collections::BTreeMap;
 /// User of the official Redis image.
 const REDIS_USER: i64 = 999;
 const CONFIG_KEY: &str = "redis.conf";
+/// Where the Secret's `auth.conf` is mounted in the Redis container.
+const AUTH_DIR: &str = "/etc/redis-auth";
 
 /// Adds the managed-Redis children, or prunes them when Redis is not managed.
 pub(super) fn add_to_plan(
@@ -57,7 +59,7 @@ pub(super) fn add_to_plan(
 /// only keys with a TTL — the cache — may be evicted, never the log streams.
 fn config(managed: &ManagedRedis, names: &Names) -> ConfigMap {
     let mut conf = format!(
-        "bind 0.0.0.0\nport {REDIS_PORT}\ndir /data\nappendonly yes\nappendfsync always\nmaxmemory-policy volatile-lru\n"
+        "bind 0.0.0.0\nport {REDIS_PORT}\ndir /data\nappendonly yes\nappendfsync always\nmaxmemory-policy volatile-lru\ninclude {AUTH_DIR}/{REDIS_AUTH_CONF_KEY}\n"
     );
     if let Some(max_memory) = &managed.max_memory {
         conf.push_str(&format!("maxmemory {max_memory}\n"));
@@ -96,14 +98,30 @@ fn statefulset(managed: &ManagedRedis, names: &Names, config_hash: &str) -> Chil
             automount_service_account_token: Some(false),
             security_context: Some(security::pod(REDIS_USER)),
             containers: vec![container(managed, names)],
-            volumes: Some(vec![Volume {
-                name: "config".to_string(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: names.redis(),
-                    ..ConfigMapVolumeSource::default()
-                }),
-                ..Volume::default()
-            }]),
+            volumes: Some(vec![
+                Volume {
+                    name: "config".to_string(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: names.redis(),
+                        ..ConfigMapVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+                Volume {
+                    name: "auth".to_string(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(names.redis()),
+                        items: Some(vec![KeyToPath {
+                            key: REDIS_AUTH_CONF_KEY.to_string(),
+                            path: REDIS_AUTH_CONF_KEY.to_string(),
+                            ..KeyToPath::default()
+                        }]),
+                        default_mode: Some(0o440),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+            ]),
             ..PodSpec::default()
         }),
     };
@@ -133,16 +151,12 @@ fn container(managed: &ManagedRedis, names: &Names) -> Container {
     Container {
         name: "redis".to_string(),
         image: Some(managed.image.clone()),
-        // Kubernetes expands $(REDIS_PASSWORD), so the password never sits in the ConfigMap.
+        // The password comes from the Secret's auth.conf (included by redis.conf), so it is
+        // neither in the ConfigMap nor on the command line (`ps`, /proc/*/cmdline).
         command: Some(
-            [
-                "redis-server",
-                "/etc/redis/redis.conf",
-                "--requirepass",
-                "$(REDIS_PASSWORD)",
-            ]
-            .map(String::from)
-            .to_vec(),
+            ["redis-server", "/etc/redis/redis.conf"]
+                .map(String::from)
+                .to_vec(),
         ),
         env: Some(vec![EnvVar {
             name: "REDIS_PASSWORD".to_string(),
@@ -166,7 +180,14 @@ fn container(managed: &ManagedRedis, names: &Names) -> Container {
         readiness_probe: Some(readiness()),
         resources: managed.resources.clone(),
         security_context: Some(security::container()),
-        volume_mounts: Some(vec![mount("config", "/etc/redis"), mount("data", "/data")]),
+        volume_mounts: Some(vec![
+            mount("config", "/etc/redis"),
+            VolumeMount {
+                read_only: Some(true),
+                ..mount("auth", AUTH_DIR)
+            },
+            mount("data", "/data"),
+        ]),
         ..Container::default()
     }
 }
@@ -184,7 +205,8 @@ fn liveness() -> Probe {
 
 /// Ready once Redis answers an authenticated PING.
 fn readiness() -> Probe {
-    let ping = "redis-cli --no-auth-warning -a \"$REDIS_PASSWORD\" ping | grep -q PONG";
+    // REDISCLI_AUTH, not -a: the password stays off the probe's command line too.
+    let ping = "REDISCLI_AUTH=\"$REDIS_PASSWORD\" redis-cli ping | grep -q PONG";
     Probe {
         exec: Some(ExecAction {
             command: Some(["sh", "-c", ping].map(String::from).to_vec()),

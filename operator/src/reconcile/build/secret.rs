@@ -15,7 +15,22 @@ pub(super) fn api_keys(names: &Names, data: SecretData) -> Child {
     opaque(names.api_keys(), names, Component::Worker, data)
 }
 
-pub(super) fn redis_password(names: &Names, data: SecretData) -> Child {
+/// Key of the managed-Redis Secret holding `requirepass <password>`, which `redis.conf`
+/// includes: the password never appears on a command line.
+pub const REDIS_AUTH_CONF_KEY: &str = "auth.conf";
+
+/// The managed-Redis Secret: the password (kept as generated) and the `auth.conf` made
+/// from it.
+pub(super) fn redis_password(names: &Names, mut data: SecretData) -> Child {
+    if let Some(password) = data.get(REDIS_PASSWORD_KEY).cloned() {
+        let mut conf = b"requirepass ".to_vec();
+        conf.extend_from_slice(&password.0);
+        conf.push(b'\n');
+        data.insert(
+            REDIS_AUTH_CONF_KEY.to_string(),
+            k8s_openapi::ByteString(conf),
+        );
+    }
     opaque(names.redis(), names, Component::Redis, data)
 }
 

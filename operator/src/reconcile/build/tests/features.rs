@@ -128,7 +128,21 @@ fn managed_redis_gets_its_own_children_and_workers_use_it() {
             && conf.contains("maxmemory-policy volatile-lru"),
         "{conf}"
     );
-    assert!(plan.get(ChildKind::Secret, "docs-redis").is_some());
+    // The password reaches Redis through an included file, never its command line.
+    assert!(conf.contains("include /etc/redis-auth/auth.conf"), "{conf}");
+    let Some(Child::Secret(secret)) = plan.get(ChildKind::Secret, "docs-redis") else {
+        panic!("no Redis Secret");
+    };
+    let data = secret.data.as_ref().unwrap();
+    let text = |key: &str| String::from_utf8(data[key].0.clone()).unwrap();
+    assert_eq!(
+        text("auth.conf"),
+        format!("requirepass {}\n", text("password"))
+    );
+    let redis_pod = json(&plan, ChildKind::StatefulSet, "docs-redis");
+    let container = &redis_pod["spec"]["template"]["spec"]["containers"][0];
+    assert!(!container["command"].to_string().contains("requirepass"));
+    assert!(!container["readinessProbe"].to_string().contains(" -a "));
     assert!(plan.get(ChildKind::Service, "docs-redis").is_some());
     assert!(plan.get(ChildKind::NetworkPolicy, "docs-redis").is_some());
     let redis = json(&plan, ChildKind::StatefulSet, "docs-redis");

@@ -171,7 +171,7 @@ fn storage_reaches_the_claim_template_and_retention_policy() {
 #[test]
 fn pod_metadata_and_placement_pass_through() {
     let mut kb = kb("docs");
-    kb.spec.image = "registry.local/kb-worker:dev".into();
+    kb.spec.image = Some("registry.local/kb-worker:dev".into());
     kb.spec.image_pull_policy = Some(crate::crd::PullPolicy::Always);
     kb.spec.image_pull_secrets = vec!["regcred".into()];
     kb.spec
