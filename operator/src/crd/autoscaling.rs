@@ -28,7 +28,8 @@ pub struct Autoscaling {
     #[schemars(range(min = 1, max = 100))]
     pub target_memory_utilization_percentage: Option<i32>,
     /// Target queries per second per pod (needs a custom-metrics adapter serving
-    /// `kb_http_requests_per_second`).
+    /// `kb_worker_http_requests_per_second`, served by prometheus-adapter with the rules in
+    /// charts/knowledgebase-operator/extras/prometheus-adapter-values.yaml).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub target_qps_per_pod: Option<i32>,

@@ -10,8 +10,10 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-/// Per-pod request rate the worker exports, served to the HPA by a custom-metrics adapter.
-pub const QPS_METRIC: &str = "kb_http_requests_per_second";
+/// Per-pod request rate, served to the HPA by prometheus-adapter from the workers'
+/// `kb_worker_http_requests_total` (rules: charts/knowledgebase-operator/extras/
+/// prometheus-adapter-values.yaml).
+pub const QPS_METRIC: &str = "kb_worker_http_requests_per_second";
 /// CPU target when the spec sets no metric at all.
 const DEFAULT_CPU_TARGET: i32 = 70;
 

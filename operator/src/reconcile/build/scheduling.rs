@@ -14,12 +14,27 @@ const ZONE: &str = "topology.kubernetes.io/zone";
 
 /// Container resources: the spec's, plus `<gpu.resourceName>: gpusPerReplica` as a limit on
 /// CUDA (extended resources must be limits; requests default to them).
+/// Requests of a worker that the spec sets neither a request nor a limit for: the HPA's
+/// CPU and memory targets are percentages of requests, and the scheduler needs them to
+/// place a worker that embeds on CPU (one core, the model and an index in memory).
+pub const DEFAULT_REQUESTS: [(&str, &str); 2] = [("cpu", "1"), ("memory", "2Gi")];
+
 pub(super) fn resources(spec: &KnowledgeBaseSpec) -> Option<ResourceRequirements> {
     let gpus = spec.embedding.gpus();
-    if gpus == 0 {
-        return spec.resources.clone();
-    }
     let mut resources = spec.resources.clone().unwrap_or_default();
+    for (name, quantity) in DEFAULT_REQUESTS {
+        let limited = resources
+            .limits
+            .as_ref()
+            .is_some_and(|l| l.contains_key(name));
+        let requests = resources.requests.get_or_insert_with(Default::default);
+        if !limited && !requests.contains_key(name) {
+            requests.insert(name.to_string(), Quantity(quantity.to_string()));
+        }
+    }
+    if gpus == 0 {
+        return Some(resources);
+    }
     resources
         .limits
         .get_or_insert_with(Default::default)

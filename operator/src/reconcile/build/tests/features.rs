@@ -47,7 +47,14 @@ fn cpu_workers_ignore_gpu_scheduling() {
     let plan = plan_for(&kb);
     let pod = worker_pod(&plan);
     assert!(pod.runtime_class_name.is_none() && pod.tolerations.is_none());
-    assert!(worker_container(&plan).resources.is_none());
+    // No GPU limit; only the default requests (the HPA's CPU target needs them).
+    let resources = worker_container(&plan).resources.clone().unwrap();
+    assert!(resources.limits.is_none());
+    let requests = resources.requests.unwrap();
+    assert_eq!(
+        (requests["cpu"].0.as_str(), requests["memory"].0.as_str()),
+        ("1", "2Gi")
+    );
     let affinity = pod.affinity.as_ref().unwrap();
     assert!(
         affinity.pod_anti_affinity.is_some(),
@@ -81,7 +88,7 @@ fn hpa_owns_replicas_when_autoscaling() {
     assert_eq!(metrics[0]["resource"]["target"]["averageUtilization"], 60);
     assert_eq!(
         metrics[1]["pods"]["metric"]["name"],
-        "kb_http_requests_per_second"
+        "kb_worker_http_requests_per_second"
     );
     assert_eq!(
         hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],

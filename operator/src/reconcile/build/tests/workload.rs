@@ -203,4 +203,14 @@ fn pod_metadata_and_placement_pass_through() {
         (Some("registry.local/kb-worker:dev"), Some("Always"))
     );
     assert_eq!(container["resources"]["requests"]["memory"], "4Gi");
+    assert_eq!(container["resources"]["requests"]["cpu"], "2");
+
+    // A limit without a request: Kubernetes uses the limit, no default is added.
+    kb.spec.resources =
+        Some(serde_json::from_value(serde_json::json!({"limits": {"cpu": "3"}})).unwrap());
+    let plan = plan_for(&kb);
+    let sts = json(&plan, ChildKind::StatefulSet, "docs-worker");
+    let resources = &sts["spec"]["template"]["spec"]["containers"][0]["resources"];
+    assert!(resources["requests"].get("cpu").is_none(), "{resources}");
+    assert_eq!(resources["requests"]["memory"], "2Gi");
 }
