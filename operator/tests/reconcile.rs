@@ -330,7 +330,7 @@ async fn injected_errors_and_conflicts_still_converge_without_duplicates() {
         keys
     );
     let all = inventory(&client).await;
-    assert_eq!(all.len(), 17, "{all:?}");
+    assert_eq!(all.len(), 18, "{all:?}");
     assert!(
         writes.faults() >= 3,
         "only {} faults injected",

@@ -193,10 +193,14 @@ where
         + Debug
         + DeserializeOwned,
 {
-    Api::<K>::namespaced(client.clone(), "default")
-        .get_opt(name)
-        .await
-        .unwrap()
+    // The test's own reads may meet an injected fault too: retry those.
+    let api = Api::<K>::namespaced(client.clone(), "default");
+    for _ in 0..5 {
+        if let Ok(found) = api.get_opt(name).await {
+            return found;
+        }
+    }
+    api.get_opt(name).await.unwrap()
 }
 
 async fn names<K>(client: &Client, kind: &str, out: &mut BTreeSet<String>)

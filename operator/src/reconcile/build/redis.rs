@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{
     SecretKeySelector, SecretVolumeSource, Service, ServiceSpec, TCPSocketAction, Volume,
     VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
@@ -38,6 +39,7 @@ pub(super) fn add_to_plan(
                 ChildKind::Secret,
                 ChildKind::Service,
                 ChildKind::StatefulSet,
+                ChildKind::PodDisruptionBudget,
             ] {
                 plan.add(kind, names.redis(), None);
             }
@@ -51,7 +53,28 @@ pub(super) fn add_to_plan(
         secret::redis_password(names, password),
         service(names),
         statefulset(managed, names, &hash),
+        disruption_budget(names),
     ]);
+}
+
+/// The single Redis holds the log every write goes through: a voluntary eviction (a
+/// drain, a cluster-autoscaler scale-down) would stop all writes, so it needs a human
+/// (delete the pod when a pause of writes is acceptable), as a database primary does. A
+/// Redis pod that is not ready may always be evicted.
+fn disruption_budget(names: &Names) -> Child {
+    Child::PodDisruptionBudget(PodDisruptionBudget {
+        metadata: names.meta(names.redis(), Component::Redis),
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(names.selector(Component::Redis)),
+                ..LabelSelector::default()
+            }),
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_string()),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
 }
 
 /// `redis.conf`: append-only with an fsync per write (a worker acknowledges a write once it
