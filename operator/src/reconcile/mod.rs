@@ -445,3 +445,37 @@ fn jitter_unit() -> f64 {
         .map_or(0, |d| d.subsec_nanos());
     f64::from(nanos % 1_000_000) / 1_000_000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kb(name: &str) -> KnowledgeBase {
+        serde_yaml::from_str(&format!(
+            "apiVersion: knowledge.dev/v1alpha1\nkind: KnowledgeBase\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  embedding: {{device: cpu}}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_with_jitter_per_knowledge_base_and_reset() {
+        let backoff = Backoff::default();
+        let (a, b) = (kb("a"), kb("b"));
+        let delays: Vec<Duration> = (0..12).map(|_| backoff.next(&a)).collect();
+        for (n, delay) in delays.iter().enumerate() {
+            let full = Backoff::BASE
+                .saturating_mul(1 << n.min(16) as u32)
+                .min(Backoff::MAX);
+            // Jitter keeps each wait between half and all of the exponential step.
+            assert!(
+                *delay >= full / 2 && *delay <= full,
+                "{n}: {delay:?} vs {full:?}"
+            );
+        }
+        assert!(delays[11] >= Backoff::MAX / 2, "capped at the maximum");
+        // Another KnowledgeBase starts from the beginning; a reset forgets the failures.
+        assert!(backoff.next(&b) <= Backoff::BASE);
+        backoff.reset(&a);
+        assert!(backoff.next(&a) <= Backoff::BASE);
+    }
+}
