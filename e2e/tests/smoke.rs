@@ -52,3 +52,33 @@ fn minimal_example_becomes_ready() {
     run("kubectl", &["delete", "-n", KB_NS, "kb/docs", "--wait=true", "--timeout=2m"]);
     cleanup();
 }
+
+#[test]
+#[ignore = "needs a real cluster in KUBECONFIG"]
+fn removals_propagate_and_the_replica_count_survives_autoscaling_handover() {
+    let root = repo_root();
+    let chart = root.join("charts/knowledgebase-operator");
+    run("helm", &["upgrade", "--install", "kbo", chart.to_str().unwrap(), "-n", OPERATOR_NS, "--create-namespace", "--wait", "--timeout", "5m"]);
+    let _ = Command::new("kubectl").args(["create", "namespace", KB_NS]).status();
+    let kb = "apiVersion: knowledge.dev/v1alpha1\nkind: KnowledgeBase\nmetadata:\n  name: handover\nspec:\n  replicas: 3\n  embedding: {device: cpu}\n  redis: {managed: {}}\n  nodeSelector: {kubernetes.io/os: linux}\n";
+    let file = std::env::temp_dir().join("kb-e2e-handover.yaml");
+    std::fs::write(&file, kb).unwrap();
+    run("kubectl", &["apply", "-n", KB_NS, "-f", file.to_str().unwrap()]);
+    run("kubectl", &["wait", "-n", KB_NS, "kb/handover", "--for=condition=Ready", "--timeout=10m"]);
+    // Removing nodeSelector from the spec removes it from the StatefulSet (real SSA).
+    run("kubectl", &["patch", "-n", KB_NS, "kb/handover", "--type=json", "-p", r#"[{"op":"remove","path":"/spec/nodeSelector"}]"#]);
+    let selector = || run("kubectl", &["get", "-n", KB_NS, "statefulset/handover-worker", "-o", "jsonpath={.spec.template.spec.nodeSelector}"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while selector().contains("kubernetes.io/os") {
+        assert!(std::time::Instant::now() < deadline, "nodeSelector was never removed");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    // Turning autoscaling on keeps 3 replicas (the field keeps an owner).
+    run("kubectl", &["patch", "-n", KB_NS, "kb/handover", "--type=merge", "-p", r#"{"spec":{"autoscaling":{"enabled":true,"minReplicas":1,"maxReplicas":5}}}"#]);
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    let replicas = run("kubectl", &["get", "-n", KB_NS, "statefulset/handover-worker", "-o", "jsonpath={.spec.replicas}"]);
+    assert!(replicas.parse::<i32>().unwrap() >= 1);
+    assert_ne!(replicas, "1", "the replica count was reset to 1 by the handover");
+    run("kubectl", &["delete", "-n", KB_NS, "kb/handover", "--wait=true", "--timeout=2m"]);
+    cleanup();
+}
