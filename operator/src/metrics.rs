@@ -4,6 +4,7 @@ use crate::Error;
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::time::Instant;
@@ -13,12 +14,19 @@ struct ErrorLabels {
     error: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KnowledgeBaseLabels {
+    namespace: String,
+    knowledgebase: String,
+}
+
 /// Reconcile counters and the duration histogram.
 pub struct Metrics {
     registry: Registry,
     reconciles: Counter,
     errors: Family<ErrorLabels, Counter>,
     duration: Histogram,
+    last_backup: Family<KnowledgeBaseLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -26,6 +34,7 @@ impl Default for Metrics {
         let reconciles = Counter::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        let last_backup = Family::<KnowledgeBaseLabels, Gauge>::default();
         let mut registry = Registry::with_prefix("kb_operator");
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register(
@@ -38,11 +47,17 @@ impl Default for Metrics {
             "Time spent in one reconcile",
             duration.clone(),
         );
+        registry.register(
+            "last_backup_timestamp_seconds",
+            "Completion time (Unix seconds) of the last successful backup of a KnowledgeBase",
+            last_backup.clone(),
+        );
         Self {
             registry,
             reconciles,
             errors,
             duration,
+            last_backup,
         }
     }
 }
@@ -64,6 +79,16 @@ impl Metrics {
                 error: error.metric_label(),
             })
             .inc();
+    }
+
+    /// Records the last successful backup of a KnowledgeBase (from its status).
+    pub fn last_backup(&self, namespace: &str, name: &str, unix_seconds: i64) {
+        self.last_backup
+            .get_or_create(&KnowledgeBaseLabels {
+                namespace: namespace.to_string(),
+                knowledgebase: name.to_string(),
+            })
+            .set(unix_seconds);
     }
 
     /// The OpenMetrics text exposition.

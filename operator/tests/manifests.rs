@@ -98,6 +98,8 @@ fn cluster_role_grants_exactly_what_reconcile_uses() {
         ("networking.k8s.io/networkpolicies", children),
         ("batch/cronjobs", children),
         ("batch/jobs", "get,list,watch,create"),
+        ("monitoring.coreos.com/servicemonitors", children),
+        ("monitoring.coreos.com/prometheusrules", children),
         ("/pods", "list"),
         ("events.k8s.io/events", "create,patch"),
     ]

@@ -448,3 +448,30 @@ async fn ready_waits_for_a_rollout_to_reach_every_replica() {
         ("True".into(), "AllReplicasReady".into())
     );
 }
+
+#[tokio::test]
+async fn monitoring_objects_follow_spec_monitoring() {
+    use kb_operator::reconcile::build::{PrometheusRule, ServiceMonitor};
+    let (client, writes) = cluster(None).await;
+    let spec = "embedding:\n  device: cpu\nmonitoring:\n  labels: {release: prom}\n";
+    create(&client, &kb("docs", spec)).await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    let monitor = get::<ServiceMonitor>(&client, "docs-worker").await.unwrap();
+    assert_eq!(monitor.metadata.labels.unwrap()["release"], "prom");
+    assert!(get::<PrometheusRule>(&client, "docs-worker")
+        .await
+        .is_some());
+    let api: Api<KnowledgeBase> = Api::namespaced(client.clone(), "default");
+    let off = json!({"spec": {"monitoring": null}});
+    api.patch("docs", &PatchParams::default(), &Patch::Merge(&off))
+        .await
+        .unwrap();
+    converge(&ctx, &writes, "docs").await;
+    assert!(get::<ServiceMonitor>(&client, "docs-worker")
+        .await
+        .is_none());
+    assert!(get::<PrometheusRule>(&client, "docs-worker")
+        .await
+        .is_none());
+}

@@ -67,6 +67,9 @@ pub struct Metrics {
     redis_connected: Gauge,
     writes_halted: Gauge,
     snapshot_failures: Gauge,
+    ready: Gauge,
+    volume_free: Gauge,
+    volume_total: Gauge,
     cache: Family<CacheLabels, Counter>,
     gpu_total: Family<GpuLabels, Gauge>,
     gpu_used: Family<GpuLabels, Gauge>,
@@ -99,6 +102,9 @@ impl Metrics {
             redis_connected: Gauge::default(),
             writes_halted: Gauge::default(),
             snapshot_failures: Gauge::default(),
+            ready: Gauge::default(),
+            volume_free: Gauge::default(),
+            volume_total: Gauge::default(),
             cache: Family::default(),
             gpu_total: Family::default(),
             gpu_used: Family::default(),
@@ -169,6 +175,21 @@ impl Metrics {
             "writes_halted",
             "1 while writes are refused: a logged record could not be applied, or the WAL is poisoned by a failed fsync (restart needed)",
             m.writes_halted.clone(),
+        );
+        r.register(
+            "ready",
+            "1 when /readyz answers 200: model loaded, log replayed, writes not halted, replication caught up",
+            m.ready.clone(),
+        );
+        r.register(
+            "data_volume_free_bytes",
+            "Bytes available to the worker on its data volume (WAL and snapshots)",
+            m.volume_free.clone(),
+        );
+        r.register(
+            "data_volume_size_bytes",
+            "Size of the worker's data volume",
+            m.volume_total.clone(),
         );
         r.register(
             "snapshot_failures",
@@ -250,6 +271,15 @@ impl Metrics {
                 self.replication_lag.set(status.lag as i64);
                 self.redis_connected.set(i64::from(status.redis_connected));
             }
+            let caught_up = engine.replicator.as_ref().is_none_or(|r| r.is_caught_up());
+            self.ready
+                .set(i64::from(caught_up && engine.store.halted().is_none()));
+            if let Some((free, total)) = volume_space(engine.store.data_dir()) {
+                self.volume_free.set(free as i64);
+                self.volume_total.set(total as i64);
+            }
+        } else {
+            self.ready.set(0);
         }
         self.gpu_total.clear();
         self.gpu_used.clear();
@@ -312,4 +342,27 @@ pub fn router(state: SharedState) -> axum::Router {
             }),
         )
         .with_state(state)
+}
+
+/// Free (available to this user) and total bytes of the filesystem holding `path`.
+fn volume_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` points to writable
+    // memory of the right type; statvfs fills it completely when it returns 0.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised `stat`.
+    let stat = unsafe { stat.assume_init() };
+    // The field types differ between platforms (u32 or u64); all fit in u64.
+    #[allow(clippy::unnecessary_cast)]
+    let (block, available, blocks) = (
+        stat.f_frsize as u64,
+        stat.f_bavail as u64,
+        stat.f_blocks as u64,
+    );
+    Some((available * block, blocks * block))
 }

@@ -383,6 +383,11 @@ impl Store {
         }
     }
 
+    /// The data directory (the volume the WAL and snapshots live on).
+    pub fn data_dir(&self) -> &Path {
+        self.snapshots_dir.parent().unwrap_or(&self.snapshots_dir)
+    }
+
     /// Why writes are stopped, and how snapshots fare.
     pub fn health(&self) -> StoreHealth {
         StoreHealth {

@@ -1,35 +1,52 @@
-//! Every series that shipped monitoring configuration reads (the prometheus-adapter rules
-//! for `targetQpsPerPod`) exists in a real worker's /metrics.
+//! Every `kb_worker_*` series that shipped monitoring reads (the alert rules, the Grafana
+//! dashboard, the prometheus-adapter rules for `targetQpsPerPod`) exists in a real
+//! worker's /metrics. (The expressions themselves are parsed as PromQL, and the
+//! `kb_operator_*` names checked, in operator/tests/monitoring.rs.)
 
 mod common;
 
 use common::Worker;
+use std::collections::BTreeSet;
 use std::path::Path;
 
-/// The metric names in the `seriesQuery` fields of the adapter rules.
-fn adapter_series() -> Vec<String> {
+fn read(path: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let text = std::fs::read_to_string(
-        root.join("charts/knowledgebase-operator/extras/prometheus-adapter-values.yaml"),
-    )
-    .unwrap();
-    let values: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    values["rules"]["custom"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let query = r["seriesQuery"].as_str().unwrap();
-            query.split('{').next().unwrap().trim().to_string()
-        })
-        .collect()
+    std::fs::read_to_string(root.join(path)).unwrap()
+}
+
+/// `kb_worker_*` identifiers in `text`.
+fn worker_metrics(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("kb_worker_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
 }
 
 #[tokio::test]
-async fn the_series_the_adapter_rules_read_are_exported() {
+async fn every_worker_series_that_alerts_dashboard_and_adapter_read_is_exported() {
+    let mut named = BTreeSet::new();
+    for file in [
+        "operator/src/reconcile/build/alerts.yaml",
+        "charts/knowledgebase-operator/dashboards/knowledgebase.json",
+        "charts/knowledgebase-operator/extras/prometheus-adapter-values.yaml",
+    ] {
+        let found = worker_metrics(&read(file));
+        assert!(!found.is_empty(), "{file} names no worker metric");
+        named.extend(found);
+    }
+    // The adapter's `as` name is served by the adapter, not the worker.
+    named.remove("kb_worker_http_requests_per_second");
+
     let tmp = tempfile::tempdir().unwrap();
     let worker = Worker::start(&tmp.path().join("data"), "", &["--open"]).await;
-    // One API request so that the per-route counters have a sample.
+    // Samples for the per-route and cache families.
     reqwest::get(format!("{}/v1/collections", worker.url))
         .await
         .unwrap();
@@ -39,11 +56,16 @@ async fn the_series_the_adapter_rules_read_are_exported() {
         .text()
         .await
         .unwrap();
-    let series = adapter_series();
-    assert!(!series.is_empty());
-    for name in series {
+    // Families that only get samples with a GPU or a cache lookup: declared in HELP/TYPE.
+    for name in named {
+        let family = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_total")
+            .to_string();
         assert!(
-            text.lines().any(|l| l.starts_with(&format!("{name}{{"))),
+            text.lines().any(|l| l.starts_with(&format!("{name}{{"))
+                || l.starts_with(&format!("{name} "))
+                || l.starts_with(&format!("# TYPE {family} "))),
             "{name} is not in the worker's /metrics:\n{text}"
         );
     }

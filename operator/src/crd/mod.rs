@@ -6,6 +6,7 @@
 mod autoscaling;
 mod backup;
 mod embedding;
+mod monitoring;
 mod network;
 mod redis;
 mod status;
@@ -14,6 +15,7 @@ mod storage;
 pub use autoscaling::{Autoscaling, ScalingBehavior, ScalingRules};
 pub use backup::{Backup, BackupDestination, Bootstrap, FromBackup, PvcDestination, S3Destination};
 pub use embedding::{Chunking, Device, Embedding, GpuScheduling, ModelVolume, Precision};
+pub use monitoring::Monitoring;
 pub use network::Network;
 pub use redis::{CaSecretRef, ExternalRedis, ManagedRedis, Redis, RedisMode, SecretKeyRef};
 pub use status::{BackupStatus, ConditionType, KnowledgeBaseStatus};
@@ -95,6 +97,9 @@ pub struct KnowledgeBaseSpec {
     /// Initial data of a new knowledge base (restore from a backup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<Bootstrap>,
+    /// ServiceMonitor and PrometheusRule for the workers (Prometheus Operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<Monitoring>,
     /// API keys.
     #[serde(default)]
     pub auth: Auth,

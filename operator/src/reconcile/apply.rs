@@ -15,7 +15,7 @@
 //! as it is, so that keys clients hold stay valid when a KnowledgeBase is recreated. One failing child does not stop
 //! the rest; the failures are returned together.
 
-use super::build::{Child, ChildKind, ChildRef, Plan, MANAGER};
+use super::build::{Child, ChildKind, ChildRef, Plan, PrometheusRule, ServiceMonitor, MANAGER};
 use crate::{Error, Result};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -138,6 +138,8 @@ async fn apply_child(
         Child::HorizontalPodAutoscaler(o) => server_side_apply(client, ns, owner, o).await,
         Child::NetworkPolicy(o) => server_side_apply(client, ns, owner, o).await,
         Child::CronJob(o) => server_side_apply(client, ns, owner, o.as_ref()).await,
+        Child::ServiceMonitor(o) => server_side_apply(client, ns, owner, o.as_ref()).await,
+        Child::PrometheusRule(o) => server_side_apply(client, ns, owner, o.as_ref()).await,
     }
 }
 
@@ -164,6 +166,13 @@ async fn delete_child(
         }
         ChildKind::NetworkPolicy => delete_owned::<NetworkPolicy>(client, ns, instance, name).await,
         ChildKind::CronJob => delete_owned::<CronJob>(client, ns, instance, name).await,
+        // Without the Prometheus Operator's CRDs there is nothing to delete.
+        ChildKind::ServiceMonitor => {
+            absent_kind_is_empty(delete_owned::<ServiceMonitor>(client, ns, instance, name).await)
+        }
+        ChildKind::PrometheusRule => {
+            absent_kind_is_empty(delete_owned::<PrometheusRule>(client, ns, instance, name).await)
+        }
     }
 }
 
@@ -239,6 +248,14 @@ fn is_subset(desired: &Value, actual: &Value) -> bool {
             d.len() == a.len() && d.iter().zip(a).all(|(dv, av)| is_subset(dv, av))
         }
         _ => desired == actual,
+    }
+}
+
+/// A 404 for a whole kind (its CRD is not installed) means there is nothing to delete.
+fn absent_kind_is_empty(result: kube::Result<bool>) -> kube::Result<bool> {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        other => other,
     }
 }
 

@@ -307,6 +307,10 @@ async fn finish_with(
     backup_request: Option<String>,
 ) -> Result<Action> {
     let (status, _) = status::update(&ctx.client, kb, namespace, &outcome, backup_request).await?;
+    if let Some(time) = &status.last_backup {
+        ctx.metrics
+            .last_backup(namespace, &kb.name_any(), time.0.as_second());
+    }
     publish_transition(kb, ctx, kb.status.as_ref(), &status).await;
     Ok(match outcome {
         Outcome::Paused | Outcome::Invalid(_) => Action::requeue(RESYNC),

@@ -87,6 +87,8 @@ async fn cluster_with(faults: Option<Faults>, managed_fields: bool) -> (Client, 
     let funcs = interceptors(&writes, Arc::new(fail));
     let mut builder = ClientBuilder::new()
         .with_resource::<KnowledgeBase>()
+        .with_resource::<kb_operator::reconcile::build::ServiceMonitor>()
+        .with_resource::<kb_operator::reconcile::build::PrometheusRule>()
         .with_interceptor_funcs(funcs);
     if managed_fields {
         builder = builder.with_return_managed_fields();

@@ -7,6 +7,7 @@
 mod config_map;
 mod cronjob;
 mod hpa;
+mod monitoring;
 mod names;
 mod network_policy;
 mod pdb;
@@ -21,6 +22,7 @@ mod statefulset;
 
 pub use config_map::{worker_config, CONFIG_HASH_ANNOTATION};
 pub use cronjob::{on_demand as backup_job, REPORT_FILE, REQUEST_ANNOTATION};
+pub use monitoring::{PrometheusRule, ServiceMonitor, ALERTS, SCRAPE_LABEL};
 pub use names::{Component, Names, HTTP_PORT, MANAGER, METRICS_PORT, REDIS_PORT};
 pub use secret::{ADMIN_KEY, API_KEYS_FILE, REDIS_PASSWORD_KEY};
 
@@ -66,6 +68,8 @@ pub enum Child {
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
     NetworkPolicy(NetworkPolicy),
     CronJob(Box<CronJob>),
+    ServiceMonitor(Box<ServiceMonitor>),
+    PrometheusRule(Box<PrometheusRule>),
 }
 
 /// The kinds of child objects.
@@ -80,6 +84,8 @@ pub enum ChildKind {
     HorizontalPodAutoscaler,
     NetworkPolicy,
     CronJob,
+    ServiceMonitor,
+    PrometheusRule,
 }
 
 /// A child identified by kind and name.
@@ -102,6 +108,8 @@ impl Child {
             Child::HorizontalPodAutoscaler(o) => (ChildKind::HorizontalPodAutoscaler, &o.metadata),
             Child::NetworkPolicy(o) => (ChildKind::NetworkPolicy, &o.metadata),
             Child::CronJob(o) => (ChildKind::CronJob, &o.metadata),
+            Child::ServiceMonitor(o) => (ChildKind::ServiceMonitor, &o.metadata),
+            Child::PrometheusRule(o) => (ChildKind::PrometheusRule, &o.metadata),
         };
         ChildRef {
             kind,
@@ -121,6 +129,8 @@ impl Child {
             Child::HorizontalPodAutoscaler(o) => serde_json::to_value(o),
             Child::NetworkPolicy(o) => serde_json::to_value(o),
             Child::CronJob(o) => serde_json::to_value(o),
+            Child::ServiceMonitor(o) => serde_json::to_value(o),
+            Child::PrometheusRule(o) => serde_json::to_value(o),
         };
         value.expect("Kubernetes objects always serialise")
     }
@@ -177,6 +187,16 @@ pub fn plan(kb: &KnowledgeBase, inputs: &Inputs) -> Plan {
         plan.add(ChildKind::NetworkPolicy, name, policy);
     }
     redis::add_to_plan(&mut plan, spec, &names, inputs.redis_password.clone());
+    plan.add(
+        ChildKind::ServiceMonitor,
+        names.worker(),
+        monitoring::service_monitor(spec, &names),
+    );
+    plan.add(
+        ChildKind::PrometheusRule,
+        names.worker(),
+        monitoring::prometheus_rule(spec, &names),
+    );
     plan.add(
         ChildKind::CronJob,
         names.backup(),

@@ -22,8 +22,14 @@ pub(super) fn client(names: &Names) -> Child {
 /// Headless Service `<name>-headless`: stable pod DNS, and peers that are not ready yet
 /// (a new replica fetches a snapshot from a peer before it is ready itself).
 pub(super) fn headless(names: &Names) -> Child {
+    let mut metadata = names.meta(names.headless(), Component::Worker);
+    // The one worker Service a ServiceMonitor scrapes, so each pod is scraped once.
+    metadata.labels.get_or_insert_with(Default::default).insert(
+        super::monitoring::SCRAPE_LABEL.to_string(),
+        "true".to_string(),
+    );
     Child::Service(Service {
-        metadata: names.meta(names.headless(), Component::Worker),
+        metadata,
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".to_string()),
             publish_not_ready_addresses: Some(true),
