@@ -1,5 +1,6 @@
-//! The prometheus-adapter rules shipped for `targetQpsPerPod` serve exactly the metric the
-//! operator's HorizontalPodAutoscalers ask for. (That the series they read exists in a
+//! The prometheus-adapter rules shipped for `targetQpsPerPod` and
+//! `targetEmbedQueueDepthPerPod` serve exactly the metrics the operator's
+//! HorizontalPodAutoscalers ask for. (That the series they read exists in a
 //! worker's /metrics is checked in worker/tests/metrics_names.rs.)
 
 use kb_operator::crd::KnowledgeBase;
@@ -23,7 +24,7 @@ fn the_adapter_serves_the_metric_the_hpa_scales_on() {
         .map(|r| r["name"]["as"].as_str().unwrap().to_string())
         .collect();
     let kb: KnowledgeBase = serde_yaml::from_str(
-        "apiVersion: knowledge.dev/v1alpha1\nkind: KnowledgeBase\nmetadata: {name: docs, namespace: default}\nspec:\n  embedding: {device: cpu}\n  redis: {external: {url: 'redis://r:6379'}}\n  autoscaling: {minReplicas: 1, maxReplicas: 4, targetQpsPerPod: 40}\n",
+        "apiVersion: knowledge.dev/v1alpha1\nkind: KnowledgeBase\nmetadata: {name: docs, namespace: default}\nspec:\n  embedding: {device: cpu}\n  redis: {external: {url: 'redis://r:6379'}}\n  autoscaling: {minReplicas: 1, maxReplicas: 4, targetQpsPerPod: 40, targetEmbedQueueDepthPerPod: 64}\n",
     )
     .unwrap();
     let inputs = kb_operator::reconcile::dereference::offline(&kb, "default").unwrap();
@@ -38,6 +39,8 @@ fn the_adapter_serves_the_metric_the_hpa_scales_on() {
         .iter()
         .filter_map(|m| m["pods"]["metric"]["name"].as_str().map(String::from))
         .collect();
-    assert_eq!(asked.len(), 1);
-    assert!(served.contains(&asked[0]), "{asked:?} not in {served:?}");
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    for metric in &asked {
+        assert!(served.contains(metric), "{metric} not in {served:?}");
+    }
 }

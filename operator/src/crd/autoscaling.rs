@@ -33,6 +33,12 @@ pub struct Autoscaling {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub target_qps_per_pod: Option<i32>,
+    /// Target texts waiting for the embedding batcher per pod: a signal of embedding load
+    /// that CPU utilisation misses (served by prometheus-adapter from the workers'
+    /// `kb_worker_embed_queue_depth`, same rules file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_embed_queue_depth_per_pod: Option<i32>,
     /// Scale-up and scale-down policies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behavior: Option<ScalingBehavior>,

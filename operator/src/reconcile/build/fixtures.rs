@@ -71,6 +71,7 @@ pub fn autoscaling(min: i32, max: i32) -> Autoscaling {
         target_cpu_utilization_percentage: Some(60),
         target_memory_utilization_percentage: None,
         target_qps_per_pod: Some(50),
+        target_embed_queue_depth_per_pod: None,
         behavior: Some(ScalingBehavior {
             scale_up: Some(ScalingRules {
                 stabilization_window_seconds: Some(0),

@@ -14,6 +14,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 /// `kb_worker_http_requests_total` (rules: charts/knowledgebase-operator/extras/
 /// prometheus-adapter-values.yaml).
 pub const QPS_METRIC: &str = "kb_worker_http_requests_per_second";
+/// Texts waiting for the embedding batcher, per pod (same adapter rules).
+pub const QUEUE_METRIC: &str = "kb_worker_embed_queue_depth";
 /// CPU target when the spec sets no metric at all.
 const DEFAULT_CPU_TARGET: i32 = 70;
 
@@ -48,9 +50,10 @@ fn metrics(scaling: &Autoscaling) -> Vec<MetricSpec> {
         scaling.target_cpu_utilization_percentage,
         scaling.target_memory_utilization_percentage,
         scaling.target_qps_per_pod,
+        scaling.target_embed_queue_depth_per_pod,
     ) {
-        (None, None, None) => Some(DEFAULT_CPU_TARGET),
-        (cpu, _, _) => cpu,
+        (None, None, None, None) => Some(DEFAULT_CPU_TARGET),
+        (cpu, ..) => cpu,
     };
     if let Some(cpu) = cpu {
         metrics.push(resource_metric("cpu", cpu));
@@ -59,23 +62,31 @@ fn metrics(scaling: &Autoscaling) -> Vec<MetricSpec> {
         metrics.push(resource_metric("memory", memory));
     }
     if let Some(qps) = scaling.target_qps_per_pod {
-        metrics.push(MetricSpec {
-            type_: "Pods".to_string(),
-            pods: Some(PodsMetricSource {
-                metric: MetricIdentifier {
-                    name: QPS_METRIC.to_string(),
-                    selector: None,
-                },
-                target: MetricTarget {
-                    type_: "AverageValue".to_string(),
-                    average_value: Some(Quantity(qps.to_string())),
-                    ..MetricTarget::default()
-                },
-            }),
-            ..MetricSpec::default()
-        });
+        metrics.push(pods_metric(QPS_METRIC, qps));
+    }
+    if let Some(depth) = scaling.target_embed_queue_depth_per_pod {
+        metrics.push(pods_metric(QUEUE_METRIC, depth));
     }
     metrics
+}
+
+/// A per-pod custom metric with an average target.
+fn pods_metric(name: &str, average: i32) -> MetricSpec {
+    MetricSpec {
+        type_: "Pods".to_string(),
+        pods: Some(PodsMetricSource {
+            metric: MetricIdentifier {
+                name: name.to_string(),
+                selector: None,
+            },
+            target: MetricTarget {
+                type_: "AverageValue".to_string(),
+                average_value: Some(Quantity(average.to_string())),
+                ..MetricTarget::default()
+            },
+        }),
+        ..MetricSpec::default()
+    }
 }
 
 fn resource_metric(name: &str, utilization: i32) -> MetricSpec {
