@@ -382,3 +382,47 @@ async fn rotated_api_keys_take_effect_on_sighup_without_a_restart() {
     let (s, _) = call(&w, "GET", "/v1/collections", Some(ADMIN_KEY), None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "the old key still works");
 }
+
+#[tokio::test]
+async fn a_dot_metric_collection_takes_ingestion_and_list_metadata_filters_match() {
+    let (_tmp, w) = start().await;
+    let (s, created) = call(
+        &w,
+        "PUT",
+        "/v1/collections/alpha",
+        Some(ADMIN_KEY),
+        Some(json!({"metric": "dot"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{created}");
+    let docs = json!({"documents": [
+        {"id": "a", "text": "Penguins live in Antarctica.", "metadata": {"tags": ["birds", "cold"]}},
+        {"id": "b", "text": "Volcanoes erupt molten lava.", "metadata": {"tags": ["geology"]}},
+    ]});
+    let (s, body) = call(
+        &w,
+        "POST",
+        "/v1/collections/alpha/documents",
+        Some(ADMIN_KEY),
+        Some(docs),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "ingest into a dot collection: {body}");
+    let (_, stats) = call(&w, "GET", "/v1/collections/alpha", Some(ADMIN_KEY), None).await;
+    assert_eq!(stats["metric"], "dot", "{stats}");
+    let (_, hits) = call(
+        &w,
+        "POST",
+        "/v1/collections/alpha/query",
+        Some(ADMIN_KEY),
+        Some(json!({"query": "animals", "top_k": 5, "filter": {"tags": "cold"}})),
+    )
+    .await;
+    let ids: Vec<&str> = hits["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["document_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a"], "{hits}");
+}

@@ -249,10 +249,17 @@ pub async fn ingest_documents(
     };
     let truncated = embedded.truncated.iter().filter(|t| **t).count();
     let mut vectors = embedded.vectors.into_iter();
+    // Created as cosine on first use; an existing collection keeps its own metric (one
+    // created with `PUT {"metric": "dot"}` used to refuse every ingest with 409).
+    let metric = engine
+        .store
+        .index()
+        .get(collection)
+        .map_or(Metric::Cosine, |c| c.metric());
     let mut ops = vec![Op::CreateCollection {
         collection: collection.to_string(),
         dim,
-        metric: Metric::Cosine,
+        metric,
     }];
     let mut total_chunks = 0;
     let documents = docs.len();

@@ -51,15 +51,27 @@ impl Filter {
         self.clauses.is_empty()
     }
 
-    /// Whether `metadata` satisfies every clause.
+    /// Whether `metadata` satisfies every clause. A list-valued metadata field matches
+    /// element-wise: `{"tags": "a"}` and `{"tags": {"$in": ["a", "z"]}}` both match
+    /// `"tags": ["a", "b"]`.
     pub fn matches(&self, metadata: &Metadata) -> bool {
         self.clauses
             .iter()
             .all(|(key, clause)| match (clause, metadata.get(key)) {
                 (_, None) => false,
-                (Clause::Eq(want), Some(have)) => values_equal(want, have),
-                (Clause::In(wants), Some(have)) => wants.iter().any(|w| values_equal(w, have)),
+                (Clause::Eq(want), Some(have)) => any_element(have, |h| values_equal(want, h)),
+                (Clause::In(wants), Some(have)) => {
+                    any_element(have, |h| wants.iter().any(|w| values_equal(w, h)))
+                }
             })
+    }
+}
+
+/// `test` on the value, or on each element when it is a list.
+fn any_element(have: &Value, test: impl Fn(&Value) -> bool) -> bool {
+    match have {
+        Value::Array(items) => items.iter().any(test),
+        one => test(one),
     }
 }
 
@@ -87,6 +99,24 @@ mod tests {
         assert!(!f.matches(&meta(json!({"lang": "en", "tag": "c"}))));
         assert!(!f.matches(&meta(json!({"lang": "de", "tag": "a"}))));
         assert!(!f.matches(&meta(json!({"tag": "a"}))));
+    }
+
+    #[test]
+    fn list_metadata_matches_element_wise() {
+        let tagged = meta(json!({"tags": ["search", "platform"], "v": [1, 2]}));
+        assert!(Filter::parse(&json!({"tags": "platform"}))
+            .unwrap()
+            .matches(&tagged));
+        assert!(Filter::parse(&json!({"tags": {"$in": ["x", "search"]}}))
+            .unwrap()
+            .matches(&tagged));
+        assert!(Filter::parse(&json!({"v": 2.0})).unwrap().matches(&tagged));
+        assert!(!Filter::parse(&json!({"tags": "ml"}))
+            .unwrap()
+            .matches(&tagged));
+        assert!(!Filter::parse(&json!({"tags": {"$in": ["ml"]}}))
+            .unwrap()
+            .matches(&tagged));
     }
 
     #[test]
