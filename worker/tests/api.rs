@@ -426,3 +426,14 @@ async fn a_dot_metric_collection_takes_ingestion_and_list_metadata_filters_match
         .collect();
     assert_eq!(ids, ["a"], "{hits}");
 }
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_the_json_error_shape() {
+    let (_tmp, w) = start().await;
+    let (s, body) = call(&w, "GET", "/v1/nothing-here", Some(ADMIN_KEY), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+    let (s, body) = call(&w, "DELETE", "/v1/embeddings", Some(ADMIN_KEY), None).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+}

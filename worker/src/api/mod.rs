@@ -168,7 +168,16 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/admin/snapshot", get(health::snapshot))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(health::openapi));
+        .route("/openapi.json", get(health::openapi))
+        // Unknown routes and methods answer in the same JSON error shape as the rest.
+        .fallback(|| async {
+            ApiError::NotFound("no such route; the API is described at /openapi.json".into())
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed(
+                "this route does not take that method; see /openapi.json".into(),
+            )
+        });
     api.layer(axum::middleware::from_fn_with_state(
         state.clone(),
         crate::metrics::track_requests,
