@@ -163,6 +163,17 @@ async fn answers(url: &str) -> Vec<Vec<(String, String, f64)>> {
     all
 }
 
+/// `kb-worker restore --from TARGET --data-dir DATA`.
+fn restore_args<'a>(target: &'a str, data: &'a Path) -> [&'a str; 5] {
+    [
+        "restore",
+        "--from",
+        target,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]
+}
+
 fn url(prefix: &str) -> String {
     format!("s3://{BUCKET}/{prefix}")
 }
@@ -200,13 +211,7 @@ async fn a_backup_restored_into_an_empty_directory_answers_identically() {
     assert_eq!(listed[0]["name"], manifest["name"]);
 
     let data = tmp.path().join("b");
-    let restored = s3.kb_worker_ok(&[
-        "restore",
-        "--from",
-        &target,
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let restored = s3.kb_worker_ok(&restore_args(&target, &data));
     assert_eq!(restored[0]["sequence"], 25);
     let copy = Worker::start(&data, "", &["--open"]).await;
     assert_eq!(answers(&copy.url).await, before);
@@ -262,13 +267,7 @@ async fn a_corrupted_backup_object_is_refused_and_nothing_is_installed() {
     store.put(&object, bytes.into()).await.unwrap();
 
     let data = tmp.path().join("b");
-    let out = s3.kb_worker(&[
-        "restore",
-        "--from",
-        &target,
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let out = s3.kb_worker(&restore_args(&target, &data));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is corrupt"), "{stderr}");
@@ -360,13 +359,7 @@ async fn a_backup_taken_during_ingestion_holds_whole_documents() {
     assert!(acked.iter().all(|(_, chunks)| *chunks > 1), "{acked:?}");
 
     let data = tmp.path().join("b");
-    s3.kb_worker_ok(&[
-        "restore",
-        "--from",
-        &target,
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    s3.kb_worker_ok(&restore_args(&target, &data));
     let copy = Worker::start(&data, config, &["--open"]).await;
     let mut present = 0;
     for (i, (id, chunks)) in acked.iter().enumerate() {
@@ -404,13 +397,7 @@ async fn a_knowledge_base_restored_from_a_backup_continues_a_fresh_stream() {
     let sequence = manifest["sequence"].as_u64().unwrap();
 
     let data = tmp.path().join("restored");
-    s3.kb_worker_ok(&[
-        "restore",
-        "--from",
-        &target,
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    s3.kb_worker_ok(&restore_args(&target, &data));
     let redis = Redis::start(&tmp.path().join("redis"), free_port());
     let config = format!(
         "redis:\n  url: {}\n  key_prefix: kb:restored\nreplication:\n  wait_timeout_ms: 5000\n",

@@ -6,7 +6,7 @@ use super::build::{Names, MANAGER};
 use super::conditions::{
     self, BackupJobs, BackupObserved, BackupReport, Observed, Outcome, RedisObserved, Rollout,
 };
-use crate::crd::{KnowledgeBase, KnowledgeBaseStatus};
+use crate::crd::{BackupStatus, KnowledgeBase, KnowledgeBaseStatus};
 use crate::{Error, Result};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -106,7 +106,10 @@ async fn observe(client: &Client, kb: &KnowledgeBase, names: &Names) -> Result<O
         }
     };
     let backup_jobs = match kb.spec.backup {
-        Some(_) => Some(backup_jobs(client, names).await?),
+        Some(_) => {
+            let known = kb.status.as_ref().and_then(|s| s.backup.as_ref());
+            Some(backup_jobs(client, names, known).await?)
+        }
         None => None,
     };
     let generation = workers.as_ref().and_then(|s| s.metadata.generation);
@@ -138,7 +141,12 @@ async fn observe(client: &Client, kb: &KnowledgeBase, names: &Names) -> Result<O
 
 /// The backup Jobs of this KnowledgeBase (the CronJob's and on-demand ones): the newest
 /// success with the report its pod left as termination message, and the failures since.
-async fn backup_jobs(client: &Client, names: &Names) -> Result<BackupJobs> {
+/// The pod is read only for a success the status (`known`) does not describe yet.
+async fn backup_jobs(
+    client: &Client,
+    names: &Names,
+    known: Option<&BackupStatus>,
+) -> Result<BackupJobs> {
     let selector = names
         .selector(Component::Backup)
         .iter()
@@ -183,7 +191,14 @@ async fn backup_jobs(client: &Client, names: &Names) -> Result<BackupJobs> {
     let last_failure = failed_since.iter().max_by(|a, b| a.0.cmp(&b.0)).cloned();
     let last_success = match last_success {
         Some((time, job)) => {
-            let report = job_report(client, names, &job).await?;
+            let described = known.is_some_and(|k| {
+                k.last_job.as_deref() == Some(job.as_str()) && k.last_backup_name.is_some()
+            });
+            let report = match described {
+                // `conditions` keeps what the status says about this same Job.
+                true => None,
+                false => job_report(client, names, &job).await?,
+            };
             Some((time, job, report))
         }
         None => None,

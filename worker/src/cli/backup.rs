@@ -8,12 +8,11 @@
 //! or installed. `s3://` targets are described in [`super::objects`].
 
 use super::client::{ApiClient, ServerArgs};
-use super::objects::{self, Encryption, S3Url};
+use super::objects::{self, unix_now, Encryption, S3Url};
 use crate::log::Seq;
 use crate::snapshot;
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tch::Device;
 
 const SEQUENCE_HEADER: &str = "x-kb-sequence";
@@ -275,13 +274,11 @@ fn has_entries(dir: &Path) -> bool {
 }
 
 fn backup_name(sequence: Seq, taken_at: u64) -> String {
-    format!("backup-{sequence}-{taken_at}.kbsnap")
+    format!("{}.kbsnap", objects::backup_name(sequence, taken_at))
 }
 
 fn parse_backup_name(name: &str) -> Option<(Seq, u64)> {
-    let stem = name.strip_prefix("backup-")?.strip_suffix(".kbsnap")?;
-    let (sequence, taken_at) = stem.split_once('-')?;
-    Some((sequence.parse().ok()?, taken_at.parse().ok()?))
+    objects::parse_backup_name(name.strip_suffix(".kbsnap")?)
 }
 
 /// Backups in `dir`, newest first (by time taken, then sequence).
@@ -305,12 +302,6 @@ fn list_backups(dir: &Path) -> anyhow::Result<Vec<BackupFile>> {
     }
     found.sort_by_key(|b| std::cmp::Reverse((b.taken_at, b.sequence)));
     Ok(found)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

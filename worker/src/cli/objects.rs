@@ -351,16 +351,18 @@ async fn fetch_verified(
     Ok(())
 }
 
-fn backup_name(sequence: Seq, created: u64) -> String {
+/// `backup-<sequence>-<unix time>`: an S3 backup's folder, a directory backup's file stem.
+pub(super) fn backup_name(sequence: Seq, created: u64) -> String {
     format!("backup-{sequence}-{created}")
 }
 
-fn parse_backup_name(name: &str) -> Option<(Seq, u64)> {
+/// The sequence and time in a [`backup_name`].
+pub(super) fn parse_backup_name(name: &str) -> Option<(Seq, u64)> {
     let (sequence, created) = name.strip_prefix("backup-")?.split_once('-')?;
     Some((sequence.parse().ok()?, created.parse().ok()?))
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
