@@ -2,7 +2,9 @@
 //! dashboard. Every expression parses as PromQL (a real parser, promql-parser), every
 //! alert the issue asks for is there, and every `kb_operator_*` metric they name exists in
 //! the operator's /metrics (the `kb_worker_*` ones are checked against a running worker in
-//! worker/tests/metrics_names.rs).
+//! worker/tests/metrics_names.rs). The ServiceMonitors and PrometheusRules of the operator
+//! and of the chart are valid against the Prometheus Operator's own CRD schemas (vendored in
+//! tests/fixtures/monitoring-crds, checked by scripts/validate-crd-objects.py).
 
 use kb_operator::crd::KnowledgeBase;
 use kb_operator::metrics::Metrics;
@@ -299,4 +301,146 @@ fn the_chart_ships_the_operator_monitor_rules_and_the_dashboard() {
         embedded,
         serde_json::from_str::<serde_json::Value>(&shipped).unwrap()
     );
+}
+
+/// The Prometheus Operator CRDs vendored under tests/fixtures/monitoring-crds.
+fn monitoring_crds() -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/monitoring-crds");
+    ["servicemonitors", "prometheusrules"]
+        .iter()
+        .map(|plural| dir.join(format!("monitoring.coreos.com_{plural}.yaml")))
+        .collect()
+}
+
+/// Runs scripts/validate-crd-objects.py on `objects` against the vendored CRDs, with the
+/// project virtualenv's python (`$VIRTUAL_ENV`, else `.venv`); fails (never skips) when it
+/// cannot run. Returns whether they are valid, and what it printed.
+fn validate_against_crds(objects: &[serde_json::Value]) -> (bool, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let venv = std::env::var("VIRTUAL_ENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join(".venv"));
+    let python = venv.join("bin/python");
+    let mut command = std::process::Command::new(&python);
+    command.arg(root.join("scripts/validate-crd-objects.py"));
+    for crd in monitoring_crds() {
+        command.arg("--crd").arg(crd);
+    }
+    let input: String = objects
+        .iter()
+        .map(|o| format!("---\n{}", serde_yaml::to_string(o).unwrap()))
+        .collect();
+    let mut child = command
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} not runnable ({e}); run `make setup`", python.display()));
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    match output.status.code() {
+        Some(0) => (true, text),
+        Some(1) => (false, text),
+        _ => {
+            panic!("scripts/validate-crd-objects.py could not validate (run `make setup`):\n{text}")
+        }
+    }
+}
+
+#[test]
+fn the_rendered_monitor_and_rule_are_valid_against_the_prometheus_operator_crds() {
+    let (monitor, rule) = rendered();
+    let kb: KnowledgeBase =
+        serde_yaml::from_str(&SPEC.replace("  redis: {managed: {}}\n  replicas: 2\n", "")).unwrap();
+    let plan = plan(&kb, &offline(&kb, "search").unwrap());
+    let unreplicated = plan
+        .get(ChildKind::PrometheusRule, "docs-worker")
+        .unwrap()
+        .to_json();
+    let (valid, text) = validate_against_crds(&[monitor, rule, unreplicated]);
+    assert!(valid, "{text}");
+    assert!(text.contains("3 object(s) valid"), "{text}");
+}
+
+#[test]
+fn the_charts_monitor_and_rule_are_valid_against_the_prometheus_operator_crds() {
+    let objects: Vec<serde_json::Value> = chart_with_monitoring()
+        .into_iter()
+        .filter(|d| d["apiVersion"] == "monitoring.coreos.com/v1")
+        .map(|d| serde_json::to_value(d).unwrap())
+        .collect();
+    let kinds: BTreeSet<&str> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["PrometheusRule", "ServiceMonitor"]),
+        "{objects:?}"
+    );
+    let (valid, text) = validate_against_crds(&objects);
+    assert!(valid, "{text}");
+}
+
+/// Negative controls: the validation above would catch an unknown field, a wrong type, a
+/// value out of pattern, a non-string label and a duplicate list-map key.
+#[test]
+fn the_crd_validation_rejects_what_the_api_server_would() {
+    let (monitor, rule) = rendered();
+    let (valid, text) = validate_against_crds(&[monitor.clone(), rule.clone()]);
+    assert!(valid, "{text}");
+    let mutated = |object: &serde_json::Value, change: &dyn Fn(&mut serde_json::Value)| {
+        let mut copy = object.clone();
+        change(&mut copy);
+        copy
+    };
+    let cases = [
+        (
+            mutated(&monitor, &|m| {
+                let endpoints = m["spec"].as_object_mut().unwrap().remove("endpoints");
+                m["spec"]["endpoint"] = endpoints.unwrap();
+            }),
+            "('endpoint' was unexpected)",
+        ),
+        (
+            mutated(&monitor, &|m| {
+                m["spec"]["endpoints"][0]["interval"] = "30 seconds".into()
+            }),
+            "spec.endpoints[0].interval: '30 seconds' does not match",
+        ),
+        (
+            mutated(&monitor, &|m| m["metadata"]["labels"]["release"] = 1.into()),
+            "metadata.labels.release: 1 is not of type 'string'",
+        ),
+        (
+            mutated(&rule, &|r| {
+                r["spec"]["groups"][0]["rules"][0]["for"] = 600.into()
+            }),
+            "spec.groups[0].rules[0].for: 600 is not of type 'string'",
+        ),
+        (
+            mutated(&rule, &|r| {
+                let group = r["spec"]["groups"][0].clone();
+                r["spec"]["groups"].as_array_mut().unwrap().push(group);
+            }),
+            "spec.groups: duplicate entry with name='knowledgebase-docs'",
+        ),
+    ];
+    for (object, expected) in cases {
+        let (valid, text) = validate_against_crds(&[object]);
+        assert!(!valid, "accepted, expected {expected}");
+        assert!(text.contains(expected), "expected {expected} in:\n{text}");
+    }
 }
