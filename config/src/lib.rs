@@ -88,12 +88,23 @@ pub struct EmbeddingConfig {
     /// `cpu`, `cuda` (every visible GPU), `cuda:0,1` (listed GPUs) or `auto`.
     pub device: String,
     pub precision: Precision,
-    /// Token budget of one batch (padded length x rows).
+    /// Token budget of one batch of the interactive lane (padded length x rows).
     pub max_batch_tokens: usize,
+    /// Token budget of one batch of the bulk lane (ingestion). An interactive request that
+    /// arrives while a bulk batch runs waits for that batch, so this bounds how much bulk
+    /// work can delay a query. Unset: `max_batch_tokens`, and at most 1024 on CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bulk_batch_tokens: Option<usize>,
     /// Longer inputs are truncated to this many tokens (and the response says so).
     pub max_seq_len: usize,
-    /// Pending embedding requests before new ones get 429.
+    /// Texts waiting in the interactive lane (queries) before new ones get 429.
     pub queue_capacity: usize,
+    /// Texts waiting in the bulk lane (ingestion) before new ones get 429.
+    pub bulk_queue_capacity: usize,
+    /// The model's name in `/v1/embeddings` answers and `/v1/models`. Unset: the model
+    /// card's title, else the model directory's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_name: Option<String>,
 }
 
 impl Default for EmbeddingConfig {
@@ -102,8 +113,11 @@ impl Default for EmbeddingConfig {
             device: "auto".into(),
             precision: Precision::Auto,
             max_batch_tokens: 16_384,
+            bulk_batch_tokens: None,
             max_seq_len: 256,
             queue_capacity: 1024,
+            bulk_queue_capacity: 16_384,
+            model_name: None,
         }
     }
 }
@@ -261,6 +275,17 @@ pub struct LimitsConfig {
     pub max_documents_per_request: usize,
     pub max_document_bytes: usize,
     pub max_top_k: usize,
+    /// Longest query text (bytes) before 400.
+    pub max_query_bytes: usize,
+    /// Requests handled at once by the API (health and metrics excluded); more get 503
+    /// with `Retry-After` instead of queueing without bound.
+    pub max_concurrent_requests: usize,
+    /// Seconds a read (query, embeddings, listings) may take before it is answered 503.
+    pub request_timeout_seconds: u64,
+    /// Seconds a write (ingest, delete, collection changes) may take before it is
+    /// answered 503. A write that times out may still complete: retrying it is safe
+    /// (upserts by document id).
+    pub write_timeout_seconds: u64,
 }
 
 impl Default for LimitsConfig {
@@ -270,6 +295,10 @@ impl Default for LimitsConfig {
             max_documents_per_request: 1000,
             max_document_bytes: 4 * 1024 * 1024,
             max_top_k: 1000,
+            max_query_bytes: 32 * 1024,
+            max_concurrent_requests: 512,
+            request_timeout_seconds: 30,
+            write_timeout_seconds: 600,
         }
     }
 }
@@ -348,6 +377,19 @@ impl WorkerConfig {
                 "embedding.max_batch_tokens ({}) must be at least embedding.max_seq_len ({})",
                 self.embedding.max_batch_tokens, self.embedding.max_seq_len
             )));
+        }
+        if let Some(tokens) = self.embedding.bulk_batch_tokens {
+            if tokens < self.embedding.max_seq_len {
+                return Err(ConfigError::Invalid(format!(
+                    "embedding.bulk_batch_tokens ({tokens}) must be at least embedding.max_seq_len ({})",
+                    self.embedding.max_seq_len
+                )));
+            }
+        }
+        if self.embedding.queue_capacity == 0 || self.embedding.bulk_queue_capacity == 0 {
+            return Err(ConfigError::Invalid(
+                "embedding.queue_capacity and embedding.bulk_queue_capacity must be > 0".into(),
+            ));
         }
         if let Some(redis) = &self.redis {
             match redis.mode {

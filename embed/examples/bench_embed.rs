@@ -9,7 +9,7 @@
 //! first `--n` passages are embedded in requests of `--chunk` texts sent by `--clients`
 //! threads, after a warm-up request.
 
-use kb_embed::{Embedder, EmbeddingConfig, Precision};
+use kb_embed::{Embedder, EmbeddingConfig, Lane, Precision};
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::time::Instant;
@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model_dir = std::env::var("KB_MODEL_DIR").map_err(|_| "set KB_MODEL_DIR")?;
     let texts = read_passages(&corpus, n)?;
     let embedder = Embedder::load(model_dir.as_ref(), &cfg)?;
-    embedder.embed_blocking(texts.iter().take(chunk).cloned().collect())?;
+    embedder.embed_blocking(Lane::Bulk, texts.iter().take(chunk).cloned().collect())?;
 
     let before = embedder.stats();
     let started = Instant::now();
@@ -78,7 +78,7 @@ fn run_clients(
                     let Some(texts) = next.lock().unwrap().next() else {
                         return Ok(());
                     };
-                    embedder.embed_blocking(texts)?;
+                    embedder.embed_blocking(Lane::Bulk, texts)?;
                 })
             })
             .collect();

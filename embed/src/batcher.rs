@@ -1,46 +1,150 @@
-//! The bounded request queue and the scheduler that turns requests into batches.
+//! The two-lane request queue and the scheduler that turns requests into batches.
 //!
-//! Callers enqueue whole requests (admission control counts texts). One scheduler thread
-//! takes everything queued at once (a "round"), tokenizes it, sorts the rows by length so
-//! that rows of similar length share a batch (less padding), cuts the sorted rows into
-//! batches under the token budget and hands each batch to the least-loaded executor. While
-//! the executors are busy new requests pile up in the queue, so rounds, and therefore
-//! batches, grow with load.
+//! Callers enqueue whole requests into one of two lanes (admission control counts texts
+//! per lane, so a full bulk lane never refuses a query):
+//!
+//! - **interactive** (queries, small `/v1/embeddings` calls): every time the scheduler
+//!   looks, it takes everything queued here at once (a "round"), tokenizes it, sorts the
+//!   rows by length, cuts them into batches under the interactive token budget and hands
+//!   them to the least-loaded executor. While the executors are busy, new requests pile up,
+//!   so rounds, and therefore batches, grow with load.
+//! - **bulk** (ingestion, large `/v1/embeddings` calls): served only when no interactive
+//!   request waits and an executor is idle, one batch of at most the bulk token budget at a
+//!   time. Large requests are taken a window of texts at a time (round-robin between bulk
+//!   requests), so a 20,000-passage ingest is never tokenized in one go and an interactive
+//!   request waits at most for the one bulk batch that is running.
 
 use crate::executor::{Batch, Dispatcher};
 use crate::request::{PendingRequest, Reply, Row};
 use crate::stats::Counters;
-use crate::tokenize::TextTokenizer;
+use crate::tokenize::{TextTokenizer, TokenizedText};
 use crate::EmbedError;
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Which queue a request waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Latency-bound work (queries, a few texts): always scheduled ahead of bulk work.
+    Interactive,
+    /// Throughput-bound work (ingestion): fills the devices whenever no interactive
+    /// request waits, in bounded batches.
+    Bulk,
+}
+
+impl Lane {
+    /// Both lanes, interactive first.
+    pub const ALL: [Lane; 2] = [Lane::Interactive, Lane::Bulk];
+
+    /// `interactive` or `bulk`, for metric labels and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::Interactive => "interactive",
+            Lane::Bulk => "bulk",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Lane::Interactive => 0,
+            Lane::Bulk => 1,
+        }
+    }
+}
+
+/// What a request asks to embed: texts, or token ids already wrapped in the model's
+/// special tokens and truncated.
+pub(crate) enum Inputs {
+    Texts(VecDeque<String>),
+    Tokens(VecDeque<TokenizedText>),
+}
+
+impl Inputs {
+    fn len(&self) -> usize {
+        match self {
+            Inputs::Texts(t) => t.len(),
+            Inputs::Tokens(t) => t.len(),
+        }
+    }
+
+    /// Removes and returns the first `n` inputs.
+    fn take_front(&mut self, n: usize) -> Inputs {
+        match self {
+            Inputs::Texts(t) => Inputs::Texts(t.drain(..n.min(t.len())).collect()),
+            Inputs::Tokens(t) => Inputs::Tokens(t.drain(..n.min(t.len())).collect()),
+        }
+    }
+
+    fn tokenize(self, tokenizer: &TextTokenizer) -> Result<Vec<TokenizedText>, EmbedError> {
+        match self {
+            Inputs::Texts(texts) => tokenizer.encode(Vec::from(texts).as_slice()),
+            Inputs::Tokens(tokens) => Ok(tokens.into()),
+        }
+    }
+}
 
 struct QueuedRequest {
-    texts: Vec<String>,
+    inputs: Inputs,
+    /// Index (in the caller's input order) of `inputs`' first element.
+    offset: usize,
     request: Arc<PendingRequest>,
 }
 
-struct QueueState {
-    requests: VecDeque<QueuedRequest>,
-    closed: bool,
+/// A part of a request taken off the queue, to be tokenized outside the lock.
+struct Part {
+    inputs: Inputs,
+    offset: usize,
+    request: Arc<PendingRequest>,
 }
 
-/// The bounded queue between callers and the scheduler.
+impl Part {
+    /// Tokenizes the part into rows; a part the tokenizer rejects fails its request.
+    fn into_rows(self, tokenizer: &TextTokenizer) -> Vec<Row> {
+        if self.request.is_settled() {
+            return Vec::new();
+        }
+        match self.inputs.tokenize(tokenizer) {
+            Ok(tokenized) => self.request.rows(self.offset, tokenized),
+            Err(err) => {
+                self.request.fail(err);
+                Vec::new()
+            }
+        }
+    }
+}
+
+struct QueueState {
+    lanes: [VecDeque<QueuedRequest>; 2],
+    closed: bool,
+    /// Set by an executor that finished a batch, so the scheduler looks again.
+    executor_freed: bool,
+}
+
+/// What the scheduler should do next.
+enum Work {
+    Interactive(Vec<Part>),
+    Bulk(Vec<Part>),
+    PreparedBulk,
+}
+
+/// The two bounded lanes between callers and the scheduler.
 pub(crate) struct RequestQueue {
     state: Mutex<QueueState>,
     wake: Condvar,
-    capacity: usize,
+    capacity: [usize; 2],
     counters: Arc<Counters>,
 }
 
 impl RequestQueue {
-    pub(crate) fn new(capacity: usize, counters: Arc<Counters>) -> RequestQueue {
+    /// `capacity`: texts admitted per lane, interactive first.
+    pub(crate) fn new(capacity: [usize; 2], counters: Arc<Counters>) -> RequestQueue {
         RequestQueue {
             state: Mutex::new(QueueState {
-                requests: VecDeque::new(),
+                lanes: [VecDeque::new(), VecDeque::new()],
                 closed: false,
+                executor_freed: false,
             }),
             wake: Condvar::new(),
             capacity,
@@ -48,47 +152,93 @@ impl RequestQueue {
         }
     }
 
-    /// Admits `texts` if the queue has room for them. A request larger than the whole
-    /// capacity is still admitted when nothing else is pending, so that it can never be
-    /// refused forever.
-    pub(crate) fn submit(&self, texts: Vec<String>, reply: Reply) -> Result<(), EmbedError> {
-        if texts.is_empty() {
+    /// Admits the inputs into `lane` if it has room for them. A request larger than the
+    /// lane's whole capacity is still admitted when the lane is empty, so that it can never
+    /// be refused forever; the other lane's fill level plays no part.
+    pub(crate) fn submit(
+        &self,
+        lane: Lane,
+        inputs: Inputs,
+        reply: Reply,
+    ) -> Result<(), EmbedError> {
+        let n = inputs.len();
+        if n == 0 {
             return Err(EmbedError::EmptyInput);
         }
         let mut state = self.lock();
         if state.closed {
             return Err(EmbedError::ShuttingDown);
         }
-        let depth = self.counters.queue_depth.load(Relaxed);
-        if depth > 0 && depth + texts.len() > self.capacity {
+        let depth = self.counters.depth(lane);
+        if depth > 0 && depth + n > self.capacity[lane.index()] {
+            self.counters.record_rejection(lane);
             return Err(EmbedError::QueueFull {
-                retry_after_ms: self.counters.retry_after_ms(),
+                retry_after_ms: self.counters.retry_after_ms(lane),
             });
         }
-        self.counters.queue_depth.fetch_add(texts.len(), Relaxed);
+        self.counters.add_depth(lane, n);
         let request = Arc::new(PendingRequest::new(
-            texts.len(),
+            n,
+            lane,
             reply,
             Arc::clone(&self.counters),
         ));
-        state.requests.push_back(QueuedRequest { texts, request });
+        state.lanes[lane.index()].push_back(QueuedRequest {
+            inputs,
+            offset: 0,
+            request,
+        });
         self.wake.notify_one();
         Ok(())
     }
 
-    /// Waits for work and takes all of it; `None` once closed. Requests still queued at
-    /// close are dropped, which answers them `ShuttingDown`.
-    fn next_round(&self) -> Option<Vec<QueuedRequest>> {
+    /// Tells the scheduler an executor finished a batch (bulk work may run now).
+    pub(crate) fn executor_freed(&self) {
+        self.lock().executor_freed = true;
+        self.wake.notify_one();
+    }
+
+    /// Waits until there is something to do: interactive requests (all of them), or, when
+    /// `can_run_bulk` says an executor is idle, prepared bulk batches or a window of bulk
+    /// texts. `None` once closed; requests still queued then are dropped, which answers
+    /// them `ShuttingDown`.
+    fn next_work(
+        &self,
+        have_prepared_bulk: bool,
+        bulk_window: usize,
+        can_run_bulk: impl Fn() -> bool,
+    ) -> Option<Work> {
         let mut state = self.lock();
         loop {
             if state.closed {
-                state.requests.clear();
+                state.lanes.iter_mut().for_each(VecDeque::clear);
                 return None;
             }
-            if !state.requests.is_empty() {
-                return Some(state.requests.drain(..).collect());
+            let interactive = &mut state.lanes[Lane::Interactive.index()];
+            if !interactive.is_empty() {
+                let parts = interactive.drain(..).map(QueuedRequest::whole).collect();
+                return Some(Work::Interactive(parts));
             }
-            state = self.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.executor_freed = false;
+            let bulk_waiting = have_prepared_bulk || !state.lanes[Lane::Bulk.index()].is_empty();
+            if bulk_waiting && can_run_bulk() {
+                if have_prepared_bulk {
+                    return Some(Work::PreparedBulk);
+                }
+                return Some(Work::Bulk(take_window(
+                    &mut state.lanes[Lane::Bulk.index()],
+                    bulk_window,
+                )));
+            }
+            // An executor that finishes sets `executor_freed` under this lock, so its
+            // wake-up cannot fall between the idle check above and this wait. Any wake-up
+            // (a submit, a finished batch) leads to one more look; the timeout is only a
+            // safety net.
+            state = self
+                .wake
+                .wait_timeout(state, Duration::from_millis(200))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -103,37 +253,110 @@ impl RequestQueue {
     }
 }
 
-/// The scheduler thread's body: rounds until the queue closes, then stops the executors.
+impl QueuedRequest {
+    fn whole(self) -> Part {
+        Part {
+            inputs: self.inputs,
+            offset: self.offset,
+            request: self.request,
+        }
+    }
+}
+
+/// Takes up to `window` inputs from the bulk lane, round-robin: the front request gives
+/// what it has up to the window and, when not finished, goes to the back, so concurrent
+/// ingests share the devices. Requests whose caller has gone are dropped on the way.
+fn take_window(lane: &mut VecDeque<QueuedRequest>, window: usize) -> Vec<Part> {
+    let mut parts = Vec::new();
+    let mut left = window.max(1);
+    let mut visited = 0;
+    let queued = lane.len();
+    while left > 0 && visited < queued {
+        let Some(mut queued_request) = lane.pop_front() else {
+            break;
+        };
+        visited += 1;
+        if queued_request.request.is_settled() {
+            continue;
+        }
+        let n = queued_request.inputs.len().min(left);
+        left -= n;
+        parts.push(Part {
+            inputs: queued_request.inputs.take_front(n),
+            offset: queued_request.offset,
+            request: Arc::clone(&queued_request.request),
+        });
+        queued_request.offset += n;
+        if queued_request.inputs.len() > 0 {
+            lane.push_back(queued_request);
+        }
+    }
+    parts
+}
+
+/// Batch sizes of the two lanes, in padded tokens, and the bulk window in texts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budgets {
+    pub interactive_tokens: usize,
+    pub bulk_tokens: usize,
+    pub bulk_window: usize,
+}
+
+/// The scheduler thread's body: works until the queue closes, then stops the executors.
 pub(crate) fn run_scheduler(
     queue: Arc<RequestQueue>,
     tokenizer: TextTokenizer,
     dispatcher: Dispatcher,
-    max_batch_tokens: usize,
+    budgets: Budgets,
 ) {
-    while let Some(round) = queue.next_round() {
-        let mut rows = tokenize_round(&tokenizer, round);
-        rows.sort_by_key(|row| row.ids.len());
-        let lengths: Vec<usize> = rows.iter().map(|row| row.ids.len()).collect();
-        let mut rows = rows.into_iter();
-        for range in plan_batches(&lengths, max_batch_tokens) {
-            let batch: Vec<Row> = rows.by_ref().take(range.len()).collect();
-            dispatcher.dispatch(Batch::new(batch));
+    let mut prepared: VecDeque<Batch> = VecDeque::new();
+    loop {
+        let work = queue.next_work(!prepared.is_empty(), budgets.bulk_window, || {
+            dispatcher.idle_executor().is_some()
+        });
+        match work {
+            None => break,
+            Some(Work::Interactive(parts)) => {
+                for batch in into_batches(&tokenizer, parts, budgets.interactive_tokens) {
+                    dispatcher.dispatch(batch);
+                }
+            }
+            Some(Work::Bulk(parts)) => {
+                prepared.extend(into_batches(&tokenizer, parts, budgets.bulk_tokens));
+                dispatch_bulk(&dispatcher, &mut prepared);
+            }
+            Some(Work::PreparedBulk) => dispatch_bulk(&dispatcher, &mut prepared),
         }
     }
     dispatcher.shutdown();
 }
 
-/// Tokenizes each request of a round (a request's texts in parallel); a request the
-/// tokenizer rejects is answered with the error and contributes no rows.
-fn tokenize_round(tokenizer: &TextTokenizer, round: Vec<QueuedRequest>) -> Vec<Row> {
-    let mut rows = Vec::new();
-    for queued in round {
-        match tokenizer.encode(&queued.texts) {
-            Ok(tokenized) => rows.extend(queued.request.rows(tokenized)),
-            Err(err) => queued.request.fail(err),
+/// Sends prepared bulk batches to idle executors only, so that a bulk batch never waits in
+/// an executor's channel where it would hold up an interactive one.
+fn dispatch_bulk(dispatcher: &Dispatcher, prepared: &mut VecDeque<Batch>) {
+    while let Some(executor) = dispatcher.idle_executor() {
+        let Some(batch) = prepared.pop_front() else {
+            return;
+        };
+        if let Some(batch) = batch.without_settled_rows() {
+            dispatcher.dispatch_to(executor, batch);
         }
     }
-    rows
+}
+
+/// Tokenizes the parts, sorts their rows by length and cuts them into batches.
+fn into_batches(tokenizer: &TextTokenizer, parts: Vec<Part>, budget: usize) -> Vec<Batch> {
+    let mut rows: Vec<Row> = parts
+        .into_iter()
+        .flat_map(|part| part.into_rows(tokenizer))
+        .collect();
+    rows.sort_by_key(|row| row.ids.len());
+    let lengths: Vec<usize> = rows.iter().map(|row| row.ids.len()).collect();
+    let mut rows = rows.into_iter();
+    plan_batches(&lengths, budget)
+        .into_iter()
+        .map(|range| Batch::new(rows.by_ref().take(range.len()).collect()))
+        .collect()
 }
 
 /// Cuts rows sorted by ascending length into consecutive batches whose padded size
@@ -159,6 +382,16 @@ pub(crate) fn plan_batches(sorted_lengths: &[usize], budget: usize) -> Vec<Range
 mod tests {
     use super::*;
 
+    fn texts(n: usize) -> Inputs {
+        Inputs::Texts(vec!["x".to_string(); n].into())
+    }
+
+    fn queue(capacity: [usize; 2]) -> (Arc<Counters>, RequestQueue) {
+        let counters = Arc::new(Counters::new(vec!["cpu".into()]));
+        let queue = RequestQueue::new(capacity, Arc::clone(&counters));
+        (counters, queue)
+    }
+
     #[test]
     fn batches_respect_the_padded_token_budget() {
         let lengths = [2, 3, 3, 4, 10, 10, 10];
@@ -177,28 +410,121 @@ mod tests {
     }
 
     #[test]
-    fn oversized_request_is_admitted_only_into_an_idle_queue() {
-        let counters = Arc::new(Counters::new(vec!["cpu".into()]));
-        let queue = RequestQueue::new(2, Arc::clone(&counters));
-        let texts = |n: usize| vec!["x".to_string(); n];
+    fn oversized_request_is_admitted_only_into_an_idle_lane() {
+        let (_, queue) = queue([2, 2]);
         let (tx, _rx1) = tokio::sync::oneshot::channel();
-        queue.submit(texts(5), tx).unwrap();
+        queue.submit(Lane::Interactive, texts(5), tx).unwrap();
         let (tx, _rx2) = tokio::sync::oneshot::channel();
-        let err = queue.submit(texts(1), tx).unwrap_err();
+        let err = queue.submit(Lane::Interactive, texts(1), tx).unwrap_err();
         assert!(matches!(err, EmbedError::QueueFull { .. }), "{err}");
         let (tx, _rx3) = tokio::sync::oneshot::channel();
-        assert_eq!(queue.submit(Vec::new(), tx), Err(EmbedError::EmptyInput));
+        assert_eq!(
+            queue.submit(Lane::Bulk, texts(0), tx),
+            Err(EmbedError::EmptyInput)
+        );
+    }
+
+    #[test]
+    fn a_full_bulk_lane_does_not_refuse_interactive_requests() {
+        let (counters, queue) = queue([4, 8]);
+        let mut answers = Vec::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        answers.push(rx);
+        queue.submit(Lane::Bulk, texts(8), tx).unwrap();
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        let err = queue.submit(Lane::Bulk, texts(1), tx).unwrap_err();
+        assert!(matches!(err, EmbedError::QueueFull { .. }), "{err}");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        answers.push(rx);
+        queue.submit(Lane::Interactive, texts(3), tx).unwrap();
+        let stats = counters.snapshot();
+        assert_eq!(stats.lanes[0].depth, 3);
+        assert_eq!((stats.lanes[1].depth, stats.lanes[1].rejected), (8, 1));
+        assert_eq!(stats.queue_depth, 11);
+    }
+
+    #[test]
+    fn interactive_work_is_taken_before_bulk_work() {
+        let (_, queue) = queue([16, 16]);
+        let mut answers = Vec::new();
+        for lane in [Lane::Bulk, Lane::Interactive] {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            answers.push(rx);
+            queue.submit(lane, texts(2), tx).unwrap();
+        }
+        let first = queue.next_work(false, 8, || true).unwrap();
+        assert!(matches!(first, Work::Interactive(ref p) if p.len() == 1));
+        let second = queue.next_work(false, 8, || true).unwrap();
+        assert!(matches!(second, Work::Bulk(ref p) if p.len() == 1));
+    }
+
+    #[test]
+    fn bulk_requests_are_taken_a_window_at_a_time_round_robin() {
+        let (_, queue) = queue([16, 100]);
+        let mut answers = Vec::new();
+        for n in [10, 3] {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            answers.push(rx);
+            queue.submit(Lane::Bulk, texts(n), tx).unwrap();
+        }
+        let mut taken = Vec::new();
+        while let Some(Work::Bulk(parts)) = queue.next_work(false, 4, || true) {
+            taken.push(
+                parts
+                    .iter()
+                    .map(|p| (p.offset, p.inputs.len()))
+                    .collect::<Vec<_>>(),
+            );
+            if taken.len() == 4 {
+                break;
+            }
+        }
+        // 10 texts and 3 texts, windows of 4: the second request is not stuck behind the
+        // whole first one.
+        assert_eq!(
+            taken,
+            vec![
+                vec![(0, 4)],
+                vec![(0, 3), (4, 1)],
+                vec![(5, 4)],
+                vec![(9, 1)]
+            ]
+        );
+    }
+
+    #[test]
+    fn bulk_work_waits_for_an_idle_executor() {
+        let (_, queue) = queue([16, 16]);
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        queue.submit(Lane::Bulk, texts(2), tx).unwrap();
+        let queue = Arc::new(queue);
+        let idle = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waiter = {
+            let (queue, idle) = (Arc::clone(&queue), Arc::clone(&idle));
+            std::thread::spawn(move || {
+                let work =
+                    queue.next_work(false, 8, || idle.load(std::sync::atomic::Ordering::SeqCst));
+                matches!(work, Some(Work::Bulk(_)))
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !waiter.is_finished(),
+            "bulk work ran with every executor busy"
+        );
+        idle.store(true, std::sync::atomic::Ordering::SeqCst);
+        queue.executor_freed();
+        assert!(waiter.join().unwrap());
     }
 
     #[test]
     fn closing_answers_queued_requests_with_shutting_down() {
-        let counters = Arc::new(Counters::new(vec!["cpu".into()]));
-        let queue = RequestQueue::new(8, Arc::clone(&counters));
+        let (counters, queue) = queue([8, 8]);
         let (tx, mut rx) = tokio::sync::oneshot::channel();
-        queue.submit(vec!["a".into()], tx).unwrap();
+        queue.submit(Lane::Bulk, texts(1), tx).unwrap();
         queue.close();
-        assert!(queue.next_round().is_none());
+        assert!(queue.next_work(false, 8, || true).is_none());
         assert_eq!(rx.try_recv().unwrap(), Err(EmbedError::ShuttingDown));
-        assert_eq!(counters.queue_depth.load(Relaxed), 0);
+        assert_eq!(counters.snapshot().queue_depth, 0);
     }
 }

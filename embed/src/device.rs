@@ -69,6 +69,16 @@ pub fn preferred_batch_tokens(device: Device) -> Option<usize> {
     }
 }
 
+/// The largest bulk batch worth running on `device` when the config leaves it open: on
+/// CPU a batch of 1024 tokens takes tens of milliseconds, the most a query should wait
+/// behind ingestion; GPUs take the full budget.
+pub fn preferred_bulk_batch_tokens(device: Device) -> Option<usize> {
+    match device {
+        Device::Cpu => Some(1024),
+        _ => None,
+    }
+}
+
 /// The device's name in stats and logs: `cpu`, `cuda:0`, ...
 pub fn device_name(device: Device) -> String {
     match device {

@@ -1,11 +1,13 @@
 //! The public handle: loads everything, owns the scheduler thread, answers requests.
 
-use crate::batcher::{run_scheduler, RequestQueue};
-use crate::device::{device_name, parse_devices, preferred_batch_tokens, resolve_kind};
+use crate::batcher::{run_scheduler, Budgets, Inputs, Lane, RequestQueue};
+use crate::device::{
+    device_name, parse_devices, preferred_batch_tokens, preferred_bulk_batch_tokens, resolve_kind,
+};
 use crate::executor::{Dispatcher, ReplicaSpec};
 use crate::model_config::ModelSpec;
 use crate::stats::{Counters, EngineStats};
-use crate::tokenize::TextTokenizer;
+use crate::tokenize::{SpecialTokens, TextTokenizer};
 use crate::{EmbedError, Embedded, EmbeddingConfig};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -20,11 +22,14 @@ pub struct Embedder {
 }
 
 struct Inner {
+    name: String,
     tokenizer: tokenizers::Tokenizer,
     dim: usize,
     max_seq_len: usize,
     devices: Vec<String>,
     precision: &'static str,
+    special: SpecialTokens,
+    vocab_size: usize,
     queue: Arc<RequestQueue>,
     counters: Arc<Counters>,
     scheduler: Mutex<Option<JoinHandle<()>>>,
@@ -59,27 +64,38 @@ impl Embedder {
                 index,
             })
             .collect();
-        let dispatcher = Dispatcher::start(specs, Arc::clone(&counters))?;
-        let queue = Arc::new(RequestQueue::new(cfg.queue_capacity, Arc::clone(&counters)));
+        let queue = Arc::new(RequestQueue::new(
+            [cfg.queue_capacity, cfg.bulk_queue_capacity],
+            Arc::clone(&counters),
+        ));
+        let dispatcher = Dispatcher::start(specs, Arc::clone(&counters), &queue)?;
         let plain = tokenizer.plain().clone();
-        let batch_tokens = preferred_batch_tokens(devices[0])
-            .map_or(cfg.max_batch_tokens, |preferred| {
-                preferred.min(cfg.max_batch_tokens)
-            });
-        let scheduler = spawn_scheduler(&queue, tokenizer, dispatcher, batch_tokens)?;
+        let special = tokenizer.special_tokens()?;
+        let vocab_size = plain.get_vocab_size(true);
+        let budgets = budgets(cfg, devices[0]);
+        tracing::info!(?budgets, "embedding lanes");
+        let scheduler = spawn_scheduler(&queue, tokenizer, dispatcher, budgets)?;
         tracing::info!(devices = ?names, precision = crate::device::kind_name(kind), max_seq_len, "embedding engine ready");
         Ok(Embedder {
             inner: Arc::new(Inner {
+                name: cfg.model_name.clone().unwrap_or_else(|| model.name.clone()),
                 tokenizer: plain,
                 dim: model.bert.hidden_size as usize,
                 max_seq_len,
                 devices: names,
                 precision: crate::device::kind_name(kind),
+                special,
+                vocab_size,
                 queue,
                 counters,
                 scheduler: Mutex::new(Some(scheduler)),
             }),
         })
+    }
+
+    /// The served model's name (`all-MiniLM-L6-v2`).
+    pub fn model_name(&self) -> &str {
+        &self.inner.name
     }
 
     /// Length of every embedding vector.
@@ -107,20 +123,51 @@ impl Embedder {
         self.inner.precision
     }
 
-    /// Queues the texts on the batcher and awaits their vectors. Works on any async
-    /// runtime. Fails at once with `QueueFull` when the bounded queue has no room.
-    pub async fn embed(&self, texts: Vec<String>) -> Result<Embedded, EmbedError> {
-        let answer = self.submit(texts)?;
+    /// Queues the texts in `lane` and awaits their vectors. Works on any async runtime.
+    /// Fails at once with `QueueFull` when that lane has no room.
+    pub async fn embed(&self, lane: Lane, texts: Vec<String>) -> Result<Embedded, EmbedError> {
+        let answer = self.submit(lane, Inputs::Texts(texts.into()))?;
+        answer.await.unwrap_or(Err(EmbedError::ShuttingDown))
+    }
+
+    /// Embeds texts given as token ids of this model's vocabulary (without special
+    /// tokens, which are added here), truncated like texts. Ids outside the vocabulary are
+    /// `InvalidInput`.
+    pub async fn embed_token_ids(
+        &self,
+        lane: Lane,
+        inputs: Vec<Vec<u32>>,
+    ) -> Result<Embedded, EmbedError> {
+        let tokens = inputs
+            .iter()
+            .map(|ids| self.wrap_token_ids(ids))
+            .collect::<Result<_, _>>()?;
+        let answer = self.submit(lane, Inputs::Tokens(tokens))?;
         answer.await.unwrap_or(Err(EmbedError::ShuttingDown))
     }
 
     /// Same as [`Embedder::embed`], blocking the calling thread (CLI, benches). Must not be
     /// called from inside an async runtime's worker thread.
-    pub fn embed_blocking(&self, texts: Vec<String>) -> Result<Embedded, EmbedError> {
-        let answer = self.submit(texts)?;
+    pub fn embed_blocking(&self, lane: Lane, texts: Vec<String>) -> Result<Embedded, EmbedError> {
+        let answer = self.submit(lane, Inputs::Texts(texts.into()))?;
         answer
             .blocking_recv()
             .unwrap_or(Err(EmbedError::ShuttingDown))
+    }
+
+    fn wrap_token_ids(&self, ids: &[u32]) -> Result<crate::tokenize::TokenizedText, EmbedError> {
+        if ids.is_empty() {
+            return Err(EmbedError::InvalidInput(
+                "an input of token ids is empty".into(),
+            ));
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.inner.vocab_size) {
+            return Err(EmbedError::InvalidInput(format!(
+                "token id {bad} is outside this model's vocabulary (0..{})",
+                self.inner.vocab_size
+            )));
+        }
+        Ok(self.inner.special.wrap(ids, self.inner.max_seq_len))
     }
 
     /// A snapshot of the counters, for Prometheus.
@@ -130,11 +177,34 @@ impl Embedder {
 
     fn submit(
         &self,
-        texts: Vec<String>,
+        lane: Lane,
+        inputs: Inputs,
     ) -> Result<oneshot::Receiver<Result<Embedded, EmbedError>>, EmbedError> {
         let (reply, answer) = oneshot::channel();
-        self.inner.queue.submit(texts, reply)?;
+        self.inner.queue.submit(lane, inputs, reply)?;
         Ok(answer)
+    }
+}
+
+/// Texts taken from the bulk lane at a time: enough to sort into well-packed batches,
+/// few enough that tokenizing them delays nothing.
+const BULK_WINDOW: usize = 256;
+
+/// The batch budgets of both lanes on `device`: the configured ones, capped at what the
+/// device runs best.
+fn budgets(cfg: &EmbeddingConfig, device: tch::Device) -> Budgets {
+    let cap = |configured: usize, preferred: Option<usize>| {
+        preferred.map_or(configured, |p| p.min(configured).max(cfg.max_seq_len))
+    };
+    let interactive_tokens = cap(cfg.max_batch_tokens, preferred_batch_tokens(device));
+    let bulk_tokens = match cfg.bulk_batch_tokens {
+        Some(tokens) => tokens,
+        None => cap(cfg.max_batch_tokens, preferred_bulk_batch_tokens(device)),
+    };
+    Budgets {
+        interactive_tokens,
+        bulk_tokens,
+        bulk_window: BULK_WINDOW,
     }
 }
 
@@ -142,12 +212,12 @@ fn spawn_scheduler(
     queue: &Arc<RequestQueue>,
     tokenizer: TextTokenizer,
     dispatcher: Dispatcher,
-    max_batch_tokens: usize,
+    budgets: Budgets,
 ) -> Result<JoinHandle<()>, EmbedError> {
     let queue = Arc::clone(queue);
     std::thread::Builder::new()
         .name("kb-embed-batcher".into())
-        .spawn(move || run_scheduler(queue, tokenizer, dispatcher, max_batch_tokens))
+        .spawn(move || run_scheduler(queue, tokenizer, dispatcher, budgets))
         .map_err(|e| EmbedError::Device(format!("cannot start batcher thread: {e}")))
 }
 

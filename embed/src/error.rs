@@ -3,7 +3,7 @@
 /// Why an embedding request or model load failed.
 ///
 /// The worker maps these to HTTP statuses: `QueueFull` to 429 (with `Retry-After`),
-/// `EmptyInput` and `Tokenize` to 400, `ShuttingDown` to 503, the rest to 500/503.
+/// `EmptyInput`, `InvalidInput` and `Tokenize` to 400, `ShuttingDown` to 503, the rest to 500/503.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EmbedError {
     /// The bounded queue holds `queue_capacity` texts already; try again later.
@@ -24,6 +24,9 @@ pub enum EmbedError {
     /// libtorch failed while running the encoder.
     #[error("inference failed: {0}")]
     Inference(String),
+    /// An input cannot be embedded as given (a token id outside the vocabulary, ...).
+    #[error("{0}")]
+    InvalidInput(String),
     /// The request contained no texts.
     #[error("no texts to embed")]
     EmptyInput,
@@ -41,6 +44,7 @@ impl EmbedError {
             EmbedError::Device(_) => "device",
             EmbedError::Tokenize(_) => "tokenize",
             EmbedError::Inference(_) => "inference",
+            EmbedError::InvalidInput(_) => "invalid_input",
             EmbedError::EmptyInput => "empty_input",
             EmbedError::ShuttingDown => "shutting_down",
         }

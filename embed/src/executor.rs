@@ -1,6 +1,7 @@
 //! One executor thread per device, each owning a model replica, and the dispatcher that
 //! sends every batch to the least-loaded one.
 
+use crate::batcher::RequestQueue;
 use crate::bert::BertEncoder;
 use crate::device::device_name;
 use crate::model_config::ModelSpec;
@@ -33,6 +34,13 @@ impl Batch {
     fn padded_tokens(&self) -> usize {
         self.rows.len() * self.padded_len
     }
+
+    /// Drops rows whose request needs nothing more (failed, or its caller left); `None`
+    /// when no row is left.
+    pub(crate) fn without_settled_rows(mut self) -> Option<Batch> {
+        self.rows.retain(|row| !row.request.is_settled());
+        (!self.rows.is_empty()).then(|| Batch::new(self.rows))
+    }
 }
 
 /// What an executor needs to build its replica.
@@ -58,9 +66,11 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     /// Starts one executor per replica spec and waits until every replica has loaded.
+    /// Executors tell `queue` whenever they finish a batch.
     pub(crate) fn start(
         specs: Vec<ReplicaSpec>,
         counters: Arc<Counters>,
+        queue: &Arc<RequestQueue>,
     ) -> Result<Dispatcher, EmbedError> {
         let mut executors = Vec::new();
         let mut loads = Vec::new();
@@ -74,6 +84,7 @@ impl Dispatcher {
             let executor = Executor {
                 queued_tokens: Arc::clone(&queued_tokens),
                 counters: Arc::clone(&counters),
+                queue: Arc::clone(queue),
                 index: spec.index,
             };
             let thread = std::thread::Builder::new()
@@ -102,6 +113,24 @@ impl Dispatcher {
         Ok(dispatcher)
     }
 
+    /// An executor with nothing running and nothing waiting, if any.
+    pub(crate) fn idle_executor(&self) -> Option<usize> {
+        self.executors
+            .iter()
+            .position(|e| e.queued_tokens.load(Relaxed) == 0)
+    }
+
+    /// Sends `batch` to executor `index` (from [`Dispatcher::idle_executor`]).
+    pub(crate) fn dispatch_to(&self, index: usize, batch: Batch) {
+        let executor = &self.executors[index];
+        executor
+            .queued_tokens
+            .fetch_add(batch.padded_tokens(), Relaxed);
+        if let Err(err) = executor.sender.send(batch) {
+            fail_undeliverable(err.0);
+        }
+    }
+
     /// Sends `batch` to the executor with the fewest queued tokens that can take it now,
     /// or waits on the least-loaded one when all are busy.
     pub(crate) fn dispatch(&self, batch: Batch) {
@@ -122,11 +151,7 @@ impl Dispatcher {
         let least_loaded = order[0];
         least_loaded.queued_tokens.fetch_add(tokens, Relaxed);
         if let Err(err) = least_loaded.sender.send(batch) {
-            // Only a dead executor refuses; its requests learn it from the error.
-            for row in err.0.rows {
-                row.request
-                    .fail(EmbedError::Device("executor thread stopped".into()));
-            }
+            fail_undeliverable(err.0);
         }
     }
 
@@ -139,9 +164,18 @@ impl Dispatcher {
     }
 }
 
+/// Only a dead executor refuses a batch; its requests learn it from the error.
+fn fail_undeliverable(batch: Batch) {
+    for row in batch.rows {
+        row.request
+            .fail(EmbedError::Device("executor thread stopped".into()));
+    }
+}
+
 struct Executor {
     queued_tokens: Arc<AtomicUsize>,
     counters: Arc<Counters>,
+    queue: Arc<RequestQueue>,
     index: usize,
 }
 
@@ -176,6 +210,7 @@ impl Executor {
             busy: started.elapsed(),
         });
         self.queued_tokens.fetch_sub(tokens, Relaxed);
+        self.queue.executor_freed();
         match result {
             Ok(vectors) => {
                 for (row, vector) in batch.rows.iter().zip(vectors) {

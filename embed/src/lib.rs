@@ -4,13 +4,13 @@
 //! `tokenizer.json`, `1_Pooling/config.json`, `sentence_bert_config.json`), runs its BERT
 //! encoder on libtorch (CPU or one replica per CUDA device), and mean-pools and
 //! L2-normalises exactly as sentence-transformers does. Concurrent requests share batches
-//! through a dynamic batcher with a bounded queue:
+//! through a dynamic batcher with two bounded lanes, interactive ahead of bulk:
 //!
 //! ```no_run
-//! use kb_embed::{Embedder, EmbeddingConfig};
+//! use kb_embed::{Embedder, EmbeddingConfig, Lane};
 //! let cfg = EmbeddingConfig { device: "cpu".into(), ..Default::default() };
 //! let embedder = Embedder::load(std::path::Path::new("model"), &cfg)?;
-//! let out = embedder.embed_blocking(vec!["hello".into()])?;
+//! let out = embedder.embed_blocking(Lane::Interactive, vec!["hello".into()])?;
 //! assert_eq!(out.vectors[0].len(), embedder.dim());
 //! # Ok::<(), kb_embed::EmbedError>(())
 //! ```
@@ -30,8 +30,9 @@ mod request;
 mod stats;
 mod tokenize;
 
+pub use batcher::Lane;
 pub use engine::Embedder;
 pub use error::EmbedError;
 pub use kb_config::{EmbeddingConfig, Precision};
 pub use request::Embedded;
-pub use stats::{DeviceStats, EngineStats};
+pub use stats::{DeviceStats, EngineStats, LaneStats};

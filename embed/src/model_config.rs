@@ -66,6 +66,26 @@ pub struct ModelSpec {
     pub bert: BertConfig,
     /// The model's own maximum input length, special tokens included.
     pub max_seq_len: usize,
+    /// The name the model is known by: the title of its model card (`README.md`, as
+    /// sentence-transformers exports it), else the directory's name.
+    pub name: String,
+}
+
+/// The model card's title (`# all-MiniLM-L6-v2`), else the directory's own name.
+fn model_name(model_dir: &Path) -> String {
+    let from_card = std::fs::read_to_string(model_dir.join("README.md"))
+        .ok()
+        .and_then(|card| {
+            card.lines()
+                .find_map(|line| line.strip_prefix("# "))
+                .map(|title| title.trim().to_string())
+        })
+        .filter(|title| !title.is_empty() && !title.contains(char::is_whitespace));
+    from_card.unwrap_or_else(|| {
+        model_dir
+            .file_name()
+            .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
+    })
 }
 
 impl ModelSpec {
@@ -85,7 +105,11 @@ impl ModelSpec {
         let max_seq_len = st_max
             .unwrap_or(bert.max_position_embeddings)
             .min(bert.max_position_embeddings);
-        Ok(ModelSpec { bert, max_seq_len })
+        Ok(ModelSpec {
+            bert,
+            max_seq_len,
+            name: model_name(model_dir),
+        })
     }
 }
 

@@ -1,9 +1,9 @@
 //! One caller's request while its texts travel through batches, and its answer.
 
+use crate::batcher::Lane;
 use crate::stats::Counters;
 use crate::tokenize::TokenizedText;
 use crate::EmbedError;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -32,6 +32,7 @@ struct Progress {
 pub(crate) struct PendingRequest {
     progress: Mutex<Progress>,
     counters: Arc<Counters>,
+    lane: Lane,
     texts: usize,
 }
 
@@ -43,8 +44,14 @@ pub(crate) struct Row {
 }
 
 impl PendingRequest {
-    /// Starts a request of `texts` texts; the caller has already added them to the depth.
-    pub(crate) fn new(texts: usize, reply: Reply, counters: Arc<Counters>) -> PendingRequest {
+    /// Starts a request of `texts` texts; the caller has already added them to the
+    /// depth of `lane`.
+    pub(crate) fn new(
+        texts: usize,
+        lane: Lane,
+        reply: Reply,
+        counters: Arc<Counters>,
+    ) -> PendingRequest {
         let answer = Embedded {
             vectors: vec![Vec::new(); texts],
             token_counts: vec![0; texts],
@@ -57,17 +64,20 @@ impl PendingRequest {
                 reply: Some(reply),
             }),
             counters,
+            lane,
             texts,
         }
     }
 
-    /// Turns the tokenized texts of this request into rows for the batcher.
-    pub(crate) fn rows(self: &Arc<Self>, tokenized: Vec<TokenizedText>) -> Vec<Row> {
+    /// Turns tokenized texts of this request, the first being input `offset`, into rows
+    /// for the batcher.
+    pub(crate) fn rows(self: &Arc<Self>, offset: usize, tokenized: Vec<TokenizedText>) -> Vec<Row> {
         let mut progress = self.lock();
         tokenized
             .into_iter()
             .enumerate()
-            .map(|(index, text)| {
+            .map(|(i, text)| {
+                let index = offset + i;
                 progress.answer.token_counts[index] = text.ids.len();
                 progress.answer.truncated[index] = text.truncated;
                 Row {
@@ -77,6 +87,15 @@ impl PendingRequest {
                 }
             })
             .collect()
+    }
+
+    /// Whether nothing more is owed: answered already (an error, say) or the caller gave
+    /// up waiting. Work for such a request is skipped.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.lock()
+            .reply
+            .as_ref()
+            .is_none_or(oneshot::Sender::is_closed)
     }
 
     /// Stores one row's vector; the last one answers the caller.
@@ -101,7 +120,7 @@ impl PendingRequest {
 
     fn answer(&self, progress: &mut Progress, result: Result<Embedded, EmbedError>) {
         if let Some(reply) = progress.reply.take() {
-            self.counters.queue_depth.fetch_sub(self.texts, Relaxed);
+            self.counters.sub_depth(self.lane, self.texts);
             // The caller may have given up (dropped its future); nothing is owed then.
             let _ = reply.send(result);
         }

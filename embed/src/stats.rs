@@ -1,5 +1,6 @@
 //! Counters the executors bump and the worker's `/metrics` reads.
 
+use crate::batcher::Lane;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -16,8 +17,10 @@ pub struct EngineStats {
     pub padded_tokens: u64,
     /// Times a batch was halved after the device ran out of memory.
     pub oom_splits: u64,
-    /// Texts admitted and not yet answered (the bounded queue's fill level).
+    /// Texts admitted and not yet answered, both lanes together.
     pub queue_depth: usize,
+    /// Fill level and refusals of each lane, interactive first.
+    pub lanes: Vec<LaneStats>,
     /// One entry per device, in the order of [`crate::Embedder::devices`].
     pub devices: Vec<DeviceStats>,
 }
@@ -33,6 +36,23 @@ pub struct DeviceStats {
     pub busy_seconds: f64,
 }
 
+/// Counters of one lane of the queue.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LaneStats {
+    /// `interactive` or `bulk`.
+    pub lane: &'static str,
+    /// Texts admitted into this lane and not yet answered.
+    pub depth: usize,
+    /// Requests refused because this lane was full (answered 429 by the worker).
+    pub rejected: u64,
+}
+
+#[derive(Default)]
+struct LaneCounters {
+    depth: AtomicUsize,
+    rejected: AtomicU64,
+}
+
 struct DeviceCounters {
     name: String,
     batches: AtomicU64,
@@ -46,7 +66,7 @@ pub(crate) struct Counters {
     real_tokens: AtomicU64,
     padded_tokens: AtomicU64,
     oom_splits: AtomicU64,
-    pub(crate) queue_depth: AtomicUsize,
+    lanes: [LaneCounters; 2],
     devices: Vec<DeviceCounters>,
 }
 
@@ -67,7 +87,7 @@ impl Counters {
             real_tokens: AtomicU64::new(0),
             padded_tokens: AtomicU64::new(0),
             oom_splits: AtomicU64::new(0),
-            queue_depth: AtomicUsize::new(0),
+            lanes: Default::default(),
             devices: device_names
                 .into_iter()
                 .map(|name| DeviceCounters {
@@ -92,6 +112,22 @@ impl Counters {
             .fetch_add(r.busy.as_nanos() as u64, Relaxed);
     }
 
+    pub(crate) fn depth(&self, lane: Lane) -> usize {
+        self.lanes[lane.index()].depth.load(Relaxed)
+    }
+
+    pub(crate) fn add_depth(&self, lane: Lane, texts: usize) {
+        self.lanes[lane.index()].depth.fetch_add(texts, Relaxed);
+    }
+
+    pub(crate) fn sub_depth(&self, lane: Lane, texts: usize) {
+        self.lanes[lane.index()].depth.fetch_sub(texts, Relaxed);
+    }
+
+    pub(crate) fn record_rejection(&self, lane: Lane) {
+        self.lanes[lane.index()].rejected.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn record_oom_split(&self) {
         self.oom_splits.fetch_add(1, Relaxed);
     }
@@ -103,7 +139,15 @@ impl Counters {
             real_tokens: self.real_tokens.load(Relaxed),
             padded_tokens: self.padded_tokens.load(Relaxed),
             oom_splits: self.oom_splits.load(Relaxed),
-            queue_depth: self.queue_depth.load(Relaxed),
+            queue_depth: Lane::ALL.iter().map(|&lane| self.depth(lane)).sum(),
+            lanes: Lane::ALL
+                .iter()
+                .map(|&lane| LaneStats {
+                    lane: lane.name(),
+                    depth: self.depth(lane),
+                    rejected: self.lanes[lane.index()].rejected.load(Relaxed),
+                })
+                .collect(),
             devices: self
                 .devices
                 .iter()
@@ -116,9 +160,10 @@ impl Counters {
         }
     }
 
-    /// How long the texts now queued should take at the throughput seen so far, so a
-    /// rejected client neither hammers the queue nor waits far longer than needed.
-    pub(crate) fn retry_after_ms(&self) -> u64 {
+    /// How long the texts now queued ahead of a `lane` request (that lane's; for bulk,
+    /// both lanes') should take at the throughput seen so far, so a rejected client neither
+    /// hammers the queue nor waits far longer than needed.
+    pub(crate) fn retry_after_ms(&self, lane: Lane) -> u64 {
         let rows = self.rows.load(Relaxed);
         let busy_nanos: u64 = self
             .devices
@@ -129,7 +174,10 @@ impl Counters {
             return 100;
         }
         let nanos_per_row = busy_nanos as f64 / rows as f64 / self.devices.len() as f64;
-        let depth = self.queue_depth.load(Relaxed) as f64;
+        let depth = match lane {
+            Lane::Interactive => self.depth(lane),
+            Lane::Bulk => Lane::ALL.iter().map(|&l| self.depth(l)).sum(),
+        } as f64;
         ((depth * nanos_per_row / 1e6) as u64).clamp(10, 10_000)
     }
 }
@@ -141,7 +189,7 @@ mod tests {
     #[test]
     fn retry_after_follows_measured_throughput() {
         let counters = Counters::new(vec!["cpu".into()]);
-        assert_eq!(counters.retry_after_ms(), 100);
+        assert_eq!(counters.retry_after_ms(Lane::Interactive), 100);
         counters.record_batch(&BatchRecord {
             device: 0,
             rows: 100,
@@ -149,8 +197,11 @@ mod tests {
             padded_tokens: 1200,
             busy: Duration::from_secs(1),
         });
-        counters.queue_depth.store(500, Relaxed);
-        assert_eq!(counters.retry_after_ms(), 5000);
+        counters.add_depth(Lane::Interactive, 500);
+        assert_eq!(counters.retry_after_ms(Lane::Interactive), 5000);
+        counters.add_depth(Lane::Bulk, 500);
+        assert_eq!(counters.retry_after_ms(Lane::Interactive), 5000);
+        assert_eq!(counters.retry_after_ms(Lane::Bulk), 10_000);
         let stats = counters.snapshot();
         assert_eq!(
             (stats.batches, stats.rows, stats.padded_tokens),

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{cosine, cpu_embedder, model_dir};
-use kb_embed::{EmbedError, Embedder, EmbeddingConfig};
+use kb_embed::{EmbedError, Embedder, EmbeddingConfig, Lane};
 use std::time::{Duration, Instant};
 
 fn passage(i: usize) -> String {
@@ -22,7 +22,7 @@ fn alone(embedder: &Embedder, texts: &[String]) -> Vec<Vec<f32>> {
         .iter()
         .map(|t| {
             embedder
-                .embed_blocking(vec![t.clone()])
+                .embed_blocking(Lane::Interactive, vec![t.clone()])
                 .unwrap()
                 .vectors
                 .remove(0)
@@ -45,7 +45,11 @@ fn concurrent_requests_get_the_vectors_they_would_get_alone() {
             .iter()
             .map(|texts| {
                 let embedder = embedder.clone();
-                scope.spawn(move || embedder.embed_blocking(texts.clone()).unwrap())
+                scope.spawn(move || {
+                    embedder
+                        .embed_blocking(Lane::Interactive, texts.clone())
+                        .unwrap()
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -71,7 +75,9 @@ fn a_large_request_is_split_into_batches_and_answered_in_input_order() {
     let texts: Vec<String> = (0..40).map(passage).collect();
     let expected = alone(&embedder, &texts);
     let batches_before = embedder.stats().batches;
-    let answer = embedder.embed_blocking(texts.clone()).unwrap();
+    let answer = embedder
+        .embed_blocking(Lane::Interactive, texts.clone())
+        .unwrap();
     assert!(
         embedder.stats().batches - batches_before > 1,
         "one request should span batches"
@@ -87,7 +93,7 @@ fn a_full_queue_answers_queue_full_at_once() {
     let embedder = cpu_embedder(|cfg| cfg.queue_capacity = 4);
     let busy = embedder.clone();
     let long: Vec<String> = (0..48).map(|i| passage(i).repeat(4)).collect();
-    let worker = std::thread::spawn(move || busy.embed_blocking(long));
+    let worker = std::thread::spawn(move || busy.embed_blocking(Lane::Interactive, long));
     let deadline = Instant::now() + Duration::from_secs(30);
     while embedder.stats().queue_depth == 0 {
         assert!(
@@ -98,7 +104,7 @@ fn a_full_queue_answers_queue_full_at_once() {
     }
     let started = Instant::now();
     let err = embedder
-        .embed_blocking(vec!["one more".into()])
+        .embed_blocking(Lane::Interactive, vec!["one more".into()])
         .unwrap_err();
     assert!(
         started.elapsed() < Duration::from_millis(100),
@@ -111,7 +117,7 @@ fn a_full_queue_answers_queue_full_at_once() {
     assert_eq!(worker.join().unwrap().unwrap().vectors.len(), 48);
     assert_eq!(embedder.stats().queue_depth, 0);
     assert!(embedder
-        .embed_blocking(vec!["now there is room".into()])
+        .embed_blocking(Lane::Interactive, vec!["now there is room".into()])
         .is_ok());
 }
 
@@ -119,7 +125,9 @@ fn a_full_queue_answers_queue_full_at_once() {
 fn empty_input_is_rejected() {
     let embedder = cpu_embedder(|_| {});
     assert_eq!(
-        embedder.embed_blocking(Vec::new()).unwrap_err(),
+        embedder
+            .embed_blocking(Lane::Interactive, Vec::new())
+            .unwrap_err(),
         EmbedError::EmptyInput
     );
 }
@@ -130,7 +138,7 @@ fn a_text_longer_than_max_seq_len_is_truncated_and_reported() {
     assert_eq!(embedder.max_seq_len(), 16);
     let long = "replicas tail the log and apply every record in order ".repeat(10);
     let out = embedder
-        .embed_blocking(vec![long.clone(), "short text".into()])
+        .embed_blocking(Lane::Interactive, vec![long.clone(), "short text".into()])
         .unwrap();
     assert_eq!(out.truncated, vec![true, false]);
     assert_eq!(out.token_counts, vec![16, 4]);
@@ -147,8 +155,8 @@ fn async_embed_answers_on_a_tokio_runtime() {
         .build()
         .unwrap();
     let out = runtime.block_on(async {
-        let a = embedder.embed(vec!["first".into()]);
-        let b = embedder.embed(vec!["second".into(), "third".into()]);
+        let a = embedder.embed(Lane::Interactive, vec!["first".into()]);
+        let b = embedder.embed(Lane::Interactive, vec!["second".into(), "third".into()]);
         let (a, b) = tokio::join!(a, b);
         (a.unwrap(), b.unwrap())
     });
@@ -180,7 +188,10 @@ fn stats_count_rows_and_tokens() {
     let embedder = cpu_embedder(|_| {});
     assert_eq!(embedder.devices(), vec!["cpu".to_string()]);
     embedder
-        .embed_blocking(vec!["a b c".into(), "a much longer text here".into()])
+        .embed_blocking(
+            Lane::Interactive,
+            vec!["a b c".into(), "a much longer text here".into()],
+        )
         .unwrap();
     let stats = embedder.stats();
     assert_eq!(stats.rows, 2);

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{cosine, cpu_embedder};
+use kb_embed::Lane;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -31,7 +32,7 @@ fn vectors_match_sentence_transformers() {
     let embedder = cpu_embedder(|_| {});
     assert_eq!(embedder.max_seq_len(), reference.max_seq_length);
     let texts = reference.passages.iter().map(|p| p.text.clone()).collect();
-    let out = embedder.embed_blocking(texts).unwrap();
+    let out = embedder.embed_blocking(Lane::Interactive, texts).unwrap();
     let worst = (0..out.vectors.len())
         .map(|i| cosine(&out.vectors[i], &reference.passages[i].vector))
         .fold(f64::INFINITY, f64::min);
@@ -53,7 +54,7 @@ fn only_the_passage_longer_than_the_model_limit_is_truncated() {
     let reference = reference();
     let embedder = cpu_embedder(|_| {});
     let texts = reference.passages.iter().map(|p| p.text.clone()).collect();
-    let out = embedder.embed_blocking(texts).unwrap();
+    let out = embedder.embed_blocking(Lane::Interactive, texts).unwrap();
     let long: Vec<usize> = (0..reference.passages.len())
         .filter(|&i| out.truncated[i])
         .collect();
@@ -75,7 +76,9 @@ fn each_passage_alone_matches_sentence_transformers() {
     let reference = reference();
     let embedder = cpu_embedder(|_| {});
     for passage in reference.passages.iter().take(6) {
-        let out = embedder.embed_blocking(vec![passage.text.clone()]).unwrap();
+        let out = embedder
+            .embed_blocking(Lane::Interactive, vec![passage.text.clone()])
+            .unwrap();
         assert!(
             cosine(&out.vectors[0], &passage.vector) >= 0.9999,
             "{:?}",
@@ -90,7 +93,7 @@ fn bf16_on_cpu_stays_close_to_sentence_transformers() {
     let embedder = cpu_embedder(|cfg| cfg.precision = kb_embed::Precision::Bf16);
     assert_eq!(embedder.precision(), "bf16");
     let texts = reference.passages.iter().map(|p| p.text.clone()).collect();
-    let out = embedder.embed_blocking(texts).unwrap();
+    let out = embedder.embed_blocking(Lane::Interactive, texts).unwrap();
     let worst = reference
         .passages
         .iter()

@@ -41,6 +41,11 @@ struct GpuLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LaneLabels {
+    lane: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     level: &'static str,
     kind: &'static str,
@@ -58,7 +63,8 @@ pub struct Metrics {
     embed_rows: Gauge,
     embed_tokens: Gauge,
     embed_padded_tokens: Gauge,
-    embed_queue_depth: Gauge,
+    embed_queue_depth: Family<LaneLabels, Gauge>,
+    embed_rejected: Family<LaneLabels, Gauge>,
     embed_busy_seconds: FloatGauge,
     index_chunks: Family<CollectionLabels, Gauge>,
     log_sequence: Gauge,
@@ -93,7 +99,8 @@ impl Metrics {
             embed_rows: Gauge::default(),
             embed_tokens: Gauge::default(),
             embed_padded_tokens: Gauge::default(),
-            embed_queue_depth: Gauge::default(),
+            embed_queue_depth: Family::default(),
+            embed_rejected: Family::default(),
             embed_busy_seconds: FloatGauge::default(),
             index_chunks: Family::default(),
             log_sequence: Gauge::default(),
@@ -138,8 +145,13 @@ impl Metrics {
         );
         r.register(
             "embed_queue_depth",
-            "Texts waiting for the batcher",
+            "Texts admitted and not yet embedded, per lane (interactive: queries; bulk: ingestion)",
             m.embed_queue_depth.clone(),
+        );
+        r.register(
+            "embed_rejected",
+            "Embedding requests refused (429) because their lane was full, per lane, since start",
+            m.embed_rejected.clone(),
         );
         r.register(
             "embed_busy_seconds",
@@ -247,20 +259,27 @@ impl Metrics {
             self.embed_rows.set(s.rows as i64);
             self.embed_tokens.set(s.real_tokens as i64);
             self.embed_padded_tokens.set(s.padded_tokens as i64);
-            self.embed_queue_depth.set(s.queue_depth as i64);
+            for lane in &s.lanes {
+                let labels = LaneLabels { lane: lane.lane };
+                self.embed_queue_depth
+                    .get_or_create(&labels)
+                    .set(lane.depth as i64);
+                self.embed_rejected
+                    .get_or_create(&labels)
+                    .set(lane.rejected as i64);
+            }
             self.embed_busy_seconds
                 .set(s.devices.iter().map(|d| d.busy_seconds).sum());
-            let index = engine.store.index();
+            let view = engine.store.view();
             self.index_chunks.clear();
-            for (name, c) in index.collections() {
+            for (name, c) in &view.collections {
                 self.index_chunks
                     .get_or_create(&CollectionLabels {
                         collection: name.clone(),
                     })
-                    .set(c.stats().chunks as i64);
+                    .set(c.chunks as i64);
             }
-            self.applied_sequence.set(index.applied() as i64);
-            drop(index);
+            self.applied_sequence.set(view.applied as i64);
             self.writes_halted
                 .set(i64::from(engine.store.halted().is_some()));
             self.snapshot_failures

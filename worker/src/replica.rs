@@ -43,6 +43,8 @@ pub enum ReplicaError {
         wanted: Seq,
         waited: Duration,
     },
+    #[error("checking the write against the index failed: {0}")]
+    Internal(String),
 }
 
 /// The replication state of one worker.
@@ -99,7 +101,13 @@ impl Replicator {
     /// Checks `ops` against this replica's index and appends them to the stream; returns
     /// the sequence of the last one. Fails fast when Redis is unreachable.
     pub async fn write(&self, ops: Vec<Op>) -> Result<Seq, ReplicaError> {
-        self.store.index().check_batch(&ops)?;
+        // Checking reads the index: off the async threads, where a long search or apply
+        // holding its lock would stall every task of this thread.
+        let store = Arc::clone(&self.store);
+        let ops =
+            tokio::task::spawn_blocking(move || store.index().check_batch(&ops).map(|()| ops))
+                .await
+                .map_err(|e| ReplicaError::Internal(e.to_string()))??;
         let records = self.log.append(ops).await?;
         let last = records.last().map_or(0, |r| r.seq);
         self.log_seq.fetch_max(last, Ordering::Relaxed);

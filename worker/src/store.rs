@@ -19,6 +19,7 @@ use kb_config::WorkerConfig;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// First wait after a failed automatic snapshot; doubles per failure up to the maximum.
@@ -143,6 +144,8 @@ pub struct StoreHealth {
 /// Log + index + snapshots. See the module docs.
 pub struct Store {
     index: RwLock<Index>,
+    /// [`IndexView`] of `index`, replaced under the write lock after every change.
+    view: Mutex<Arc<IndexView>>,
     /// The local WAL in single-node mode; `None` when Redis holds the log.
     log: Option<FileWal>,
     snapshots_dir: PathBuf,
@@ -219,6 +222,7 @@ impl Store {
             stale_temporary_files: stale,
         };
         let store = Self {
+            view: Mutex::new(Arc::new(IndexView::of(&index))),
             index: RwLock::new(index),
             log: Some(log),
             snapshots_dir,
@@ -248,6 +252,7 @@ impl Store {
         let index = snapshot::load_newest(&snapshots_dir, device.clone())?
             .unwrap_or_else(|| Index::new(device));
         Ok(Self {
+            view: Mutex::new(Arc::new(IndexView::of(&index))),
             index: RwLock::new(index),
             log: None,
             snapshots_dir,
@@ -299,6 +304,7 @@ impl Store {
                 }
                 applied_now += 1;
             }
+            self.publish(&index);
             outcome.map(|()| index.applied())
         };
         writer.since_snapshot += applied_now;
@@ -377,9 +383,26 @@ impl Store {
             .unwrap_or(0)
     }
 
-    /// Read access to the index.
+    /// Read access to the index. Blocks while a write applies: async handlers use
+    /// [`Store::view`] instead, searches and applies run on blocking threads.
     pub fn index(&self) -> RwLockReadGuard<'_, Index> {
         self.index.read()
+    }
+
+    /// Holds the index's write lock, as a long apply would (tests of what must not wait).
+    #[cfg(test)]
+    pub(crate) fn hold_index(&self) -> parking_lot::RwLockWriteGuard<'_, Index> {
+        self.index.write()
+    }
+
+    /// The index's summary as of its last write; never waits for the index lock.
+    pub fn view(&self) -> Arc<IndexView> {
+        Arc::clone(&self.view.lock())
+    }
+
+    /// Republishes the view; called with the write lock held, after a change.
+    fn publish(&self, index: &Index) {
+        *self.view.lock() = Arc::new(IndexView::of(index));
     }
 
     /// The last durable sequence of the local WAL (the applied one for a replica).
@@ -463,8 +486,10 @@ impl Store {
                 }
                 None
             });
-            std::panic::catch_unwind(apply)
-                .unwrap_or_else(|_| Some("applying a logged record panicked".into()))
+            let failure = std::panic::catch_unwind(apply)
+                .unwrap_or_else(|_| Some("applying a logged record panicked".into()));
+            self.publish(&index);
+            failure
         };
         match failure {
             None => Ok(()),
@@ -508,3 +533,5 @@ impl Store {
 
 #[cfg(test)]
 mod tests;
+mod view;
+pub use view::{CollectionView, IndexView};

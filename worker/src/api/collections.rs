@@ -4,23 +4,22 @@ use super::documents::read_body;
 use super::error::ApiError;
 use super::{check_collection_name, SharedState, Wait};
 use crate::auth::Role;
-use crate::index::flat::FlatIndex;
 use crate::log::{Metric, Op};
+use crate::store::CollectionView;
 use axum::extract::{Path, Request, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-fn describe(name: &str, c: &FlatIndex) -> Value {
-    let stats = c.stats();
+fn describe(name: &str, c: &CollectionView) -> Value {
     json!({
         "name": name,
-        "dim": c.dim(),
-        "metric": c.metric(),
-        "documents": stats.documents,
-        "chunks": stats.chunks,
-        "tombstones": stats.tombstones,
+        "dim": c.dim,
+        "metric": c.metric,
+        "documents": c.documents,
+        "chunks": c.chunks,
+        "tombstones": c.tombstones,
     })
 }
 
@@ -30,9 +29,10 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let principal = state.principal(&headers)?;
     let engine = state.engine()?;
-    let index = engine.store.index();
-    let collections: Vec<Value> = index
-        .collections()
+    let view = engine.store.view();
+    let collections: Vec<Value> = view
+        .collections
+        .iter()
         .filter(|(name, _)| principal.can_see(name))
         .map(|(name, c)| describe(name, c))
         .collect();
@@ -49,8 +49,8 @@ pub async fn get(
         return Err(ApiError::forbidden("read", &collection));
     }
     let engine = state.engine()?;
-    let index = engine.store.index();
-    let c = index
+    let view = engine.store.view();
+    let c = view
         .get(&collection)
         .ok_or_else(|| ApiError::NotFound(format!("collection {collection:?} does not exist")))?;
     Ok(Json(describe(&collection, c)))
@@ -87,8 +87,8 @@ pub async fn create(
         metric: body.metric,
     };
     let sequence = engine.write(vec![op], Wait::Applied).await?;
-    let index = engine.store.index();
-    let c = index
+    let view = engine.store.view();
+    let c = view
         .get(&collection)
         .ok_or_else(|| ApiError::Internal("created collection vanished".into()))?;
     let mut out = describe(&collection, c);
@@ -106,7 +106,7 @@ pub async fn drop(
         return Err(ApiError::forbidden("drop", &collection));
     }
     let engine = state.engine()?;
-    if engine.store.index().get(&collection).is_none() {
+    if engine.store.view().get(&collection).is_none() {
         return Err(ApiError::NotFound(format!(
             "collection {collection:?} does not exist"
         )));

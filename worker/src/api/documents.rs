@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::Json;
+use kb_embed::Lane;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -245,7 +246,7 @@ pub async fn ingest_documents(
             truncated: Vec::new(),
         }
     } else {
-        engine.embedder.embed(texts).await?
+        engine.embedder.embed(Lane::Bulk, texts).await?
     };
     let truncated = embedded.truncated.iter().filter(|t| **t).count();
     let mut vectors = embedded.vectors.into_iter();
@@ -253,9 +254,9 @@ pub async fn ingest_documents(
     // created with `PUT {"metric": "dot"}` used to refuse every ingest with 409).
     let metric = engine
         .store
-        .index()
+        .view()
         .get(collection)
-        .map_or(Metric::Cosine, |c| c.metric());
+        .map_or(Metric::Cosine, |c| c.metric);
     let mut ops = vec![Op::CreateCollection {
         collection: collection.to_string(),
         dim,
@@ -304,11 +305,13 @@ pub async fn delete(
     }
     let engine = state.engine()?;
     let existed = {
-        let index = engine.store.index();
-        let c = index.get(&collection).ok_or_else(|| {
-            ApiError::NotFound(format!("collection {collection:?} does not exist"))
-        })?;
-        c.contains(&id)
+        // A document lookup needs the index itself: off the async threads.
+        let (store, name, doc) = (Arc::clone(&engine.store), collection.clone(), id.clone());
+        tokio::task::spawn_blocking(move || store.index().get(&name).map(|c| c.contains(&doc)))
+            .await?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("collection {collection:?} does not exist"))
+            })?
     };
     let op = Op::Delete {
         collection: collection.clone(),

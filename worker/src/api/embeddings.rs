@@ -1,32 +1,44 @@
-//! OpenAI-compatible `POST /v1/embeddings`, so existing LangChain / LlamaIndex clients
-//! work unchanged against a worker.
+//! OpenAI-compatible `POST /v1/embeddings` and `GET /v1/models`, so existing clients
+//! (openai-python, LangChain's `OpenAIEmbeddings`, LlamaIndex) work unchanged against a
+//! worker: text or token-id inputs, `float` or `base64` encoding, `dimensions`.
 
 use super::documents::read_body;
 use super::error::ApiError;
 use super::SharedState;
 use axum::extract::{Request, State};
 use axum::Json;
+use base64::Engine as _;
+use kb_embed::{Embedded, Lane};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+/// `input` in every shape the OpenAI API accepts.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum Input {
-    One(String),
-    Many(Vec<String>),
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
 }
 
+/// The request body. Fields OpenAI clients may add (`user`, ...) are ignored, as the
+/// OpenAI API does for fields it does not use.
 #[derive(Debug, Deserialize)]
 struct EmbeddingsBody {
     input: Input,
     #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
     encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<usize>,
 }
 
-/// Most inputs one request may carry.
+/// Most inputs one request may carry (the OpenAI API's limit).
 const MAX_INPUTS: usize = 2048;
+
+/// Requests with at most this many inputs are latency-bound (a query being embedded by
+/// a RAG framework) and go through the interactive lane; larger ones are bulk work.
+pub const INTERACTIVE_MAX_INPUTS: usize = 16;
 
 pub async fn embeddings(
     State(state): State<SharedState>,
@@ -38,39 +50,132 @@ pub async fn embeddings(
     let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
     let body: EmbeddingsBody = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::BadRequest(format!(
-            "invalid request: {e} (`input` must be a string or a list of strings)"
+            "invalid request: {e} (`input` must be a string, a list of strings, a list of \
+             token ids or a list of token-id lists)"
         ))
     })?;
-    if body
-        .encoding_format
-        .as_deref()
-        .is_some_and(|f| f != "float")
-    {
-        return Err(ApiError::BadRequest(
-            "only encoding_format \"float\" is supported".into(),
-        ));
-    }
-    let texts = match body.input {
-        Input::One(s) => vec![s],
-        Input::Many(v) => v,
+    let base64 = match body.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "encoding_format {other:?} is not supported: use \"float\" or \"base64\""
+            )))
+        }
     };
-    if texts.is_empty() || texts.len() > MAX_INPUTS || texts.iter().any(|t| t.is_empty()) {
-        return Err(ApiError::BadRequest(format!(
-            "`input` needs 1-{MAX_INPUTS} non-empty strings"
-        )));
+    let embedder = &engine.embedder;
+    if let Some(dimensions) = body.dimensions {
+        if dimensions != embedder.dim() {
+            return Err(ApiError::BadRequest(format!(
+                "dimensions {dimensions}: {} produces {}-dimensional embeddings and was not \
+                 trained to be shortened; omit `dimensions` or set it to {}",
+                embedder.model_name(),
+                embedder.dim(),
+                embedder.dim()
+            )));
+        }
     }
-    let out = engine.embedder.embed(texts).await?;
+    let out = match body.input {
+        Input::Text(text) => embed_texts(&engine, vec![text]).await?,
+        Input::Texts(texts) => embed_texts(&engine, texts).await?,
+        Input::Tokens(ids) => embed_ids(&engine, vec![ids]).await?,
+        Input::TokenLists(lists) => embed_ids(&engine, lists).await?,
+    };
     let tokens: usize = out.token_counts.iter().sum();
     let data: Vec<Value> = out
         .vectors
         .into_iter()
         .enumerate()
-        .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+        .map(|(i, v)| {
+            let embedding = if base64 { encode_base64(&v) } else { json!(v) };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
         .collect();
     Ok(Json(json!({
         "object": "list",
         "data": data,
-        "model": body.model.unwrap_or_else(|| "all-MiniLM-L6-v2".into()),
+        "model": embedder.model_name(),
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     })))
+}
+
+/// `GET /v1/models`: the one model this worker serves.
+pub async fn models(
+    State(state): State<SharedState>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    state.principal(req.headers())?;
+    let engine = state.engine()?;
+    Ok(Json(json!({
+        "object": "list",
+        "data": [{
+            "id": engine.embedder.model_name(),
+            "object": "model",
+            "created": 0,
+            "owned_by": "knowledgebase-operator",
+        }],
+    })))
+}
+
+fn check_count(n: usize) -> Result<Lane, ApiError> {
+    if n == 0 || n > MAX_INPUTS {
+        return Err(ApiError::BadRequest(format!(
+            "`input` needs 1 to {MAX_INPUTS} entries, got {n}"
+        )));
+    }
+    Ok(if n <= INTERACTIVE_MAX_INPUTS {
+        Lane::Interactive
+    } else {
+        Lane::Bulk
+    })
+}
+
+async fn embed_texts(engine: &super::Engine, texts: Vec<String>) -> Result<Embedded, ApiError> {
+    let lane = check_count(texts.len())?;
+    if let Some(i) = texts.iter().position(String::is_empty) {
+        return Err(ApiError::BadRequest(format!(
+            "input {i} is an empty string"
+        )));
+    }
+    Ok(engine.embedder.embed(lane, texts).await?)
+}
+
+async fn embed_ids(engine: &super::Engine, lists: Vec<Vec<u32>>) -> Result<Embedded, ApiError> {
+    let lane = check_count(lists.len())?;
+    Ok(engine.embedder.embed_token_ids(lane, lists).await?)
+}
+
+/// The vector as the OpenAI API encodes it: little-endian f32 bytes, base64.
+fn encode_base64(vector: &[f32]) -> Value {
+    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_openai_input_shape_parses() {
+        let parse = |s: &str| serde_json::from_str::<EmbeddingsBody>(s).unwrap().input;
+        assert!(matches!(parse(r#"{"input": "a"}"#), Input::Text(_)));
+        assert!(matches!(parse(r#"{"input": ["a", "b"]}"#), Input::Texts(v) if v.len() == 2));
+        assert!(matches!(parse(r#"{"input": [1, 2, 3]}"#), Input::Tokens(v) if v.len() == 3));
+        assert!(matches!(
+            parse(r#"{"input": [[1, 2], [3]], "model": "x", "user": "u"}"#),
+            Input::TokenLists(v) if v.len() == 2
+        ));
+    }
+
+    #[test]
+    fn base64_is_little_endian_f32() {
+        let Value::String(s) = encode_base64(&[1.0, -0.5]) else {
+            panic!("not a string")
+        };
+        let bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap();
+        assert_eq!(
+            bytes,
+            [1.0f32.to_le_bytes(), (-0.5f32).to_le_bytes()].concat()
+        );
+    }
 }

@@ -30,6 +30,8 @@ pub enum ApiError {
     Busy { retry_after_s: u64 },
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Timeout(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -46,6 +48,7 @@ impl ApiError {
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -68,7 +71,7 @@ impl IntoResponse for ApiError {
         let mut resp = (status, axum::Json(body)).into_response();
         let retry = match &self {
             Self::Busy { retry_after_s } => Some(*retry_after_s),
-            Self::Unavailable(_) => Some(1),
+            Self::Unavailable(_) | Self::Timeout(_) => Some(1),
             _ => None,
         };
         if let Some(s) = retry {
@@ -86,6 +89,7 @@ impl From<EmbedError> for ApiError {
                 retry_after_s: retry_after_ms.div_ceil(1000).max(1),
             },
             EmbedError::EmptyInput => Self::BadRequest("nothing to embed".into()),
+            EmbedError::InvalidInput(m) => Self::BadRequest(m),
             EmbedError::Tokenize(m) => Self::BadRequest(format!("cannot tokenize input: {m}")),
             EmbedError::ShuttingDown => Self::Unavailable("the worker is shutting down".into()),
             other => Self::Internal(other.to_string()),

@@ -18,7 +18,7 @@ pub async fn livez() -> Json<serde_json::Value> {
 pub async fn readyz(State(state): State<SharedState>) -> Response {
     match state.engine() {
         Ok(engine) => {
-            let applied = engine.store.index().applied();
+            let applied = engine.store.view().applied;
             let mut body = json!({
                 "status": "ready",
                 "applied_sequence": applied,

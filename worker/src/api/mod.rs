@@ -6,7 +6,10 @@ pub mod documents;
 pub mod embeddings;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod query;
+#[cfg(test)]
+mod tests;
 
 use crate::auth::{Auth, Principal};
 use crate::cache::QueryCache;
@@ -165,6 +168,13 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/v1/collections/{collection}/query", post(query::query))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/models", get(embeddings::models))
+        .layer(axum::middleware::from_fn_with_state(
+            limits::RequestBounds::new(&state.limits),
+            limits::bound,
+        ))
+        // Outside the request bounds: probes must answer while the API is saturated, and
+        // a snapshot download takes as long as the volume needs.
         .route("/v1/admin/snapshot", get(health::snapshot))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))

@@ -8,6 +8,7 @@ use crate::cache::QueryCache;
 use crate::index::filter::Filter;
 use axum::extract::{Path, Request, State};
 use axum::Json;
+use kb_embed::Lane;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -62,13 +63,22 @@ pub async fn query(
         engine.wait_min_sequence(seq).await?;
     }
     let (version, dim) = {
-        let index = engine.store.index();
-        let c = index.get(&collection).ok_or_else(|| {
+        let view = engine.store.view();
+        let c = view.get(&collection).ok_or_else(|| {
             ApiError::NotFound(format!("collection {collection:?} does not exist"))
         })?;
-        (index.version(&collection), c.dim())
+        (c.version, c.dim)
     };
     let query = match (body.query, body.vector) {
+        (Some(text), None) if text.len() > state.limits.max_query_bytes => {
+            return Err(ApiError::BadRequest(format!(
+                "query text is {} bytes, more than limits.max_query_bytes ({}); the model reads \
+                 only its first {} tokens anyway",
+                text.len(),
+                state.limits.max_query_bytes,
+                engine.embedder.max_seq_len()
+            )))
+        }
         (Some(text), None) if !text.trim().is_empty() => Query::Text(text),
         (None, Some(v)) if !v.is_empty() && v.iter().all(|x| x.is_finite()) => Query::Vector(v),
         _ => {
@@ -93,7 +103,7 @@ pub async fn query(
     if let (Some(cache), Some(digest)) = (cache, &digest) {
         let key = cache.result_key(&collection, version, digest);
         if let Some((hits, level)) = cache.result(&key).await {
-            let sequence = engine.store.index().applied();
+            let sequence = engine.store.view().applied;
             return Ok(Json(
                 json!({"hits": hits, "sequence": sequence, "cache": level.as_str()}),
             ));
@@ -150,13 +160,23 @@ enum Query {
 /// The query's embedding, from the cache when this text was embedded before.
 async fn embed_query(engine: &Engine, text: String) -> Result<Vec<f32>, ApiError> {
     let Some(cache) = &engine.cache else {
-        return Ok(engine.embedder.embed(vec![text]).await?.vectors.remove(0));
+        return Ok(engine
+            .embedder
+            .embed(Lane::Interactive, vec![text])
+            .await?
+            .vectors
+            .remove(0));
     };
     let key = cache.embedding_key(&text);
     if let Some(v) = cache.embedding(&key).await {
         return Ok(v);
     }
-    let vector = engine.embedder.embed(vec![text]).await?.vectors.remove(0);
+    let vector = engine
+        .embedder
+        .embed(Lane::Interactive, vec![text])
+        .await?
+        .vectors
+        .remove(0);
     cache.put_embedding(key, &vector);
     Ok(vector)
 }

@@ -103,7 +103,7 @@ fn index_placement(embedder_devices: &[String]) -> Placement {
     Placement::from(devices)
 }
 
-fn load_engine(
+pub(crate) fn load_engine(
     cfg: &WorkerConfig,
     log: Option<RedisLog>,
     metrics: Arc<Metrics>,

@@ -2,7 +2,7 @@
 
 use super::round3;
 use anyhow::Context;
-use kb_embed::{Embedder, EmbeddingConfig, Precision};
+use kb_embed::{Embedder, EmbeddingConfig, Lane, Precision};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,9 +33,19 @@ pub struct BenchEmbedArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: u32,
-    /// Token budget of one engine batch [default: the engine's].
+    /// Token budget of one engine batch, both lanes [default: the engine's].
     #[arg(long)]
     pub max_batch_tokens: Option<usize>,
+    /// Lane the requests go through: `bulk` (ingestion) or `interactive` (queries).
+    #[arg(long, default_value = "bulk", value_parser = parse_lane)]
+    pub lane: Lane,
+}
+
+fn parse_lane(s: &str) -> Result<Lane, String> {
+    Lane::ALL
+        .into_iter()
+        .find(|lane| lane.name() == s)
+        .ok_or_else(|| format!("unknown lane {s:?}: use interactive or bulk"))
 }
 
 /// Time and tokens of one request.
@@ -54,14 +64,17 @@ pub(super) fn run(args: &BenchEmbedArgs) -> anyhow::Result<()> {
     };
     if let Some(tokens) = args.max_batch_tokens {
         cfg.max_batch_tokens = tokens;
+        cfg.bulk_batch_tokens = Some(tokens);
     }
-    cfg.queue_capacity = cfg.queue_capacity.max(batch * args.concurrency as usize);
+    let in_flight = batch * args.concurrency as usize;
+    cfg.queue_capacity = cfg.queue_capacity.max(in_flight);
+    cfg.bulk_queue_capacity = cfg.bulk_queue_capacity.max(in_flight);
     let embedder = Embedder::load(&args.model, &cfg).context("loading the model")?;
     let groups: Vec<&[String]> = texts.chunks(batch).collect();
     // Warm-up: first kernel launches, allocator growth and lazy initialisation.
-    embedder.embed_blocking(groups[0].to_vec())?;
+    embedder.embed_blocking(args.lane, groups[0].to_vec())?;
     let started = Instant::now();
-    let timings = embed_groups(&embedder, &groups, args.concurrency as usize)?;
+    let timings = embed_groups(&embedder, args.lane, &groups, args.concurrency as usize)?;
     let seconds = started.elapsed().as_secs_f64();
     let tokens: usize = timings.iter().map(|t| t.tokens).sum();
     let mean_ms = timings
@@ -80,6 +93,7 @@ pub(super) fn run(args: &BenchEmbedArgs) -> anyhow::Result<()> {
         "ms_per_batch": round3(mean_ms),
         "batch_texts": batch,
         "concurrency": args.concurrency,
+        "lane": args.lane.name(),
     });
     println!("{line}");
     Ok(())
@@ -88,6 +102,7 @@ pub(super) fn run(args: &BenchEmbedArgs) -> anyhow::Result<()> {
 /// Embeds every group, `concurrency` requests at a time, timing each request.
 fn embed_groups(
     embedder: &Embedder,
+    lane: Lane,
     groups: &[&[String]],
     concurrency: usize,
 ) -> anyhow::Result<Vec<Timed>> {
@@ -103,7 +118,7 @@ fn embed_groups(
                             return Ok(());
                         };
                         let start = Instant::now();
-                        let out = embedder.embed_blocking(group.to_vec())?;
+                        let out = embedder.embed_blocking(lane, group.to_vec())?;
                         let timed = Timed {
                             elapsed: start.elapsed(),
                             tokens: out.token_counts.iter().sum(),

@@ -1,0 +1,232 @@
+//! The serving path while the index lock is taken (a long apply, or a long search with a
+//! write waiting behind it): probes, listings, metrics and cached queries answer without
+//! waiting, and the request bounds answer in the JSON error shape.
+
+use super::{router, AppState, SharedState};
+use crate::auth::Auth;
+use crate::metrics::Metrics;
+use kb_config::WorkerConfig;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An in-process worker on a loopback port (model loaded, empty data directory).
+async fn serve(tweak: impl FnOnce(&mut WorkerConfig)) -> (tempfile::TempDir, SharedState, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = WorkerConfig {
+        model: Some(crate::test_support::model_dir()),
+        data_dir: tmp.path().join("data"),
+        ..WorkerConfig::default()
+    };
+    cfg.embedding.device = "cpu".into();
+    tweak(&mut cfg);
+    let metrics = Arc::new(Metrics::new());
+    let state: SharedState = Arc::new(AppState::new(
+        Auth::open(),
+        cfg.limits.clone(),
+        metrics.clone(),
+    ));
+    let engine = tokio::task::spawn_blocking(move || {
+        crate::cli::serve::load_engine(&cfg, None, metrics).unwrap()
+    })
+    .await
+    .unwrap();
+    state.set_engine(Arc::new(engine));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = router(state.clone()).merge(crate::metrics::router(state.clone()));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (tmp, state, url)
+}
+
+async fn call(url: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    // A handler stuck behind the lock holder (which waits for these answers) would hang
+    // the test: give up long after any honest answer instead.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let mut req = client.request(method.parse().unwrap(), format!("{url}{path}"));
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path} got no answer: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Releases the held lock when dropped, also when an assertion fails, so that a handler
+/// stuck behind it finishes and the runtime can shut down.
+struct Release(Arc<AtomicBool>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Holds the index's write lock on a plain thread until `release` is set; `held` is true
+/// from the moment the lock is taken until just before it is released.
+fn hold_index(
+    state: &SharedState,
+    held: Arc<AtomicBool>,
+    release: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let engine = state.engine().unwrap();
+    std::thread::spawn(move || {
+        let guard = engine.store.hold_index();
+        held.store(true, Ordering::SeqCst);
+        while !release.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        held.store(false, Ordering::SeqCst);
+        drop(guard);
+    })
+}
+
+async fn wait_until(flag: &AtomicBool) {
+    while !flag.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_listings_metrics_and_cached_queries_do_not_wait_for_the_index_lock() {
+    let (_tmp, state, url) = serve(|_| {}).await;
+    let doc = json!({"documents": [{"id": "d1", "text": "replicas apply the log in order"}]});
+    assert_eq!(
+        call(&url, "POST", "/v1/collections/c/documents", Some(doc))
+            .await
+            .0,
+        200
+    );
+    let query = json!({"query": "how do replicas apply records", "top_k": 1});
+    let (status, first) = call(&url, "POST", "/v1/collections/c/query", Some(query.clone())).await;
+    assert_eq!((status, &first["cache"]), (200, &json!("miss")));
+
+    let (held, release) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let holder = hold_index(&state, held.clone(), release.clone());
+    let _release = Release(release.clone());
+    wait_until(&held).await;
+    for (method, path, body) in [
+        ("GET", "/readyz", None),
+        ("GET", "/metrics", None),
+        ("GET", "/v1/collections", None),
+        ("GET", "/v1/collections/c", None),
+        ("POST", "/v1/collections/c/query", Some(query.clone())),
+    ] {
+        let (status, body) = call(&url, method, path, body).await;
+        assert!(
+            held.load(Ordering::SeqCst),
+            "{method} {path} waited for the index lock to be released"
+        );
+        assert_eq!(status, 200, "{method} {path}: {body}");
+    }
+    let (_, cached) = call(&url, "POST", "/v1/collections/c/query", Some(query)).await;
+    assert_eq!(cached["cache"], "l1");
+    assert_eq!(cached["hits"], first["hits"]);
+    release.store(true, Ordering::SeqCst);
+    holder.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_concurrency_cap_and_the_deadline_requests_get_json_503s() {
+    let (_tmp, state, url) = serve(|cfg| {
+        cfg.limits.max_concurrent_requests = 1;
+        cfg.limits.request_timeout_seconds = 1;
+        cfg.cache.enabled = false;
+    })
+    .await;
+    let vector: Vec<f32> = (0..384).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
+    let doc = json!({"documents": [{"id": "d1", "text": "x", "vector": vector}]});
+    assert_eq!(
+        call(&url, "POST", "/v1/collections/c/documents", Some(doc))
+            .await
+            .0,
+        200
+    );
+
+    let (held, release) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let holder = hold_index(&state, held.clone(), release.clone());
+    let _release = Release(release.clone());
+    wait_until(&held).await;
+    // A search needs the index: it waits (off the async threads) and holds the one slot.
+    let stuck = tokio::spawn({
+        let url = url.clone();
+        async move {
+            call(
+                &url,
+                "POST",
+                "/v1/collections/c/query",
+                Some(json!({"vector": vector})),
+            )
+            .await
+        }
+    });
+    let mut refused = None;
+    for _ in 0..200 {
+        let (status, body) = call(&url, "GET", "/v1/collections", None).await;
+        if status == 503 {
+            refused = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let refused = refused.expect("a second request was admitted past max_concurrent_requests = 1");
+    assert_eq!(refused["error"]["code"], "unavailable");
+    assert!(refused["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_concurrent_requests"));
+    // Probes stay outside the cap.
+    assert_eq!(call(&url, "GET", "/readyz", None).await.0, 200);
+    let (status, body) = stuck.await.unwrap();
+    assert!(
+        held.load(Ordering::SeqCst),
+        "the query was answered only after the lock was released"
+    );
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "timeout");
+    release.store(true, Ordering::SeqCst);
+    holder.join().unwrap();
+    // Once the lock is free, the same search answers.
+    assert_eq!(call(&url, "GET", "/v1/collections", None).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_query_text_is_a_400_that_names_the_limit() {
+    let (_tmp, _state, url) = serve(|cfg| cfg.limits.max_query_bytes = 1000).await;
+    let doc = json!({"documents": [{"id": "d1", "text": "some text"}]});
+    assert_eq!(
+        call(&url, "POST", "/v1/collections/c/documents", Some(doc))
+            .await
+            .0,
+        200
+    );
+    let (status, body) = call(
+        &url,
+        "POST",
+        "/v1/collections/c/query",
+        Some(json!({"query": "word ".repeat(300)})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("limits.max_query_bytes"));
+}

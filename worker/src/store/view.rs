@@ -1,0 +1,59 @@
+//! A copy of what request handlers need to know about the index (applied sequence,
+//! collections and their sizes), republished after every write so that async handlers
+//! (`/readyz`, `/metrics`, collection listings, query cache hits) never wait for the index
+//! lock while a long search or a large apply holds it.
+
+use crate::index::Index;
+use crate::log::{Metric, Seq};
+use std::collections::BTreeMap;
+
+/// The index as of its last write.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IndexView {
+    /// Last sequence applied to the index.
+    pub applied: Seq,
+    /// Every collection, by name.
+    pub collections: BTreeMap<String, CollectionView>,
+}
+
+/// One collection as of the last write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionView {
+    pub dim: usize,
+    pub metric: Metric,
+    pub documents: usize,
+    pub chunks: usize,
+    pub tombstones: usize,
+    /// Sequence of the last write that changed the collection (the query cache's key).
+    pub version: Seq,
+}
+
+impl IndexView {
+    /// Copies the summary out of `index` (O(collections)).
+    pub fn of(index: &Index) -> IndexView {
+        let collections = index
+            .collections()
+            .map(|(name, c)| {
+                let stats = c.stats();
+                let view = CollectionView {
+                    dim: c.dim(),
+                    metric: c.metric(),
+                    documents: stats.documents,
+                    chunks: stats.chunks,
+                    tombstones: stats.tombstones,
+                    version: index.version(name),
+                };
+                (name.clone(), view)
+            })
+            .collect();
+        IndexView {
+            applied: index.applied(),
+            collections,
+        }
+    }
+
+    /// One collection, if it exists.
+    pub fn get(&self, name: &str) -> Option<&CollectionView> {
+        self.collections.get(name)
+    }
+}
