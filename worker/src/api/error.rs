@@ -53,6 +53,18 @@ impl ApiError {
         }
     }
 
+    /// The same error, its message prefixed with the position of the item of a batch
+    /// that caused it.
+    pub fn at_position(self, i: usize) -> Self {
+        let at = |m: String| format!("query {i}: {m}");
+        match self {
+            Self::BadRequest(m) => Self::BadRequest(at(m)),
+            Self::NotFound(m) => Self::NotFound(at(m)),
+            Self::Conflict(m) => Self::Conflict(at(m)),
+            other => other,
+        }
+    }
+
     /// A caller lacking `role` on `collection`.
     pub fn forbidden(what: &str, collection: &str) -> Self {
         Self::Forbidden(format!(

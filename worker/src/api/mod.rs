@@ -1,6 +1,7 @@
 //! The HTTP API (axum): routing, shared state and request plumbing. Handlers live in one
 //! module per resource; errors map to statuses in [`error`].
 
+pub mod browse;
 pub mod collections;
 pub mod documents;
 pub mod embeddings;
@@ -160,13 +161,21 @@ pub fn router(state: SharedState) -> Router {
         )
         .route(
             "/v1/collections/{collection}/documents",
-            post(documents::ingest),
+            post(documents::ingest).get(browse::list),
         )
         .route(
             "/v1/collections/{collection}/documents/{id}",
-            axum::routing::delete(documents::delete),
+            axum::routing::delete(documents::delete).get(browse::get),
+        )
+        .route(
+            "/v1/collections/{collection}/delete",
+            post(browse::delete_matching),
         )
         .route("/v1/collections/{collection}/query", post(query::query))
+        .route(
+            "/v1/collections/{collection}/query/batch",
+            post(query::query_batch),
+        )
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(embeddings::models))
         .layer(axum::middleware::from_fn_with_state(

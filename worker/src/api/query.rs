@@ -11,6 +11,7 @@ use axum::Json;
 use kb_embed::Lane;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +27,9 @@ struct QueryBody {
     /// Read-your-writes: wait (bounded) until this worker applied this sequence.
     #[serde(default)]
     min_sequence: Option<u64>,
+    /// Only hits scoring at least this (cosine similarity or dot product).
+    #[serde(default)]
+    score_threshold: Option<f32>,
 }
 
 fn default_top_k() -> usize {
@@ -41,19 +45,81 @@ pub async fn query(
     Path(collection): Path<String>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
-    let principal = state.principal(req.headers())?;
-    if !principal.allows(Role::Read, &collection) {
-        return Err(ApiError::forbidden("read", &collection));
-    }
-    let engine = state.engine()?;
+    let engine = authorised(&state, &collection, req.headers())?;
     let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
     let body: QueryBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
+    Ok(Json(run_query(&state, &engine, &collection, body).await?))
+}
+
+/// Most queries in one batch.
+pub const MAX_BATCH_QUERIES: usize = 64;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    queries: Vec<QueryBody>,
+}
+
+/// `POST /v1/collections/{c}/query/batch`: several queries in one round trip; their texts
+/// are embedded together and their searches share one matrix product. The answer lists
+/// the results in query order; one invalid query fails the batch with its position.
+pub async fn query_batch(
+    State(state): State<SharedState>,
+    Path(collection): Path<String>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    let engine = authorised(&state, &collection, req.headers())?;
+    let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
+    let body: BatchBody = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid batch: {e}")))?;
+    if body.queries.is_empty() || body.queries.len() > MAX_BATCH_QUERIES {
+        return Err(ApiError::BadRequest(format!(
+            "`queries` needs 1 to {MAX_BATCH_QUERIES} queries, got {}",
+            body.queries.len()
+        )));
+    }
+    let answers = body.queries.into_iter().enumerate().map(|(i, q)| {
+        let (state, engine, collection) = (&state, &engine, &collection);
+        async move {
+            run_query(state, engine, collection, q)
+                .await
+                .map_err(|e| e.at_position(i))
+        }
+    });
+    let results = futures::future::try_join_all(answers).await?;
+    Ok(Json(json!({"results": results})))
+}
+
+fn authorised(
+    state: &SharedState,
+    collection: &str,
+    headers: &axum::http::HeaderMap,
+) -> Result<Arc<Engine>, ApiError> {
+    let principal = state.principal(headers)?;
+    if !principal.allows(Role::Read, collection) {
+        return Err(ApiError::forbidden("read", collection));
+    }
+    state.engine()
+}
+
+/// Validates, embeds (or takes the vector), searches and shapes one query's answer.
+async fn run_query(
+    state: &SharedState,
+    engine: &Arc<Engine>,
+    collection: &str,
+    body: QueryBody,
+) -> Result<Value, ApiError> {
     if body.top_k == 0 || body.top_k > state.limits.max_top_k {
         return Err(ApiError::BadRequest(format!(
             "top_k must be between 1 and {} (limits.max_top_k)",
             state.limits.max_top_k
         )));
+    }
+    if body.score_threshold.is_some_and(|t| !t.is_finite()) {
+        return Err(ApiError::BadRequest(
+            "score_threshold must be a finite number".into(),
+        ));
     }
     let filter = match &body.filter {
         Some(f) => Filter::parse(f).map_err(ApiError::BadRequest)?,
@@ -64,7 +130,7 @@ pub async fn query(
     }
     let (version, dim) = {
         let view = engine.store.view();
-        let c = view.get(&collection).ok_or_else(|| {
+        let c = view.get(collection).ok_or_else(|| {
             ApiError::NotFound(format!("collection {collection:?} does not exist"))
         })?;
         (c.version, c.dim)
@@ -87,7 +153,7 @@ pub async fn query(
             ))
         }
     };
-    let (top_k, include_text) = (body.top_k, body.include_text);
+    let (top_k, include_text, threshold) = (body.top_k, body.include_text, body.score_threshold);
     let filter_key = body
         .filter
         .as_ref()
@@ -98,20 +164,19 @@ pub async fn query(
     let digest = cache.map(|_| {
         QueryCache::request_digest(&json!({
             "query": query, "top_k": top_k, "filter": body.filter, "include_text": include_text,
+            "score_threshold": threshold,
         }))
     });
     if let (Some(cache), Some(digest)) = (cache, &digest) {
-        let key = cache.result_key(&collection, version, digest);
+        let key = cache.result_key(collection, version, digest);
         if let Some((hits, level)) = cache.result(&key).await {
             let sequence = engine.store.view().applied;
-            return Ok(Json(
-                json!({"hits": hits, "sequence": sequence, "cache": level.as_str()}),
-            ));
+            return Ok(json!({"hits": hits, "sequence": sequence, "cache": level.as_str()}));
         }
     }
     let vector = match query {
         Query::Vector(v) => v,
-        Query::Text(text) => embed_query(&engine, text).await?,
+        Query::Text(text) => embed_query(engine, text).await?,
     };
     if vector.len() != dim {
         return Err(ApiError::BadRequest(format!(
@@ -121,12 +186,14 @@ pub async fn query(
     }
     let answer = engine
         .searches
-        .search(&collection, filter_key, filter, vector, top_k)
+        .search(collection, filter_key, filter, vector, top_k)
         .await
         .map_err(|e| ApiError::from(&*e))?;
     let (hits, sequence, version) = (answer.hits, answer.applied, answer.version);
     let hits: Value = hits
         .into_iter()
+        // Hits come best first: the threshold keeps a prefix.
+        .take_while(|h| threshold.is_none_or(|t| h.score >= t))
         .map(|h| {
             let mut v = json!({
                 "document_id": h.row.doc_id,
@@ -142,11 +209,9 @@ pub async fn query(
         .collect::<Vec<_>>()
         .into();
     if let (Some(cache), Some(digest)) = (cache, &digest) {
-        cache.put_result(cache.result_key(&collection, version, digest), &hits);
+        cache.put_result(cache.result_key(collection, version, digest), &hits);
     }
-    Ok(Json(
-        json!({"hits": hits, "sequence": sequence, "cache": "miss"}),
-    ))
+    Ok(json!({"hits": hits, "sequence": sequence, "cache": "miss"}))
 }
 
 /// What is searched for; serialised into the cache key.

@@ -230,3 +230,41 @@ async fn an_oversized_query_text_is_a_400_that_names_the_limit() {
         .unwrap()
         .contains("limits.max_query_bytes"));
 }
+
+/// Every route the router declares is in /openapi.json, and every operation there is
+/// served (neither the unknown-route 404 nor a 405).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_router() {
+    let source = include_str!("mod.rs");
+    let routed: std::collections::BTreeSet<String> = source
+        .split(".route(")
+        .skip(1)
+        .filter_map(|rest| rest.trim_start().strip_prefix('"'))
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect();
+    let (_tmp, _state, url) = serve(|_| {}).await;
+    let (status, doc) = call(&url, "GET", "/openapi.json", None).await;
+    assert_eq!(status, 200);
+    let paths = doc["paths"].as_object().unwrap();
+    let documented: std::collections::BTreeSet<String> = paths.keys().cloned().collect();
+    assert_eq!(routed, documented, "routes vs /openapi.json paths");
+    for (path, operations) in paths {
+        let concrete = path.replace("{collection}", "c").replace("{id}", "d");
+        let methods = operations
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| ["get", "put", "post", "delete", "patch"].contains(&k.as_str()));
+        for method in methods {
+            let (status, body) = call(&url, &method.to_uppercase(), &concrete, None).await;
+            let unknown = body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("no such route"));
+            assert!(
+                status != 405 && !unknown,
+                "{method} {path} is documented but not served: {status} {body}"
+            );
+        }
+    }
+}

@@ -11,7 +11,7 @@
 use super::filter::Filter;
 use super::{IndexError, Placement};
 use crate::log::{ChunkRecord, Metadata, Metric};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
@@ -63,7 +63,7 @@ pub struct FlatIndex {
     kind: Kind,
     shards: Vec<Shard>,
     rows: Vec<Option<Arc<Row>>>,
-    docs: HashMap<String, Vec<usize>>,
+    docs: BTreeMap<String, Vec<usize>>,
     dead: usize,
 }
 
@@ -107,7 +107,7 @@ impl FlatIndex {
             kind,
             shards,
             rows: Vec::new(),
-            docs: HashMap::new(),
+            docs: BTreeMap::new(),
             dead: 0,
         })
     }
@@ -547,3 +547,6 @@ fn normalize(t: &Tensor) -> Result<Tensor, tch::TchError> {
 /// Failures injected into the next row store of this thread (tests only).
 #[cfg(test)]
 pub(crate) mod faults;
+
+mod documents;
+pub use documents::StoredDocument;
