@@ -10,12 +10,13 @@
 
 use super::documents::read_body;
 use super::error::ApiError;
+use super::extract::{ApiPath, ApiQuery};
 use super::{Engine, SharedState, Wait};
 use crate::auth::Role;
 use crate::index::filter::Filter;
 use crate::index::flat::StoredDocument;
 use crate::log::Op;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
@@ -92,8 +93,8 @@ fn describe(doc: &StoredDocument, with_chunks: bool) -> Value {
 
 pub async fn list(
     State(state): State<SharedState>,
-    Path(collection): Path<String>,
-    Query(params): Query<ListParams>,
+    ApiPath(collection): ApiPath<String>,
+    ApiQuery(params): ApiQuery<ListParams>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let engine = engine_for(&state, &headers, Role::Read, &collection)?;
@@ -128,7 +129,7 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<SharedState>,
-    Path((collection, id)): Path<(String, String)>,
+    ApiPath((collection, id)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let engine = engine_for(&state, &headers, Role::Read, &collection)?;
@@ -154,7 +155,7 @@ struct DeleteBody {
 
 pub async fn delete_matching(
     State(state): State<SharedState>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let engine = engine_for(&state, req.headers(), Role::Write, &collection)?;

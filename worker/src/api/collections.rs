@@ -2,11 +2,12 @@
 
 use super::documents::read_body;
 use super::error::ApiError;
+use super::extract::ApiPath;
 use super::{check_collection_name, SharedState, Wait};
 use crate::auth::Role;
 use crate::log::{Metric, Op};
 use crate::store::CollectionView;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
@@ -41,7 +42,7 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<SharedState>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let principal = state.principal(&headers)?;
@@ -65,7 +66,7 @@ struct CreateBody {
 
 pub async fn create(
     State(state): State<SharedState>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     check_collection_name(&collection)?;
@@ -98,7 +99,7 @@ pub async fn create(
 
 pub async fn drop(
     State(state): State<SharedState>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let principal = state.principal(&headers)?;

@@ -2,11 +2,12 @@
 //! `DELETE /v1/collections/{c}/documents/{id}`.
 
 use super::error::ApiError;
+use super::extract::{ApiPath, ApiQuery};
 use super::{check_collection_name, Engine, SharedState, Wait};
 use crate::auth::Role;
 use crate::log::{ChunkRecord, Metadata, Metric, Op};
 use axum::body::Body;
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::Json;
 use kb_embed::Lane;
@@ -53,8 +54,8 @@ pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Ap
 
 pub async fn ingest(
     State(state): State<SharedState>,
-    Path(collection): Path<String>,
-    Query(params): Query<WriteParams>,
+    ApiPath(collection): ApiPath<String>,
+    ApiQuery(params): ApiQuery<WriteParams>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     check_collection_name(&collection)?;
@@ -296,7 +297,7 @@ pub async fn ingest_documents(
 
 pub async fn delete(
     State(state): State<SharedState>,
-    Path((collection, id)): Path<(String, String)>,
+    ApiPath((collection, id)): ApiPath<(String, String)>,
     headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let principal = state.principal(&headers)?;

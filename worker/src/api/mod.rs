@@ -6,6 +6,7 @@ pub mod collections;
 pub mod documents;
 pub mod embeddings;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod limits;
 pub mod query;

@@ -2,11 +2,12 @@
 
 use super::documents::read_body;
 use super::error::ApiError;
+use super::extract::ApiPath;
 use super::{Engine, SharedState};
 use crate::auth::Role;
 use crate::cache::QueryCache;
 use crate::index::filter::Filter;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::Json;
 use kb_embed::Lane;
 use serde::Deserialize;
@@ -42,7 +43,7 @@ fn default_true() -> bool {
 
 pub async fn query(
     State(state): State<SharedState>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let engine = authorised(&state, &collection, req.headers())?;
@@ -66,7 +67,7 @@ struct BatchBody {
 /// the results in query order; one invalid query fails the batch with its position.
 pub async fn query_batch(
     State(state): State<SharedState>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let engine = authorised(&state, &collection, req.headers())?;
