@@ -78,7 +78,26 @@ until [ "$(curl -fs "$url/v1/collections/bulk" | python3 -c 'import json,sys; pr
     sleep 0.5
 done
 echo "{\"phase\": \"during ingest\"}"
+# Probe latency while the worker ingests and answers queries: /readyz and /metrics every
+# 50 ms until the queries end.
+python3 - "$url" "http://127.0.0.1:$mport" "$dir/probe.stop" <<'PY' &
+import json, os, sys, time, urllib.request
+api, metrics, stop = sys.argv[1:]
+lat = {"readyz": [], "metrics": []}
+while not os.path.exists(stop):
+    for name, u in (("readyz", api + "/readyz"), ("metrics", metrics + "/metrics")):
+        t = time.perf_counter()
+        urllib.request.urlopen(u, timeout=10).read()
+        lat[name].append((time.perf_counter() - t) * 1000)
+    time.sleep(0.05)
+for name, v in lat.items():
+    v.sort()
+    print(json.dumps({"bench": "probe", "route": name, "samples": len(v), "p50_ms": round(v[len(v) // 2], 3), "p99_ms": round(v[int(len(v) * 0.99) - 1], 3), "max_ms": round(v[-1], 3)}))
+PY
+prober=$!
 query
+touch "$dir/probe.stop"
+wait "$prober"
 docs_at_end=$(curl -fs "$url/v1/collections/bulk" | python3 -c 'import json,sys; print(json.load(sys.stdin)["documents"])')
 wait "$ingest"
 t1=$(date +%s.%N)

@@ -20,7 +20,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// First wait after a failed automatic snapshot; doubles per failure up to the maximum.
 const SNAPSHOT_BACKOFF: Duration = Duration::from_secs(1);
@@ -77,59 +77,6 @@ pub struct Recovery {
     pub wal_truncated_bytes: u64,
     /// Temporary snapshot files a crash left behind, removed.
     pub stale_temporary_files: usize,
-}
-
-/// State of the (serialised) writer.
-#[derive(Debug, Default)]
-struct Writer {
-    /// Records applied since the last snapshot.
-    since_snapshot: u64,
-    /// Consecutive failed automatic snapshots, and when to try the next one.
-    snapshot_failures: u32,
-    retry_snapshot_at: Option<Instant>,
-}
-
-impl Writer {
-    /// Whether an automatic snapshot is due after `every` records (0: never).
-    fn snapshot_due(&self, every: u64) -> bool {
-        every > 0
-            && self.since_snapshot >= every
-            && self.retry_snapshot_at.is_none_or(|t| Instant::now() >= t)
-    }
-
-    fn snapshot_succeeded(&mut self) {
-        self.since_snapshot = 0;
-        self.snapshot_failures = 0;
-        self.retry_snapshot_at = None;
-    }
-
-    /// Records how a background snapshot write ended; true when it succeeded.
-    fn background_finished(&mut self, outcome: std::thread::Result<Result<(), String>>) -> bool {
-        match outcome {
-            Ok(Ok(())) => {
-                self.snapshot_succeeded();
-                true
-            }
-            Ok(Err(e)) => {
-                self.snapshot_failed(&e);
-                false
-            }
-            Err(_) => {
-                self.snapshot_failed(&"the snapshot thread panicked");
-                false
-            }
-        }
-    }
-
-    fn snapshot_failed(&mut self, error: &dyn std::fmt::Display) {
-        self.snapshot_failures += 1;
-        let wait = SNAPSHOT_BACKOFF
-            .saturating_mul(1 << self.snapshot_failures.min(16).saturating_sub(1))
-            .min(SNAPSHOT_BACKOFF_MAX);
-        self.retry_snapshot_at = Some(Instant::now() + wait);
-        tracing::error!(%error, failures = self.snapshot_failures, retry_in_s = wait.as_secs(),
-            "automatic snapshot failed; the log keeps every record until one succeeds");
-    }
 }
 
 /// Health of the store, for `/readyz` and metrics.
@@ -534,4 +481,6 @@ impl Store {
 #[cfg(test)]
 mod tests;
 mod view;
+mod writer;
 pub use view::{CollectionView, IndexView};
+use writer::Writer;

@@ -1,0 +1,148 @@
+//! Unit tests of the two-lane queue and the batch planner.
+
+use super::*;
+
+fn texts(n: usize) -> Inputs {
+    Inputs::Texts(vec!["x".to_string(); n].into())
+}
+
+fn queue(capacity: [usize; 2]) -> (Arc<Counters>, RequestQueue) {
+    let counters = Arc::new(Counters::new(vec!["cpu".into()]));
+    let queue = RequestQueue::new(capacity, Arc::clone(&counters));
+    (counters, queue)
+}
+
+#[test]
+fn batches_respect_the_padded_token_budget() {
+    let lengths = [2, 3, 3, 4, 10, 10, 10];
+    let batches = plan_batches(&lengths, 12);
+    assert_eq!(batches, vec![0..3, 3..4, 4..5, 5..6, 6..7]);
+    for range in &batches {
+        let padded = lengths[range.end - 1] * range.len();
+        assert!(padded <= 12 || range.len() == 1);
+    }
+}
+
+#[test]
+fn a_row_longer_than_the_budget_gets_its_own_batch() {
+    assert_eq!(plan_batches(&[5, 300], 256), vec![0..1, 1..2]);
+    assert_eq!(plan_batches(&[], 256), Vec::<Range<usize>>::new());
+}
+
+#[test]
+fn oversized_request_is_admitted_only_into_an_idle_lane() {
+    let (_, queue) = queue([2, 2]);
+    let (tx, _rx1) = tokio::sync::oneshot::channel();
+    queue.submit(Lane::Interactive, texts(5), tx).unwrap();
+    let (tx, _rx2) = tokio::sync::oneshot::channel();
+    let err = queue.submit(Lane::Interactive, texts(1), tx).unwrap_err();
+    assert!(matches!(err, EmbedError::QueueFull { .. }), "{err}");
+    let (tx, _rx3) = tokio::sync::oneshot::channel();
+    assert_eq!(
+        queue.submit(Lane::Bulk, texts(0), tx),
+        Err(EmbedError::EmptyInput)
+    );
+}
+
+#[test]
+fn a_full_bulk_lane_does_not_refuse_interactive_requests() {
+    let (counters, queue) = queue([4, 8]);
+    let mut answers = Vec::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    answers.push(rx);
+    queue.submit(Lane::Bulk, texts(8), tx).unwrap();
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    let err = queue.submit(Lane::Bulk, texts(1), tx).unwrap_err();
+    assert!(matches!(err, EmbedError::QueueFull { .. }), "{err}");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    answers.push(rx);
+    queue.submit(Lane::Interactive, texts(3), tx).unwrap();
+    let stats = counters.snapshot();
+    assert_eq!(stats.lanes[0].depth, 3);
+    assert_eq!((stats.lanes[1].depth, stats.lanes[1].rejected), (8, 1));
+    assert_eq!(stats.queue_depth, 11);
+}
+
+#[test]
+fn interactive_work_is_taken_before_bulk_work() {
+    let (_, queue) = queue([16, 16]);
+    let mut answers = Vec::new();
+    for lane in [Lane::Bulk, Lane::Interactive] {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        answers.push(rx);
+        queue.submit(lane, texts(2), tx).unwrap();
+    }
+    let first = queue.next_work(false, 8, || true).unwrap();
+    assert!(matches!(first, Work::Interactive(ref p) if p.len() == 1));
+    let second = queue.next_work(false, 8, || true).unwrap();
+    assert!(matches!(second, Work::Bulk(ref p) if p.len() == 1));
+}
+
+#[test]
+fn bulk_requests_are_taken_a_window_at_a_time_round_robin() {
+    let (_, queue) = queue([16, 100]);
+    let mut answers = Vec::new();
+    for n in [10, 3] {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        answers.push(rx);
+        queue.submit(Lane::Bulk, texts(n), tx).unwrap();
+    }
+    let mut taken = Vec::new();
+    while let Some(Work::Bulk(parts)) = queue.next_work(false, 4, || true) {
+        taken.push(
+            parts
+                .iter()
+                .map(|p| (p.offset, p.inputs.len()))
+                .collect::<Vec<_>>(),
+        );
+        if taken.len() == 4 {
+            break;
+        }
+    }
+    // 10 texts and 3 texts, windows of 4: the second request is not stuck behind the
+    // whole first one.
+    assert_eq!(
+        taken,
+        vec![
+            vec![(0, 4)],
+            vec![(0, 3), (4, 1)],
+            vec![(5, 4)],
+            vec![(9, 1)]
+        ]
+    );
+}
+
+#[test]
+fn bulk_work_waits_for_an_idle_executor() {
+    let (_, queue) = queue([16, 16]);
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    queue.submit(Lane::Bulk, texts(2), tx).unwrap();
+    let queue = Arc::new(queue);
+    let idle = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let waiter = {
+        let (queue, idle) = (Arc::clone(&queue), Arc::clone(&idle));
+        std::thread::spawn(move || {
+            let work = queue.next_work(false, 8, || idle.load(std::sync::atomic::Ordering::SeqCst));
+            matches!(work, Some(Work::Bulk(_)))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        !waiter.is_finished(),
+        "bulk work ran with every executor busy"
+    );
+    idle.store(true, std::sync::atomic::Ordering::SeqCst);
+    queue.executor_freed();
+    assert!(waiter.join().unwrap());
+}
+
+#[test]
+fn closing_answers_queued_requests_with_shutting_down() {
+    let (counters, queue) = queue([8, 8]);
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    queue.submit(Lane::Bulk, texts(1), tx).unwrap();
+    queue.close();
+    assert!(queue.next_work(false, 8, || true).is_none());
+    assert_eq!(rx.try_recv().unwrap(), Err(EmbedError::ShuttingDown));
+    assert_eq!(counters.snapshot().queue_depth, 0);
+}

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Text-query throughput and latency at CLIENTS concurrent clients: kb-worker (cache off, so
+# every query is embedded and searched) against a FastAPI + ChromaDB + sentence-transformers
+# service (scripts/bench-peer/chroma_service.py), same model, same DOCS passages, same
+# queries, same client (`kb-worker bench query`), one after the other in the same run.
+#
+# Usage: scripts/bench-text-queries.sh WORKER_BIN [CORPUS] [CLIENTS] [REQUESTS]
+set -euo pipefail
+
+worker_bin=$(realpath "$1")
+corpus=$(realpath "${2:-../shared/data/corpus.jsonl}")
+clients=${3:-16}
+requests=${4:-1000}
+docs=${DOCS:-1000}
+cd "$(dirname "$0")/.."
+root=$(pwd)
+project_venv=${VIRTUAL_ENV:-$root/.venv}
+model_dir=$(scripts/model-dir.sh)
+# The peer's packages live in a venv of their own (chromadb pins versions that would break
+# the test tools), which sees the project venv's torch and sentence-transformers through a
+# .pth file: its own packages come first on sys.path.
+venv=${BENCH_PEER_VENV:-$HOME/.cache/knowledgebase-operator/bench-peer-venv}
+if [ ! -x "$venv/bin/uvicorn" ]; then
+    "$project_venv/bin/python" -m venv "$venv"
+    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    "$project_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' >"$site/project-venv.pth"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/bench-peer/requirements.txt
+fi
+dir=$(mktemp -d /tmp/kb-bench-XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# wait_ready URL LOG: until URL/readyz answers; fails when the last started process died.
+wait_ready() {
+    local deadline=$((SECONDS + 900))
+    until curl -fs -o /dev/null "$1/readyz"; do
+        if ((SECONDS >= deadline)) || ! kill -0 "${pids[-1]}" 2>/dev/null; then
+            echo "$1 not ready; log:" >&2
+            tail -n 20 "$2" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+}
+
+python3 - "$corpus" "$dir" "$docs" "$requests" <<'PY'
+import json, os, sys
+corpus, out, docs, requests = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+lines = [json.loads(l) for l in open(corpus)]
+os.makedirs(f"{out}/docs")
+for i, p in enumerate(lines[:docs]):
+    with open(f"{out}/docs/{i:06}.txt", "w") as f:
+        f.write(p["text"])
+with open(f"{out}/queries.jsonl", "w") as f:
+    for p in lines[-requests:]:
+        f.write(json.dumps({"text": p["text"]}) + "\n")
+PY
+
+query() {
+    "$worker_bin" bench query --url "$1" --collection q --texts "$dir/queries.jsonl" \
+        --concurrency "$clients" --requests "$requests" --distinct "$requests"
+}
+
+# kb-worker
+port=$(free_port)
+printf 'cache:\n  enabled: false\n' >"$dir/worker.yaml"
+"$worker_bin" serve --config "$dir/worker.yaml" --data-dir "$dir/data" --model "$model_dir" \
+    --device cpu --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" --open \
+    >"$dir/worker.log" 2>&1 &
+pids+=($!)
+wait_ready "http://127.0.0.1:$port" "$dir/worker.log"
+"$worker_bin" ingest "$dir/docs" --url "http://127.0.0.1:$port" --collection q >/dev/null
+echo '{"service": "kb-worker"}'
+query "http://127.0.0.1:$port"
+kill "${pids[-1]}"
+
+# FastAPI + ChromaDB + sentence-transformers
+peer=$(free_port)
+(cd scripts/bench-peer && KB_MODEL_DIR="$model_dir" CORPUS="$corpus" DOCS="$docs" \
+    "$venv/bin/uvicorn" chroma_service:app --host 127.0.0.1 --port "$peer" --log-level warning) \
+    >"$dir/peer.log" 2>&1 &
+pids+=($!)
+wait_ready "http://127.0.0.1:$peer" "$dir/peer.log"
+echo '{"service": "fastapi+chromadb+sentence-transformers"}'
+query "http://127.0.0.1:$peer"
