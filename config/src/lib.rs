@@ -74,7 +74,7 @@ impl Default for WorkerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// fp32 on CPU, fp16 on CUDA.
+    /// fp16 on CUDA; on CPU bf16 where the CPU has native bf16 (AVX512-BF16/AMX), else fp32.
     #[default]
     Auto,
     Fp32,

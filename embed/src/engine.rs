@@ -38,7 +38,8 @@ struct Inner {
 impl Embedder {
     /// Loads model + tokenizer and starts one executor thread per device (`cfg.device`:
     /// "cpu", "cuda", "cuda:0,1", "auto" = cuda if available else cpu; precision Auto =
-    /// fp32 on CPU, fp16 on CUDA). Returns once every replica is loaded.
+    /// fp16 on CUDA, bf16 on CPUs with native bf16, else fp32). Returns once every replica
+    /// is loaded.
     pub fn load(model_dir: &Path, cfg: &EmbeddingConfig) -> Result<Embedder, EmbedError> {
         let model = ModelSpec::read(model_dir)?;
         let max_seq_len = cfg.max_seq_len.min(model.max_seq_len);

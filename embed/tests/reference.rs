@@ -29,7 +29,7 @@ fn reference() -> Reference {
 #[test]
 fn vectors_match_sentence_transformers() {
     let reference = reference();
-    let embedder = cpu_embedder(|_| {});
+    let embedder = cpu_embedder(|cfg| cfg.precision = kb_embed::Precision::Fp32);
     assert_eq!(embedder.max_seq_len(), reference.max_seq_length);
     let texts = reference.passages.iter().map(|p| p.text.clone()).collect();
     let out = embedder.embed_blocking(Lane::Interactive, texts).unwrap();
@@ -74,7 +74,7 @@ fn only_the_passage_longer_than_the_model_limit_is_truncated() {
 fn each_passage_alone_matches_sentence_transformers() {
     // Single-row batches have no padding: this separates encoder errors from mask errors.
     let reference = reference();
-    let embedder = cpu_embedder(|_| {});
+    let embedder = cpu_embedder(|cfg| cfg.precision = kb_embed::Precision::Fp32);
     for passage in reference.passages.iter().take(6) {
         let out = embedder
             .embed_blocking(Lane::Interactive, vec![passage.text.clone()])

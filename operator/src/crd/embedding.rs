@@ -83,7 +83,7 @@ impl Device {
     }
 }
 
-/// Numeric precision of the encoder (`auto`: fp32 on CPU, fp16 on CUDA).
+/// Numeric precision of the encoder (`auto`: fp16 on CUDA; on CPU bf16 where the CPU has native bf16, else fp32).
 #[derive(
     Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
 )]
