@@ -60,6 +60,105 @@ fn info(ordinal: usize) -> Result<GpuInfo, DriverError> {
     })
 }
 
+/// The CUDA driver's version (`13.0` for 13000), if the driver library loads.
+pub fn driver_version() -> Option<String> {
+    if !driver_present() {
+        return None;
+    }
+    let mut version: std::ffi::c_int = 0;
+    // SAFETY: the driver library is present; cuDriverGetVersion only writes the int it is
+    // given and needs no initialised context.
+    let status = unsafe { sys::cuDriverGetVersion(&mut version) };
+    (status == sys::CUresult::CUDA_SUCCESS && version > 0)
+        .then(|| format!("{}.{}", version / 1000, (version % 1000) / 10))
+}
+
+/// The CUDA version the loaded libtorch was built for (`13.0`), `None` for a CPU-only
+/// build or when it cannot be told: read next to the libtorch library this process
+/// mapped (`torch/version.py` of a PyTorch wheel, or `build-version` of a libtorch zip).
+pub fn torch_cuda_build() -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let lib = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.ends_with("/libtorch_cpu.so") || path.ends_with("/libtorch.so"))?;
+    let root = std::path::Path::new(lib).parent()?.parent()?;
+    if let Ok(version) = std::fs::read_to_string(root.join("version.py")) {
+        return version
+            .lines()
+            .find(|l| l.starts_with("cuda"))
+            .and_then(|l| l.split('\'').nth(1))
+            .map(str::to_string);
+    }
+    let build = std::fs::read_to_string(root.join("build-version")).ok()?;
+    let cuda = build.trim().split("+cu").nth(1)?;
+    (cuda.len() >= 3).then(|| format!("{}.{}", &cuda[..cuda.len() - 1], &cuda[cuda.len() - 1..]))
+}
+
+/// What the CUDA driver (through cudarc) and libtorch each see: when they disagree, the
+/// driver is too old for this libtorch's CUDA, or libtorch is a CPU-only build.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeviceViews {
+    pub cuda_driver: bool,
+    pub driver_version: Option<String>,
+    pub gpus: Vec<GpuInfo>,
+    pub libtorch_cuda_devices: usize,
+    pub libtorch_cuda_build: Option<String>,
+}
+
+impl DeviceViews {
+    pub fn probe() -> DeviceViews {
+        DeviceViews {
+            cuda_driver: driver_present(),
+            driver_version: driver_version(),
+            gpus: devices(),
+            libtorch_cuda_devices: usize::try_from(tch::Cuda::device_count()).unwrap_or(0),
+            libtorch_cuda_build: torch_cuda_build(),
+        }
+    }
+
+    /// Why CUDA cannot be used, in words an operator can act on.
+    pub fn explain(&self) -> String {
+        let driver = match (&self.cuda_driver, &self.driver_version) {
+            (false, _) => "no CUDA driver library is loadable (no GPU, or the NVIDIA driver is not mounted into the container)".to_string(),
+            (true, v) => format!(
+                "the CUDA driver{} sees {} GPU(s){}",
+                v.as_ref().map(|v| format!(" ({v})")).unwrap_or_default(),
+                self.gpus.len(),
+                if self.gpus.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ": {}",
+                        self.gpus.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                }
+            ),
+        };
+        let torch = match &self.libtorch_cuda_build {
+            Some(cuda) => format!(
+                "libtorch (built for CUDA {cuda}) sees {}",
+                self.libtorch_cuda_devices
+            ),
+            None => format!(
+                "libtorch (a CPU-only build, or its CUDA version is unknown) sees {}",
+                self.libtorch_cuda_devices
+            ),
+        };
+        let hint = if !self.gpus.is_empty() && self.libtorch_cuda_devices == 0 {
+            match &self.libtorch_cuda_build {
+                Some(cuda) => format!(
+                    "; the driver is probably older than CUDA {cuda} needs (CUDA 13.0 needs driver >= 580): upgrade the node's driver or use an image built for an older CUDA"
+                ),
+                None => "; install a CUDA build of libtorch".into(),
+            }
+        } else {
+            String::new()
+        };
+        format!("{driver}; {torch}{hint}")
+    }
+}
+
 /// Fails with a message that names the GPU and the sizes when `bytes` more would not fit
 /// in its free memory (checked before an index is loaded onto it).
 pub fn check_capacity(ordinal: usize, bytes: u64, what: &str) -> Result<(), String> {
@@ -97,6 +196,60 @@ mod tests {
             assert_eq!(gpu.ordinal, i);
             assert!(gpu.total_bytes > 0 && gpu.free_bytes <= gpu.total_bytes);
         }
+    }
+
+    #[test]
+    fn the_device_views_explain_a_driver_libtorch_mismatch() {
+        let gpu = GpuInfo {
+            ordinal: 0,
+            name: "NVIDIA H200".into(),
+            total_bytes: 1,
+            free_bytes: 1,
+        };
+        let views = DeviceViews {
+            cuda_driver: true,
+            driver_version: Some("12.8".into()),
+            gpus: vec![gpu],
+            libtorch_cuda_devices: 0,
+            libtorch_cuda_build: Some("13.0".into()),
+        };
+        let text = views.explain();
+        for needle in [
+            "12.8",
+            "1 GPU(s): NVIDIA H200",
+            "CUDA 13.0) sees 0",
+            "driver >= 580",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from {text}");
+        }
+        let none = DeviceViews {
+            cuda_driver: false,
+            driver_version: None,
+            gpus: Vec::new(),
+            libtorch_cuda_devices: 0,
+            libtorch_cuda_build: None,
+        };
+        assert!(
+            none.explain().contains("no CUDA driver library"),
+            "{}",
+            none.explain()
+        );
+    }
+
+    #[test]
+    fn the_libtorch_cuda_build_is_what_its_python_package_says() {
+        // The tests link the venv's torch (LIBTORCH_USE_PYTORCH): read next to the mapped
+        // library, its CUDA build must be what `torch.version.cuda` says.
+        let _ = tch::Cuda::device_count();
+        let python = std::env::var("VIRTUAL_ENV")
+            .map_or_else(|_| "python3".to_string(), |v| format!("{v}/bin/python"));
+        let out = std::process::Command::new(python)
+            .args(["-c", "import torch; print(torch.version.cuda)"])
+            .output()
+            .expect("the venv's python runs (make setup)");
+        let expected = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let found = torch_cuda_build().unwrap_or_else(|| "None".into());
+        assert_eq!(found, expected);
     }
 
     #[test]

@@ -55,10 +55,11 @@ fn init_logging() {
 
 /// `kb-worker devices`: `{"cuda_driver": bool, "gpus": [...]}` on one line.
 fn devices() -> anyhow::Result<()> {
-    let report = serde_json::json!({
-        "cuda_driver": kb_worker::gpu::driver_present(),
-        "gpus": kb_worker::gpu::devices(),
-    });
+    // Both views: the CUDA driver's (cudarc) and libtorch's, with the reason when they
+    // disagree.
+    let views = kb_worker::gpu::DeviceViews::probe();
+    let mut report = serde_json::to_value(&views)?;
+    report["summary"] = serde_json::Value::String(views.explain());
     println!("{report}");
     Ok(())
 }

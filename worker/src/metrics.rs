@@ -41,6 +41,12 @@ struct GpuLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EngineLabels {
+    device: String,
+    precision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LaneLabels {
     lane: &'static str,
 }
@@ -65,6 +71,7 @@ pub struct Metrics {
     embed_padded_tokens: Gauge,
     embed_queue_depth: Family<LaneLabels, Gauge>,
     embed_rejected: Family<LaneLabels, Gauge>,
+    embed_device_info: Family<EngineLabels, Gauge>,
     embed_busy_seconds: FloatGauge,
     index_chunks: Family<CollectionLabels, Gauge>,
     log_sequence: Gauge,
@@ -101,6 +108,7 @@ impl Metrics {
             embed_padded_tokens: Gauge::default(),
             embed_queue_depth: Family::default(),
             embed_rejected: Family::default(),
+            embed_device_info: Family::default(),
             embed_busy_seconds: FloatGauge::default(),
             index_chunks: Family::default(),
             log_sequence: Gauge::default(),
@@ -147,6 +155,11 @@ impl Metrics {
             "embed_queue_depth",
             "Texts admitted and not yet embedded, per lane (interactive: queries; bulk: ingestion)",
             m.embed_queue_depth.clone(),
+        );
+        r.register(
+            "embed_device_info",
+            "1 for each device the embedding engine runs on, with the precision chosen (what `auto` resolved to)",
+            m.embed_device_info.clone(),
         );
         r.register(
             "embed_rejected",
@@ -259,6 +272,14 @@ impl Metrics {
             self.embed_rows.set(s.rows as i64);
             self.embed_tokens.set(s.real_tokens as i64);
             self.embed_padded_tokens.set(s.padded_tokens as i64);
+            for device in engine.embedder.devices() {
+                self.embed_device_info
+                    .get_or_create(&EngineLabels {
+                        device,
+                        precision: engine.embedder.precision(),
+                    })
+                    .set(1);
+            }
             for lane in &s.lanes {
                 let labels = LaneLabels { lane: lane.lane };
                 self.embed_queue_depth

@@ -333,6 +333,9 @@ fn devices_command_reports_the_gpus_libtorch_sees() {
     let gpus = report["gpus"].as_array().unwrap();
     assert_eq!(gpus.len() as i64, tch::Cuda::device_count(), "{report}");
     assert!(report["cuda_driver"].is_boolean());
+    // libtorch's own view sits next to the driver's, with a summary in words.
+    assert_eq!(report["libtorch_cuda_devices"], tch::Cuda::device_count());
+    assert!(report["summary"].as_str().unwrap().contains("libtorch"));
     if gpus.is_empty() {
         return;
     }
@@ -436,4 +439,32 @@ async fn unknown_routes_and_methods_answer_in_the_json_error_shape() {
     let (s, body) = call(&w, "DELETE", "/v1/embeddings", Some(ADMIN_KEY), None).await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+}
+
+#[test]
+fn asking_for_cuda_that_libtorch_cannot_use_fails_at_start_naming_both_views() {
+    // One device past the last one libtorch sees (plain `cuda` without GPUs).
+    let count = tch::Cuda::device_count();
+    let device = if count == 0 {
+        "cuda".to_string()
+    } else {
+        format!("cuda:{count}")
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kb-worker"))
+        .args(["serve", "--open", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--device", &device, "--model"])
+        .arg(common::model_dir())
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the worker started on {device}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("embedding.device {device:?}")), "{stderr}");
+    assert!(stderr.contains("libtorch"), "{stderr}");
+    assert!(
+        stderr.contains("CUDA driver") || stderr.contains("no CUDA driver library"),
+        "{stderr}"
+    );
 }

@@ -113,7 +113,20 @@ pub(crate) fn load_engine(
         .as_ref()
         .context("no model: pass --model DIR (a sentence-transformers directory) or set `model` in the config")?;
     let embedder = Embedder::load(model, &cfg.embedding)
+        .map_err(|e| match e {
+            // Never a silent CPU fallback: say what the driver and libtorch each see.
+            kb_embed::EmbedError::Device(m) if cfg.embedding.device.trim() != "cpu" => {
+                anyhow::anyhow!(
+                    "embedding.device {:?}: {m}; {}",
+                    cfg.embedding.device,
+                    crate::gpu::DeviceViews::probe().explain()
+                )
+            }
+            other => other.into(),
+        })
         .with_context(|| format!("loading model {}", model.display()))?;
+    tracing::info!(requested = %cfg.embedding.device, devices = ?embedder.devices(),
+        precision = embedder.precision(), "embedding devices chosen");
     let chunker = Chunker::new(&cfg.chunking, embedder.tokenizer());
     let device = index_placement(&embedder.devices());
     let opening = || format!("opening data directory {}", cfg.data_dir.display());
