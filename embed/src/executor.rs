@@ -275,6 +275,48 @@ impl Replica {
     }
 }
 
-fn is_out_of_memory(err: &TchError) -> bool {
-    err.to_string().contains("out of memory")
+/// Whether `err` is a failed allocation, which a smaller batch may avoid: the caching
+/// allocator's "CUDA out of memory", a library's workspace allocation failing inside a
+/// kernel call (cuBLAS, cuDNN), or the CPU allocator refusing.
+pub(crate) fn is_out_of_memory(err: &TchError) -> bool {
+    const MARKERS: [&str; 5] = [
+        "out of memory",
+        "CUBLAS_STATUS_ALLOC_FAILED",
+        "CUDNN_STATUS_ALLOC_FAILED",
+        "can't allocate memory",
+        "not enough memory",
+    ];
+    let text = err.to_string();
+    MARKERS.iter().any(|m| text.contains(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_out_of_memory;
+    use tch::TchError;
+
+    #[test]
+    fn allocation_failures_of_every_layer_count_as_out_of_memory() {
+        for text in [
+            "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.10 GiB total capacity)",
+            "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+            "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+            "[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes",
+        ] {
+            assert!(is_out_of_memory(&TchError::Torch(text.into())), "{text}");
+        }
+        assert!(!is_out_of_memory(&TchError::Torch(
+            "CUDA error: an illegal memory access was encountered".into()
+        )));
+    }
+
+    #[test]
+    fn a_real_cpu_allocation_failure_is_recognised() {
+        // Ask libtorch's CPU allocator for far more than any machine has.
+        let Err(err) = tch::Tensor::f_zeros([1i64 << 50], (tch::Kind::Float, tch::Device::Cpu))
+        else {
+            panic!("a 4 PiB tensor was allocated");
+        };
+        assert!(is_out_of_memory(&err), "{err}");
+    }
 }

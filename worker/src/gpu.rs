@@ -47,6 +47,39 @@ pub fn devices() -> Vec<GpuInfo> {
         .collect()
 }
 
+/// How often [`sampled_devices`] refreshes.
+pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The GPUs as last sampled by a background thread (every [`SAMPLE_EVERY`]), for metrics:
+/// a scrape never binds a CUDA context on the async thread serving it, nor waits on the
+/// driver. Empty without a driver, and until the first sample is in.
+pub fn sampled_devices() -> Vec<GpuInfo> {
+    static SAMPLES: OnceLock<Option<std::sync::Arc<parking_lot::Mutex<Vec<GpuInfo>>>>> =
+        OnceLock::new();
+    let samples = SAMPLES.get_or_init(|| {
+        if !driver_present() {
+            return None;
+        }
+        let cell = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let writer = std::sync::Arc::clone(&cell);
+        let spawned = std::thread::Builder::new()
+            .name("kb-gpu-sampler".into())
+            .spawn(move || loop {
+                let now = devices();
+                *writer.lock() = now;
+                std::thread::sleep(SAMPLE_EVERY);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the GPU sampler; GPU metrics are off");
+        }
+        Some(cell)
+    });
+    samples
+        .as_ref()
+        .map(|cell| cell.lock().clone())
+        .unwrap_or_default()
+}
+
 fn info(ordinal: usize) -> Result<GpuInfo, DriverError> {
     // The primary context, shared with libtorch's.
     let ctx = CudaContext::new(ordinal)?;

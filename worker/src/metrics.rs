@@ -323,7 +323,7 @@ impl Metrics {
         }
         self.gpu_total.clear();
         self.gpu_used.clear();
-        for gpu in crate::gpu::devices() {
+        for gpu in crate::gpu::sampled_devices() {
             let labels = GpuLabels {
                 device: format!("cuda:{}", gpu.ordinal),
                 name: gpu.name,

@@ -452,7 +452,14 @@ fn asking_for_cuda_that_libtorch_cannot_use_fails_at_start_naming_both_views() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kb-worker"))
-        .args(["serve", "--open", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--open",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .args(["--device", &device, "--model"])
         .arg(common::model_dir())
         .arg("--data-dir")
@@ -461,7 +468,10 @@ fn asking_for_cuda_that_libtorch_cannot_use_fails_at_start_naming_both_views() {
         .unwrap();
     assert!(!out.status.success(), "the worker started on {device}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("embedding.device {device:?}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("embedding.device {device:?}")),
+        "{stderr}"
+    );
     assert!(stderr.contains("libtorch"), "{stderr}");
     assert!(
         stderr.contains("CUDA driver") || stderr.contains("no CUDA driver library"),
