@@ -8,7 +8,6 @@
 //! shard (launched on all devices before any result is read back) and merges the
 //! candidates on the host, so it returns exactly what one device would.
 
-use super::filter::Filter;
 use super::{IndexError, Placement};
 use crate::log::{ChunkRecord, Metadata, Metric};
 use std::collections::BTreeMap;
@@ -53,6 +52,12 @@ pub struct CollectionStats {
 struct Shard {
     device: Device,
     vectors: SharedTensor,
+    /// Tombstones of this shard as a device-resident bool per row (true: dead), created
+    /// at the first tombstone and updated incrementally, so searches mask them without
+    /// host work.
+    dead: Option<SharedTensor>,
+    /// Tombstoned rows of this shard.
+    dead_count: usize,
 }
 
 /// The flat index of one collection.
@@ -65,6 +70,9 @@ pub struct FlatIndex {
     rows: Vec<Option<Arc<Row>>>,
     docs: BTreeMap<String, Vec<usize>>,
     dead: usize,
+    /// Whether every shard's `dead` mask holds its tombstones (false after a failed mask
+    /// update: searches then build the mask on the host until the next compaction).
+    masks_ok: bool,
 }
 
 impl FlatIndex {
@@ -98,6 +106,8 @@ impl FlatIndex {
                         [MIN_CAPACITY, dim as i64],
                         (kind, device),
                     )?),
+                    dead: None,
+                    dead_count: 0,
                 })
             })
             .collect::<Result<_, IndexError>>()?;
@@ -109,6 +119,7 @@ impl FlatIndex {
             rows: Vec::new(),
             docs: BTreeMap::new(),
             dead: 0,
+            masks_ok: true,
         })
     }
 
@@ -250,15 +261,46 @@ impl FlatIndex {
         Ok(())
     }
 
-    /// Tombstones rows, then compacts when enough are dead.
+    /// Tombstones rows (host tables and device masks), then compacts when enough are
+    /// dead.
     fn tombstone(&mut self, rows: Vec<usize>) {
+        let n = self.shards.len();
+        let mut per_shard: Vec<Vec<i64>> = vec![Vec::new(); n];
         for r in rows {
             self.rows[r] = None;
             self.dead += 1;
+            self.shards[r % n].dead_count += 1;
+            per_shard[r % n].push((r / n) as i64);
+        }
+        for (s, positions) in per_shard.into_iter().enumerate() {
+            if positions.is_empty() || !self.masks_ok {
+                continue;
+            }
+            if let Err(e) = self.mark_dead(s, &positions) {
+                tracing::warn!(error = %e, "tombstone mask update failed; searches mask on the host until compaction");
+                self.masks_ok = false;
+            }
         }
         if self.dead as f64 > COMPACT_RATIO * self.rows.len() as f64 && self.dead > 64 {
             self.compact();
         }
+    }
+
+    /// Sets `positions` of shard `s` dead in its device mask (creating the mask).
+    fn mark_dead(&mut self, s: usize, positions: &[i64]) -> Result<(), IndexError> {
+        let shard = &mut self.shards[s];
+        if shard.dead.is_none() {
+            let cap = shard.vectors.0.size()[0];
+            shard.dead = Some(SharedTensor(Tensor::f_zeros(
+                [cap],
+                (Kind::Bool, shard.device),
+            )?));
+        }
+        let index = Tensor::f_from_slice(positions)?.f_to_device(shard.device)?;
+        if let Some(mask) = shard.dead.as_mut() {
+            let _ = mask.0.f_index_fill_(0, &index, 1)?;
+        }
+        Ok(())
     }
 
     /// Checks that `extra` more rows fit: on a GPU, growing a shard needs the grown tensor
@@ -319,7 +361,19 @@ impl FlatIndex {
         grown
             .f_narrow(0, 0, used)?
             .f_copy_(&shard.vectors.0.f_narrow(0, 0, used)?)?;
+        // Both grown tensors exist before either replaces the old one: a failure leaves
+        // the shard as it was.
+        let grown_mask = match &shard.dead {
+            Some(mask) => {
+                let m = Tensor::f_zeros([new_cap], (Kind::Bool, shard.device))?;
+                m.f_narrow(0, 0, used)?
+                    .f_copy_(&mask.0.f_narrow(0, 0, used)?)?;
+                Some(SharedTensor(m))
+            }
+            None => None,
+        };
         shard.vectors = SharedTensor(grown);
+        shard.dead = grown_mask;
         Ok(())
     }
 
@@ -337,107 +391,6 @@ impl FlatIndex {
             Ok(fresh) => *self = fresh,
             Err(e) => tracing::warn!(error = %e, "compaction skipped; tombstones stay masked"),
         }
-    }
-
-    /// The `k` best live rows for each query that pass `filter`, best first.
-    pub fn search(
-        &self,
-        queries: &[Vec<f32>],
-        k: usize,
-        filter: &Filter,
-    ) -> Result<Vec<Vec<Hit>>, IndexError> {
-        if let Some(bad) = queries.iter().find(|q| q.len() != self.dim) {
-            return Err(IndexError::Dimension {
-                expected: self.dim,
-                got: bad.len(),
-            });
-        }
-        let total = self.rows.len();
-        let allowed: Option<Vec<bool>> = (self.dead > 0 || !filter.is_empty()).then(|| {
-            self.rows
-                .iter()
-                .map(|r| r.as_ref().is_some_and(|r| filter.matches(&r.metadata)))
-                .collect()
-        });
-        let candidates = allowed
-            .as_ref()
-            .map_or(total, |a| a.iter().filter(|x| **x).count());
-        let k = k.min(candidates);
-        if k == 0 || queries.is_empty() {
-            return Ok(vec![Vec::new(); queries.len()]);
-        }
-        let flat: Vec<f32> = queries.iter().flatten().copied().collect();
-        let mut q = Tensor::f_from_slice(&flat)?.f_view([queries.len() as i64, self.dim as i64])?;
-        if self.metric == Metric::Cosine {
-            q = normalize(&q)?;
-        }
-        let n = self.shards.len();
-        // Launch every shard's product and top-k before reading any back, so that the
-        // devices work at the same time.
-        let mut launched = Vec::with_capacity(n);
-        for (s, shard) in self.shards.iter().enumerate() {
-            let len = self.shard_len(s, total);
-            let mask: Option<Vec<u8>> = allowed
-                .as_ref()
-                .map(|a| a.iter().skip(s).step_by(n).map(|&b| u8::from(b)).collect());
-            let k_s = mask
-                .as_ref()
-                .map_or(len, |m| m.iter().filter(|&&b| b == 1).count())
-                .min(k);
-            if k_s == 0 {
-                continue;
-            }
-            let db = shard.vectors.0.f_narrow(0, 0, len as i64)?;
-            let mut scores = q
-                .f_to_device(shard.device)?
-                .f_to_kind(self.kind)?
-                .f_matmul(&db.f_tr()?)?;
-            if let Some(mask) = mask {
-                let ok = Tensor::f_from_slice(&mask)?
-                    .f_to_device(shard.device)?
-                    .f_to_kind(Kind::Bool)?;
-                scores = scores.f_masked_fill(&ok.f_logical_not()?, f64::NEG_INFINITY)?;
-            }
-            let (values, indices) = scores.f_topk(k_s as i64, 1, true, true)?;
-            launched.push((s, k_s, values, indices));
-        }
-        let mut merged: Vec<Vec<(f32, usize)>> = vec![Vec::new(); queries.len()];
-        for (s, k_s, values, indices) in launched {
-            let values: Vec<f32> = Vec::<f32>::try_from(
-                values
-                    .f_to_kind(Kind::Float)?
-                    .f_to_device(Device::Cpu)?
-                    .f_flatten(0, -1)?,
-            )?;
-            let indices: Vec<i64> =
-                Vec::<i64>::try_from(indices.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
-            for (qi, (vals, idxs)) in values.chunks(k_s).zip(indices.chunks(k_s)).enumerate() {
-                merged[qi].extend(
-                    vals.iter()
-                        .zip(idxs)
-                        .map(|(&v, &local)| (v, local as usize * n + s)),
-                );
-            }
-        }
-        Ok(merged
-            .into_iter()
-            .map(|mut cands| {
-                // Best first; equal scores in row order, as a single device returns them.
-                cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                cands
-                    .into_iter()
-                    .filter(|(score, _)| score.is_finite())
-                    .take(k)
-                    .filter_map(|(score, i)| {
-                        let row = self.rows[i].as_ref()?;
-                        Some(Hit {
-                            row: Arc::clone(row),
-                            score,
-                        })
-                    })
-                    .collect()
-            })
-            .collect())
     }
 
     /// Live rows with their vectors, in row order (for snapshots).
@@ -550,3 +503,4 @@ pub(crate) mod faults;
 
 mod documents;
 pub use documents::StoredDocument;
+mod search;
