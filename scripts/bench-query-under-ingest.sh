@@ -16,17 +16,8 @@ clients=${4:-8}
 requests=${REQUESTS:-400}
 query_docs=${QUERY_DOCS:-1000}
 cd "$(dirname "$0")/.."
-model_dir=$(scripts/model-dir.sh)
-dir=$(mktemp -d /tmp/kb-bench-XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 
 # Passages as .txt files (what `kb-worker ingest` reads), and query texts as JSONL.
 python3 - "$corpus" "$dir" "$query_docs" "$passages" "$requests" <<'PY'
@@ -52,14 +43,7 @@ printf 'cache:\n  enabled: false\n' >"$dir/worker.yaml"
     --device cpu --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" --open \
     >"$dir/worker.log" 2>&1 &
 pids+=($!)
-deadline=$((SECONDS + 600))
-until curl -fs -o /dev/null "$url/readyz"; do
-    if ((SECONDS >= deadline)); then
-        tail -n 20 "$dir/worker.log" >&2
-        exit 1
-    fi
-    sleep 0.05
-done
+wait_ready "$url" "$dir/worker.log"
 
 "$worker_bin" ingest "$dir/query-docs" --url "$url" --collection q >/dev/null
 query() {

@@ -14,17 +14,8 @@ worker_bin=$(realpath "$1")
 chunks=${2:-100000}
 corpus=$(realpath "${3:-../shared/data/corpus.jsonl}")
 cd "$(dirname "$0")/.."
-model_dir=$(scripts/model-dir.sh)
-dir=$(mktemp -d /tmp/kb-bench-XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 
 redis_port=$(free_port)
 mkdir -p "$dir/redis"

@@ -15,7 +15,6 @@ docs=${DOCS:-1000}
 cd "$(dirname "$0")/.."
 root=$(pwd)
 project_venv=${VIRTUAL_ENV:-$root/.venv}
-model_dir=$(scripts/model-dir.sh)
 # The peer's packages live in a venv of their own (chromadb pins versions that would break
 # the test tools), which sees the project venv's torch and sentence-transformers through a
 # .pth file: its own packages come first on sys.path.
@@ -26,27 +25,8 @@ if [ ! -x "$venv/bin/uvicorn" ]; then
     "$project_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' >"$site/project-venv.pth"
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/bench-peer/requirements.txt
 fi
-dir=$(mktemp -d /tmp/kb-bench-XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# wait_ready URL LOG: until URL/readyz answers; fails when the last started process died.
-wait_ready() {
-    local deadline=$((SECONDS + 900))
-    until curl -fs -o /dev/null "$1/readyz"; do
-        if ((SECONDS >= deadline)) || ! kill -0 "${pids[-1]}" 2>/dev/null; then
-            echo "$1 not ready; log:" >&2
-            tail -n 20 "$2" >&2
-            exit 1
-        fi
-        sleep 0.2
-    done
-}
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 
 python3 - "$corpus" "$dir" "$docs" "$requests" <<'PY'
 import json, os, sys

@@ -7,29 +7,13 @@
 
 mod common;
 
-use common::{keys_file, Worker, ADMIN_KEY};
-use std::path::PathBuf;
+use common::{start_keyed, venv_bin, ADMIN_KEY};
 use std::process::Command;
-
-fn venv_bin(name: &str) -> PathBuf {
-    let venv = std::env::var("VIRTUAL_ENV")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv").to_string());
-    PathBuf::from(venv).join("bin").join(name)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_no_contract_violation() {
     let tmp = tempfile::tempdir().unwrap();
-    let keys = keys_file(
-        tmp.path(),
-        &format!("- {{ key: \"{ADMIN_KEY}\", role: admin, collections: [\"*\"] }}\n"),
-    );
-    let worker = Worker::start(
-        &tmp.path().join("data"),
-        "",
-        &["--api-keys", keys.to_str().unwrap()],
-    )
-    .await;
+    let worker = start_keyed(tmp.path()).await;
     // One collection and document to aim at, named in the path parameters below.
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/collections/c/documents", worker.url))

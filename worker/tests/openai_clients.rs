@@ -4,34 +4,18 @@
 
 mod common;
 
-use common::{keys_file, model_dir, Worker, ADMIN_KEY};
-use std::path::PathBuf;
+use common::{model_dir, start_keyed, venv_bin, ADMIN_KEY};
 use std::process::Command;
-
-fn python() -> PathBuf {
-    let venv = std::env::var("VIRTUAL_ENV")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv").to_string());
-    PathBuf::from(venv).join("bin").join("python")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_python_and_langchain_work_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
-    let keys = keys_file(
-        tmp.path(),
-        &format!("- {{ key: \"{ADMIN_KEY}\", role: admin, collections: [\"*\"] }}\n"),
-    );
-    let worker = Worker::start(
-        &tmp.path().join("data"),
-        "",
-        &["--api-keys", keys.to_str().unwrap()],
-    )
-    .await;
+    let worker = start_keyed(tmp.path()).await;
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/openai_clients.py"
     );
-    let python = python();
+    let python = venv_bin("python");
     let out = tokio::task::spawn_blocking(move || {
         Command::new(&python)
             .arg(script)

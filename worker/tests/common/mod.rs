@@ -137,3 +137,24 @@ pub fn keys_file(dir: &Path, yaml: &str) -> PathBuf {
     std::fs::write(&path, yaml).unwrap();
     path
 }
+
+/// A program of the project virtualenv (`$VIRTUAL_ENV`, else the repository's `.venv`).
+pub fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var("VIRTUAL_ENV")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv").to_string());
+    PathBuf::from(venv).join("bin").join(name)
+}
+
+/// A worker in `dir` that accepts [`ADMIN_KEY`] (admin on every collection) only.
+pub async fn start_keyed(dir: &Path) -> Worker {
+    let keys = keys_file(
+        dir,
+        &format!("- {{ key: \"{ADMIN_KEY}\", role: admin, collections: [\"*\"] }}\n"),
+    );
+    Worker::start(
+        &dir.join("data"),
+        "",
+        &["--api-keys", keys.to_str().unwrap()],
+    )
+    .await
+}
