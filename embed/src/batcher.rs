@@ -22,7 +22,7 @@ use crate::EmbedError;
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Which queue a request waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -120,7 +120,14 @@ struct QueueState {
     closed: bool,
     /// Set by an executor that finished a batch, so the scheduler looks again.
     executor_freed: bool,
+    /// When bulk work was last handed out (or the bulk lane last became non-empty).
+    bulk_served_at: Instant,
 }
+
+/// The longest bulk work waits while interactive work keeps every device busy: after
+/// this, one bulk batch goes ahead of the queries, so a sustained query load slows an
+/// ingest down (to one batch a second) but never stops it.
+const BULK_MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// What the scheduler should do next.
 enum Work {
@@ -145,6 +152,7 @@ impl RequestQueue {
                 lanes: [VecDeque::new(), VecDeque::new()],
                 closed: false,
                 executor_freed: false,
+                bulk_served_at: Instant::now(),
             }),
             wake: Condvar::new(),
             capacity,
@@ -183,6 +191,9 @@ impl RequestQueue {
             reply,
             Arc::clone(&self.counters),
         ));
+        if lane == Lane::Bulk && state.lanes[lane.index()].is_empty() {
+            state.bulk_served_at = Instant::now();
+        }
         state.lanes[lane.index()].push_back(QueuedRequest {
             inputs,
             offset: 0,
@@ -214,14 +225,18 @@ impl RequestQueue {
                 state.lanes.iter_mut().for_each(VecDeque::clear);
                 return None;
             }
+            let bulk_waiting = have_prepared_bulk || !state.lanes[Lane::Bulk.index()].is_empty();
+            // Starving bulk work with an idle device goes first, once.
+            let bulk_first =
+                bulk_waiting && state.bulk_served_at.elapsed() >= BULK_MAX_WAIT && can_run_bulk();
             let interactive = &mut state.lanes[Lane::Interactive.index()];
-            if !interactive.is_empty() {
+            if !interactive.is_empty() && !bulk_first {
                 let parts = interactive.drain(..).map(QueuedRequest::whole).collect();
                 return Some(Work::Interactive(parts));
             }
             state.executor_freed = false;
-            let bulk_waiting = have_prepared_bulk || !state.lanes[Lane::Bulk.index()].is_empty();
             if bulk_waiting && can_run_bulk() {
+                state.bulk_served_at = Instant::now();
                 if have_prepared_bulk {
                     return Some(Work::PreparedBulk);
                 }

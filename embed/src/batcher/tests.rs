@@ -1,6 +1,7 @@
 //! Unit tests of the two-lane queue and the batch planner.
 
 use super::*;
+use std::time::Instant;
 
 fn texts(n: usize) -> Inputs {
     Inputs::Texts(vec!["x".to_string(); n].into())
@@ -76,6 +77,27 @@ fn interactive_work_is_taken_before_bulk_work() {
     assert!(matches!(first, Work::Interactive(ref p) if p.len() == 1));
     let second = queue.next_work(false, 8, || true).unwrap();
     assert!(matches!(second, Work::Bulk(ref p) if p.len() == 1));
+}
+
+#[test]
+fn bulk_work_that_waited_too_long_goes_ahead_of_queries_once() {
+    let (_, queue) = queue([16, 16]);
+    let mut answers = Vec::new();
+    for lane in [Lane::Bulk, Lane::Interactive, Lane::Interactive] {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        answers.push(rx);
+        queue.submit(lane, texts(2), tx).unwrap();
+    }
+    // As if queries had kept the devices busy for longer than BULK_MAX_WAIT.
+    queue.lock().bulk_served_at = Instant::now() - BULK_MAX_WAIT;
+    let first = queue.next_work(false, 8, || true).unwrap();
+    assert!(
+        matches!(first, Work::Bulk(_)),
+        "the starving bulk request was not served"
+    );
+    // Served: the queries come first again.
+    let second = queue.next_work(false, 8, || true).unwrap();
+    assert!(matches!(second, Work::Interactive(ref p) if p.len() == 2));
 }
 
 #[test]
