@@ -5,6 +5,12 @@
 use crate::log::Metadata;
 use serde_json::Value;
 
+/// Metadata values are strings, numbers and booleans (or lists of them): anything else
+/// can never match.
+fn is_scalar(v: &Value) -> bool {
+    matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
+}
+
 /// A parsed filter.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Filter {
@@ -27,7 +33,14 @@ impl Filter {
         for (key, cond) in map {
             let clause = match cond {
                 Value::Object(op) => match (op.len(), op.get("$in")) {
-                    (1, Some(Value::Array(values))) => Clause::In(values.clone()),
+                    (1, Some(Value::Array(values))) => {
+                        if let Some(bad) = values.iter().find(|v| !is_scalar(v)) {
+                            return Err(format!(
+                                "filter on {key:?}: $in takes strings, numbers and booleans, not {bad}"
+                            ));
+                        }
+                        Clause::In(values.clone())
+                    }
                     _ => {
                         return Err(format!(
                             "filter on {key:?}: only a value or {{\"$in\": [values]}} is supported"
@@ -37,6 +50,11 @@ impl Filter {
                 Value::Array(_) => {
                     return Err(format!(
                         "filter on {key:?}: use {{\"$in\": [...]}} for lists"
+                    ))
+                }
+                Value::Null => {
+                    return Err(format!(
+                        "filter on {key:?}: null never matches; give a string, number or boolean"
                     ))
                 }
                 v => Clause::Eq(v.clone()),
@@ -130,5 +148,14 @@ mod tests {
         let err = Filter::parse(&json!({"year": {"$gt": 3}})).unwrap_err();
         assert!(err.contains("year"), "{err}");
         assert!(Filter::parse(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn values_that_can_never_match_are_rejected() {
+        let err = Filter::parse(&json!({"tag": {"$in": ["a", {}]}})).unwrap_err();
+        assert!(err.contains("tag") && err.contains("{}"), "{err}");
+        assert!(Filter::parse(&json!({"tag": {"$in": [[1]]}})).is_err());
+        assert!(Filter::parse(&json!({"tag": null})).is_err());
+        assert!(Filter::parse(&json!({"tag": {"$in": ["a", 1, true]}})).is_ok());
     }
 }
