@@ -46,10 +46,7 @@ pub async fn query(
     ApiPath(collection): ApiPath<String>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
-    let engine = authorised(&state, &collection, req.headers())?;
-    let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
-    let body: QueryBody = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
+    let (engine, body) = read_request::<QueryBody>(&state, &collection, req, "query").await?;
     Ok(Json(run_query(&state, &engine, &collection, body).await?))
 }
 
@@ -70,10 +67,7 @@ pub async fn query_batch(
     ApiPath(collection): ApiPath<String>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
-    let engine = authorised(&state, &collection, req.headers())?;
-    let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
-    let body: BatchBody = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("invalid batch: {e}")))?;
+    let (engine, body) = read_request::<BatchBody>(&state, &collection, req, "batch").await?;
     if body.queries.is_empty() || body.queries.len() > MAX_BATCH_QUERIES {
         return Err(ApiError::BadRequest(format!(
             "`queries` needs 1 to {MAX_BATCH_QUERIES} queries, got {}",
@@ -90,6 +84,21 @@ pub async fn query_batch(
     });
     let results = futures::future::try_join_all(answers).await?;
     Ok(Json(json!({"results": results})))
+}
+
+/// Checks the caller may read `collection`, then reads and parses the JSON body (`what`
+/// names it in the 400).
+async fn read_request<T: serde::de::DeserializeOwned>(
+    state: &SharedState,
+    collection: &str,
+    req: Request,
+    what: &str,
+) -> Result<(Arc<Engine>, T), ApiError> {
+    let engine = authorised(state, collection, req.headers())?;
+    let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
+    let body = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid {what}: {e}")))?;
+    Ok((engine, body))
 }
 
 fn authorised(
