@@ -44,24 +44,6 @@ fn default_limit() -> usize {
     100
 }
 
-fn engine_for(
-    state: &SharedState,
-    headers: &HeaderMap,
-    role: Role,
-    collection: &str,
-) -> Result<Arc<Engine>, ApiError> {
-    let principal = state.principal(headers)?;
-    if !principal.allows(role, collection) {
-        let what = if role == Role::Read {
-            "read"
-        } else {
-            "write to"
-        };
-        return Err(ApiError::forbidden(what, collection));
-    }
-    state.engine()
-}
-
 /// Runs `f` on the collection's index on a blocking thread; 404 when it does not exist.
 async fn with_collection<T: Send + 'static>(
     engine: &Arc<Engine>,
@@ -97,7 +79,7 @@ pub async fn list(
     ApiQuery(params): ApiQuery<ListParams>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let engine = engine_for(&state, &headers, Role::Read, &collection)?;
+    let engine = state.engine_for(&headers, Role::Read, &collection)?;
     if params.limit == 0 || params.limit > MAX_PAGE {
         return Err(ApiError::BadRequest(format!(
             "limit must be between 1 and {MAX_PAGE}"
@@ -132,7 +114,7 @@ pub async fn get(
     ApiPath((collection, id)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let engine = engine_for(&state, &headers, Role::Read, &collection)?;
+    let engine = state.engine_for(&headers, Role::Read, &collection)?;
     let wanted = id.clone();
     let doc = with_collection(&engine, &collection, move |c| c.document(&wanted))
         .await?
@@ -158,7 +140,7 @@ pub async fn delete_matching(
     ApiPath(collection): ApiPath<String>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
-    let engine = engine_for(&state, req.headers(), Role::Write, &collection)?;
+    let engine = state.engine_for(req.headers(), Role::Write, &collection)?;
     let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
     let body: DeleteBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;

@@ -124,6 +124,24 @@ impl AppState {
         self.engine.get().is_some()
     }
 
+    /// The engine, for a caller holding `role` on `collection` (401/403 otherwise).
+    pub fn engine_for(
+        &self,
+        headers: &HeaderMap,
+        role: crate::auth::Role,
+        collection: &str,
+    ) -> Result<Arc<Engine>, ApiError> {
+        let principal = self.principal(headers)?;
+        if !principal.allows(role, collection) {
+            let what = match role {
+                crate::auth::Role::Read => "read",
+                _ => "write to",
+            };
+            return Err(ApiError::forbidden(what, collection));
+        }
+        self.engine()
+    }
+
     /// The authenticated caller.
     pub fn principal(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
         Ok(self.auth.authenticate(headers)?)

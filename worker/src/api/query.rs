@@ -94,23 +94,11 @@ async fn read_request<T: serde::de::DeserializeOwned>(
     req: Request,
     what: &str,
 ) -> Result<(Arc<Engine>, T), ApiError> {
-    let engine = authorised(state, collection, req.headers())?;
+    let engine = state.engine_for(req.headers(), Role::Read, collection)?;
     let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
     let body = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid {what}: {e}")))?;
     Ok((engine, body))
-}
-
-fn authorised(
-    state: &SharedState,
-    collection: &str,
-    headers: &axum::http::HeaderMap,
-) -> Result<Arc<Engine>, ApiError> {
-    let principal = state.principal(headers)?;
-    if !principal.allows(Role::Read, collection) {
-        return Err(ApiError::forbidden("read", collection));
-    }
-    state.engine()
 }
 
 /// Validates, embeds (or takes the vector), searches and shapes one query's answer.

@@ -63,38 +63,59 @@ async fn call(url: &str, method: &str, path: &str, body: Option<Value>) -> (u16,
     )
 }
 
-/// Releases the held lock when dropped, also when an assertion fails, so that a handler
-/// stuck behind it finishes and the runtime can shut down.
-struct Release(Arc<AtomicBool>);
+/// The index's write lock, held on a plain thread (as a long apply would) until this is
+/// released or dropped; dropping also releases after a failed assertion, so that a
+/// handler stuck behind the lock finishes and the runtime can shut down.
+struct HeldIndex {
+    held: Arc<AtomicBool>,
+    release: Arc<AtomicBool>,
+    holder: Option<std::thread::JoinHandle<()>>,
+}
 
-impl Drop for Release {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
+impl HeldIndex {
+    /// Takes the lock and returns once it is held.
+    async fn take(state: &SharedState) -> HeldIndex {
+        let engine = state.engine().unwrap();
+        let (held, release) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (h, r) = (held.clone(), release.clone());
+        let holder = std::thread::spawn(move || {
+            let guard = engine.store.hold_index();
+            h.store(true, Ordering::SeqCst);
+            while !r.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            h.store(false, Ordering::SeqCst);
+            drop(guard);
+        });
+        while !held.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        HeldIndex {
+            held,
+            release,
+            holder: Some(holder),
+        }
+    }
+
+    /// Whether the lock is still held (true until [`HeldIndex::release`]).
+    fn is_held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    fn release(mut self) {
+        self.release.store(true, Ordering::SeqCst);
+        if let Some(holder) = self.holder.take() {
+            holder.join().unwrap();
+        }
     }
 }
 
-/// Holds the index's write lock on a plain thread until `release` is set; `held` is true
-/// from the moment the lock is taken until just before it is released.
-fn hold_index(
-    state: &SharedState,
-    held: Arc<AtomicBool>,
-    release: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    let engine = state.engine().unwrap();
-    std::thread::spawn(move || {
-        let guard = engine.store.hold_index();
-        held.store(true, Ordering::SeqCst);
-        while !release.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        held.store(false, Ordering::SeqCst);
-        drop(guard);
-    })
-}
-
-async fn wait_until(flag: &AtomicBool) {
-    while !flag.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(1)).await;
+impl Drop for HeldIndex {
+    fn drop(&mut self) {
+        self.release.store(true, Ordering::SeqCst);
     }
 }
 
@@ -112,13 +133,7 @@ async fn probes_listings_metrics_and_cached_queries_do_not_wait_for_the_index_lo
     let (status, first) = call(&url, "POST", "/v1/collections/c/query", Some(query.clone())).await;
     assert_eq!((status, &first["cache"]), (200, &json!("miss")));
 
-    let (held, release) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let holder = hold_index(&state, held.clone(), release.clone());
-    let _release = Release(release.clone());
-    wait_until(&held).await;
+    let lock = HeldIndex::take(&state).await;
     for (method, path, body) in [
         ("GET", "/readyz", None),
         ("GET", "/metrics", None),
@@ -128,7 +143,7 @@ async fn probes_listings_metrics_and_cached_queries_do_not_wait_for_the_index_lo
     ] {
         let (status, body) = call(&url, method, path, body).await;
         assert!(
-            held.load(Ordering::SeqCst),
+            lock.is_held(),
             "{method} {path} waited for the index lock to be released"
         );
         assert_eq!(status, 200, "{method} {path}: {body}");
@@ -136,8 +151,7 @@ async fn probes_listings_metrics_and_cached_queries_do_not_wait_for_the_index_lo
     let (_, cached) = call(&url, "POST", "/v1/collections/c/query", Some(query)).await;
     assert_eq!(cached["cache"], "l1");
     assert_eq!(cached["hits"], first["hits"]);
-    release.store(true, Ordering::SeqCst);
-    holder.join().unwrap();
+    lock.release();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,13 +171,7 @@ async fn past_the_concurrency_cap_and_the_deadline_requests_get_json_503s() {
         200
     );
 
-    let (held, release) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let holder = hold_index(&state, held.clone(), release.clone());
-    let _release = Release(release.clone());
-    wait_until(&held).await;
+    let lock = HeldIndex::take(&state).await;
     // A search needs the index: it waits (off the async threads) and holds the one slot.
     let stuck = tokio::spawn({
         let url = url.clone();
@@ -196,13 +204,12 @@ async fn past_the_concurrency_cap_and_the_deadline_requests_get_json_503s() {
     assert_eq!(call(&url, "GET", "/readyz", None).await.0, 200);
     let (status, body) = stuck.await.unwrap();
     assert!(
-        held.load(Ordering::SeqCst),
+        lock.is_held(),
         "the query was answered only after the lock was released"
     );
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "timeout");
-    release.store(true, Ordering::SeqCst);
-    holder.join().unwrap();
+    lock.release();
     // Once the lock is free, the same search answers.
     assert_eq!(call(&url, "GET", "/v1/collections", None).await.0, 200);
 }
