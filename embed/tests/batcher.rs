@@ -199,3 +199,10 @@ fn stats_count_rows_and_tokens() {
     assert_eq!(stats.devices.len(), 1);
     assert!(stats.devices[0].busy_seconds > 0.0);
 }
+
+#[test]
+fn the_served_model_name_comes_from_the_model_card_or_the_config() {
+    assert_eq!(cpu_embedder(|_| {}).model_name(), "all-MiniLM-L6-v2");
+    let renamed = cpu_embedder(|cfg| cfg.model_name = Some("docs-embedder".into()));
+    assert_eq!(renamed.model_name(), "docs-embedder");
+}
