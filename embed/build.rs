@@ -24,6 +24,32 @@ fn torch_lib_dir() -> Option<PathBuf> {
     (!dir.is_empty()).then(|| PathBuf::from(dir))
 }
 
+/// Compiles csrc/cuda_alloc.cpp (the CUDA caching allocator's empty-cache and statistics,
+/// which tch does not expose) against the headers of the libtorch in `lib_dir`. It uses c10's
+/// device-generic allocator interface only, so CPU-only libtorch builds it as well.
+fn build_allocator_shim(lib_dir: &std::path::Path) {
+    println!("cargo:rerun-if-changed=csrc/cuda_alloc.cpp");
+    let include = lib_dir.parent().map(|torch| torch.join("include"));
+    let Some(include) =
+        include.filter(|dir| dir.join("c10/core/CachingDeviceAllocator.h").exists())
+    else {
+        panic!(
+            "libtorch at {} has no c10/core/CachingDeviceAllocator.h (torch >= 2.9 with headers \
+             is required): run `make setup`",
+            lib_dir.display()
+        );
+    };
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .std("c++17")
+        .include(&include)
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        .warnings(false)
+        .file("csrc/cuda_alloc.cpp")
+        .compile("kb_cuda_alloc");
+}
+
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");
@@ -33,6 +59,7 @@ fn main() {
         return;
     };
     println!("cargo:rustc-link-search=native={}", dir.display());
+    build_allocator_shim(&dir);
     // Without --no-as-needed the linker drops libtorch_cuda (no symbol is used directly)
     // and CUDA is silently unavailable at run time. Link args do not propagate, so
     // dependents repeat this from DEP_KB_TORCH_LINK_ARGS.

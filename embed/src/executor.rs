@@ -244,6 +244,7 @@ impl Replica {
 
     /// Embeds `rows`; when the device runs out of memory the rows are halved and each half
     /// retried, down to single rows, so a burst of long inputs slows down instead of failing.
+    /// On a GPU, libtorch's cached blocks are released before the retry.
     fn embed_splitting_on_oom(
         &self,
         rows: &[Row],
@@ -253,6 +254,12 @@ impl Replica {
             Err(err) if rows.len() > 1 && is_out_of_memory(&err) => {
                 counters.record_oom_split();
                 tracing::warn!(rows = rows.len(), "device out of memory, splitting batch");
+                if self.device.is_cuda() {
+                    // The failed batch's freed activations sit in libtorch's cache in
+                    // blocks sized for it; hand them back so the halves (and the search
+                    // index on the same GPU) can allocate afresh instead of fragmenting.
+                    crate::cuda_alloc::empty_cache();
+                }
                 let (first, second) = rows.split_at(rows.len() / 2);
                 let mut vectors = self.embed_splitting_on_oom(first, counters)?;
                 vectors.extend(self.embed_splitting_on_oom(second, counters)?);

@@ -13,7 +13,19 @@ pub struct GpuInfo {
     pub ordinal: usize,
     pub name: String,
     pub total_bytes: u64,
+    /// Free as the driver sees it.
     pub free_bytes: u64,
+    /// Held by libtorch's caching allocator in freed blocks: counted as used by the driver,
+    /// yet available to this process's next tensors (0 before the first allocation).
+    pub cached_bytes: u64,
+}
+
+impl GpuInfo {
+    /// What a new tensor of this process can get: the driver's free memory plus libtorch's
+    /// cached free blocks.
+    pub fn available_bytes(&self) -> u64 {
+        self.free_bytes.saturating_add(self.cached_bytes)
+    }
 }
 
 /// Whether the CUDA driver library can be loaded (checked once).
@@ -90,6 +102,9 @@ fn info(ordinal: usize) -> Result<GpuInfo, DriverError> {
         name: ctx.name()?,
         total_bytes: total as u64,
         free_bytes: free as u64,
+        cached_bytes: kb_embed::cuda_alloc::allocator_stats(ordinal)
+            .map(|stats| stats.cached())
+            .unwrap_or(0),
     })
 }
 
@@ -193,19 +208,29 @@ impl DeviceViews {
 }
 
 /// Fails with a message that names the GPU and the sizes when `bytes` more would not fit
-/// in its free memory (checked before an index is loaded onto it).
+/// in what it has available (checked before an index is loaded onto it or grown).
 pub fn check_capacity(ordinal: usize, bytes: u64, what: &str) -> Result<(), String> {
     let Some(gpu) = devices().into_iter().find(|g| g.ordinal == ordinal) else {
         return Err(format!("{what}: GPU cuda:{ordinal} is not visible"));
     };
-    if bytes > gpu.free_bytes {
+    fits(&gpu, bytes, what)
+}
+
+/// [`check_capacity`] against given figures. The caching allocator's free blocks count as
+/// available: libtorch serves new tensors from them before it asks the driver.
+fn fits(gpu: &GpuInfo, bytes: u64, what: &str) -> Result<(), String> {
+    if bytes > gpu.available_bytes() {
         return Err(format!(
-            "{what} needs {:.2} GiB on cuda:{ordinal} ({}), which has {:.2} of {:.2} GiB free: \
-             use more GPUs per replica, a larger GPU, or the CPU index",
+            "{what} needs {:.2} GiB on cuda:{} ({}), which has {:.2} of {:.2} GiB available \
+             ({:.2} GiB free on the device, {:.2} GiB cached by libtorch): use more GPUs per \
+             replica, a larger GPU, or the CPU index",
             gib(bytes),
+            gpu.ordinal,
             gpu.name,
+            gib(gpu.available_bytes()),
+            gib(gpu.total_bytes),
             gib(gpu.free_bytes),
-            gib(gpu.total_bytes)
+            gib(gpu.cached_bytes),
         ));
     }
     Ok(())
@@ -238,6 +263,7 @@ mod tests {
             name: "NVIDIA H200".into(),
             total_bytes: 1,
             free_bytes: 1,
+            cached_bytes: 0,
         };
         let views = DeviceViews {
             cuda_driver: true,
@@ -283,6 +309,28 @@ mod tests {
         let expected = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let found = torch_cuda_build().unwrap_or_else(|| "None".into());
         assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn libtorch_cached_blocks_count_as_available_memory() {
+        const GIB: u64 = 1 << 30;
+        let gpu = GpuInfo {
+            ordinal: 3,
+            name: "NVIDIA H200".into(),
+            total_bytes: 140 * GIB,
+            free_bytes: 10 * GIB,
+            cached_bytes: 6 * GIB,
+        };
+        // More than the driver's free figure, less than free + cached: fits.
+        assert!(fits(&gpu, 15 * GIB, "a shard of 1 rows").is_ok());
+        let err = fits(&gpu, 17 * GIB, "a shard of 20000000 rows").unwrap_err();
+        for part in [
+            "a shard of 20000000 rows needs 17.00 GiB on cuda:3 (NVIDIA H200)",
+            "16.00 of 140.00 GiB available",
+            "10.00 GiB free on the device, 6.00 GiB cached by libtorch",
+        ] {
+            assert!(err.contains(part), "{part:?} in {err}");
+        }
     }
 
     #[test]

@@ -86,6 +86,7 @@ pub struct Metrics {
     cache: Family<CacheLabels, Counter>,
     gpu_total: Family<GpuLabels, Gauge>,
     gpu_used: Family<GpuLabels, Gauge>,
+    gpu_cached: Family<GpuLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -123,6 +124,7 @@ impl Metrics {
             cache: Family::default(),
             gpu_total: Family::default(),
             gpu_used: Family::default(),
+            gpu_cached: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
         r.register(
@@ -236,6 +238,12 @@ impl Metrics {
             "Memory in use on each visible GPU, by every process (CUDA driver)",
             m.gpu_used.clone(),
         );
+        r.register(
+            "gpu_memory_cached_bytes",
+            "Part of the used memory that this worker's libtorch holds in freed blocks, \
+             reusable by its next tensors (CUDA caching allocator)",
+            m.gpu_cached.clone(),
+        );
         *m.registry.lock() = r;
         m
     }
@@ -323,6 +331,7 @@ impl Metrics {
         }
         self.gpu_total.clear();
         self.gpu_used.clear();
+        self.gpu_cached.clear();
         for gpu in crate::gpu::sampled_devices() {
             let labels = GpuLabels {
                 device: format!("cuda:{}", gpu.ordinal),
@@ -334,6 +343,9 @@ impl Metrics {
             self.gpu_used
                 .get_or_create(&labels)
                 .set(gpu.total_bytes.saturating_sub(gpu.free_bytes) as i64);
+            self.gpu_cached
+                .get_or_create(&labels)
+                .set(gpu.cached_bytes as i64);
         }
         let mut out = String::new();
         let registry = self.registry.lock();

@@ -315,6 +315,7 @@ impl FlatIndex {
                 needed,
                 self.dim,
                 self.kind,
+                shard.dead.is_some(),
             )?;
         }
         Ok(())
@@ -327,7 +328,7 @@ impl FlatIndex {
         let kind = storage_kind(placement.primary());
         for (s, &device) in devices.iter().enumerate() {
             let needed = (rows + devices.len() - 1 - s) / devices.len();
-            check_shard_growth(device, MIN_CAPACITY, needed as i64, dim, kind)?;
+            check_shard_growth(device, MIN_CAPACITY, needed as i64, dim, kind, false)?;
         }
         Ok(())
     }
@@ -352,11 +353,8 @@ impl FlatIndex {
             return Ok(());
         }
         let new_cap = (cap * 2).max(rows);
-        if let Device::Cuda(ordinal) = shard.device {
-            let bytes = new_cap as u64 * dim as u64 * kind.elt_size_in_bytes() as u64;
-            crate::gpu::check_capacity(ordinal, bytes, &format!("a shard of {rows} rows"))
-                .map_err(IndexError::Capacity)?;
-        }
+        let masked = shard.dead.is_some();
+        check_shard_growth(shard.device, cap, rows, self.dim, kind, masked)?;
         let grown = Tensor::f_zeros([new_cap, dim], (kind, shard.device))?;
         grown
             .f_narrow(0, 0, used)?
@@ -423,13 +421,15 @@ impl FlatIndex {
 }
 
 /// Whether a shard on `device` of capacity `cap` can grow to `needed` rows: on a GPU the
-/// grown tensor must fit in free memory (the old one stays until the copy is done).
+/// grown tensors (vectors, and the tombstone mask when the shard has one) must fit next to
+/// the current ones, which stay until the copy is done.
 fn check_shard_growth(
     device: Device,
     cap: i64,
     needed: i64,
     dim: usize,
     kind: Kind,
+    masked: bool,
 ) -> Result<(), IndexError> {
     let Device::Cuda(ordinal) = device else {
         return Ok(());
@@ -437,10 +437,16 @@ fn check_shard_growth(
     if needed <= cap {
         return Ok(());
     }
-    let new_cap = (cap * 2).max(needed);
-    let bytes = new_cap as u64 * dim as u64 * kind.elt_size_in_bytes() as u64;
+    let bytes = growth_bytes(cap, needed, dim, kind, masked);
     crate::gpu::check_capacity(ordinal, bytes, &format!("a shard of {needed} rows"))
         .map_err(IndexError::Capacity)
+}
+
+/// Bytes a shard of capacity `cap` allocates to grow to `needed` rows (capacity doubles).
+pub(super) fn growth_bytes(cap: i64, needed: i64, dim: usize, kind: Kind, masked: bool) -> u64 {
+    let new_cap = u64::try_from((cap * 2).max(needed)).unwrap_or(0);
+    let row = dim as u64 * kind.elt_size_in_bytes() as u64 + u64::from(masked);
+    new_cap * row
 }
 
 /// Storage precision of index vectors on `device`: fp16 on CUDA, fp32 elsewhere.

@@ -341,3 +341,22 @@ fn a_frozen_collection_keeps_its_contents_while_the_index_moves_on() {
     );
     assert_eq!(frozen.export().unwrap(), before);
 }
+
+#[test]
+fn shard_growth_counts_the_doubled_vectors_and_the_tombstone_mask() {
+    // 1,024 fp16 rows of 384 growing by one: capacity doubles to 2,048 rows of 768 bytes,
+    // plus one mask byte per row when the shard has deletions.
+    assert_eq!(
+        flat::growth_bytes(1024, 1025, 384, Kind::Half, false),
+        2048 * 768
+    );
+    assert_eq!(
+        flat::growth_bytes(1024, 1025, 384, Kind::Half, true),
+        2048 * 769
+    );
+    // A jump past double takes exactly what is needed.
+    assert_eq!(
+        flat::growth_bytes(1024, 5000, 4, Kind::Float, true),
+        5000 * 17
+    );
+}
