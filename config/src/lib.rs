@@ -391,6 +391,34 @@ impl WorkerConfig {
                 "embedding.queue_capacity and embedding.bulk_queue_capacity must be > 0".into(),
             ));
         }
+        let limits = &self.limits;
+        for (name, value) in [
+            ("limits.max_request_bytes", limits.max_request_bytes as u64),
+            (
+                "limits.max_documents_per_request",
+                limits.max_documents_per_request as u64,
+            ),
+            (
+                "limits.max_document_bytes",
+                limits.max_document_bytes as u64,
+            ),
+            ("limits.max_top_k", limits.max_top_k as u64),
+            ("limits.max_query_bytes", limits.max_query_bytes as u64),
+            (
+                "limits.max_concurrent_requests",
+                limits.max_concurrent_requests as u64,
+            ),
+            (
+                "limits.request_timeout_seconds",
+                limits.request_timeout_seconds,
+            ),
+            ("limits.write_timeout_seconds", limits.write_timeout_seconds),
+        ] {
+            if value == 0 {
+                // Zero would refuse or time out every request.
+                return Err(ConfigError::Invalid(format!("{name} must be > 0")));
+            }
+        }
         if let Some(redis) = &self.redis {
             match redis.mode {
                 RedisMode::Standalone if redis.url.is_none() => {
@@ -427,6 +455,23 @@ mod tests {
             WorkerConfig::from_yaml("").unwrap(),
             WorkerConfig::default()
         );
+    }
+
+    #[test]
+    fn a_zero_limit_is_refused_naming_it() {
+        let config = WorkerConfig::from_yaml("limits:\n  request_timeout_seconds: 0\n").unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("limits.request_timeout_seconds"),
+            "{err}"
+        );
+        let config = WorkerConfig::from_yaml("limits:\n  max_top_k: 0\n").unwrap();
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("limits.max_top_k"));
+        assert!(WorkerConfig::default().validate().is_ok());
     }
 
     #[test]

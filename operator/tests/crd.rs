@@ -122,6 +122,20 @@ fn autoscaling_requires_redis_and_ordered_bounds() {
 }
 
 #[test]
+fn the_bulk_lane_budget_must_hold_one_full_length_input() {
+    assert_rejected(
+        json!({"embedding": {"device": "cpu", "maxSeqLen": 256, "maxBatchTokens": 4096, "bulkBatchTokens": 128}}),
+        "bulkBatchTokens must be at least embedding.maxSeqLen",
+    );
+    assert_eq!(
+        cel_errors(
+            json!({"embedding": {"device": "cpu", "maxSeqLen": 256, "maxBatchTokens": 4096, "bulkBatchTokens": 256}})
+        ),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
 fn gpus_per_replica_requires_cuda() {
     assert_rejected(
         json!({"embedding": {"device": "cpu", "gpusPerReplica": 2}}),

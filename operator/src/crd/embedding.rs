@@ -15,6 +15,7 @@ pub const DEFAULT_MODEL_PATH: &str = "/opt/kb/model";
 #[x_kube(
     validation = Rule::new("!has(self.gpusPerReplica) || self.device == 'cuda'").message("embedding.gpusPerReplica requires embedding.device: cuda"),
     validation = Rule::new("self.maxBatchTokens >= self.maxSeqLen").message("embedding.maxBatchTokens must be at least embedding.maxSeqLen"),
+    validation = Rule::new("!has(self.bulkBatchTokens) || self.bulkBatchTokens >= self.maxSeqLen").message("embedding.bulkBatchTokens must be at least embedding.maxSeqLen"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Embedding {
@@ -33,14 +34,33 @@ pub struct Embedding {
     /// Numeric precision of the encoder.
     #[serde(default)]
     pub precision: Precision,
-    /// Token budget of one batch.
+    /// Token budget of one batch of the interactive lane (queries, small `/v1/embeddings`).
     #[serde(default = "default_max_batch_tokens")]
     #[schemars(range(min = 8, max = 1048576))]
     pub max_batch_tokens: i64,
+    /// Token budget of one batch of the bulk lane (ingestion). A query that arrives while a
+    /// bulk batch runs waits for it, so this bounds how long ingestion can delay a query.
+    /// Unset: `maxBatchTokens`, at most 1024 on CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8, max = 1048576))]
+    pub bulk_batch_tokens: Option<i64>,
     /// Longer inputs are truncated to this many tokens.
     #[serde(default = "default_max_seq_len")]
     #[schemars(range(min = 8, max = 8192))]
     pub max_seq_len: i64,
+    /// Texts waiting in the interactive lane before new queries get 429 (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub queue_capacity: Option<i64>,
+    /// Texts waiting in the bulk lane before new ingestion gets 429 (default 16384).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub bulk_queue_capacity: Option<i64>,
+    /// Model name in `/v1/embeddings` answers and `/v1/models` (default: the model card's
+    /// title, else the model directory's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub model_name: Option<String>,
 }
 
 fn default_model_path() -> String {

@@ -6,6 +6,7 @@
 mod autoscaling;
 mod backup;
 mod embedding;
+mod limits;
 mod monitoring;
 mod network;
 mod redis;
@@ -15,6 +16,7 @@ mod storage;
 pub use autoscaling::{Autoscaling, ScalingBehavior, ScalingRules};
 pub use backup::{Backup, BackupDestination, Bootstrap, FromBackup, PvcDestination, S3Destination};
 pub use embedding::{Chunking, Device, Embedding, GpuScheduling, ModelVolume, Precision};
+pub use limits::Limits;
 pub use monitoring::Monitoring;
 pub use network::Network;
 pub use redis::{CaSecretRef, ExternalRedis, ManagedRedis, Redis, RedisMode, SecretKeyRef};
@@ -103,6 +105,9 @@ pub struct KnowledgeBaseSpec {
     /// API keys.
     #[serde(default)]
     pub auth: Auth,
+    /// Request limits and deadlines of the workers' API (unset fields keep the defaults).
+    #[serde(default)]
+    pub limits: Limits,
     /// Who may talk to the workers.
     #[serde(default)]
     pub network: Network,

@@ -155,6 +155,45 @@ async fn probes_listings_metrics_and_cached_queries_do_not_wait_for_the_index_lo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_past_its_own_deadline_gets_a_json_503_and_its_retry_lands() {
+    // Reads may take a minute, writes one second: only the write deadline can answer.
+    let (_tmp, state, url) = serve(|cfg| {
+        cfg.limits.request_timeout_seconds = 60;
+        cfg.limits.write_timeout_seconds = 1;
+    })
+    .await;
+    let vector: Vec<f32> = (0..384).map(|i| if i == 1 { 1.0 } else { 0.0 }).collect();
+    let doc = |id: &str| json!({"documents": [{"id": id, "text": "x", "vector": vector}]});
+    let path = "/v1/collections/c/documents";
+    assert_eq!(call(&url, "POST", path, Some(doc("d0"))).await.0, 200);
+
+    let lock = HeldIndex::take(&state).await;
+    let (status, body) = call(&url, "POST", path, Some(doc("d1"))).await;
+    assert!(lock.is_held(), "answered while the write was still stuck");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "timeout");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("retrying it is safe"));
+    lock.release();
+
+    // The retry is an upsert of the same document: it lands once, whatever became of the
+    // first attempt.
+    assert_eq!(call(&url, "POST", path, Some(doc("d1"))).await.0, 200);
+    let (status, got) = call(&url, "GET", &format!("{path}/d1"), None).await;
+    assert_eq!(status, 200, "{got}");
+    let (_, list) = call(&url, "GET", path, None).await;
+    let ids: Vec<&str> = list["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["d0", "d1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_concurrency_cap_and_the_deadline_requests_get_json_503s() {
     let (_tmp, state, url) = serve(|cfg| {
         cfg.limits.max_concurrent_requests = 1;

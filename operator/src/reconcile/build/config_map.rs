@@ -50,6 +50,37 @@ pub fn worker_config(spec: &KnowledgeBaseSpec, names: &Names) -> WorkerConfig {
     };
     config.embedding.max_batch_tokens = to_usize(embedding.max_batch_tokens);
     config.embedding.max_seq_len = to_usize(embedding.max_seq_len);
+    config.embedding.bulk_batch_tokens = embedding.bulk_batch_tokens.map(to_usize);
+    set(
+        &mut config.embedding.queue_capacity,
+        embedding.queue_capacity,
+    );
+    set(
+        &mut config.embedding.bulk_queue_capacity,
+        embedding.bulk_queue_capacity,
+    );
+    config.embedding.model_name = embedding.model_name.clone();
+    let (limits, wanted) = (&mut config.limits, &spec.limits);
+    set(&mut limits.max_request_bytes, wanted.max_request_bytes);
+    set(
+        &mut limits.max_documents_per_request,
+        wanted.max_documents_per_request,
+    );
+    set(&mut limits.max_document_bytes, wanted.max_document_bytes);
+    set(&mut limits.max_top_k, wanted.max_top_k);
+    set(&mut limits.max_query_bytes, wanted.max_query_bytes);
+    set(
+        &mut limits.max_concurrent_requests,
+        wanted.max_concurrent_requests,
+    );
+    set_secs(
+        &mut limits.request_timeout_seconds,
+        wanted.request_timeout_seconds,
+    );
+    set_secs(
+        &mut limits.write_timeout_seconds,
+        wanted.write_timeout_seconds,
+    );
     config.chunking.max_tokens = to_usize(spec.chunking.max_tokens);
     config.chunking.overlap = to_usize(spec.chunking.overlap);
     config.cache.enabled = spec.cache.enabled;
@@ -72,6 +103,20 @@ pub fn worker_config(spec: &KnowledgeBaseSpec, names: &Names) -> WorkerConfig {
 /// schema and maps to 0, which the worker rejects with a message naming the field.
 fn to_usize(value: i64) -> usize {
     usize::try_from(value).unwrap_or(0)
+}
+
+/// Overrides a worker default with an optional spec value.
+fn set(field: &mut usize, value: Option<i64>) {
+    if let Some(value) = value {
+        *field = to_usize(value);
+    }
+}
+
+/// [`set`] for seconds.
+fn set_secs(field: &mut u64, value: Option<i64>) {
+    if let Some(value) = value {
+        *field = u64::try_from(value).unwrap_or(0);
+    }
 }
 
 fn model_path(embedding: &crd::Embedding) -> PathBuf {

@@ -45,6 +45,63 @@ fn embedding_chunking_and_cache_reach_the_worker_config() {
 }
 
 #[test]
+fn lanes_model_name_and_limits_reach_the_worker_config() {
+    let unset = config(&plan_for(&kb("docs")));
+    let defaults = kb_config::EmbeddingConfig::default();
+    let lanes = |e: &kb_config::EmbeddingConfig| {
+        (
+            e.bulk_batch_tokens,
+            e.queue_capacity,
+            e.bulk_queue_capacity,
+            e.model_name.clone(),
+        )
+    };
+    assert_eq!(lanes(&unset.embedding), lanes(&defaults));
+    assert_eq!(unset.limits, kb_config::LimitsConfig::default());
+
+    let mut kb = kb("docs");
+    let e = &mut kb.spec.embedding;
+    e.bulk_batch_tokens = Some(512);
+    e.queue_capacity = Some(64);
+    e.bulk_queue_capacity = Some(100_000);
+    e.model_name = Some("text-embedding-3-small".into());
+    kb.spec.limits = crate::crd::Limits {
+        max_request_bytes: Some(1 << 20),
+        max_documents_per_request: Some(50),
+        max_document_bytes: Some(65_536),
+        max_top_k: Some(100),
+        max_query_bytes: Some(2048),
+        max_concurrent_requests: Some(32),
+        request_timeout_seconds: Some(5),
+        write_timeout_seconds: Some(120),
+    };
+    let config = config(&plan_for(&kb));
+    assert_eq!(config.embedding.bulk_batch_tokens, Some(512));
+    assert_eq!(config.embedding.queue_capacity, 64);
+    assert_eq!(config.embedding.bulk_queue_capacity, 100_000);
+    assert_eq!(
+        config.embedding.model_name.as_deref(),
+        Some("text-embedding-3-small")
+    );
+    assert_eq!(
+        config.limits,
+        kb_config::LimitsConfig {
+            max_request_bytes: 1 << 20,
+            max_documents_per_request: 50,
+            max_document_bytes: 65_536,
+            max_top_k: 100,
+            max_query_bytes: 2048,
+            max_concurrent_requests: 32,
+            request_timeout_seconds: 5,
+            write_timeout_seconds: 120,
+        }
+    );
+    config
+        .validate()
+        .expect("the worker accepts what the operator renders");
+}
+
+#[test]
 fn config_change_rolls_the_pods() {
     let hash = |kb: &KnowledgeBase| {
         let plan = plan_for(kb);
