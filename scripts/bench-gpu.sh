@@ -1,53 +1,104 @@
 #!/usr/bin/env bash
-# GPU benchmarks of the worker's CUDA path, for a lent CUDA machine (the `device` tool) or
-# any node with an NVIDIA GPU and torch 2.11.0 (CUDA build) in `python3`.
+# GPU benchmarks of the worker's CUDA path with their peers, for a lent CUDA machine (the
+# `device` tool) or any node with an NVIDIA GPU and torch 2.11.0 (CUDA build) plus
+# sentence-transformers in `python3`.
 #
-# Build here, carry the binary and the model, run there:
-#   make build && mkdir -p .run/gpu && cp "$CARGO_TARGET_DIR/release/kb-worker" .run/gpu/ \
-#     && cp -r "$(scripts/model-dir.sh)" .run/gpu/model
-#   (device tool, carry [".run/gpu"]) scripts/bench-gpu.sh .run/gpu/kb-worker .run/gpu/model \
-#     ../shared/data/corpus.jsonl "$OUT"
+# Pack here (the release binary, the corpus, the model with fp16 weights; under the 64 MiB
+# carry limit), run there:
+#   make build && scripts/pack-gpu-run.sh
+#   (device tool, carry [".run/gpu"], timeout_s 540) scripts/bench-gpu.sh .run/gpu "$OUT"
 #
-# Prints one JSON object per line (also appended to OUT_DIR/bench.jsonl): embedding
-# throughput in fp16 (raw text -> normalised vectors, tokenization included), then exact
-# top-10 search over 1M and 10M x 384 vectors for 1 and 1,024 queries. Every search run
-# checks its hits against an f64 brute force (recall must be 1.0 or the command fails);
-# each bench warms up first and reports medians.
+# One run measures, on the same GPU: kb-worker's fp16 embedding of the corpus (raw text ->
+# normalised vectors, tokenization included) against sentence-transformers fp16 batch 512;
+# the cosine of a running worker's fp16 vectors against sentence-transformers fp32 (fails
+# below 0.999); exact top-10 over 1M and 10M x 384 fp16 vectors for 1 and 1,024 queries
+# against torch matmul+topk, and the time to read the 1M matrix at the copy bandwidth
+# measured in the same run. kb-worker's searches check their hits against an f64 brute
+# force (recall must be 1.0 or the command fails). Every record goes to OUT/bench.jsonl;
+# the goal table (scripts/bench-gpu-peers.py table) is printed last.
 set -euo pipefail
 
-if [[ $# -lt 3 ]]; then
-    echo "usage: $0 KB_WORKER_BIN MODEL_DIR CORPUS [OUT_DIR]" >&2
+if [[ $# -lt 1 ]]; then
+    echo "usage: $0 PACK_DIR [OUT_DIR]   (PACK_DIR from scripts/pack-gpu-run.sh)" >&2
     exit 2
 fi
-bin=$1
-model=$2
-corpus=$3
-out=${4:-.}
+pack=$1
+out=${2:-.}
 mkdir -p "$out"
+here="$(cd "$(dirname "$0")" && pwd)"
+peers="$here/bench-gpu-peers.py"
+work=$(mktemp -d)
+server=""
+cleanup() {
+    [[ -n "$server" ]] && kill "$server" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+gunzip -c "$pack/kb-worker.gz" > "$work/kb-worker" && chmod +x "$work/kb-worker"
+gunzip -c "$pack/corpus.jsonl.gz" > "$work/corpus.jsonl"
+bin="$work/kb-worker"
+model="$pack/model"
+corpus="$work/corpus.jsonl"
+jsonl="$out/bench.jsonl"
+: > "$jsonl"
 
 # The binary's rpath points at the build machine's virtualenv; use this machine's torch.
 torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 export LD_LIBRARY_PATH="$torch_lib:${LD_LIBRARY_PATH:-}"
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt" >&2
-"$bin" devices | tee -a "$out/bench.jsonl"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$out/gpu.txt" >&2
+"$bin" devices | tee -a "$jsonl"
 
 run() {
     echo "+ kb-worker $*" >&2
-    "$bin" "$@" | tee -a "$out/bench.jsonl"
+    "$bin" "$@" | tee -a "$jsonl"
+}
+peer() {
+    echo "+ peer $*" >&2
+    python3 "$peers" "$@" --out "$jsonl"
 }
 
 # Embedding: the corpus end to end, fp16, large token budgets, several requests in flight
-# so tokenization overlaps the GPU.
+# so tokenization overlaps the GPU; then the peer over the same passages.
 run bench embed --model "$model" --corpus "$corpus" --device cuda --precision fp16 \
     --limit 100000 --batch-texts 4096 --concurrency 4 --max-batch-tokens 262144
+peer embed --model "$model" --corpus "$corpus" --device cuda --precision fp16 --batch 512 --limit 100000
 
-# Exact search, vectors resident on the GPU (`cuda:0,0`: the sharded multi-GPU path with
-# two shards on one GPU; on a multi-GPU node list the GPUs, e.g. `cuda:0,1`).
+# Correctness of what a client gets: a worker serving fp16 on the GPU against fp32.
+cat > "$work/config.yaml" <<YAML
+listen: 127.0.0.1:18080
+metrics_listen: 127.0.0.1:19090
+data_dir: $work/data
+model: $model
+embedding:
+  device: cuda
+  precision: fp16
+YAML
+"$bin" serve --config "$work/config.yaml" --open > "$out/serve.log" 2>&1 &
+server=$!
+for _ in $(seq 1 120); do
+    python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:18080/readyz", timeout=2)' \
+        2>/dev/null && break
+    kill -0 "$server" 2>/dev/null || { tail -20 "$out/serve.log" >&2; exit 1; }
+    sleep 1
+done
+peer check --model "$model" --corpus "$corpus" --url http://127.0.0.1:18080 --device cuda --limit 1000
+kill "$server" && wait "$server" 2>/dev/null || true
+server=""
+
+# Exact search, vectors resident on the GPU, and the torch peer on the same shapes.
 for spec in "1000000 1 200" "1000000 1024 50" "10000000 1024 20"; do
     read -r rows queries iterations <<<"$spec"
     for precision in fp16 fp32; do
         run bench search --device cuda --precision "$precision" --rows "$rows" --dim 384 \
             --queries "$queries" --top-k 10 --iterations "$iterations"
     done
+    floor=()
+    [[ $rows == 1000000 && $queries == 1 ]] && floor=(--floor)
+    peer search --device cuda --precision fp16 --rows "$rows" --dim 384 --queries "$queries" \
+        --top-k 10 --iterations "$iterations" "${floor[@]}"
 done
+# The sharded multi-GPU path with two shards on one GPU (on a multi-GPU node list the GPUs,
+# e.g. `cuda:0,1`).
 run bench search --device cuda:0,0 --rows 1000000 --dim 384 --queries 1024 --top-k 10 --iterations 50
+
+python3 "$peers" table "$jsonl" | tee "$out/table.md"
