@@ -3,11 +3,13 @@
 //! Callers enqueue whole requests into one of two lanes (admission control counts texts
 //! per lane, so a full bulk lane never refuses a query):
 //!
-//! - **interactive** (queries, small `/v1/embeddings` calls): every time the scheduler
-//!   looks, it takes everything queued here at once (a "round"), tokenizes it, sorts the
-//!   rows by length, cuts them into batches under the interactive token budget and hands
-//!   them to the least-loaded executor. While the executors are busy, new requests pile up,
-//!   so rounds, and therefore batches, grow with load.
+//! - **interactive** (queries, small `/v1/embeddings` calls): as soon as an executor is
+//!   idle (or a full round of [`FULL_ROUND_TEXTS`] waits), the scheduler takes everything
+//!   queued here at once (a "round"), tokenizes it, sorts the rows by length, cuts them
+//!   into batches under the interactive token budget and hands them to the least-loaded
+//!   executor. While the executors are busy, new requests pile up, so rounds, and
+//!   therefore batches, grow with load: an idle worker adds no latency, a loaded one
+//!   embeds its queries in few large batches instead of many small ones.
 //! - **bulk** (ingestion, large `/v1/embeddings` calls): served only when no interactive
 //!   request waits and an executor is idle, one batch of at most the bulk token budget at a
 //!   time. Large requests are taken a window of texts at a time (round-robin between bulk
@@ -124,6 +126,12 @@ struct QueueState {
     bulk_served_at: Instant,
 }
 
+/// Interactive texts that make a round worth forming while every executor is busy: about
+/// one batch at the default token budget (16,384 tokens of 64-token queries). Fewer wait
+/// for an idle executor and join a larger round; forming rounds early made them small
+/// (four texts on average at 16 concurrent clients on 2 CPU cores, against 16 now).
+const FULL_ROUND_TEXTS: usize = 256;
+
 /// The longest bulk work waits while interactive work keeps every device busy: after
 /// this, one bulk batch goes ahead of the queries, so a sustained query load slows an
 /// ingest down (to one batch a second) but never stops it.
@@ -209,15 +217,15 @@ impl RequestQueue {
         self.wake.notify_one();
     }
 
-    /// Waits until there is something to do: interactive requests (all of them), or, when
-    /// `can_run_bulk` says an executor is idle, prepared bulk batches or a window of bulk
-    /// texts. `None` once closed; requests still queued then are dropped, which answers
-    /// them `ShuttingDown`.
+    /// Waits until there is something to do while `executor_idle` says an executor is idle:
+    /// interactive requests (all of them; also when busy once a full round waits), else
+    /// prepared bulk batches or a window of bulk texts. `None` once closed; requests still
+    /// queued then are dropped, which answers them `ShuttingDown`.
     fn next_work(
         &self,
         have_prepared_bulk: bool,
         bulk_window: usize,
-        can_run_bulk: impl Fn() -> bool,
+        executor_idle: impl Fn() -> bool,
     ) -> Option<Work> {
         let mut state = self.lock();
         loop {
@@ -227,15 +235,18 @@ impl RequestQueue {
             }
             let bulk_waiting = have_prepared_bulk || !state.lanes[Lane::Bulk.index()].is_empty();
             // Starving bulk work with an idle device goes first, once.
+            let idle = executor_idle();
             let bulk_first =
-                bulk_waiting && state.bulk_served_at.elapsed() >= BULK_MAX_WAIT && can_run_bulk();
+                bulk_waiting && state.bulk_served_at.elapsed() >= BULK_MAX_WAIT && idle;
             let interactive = &mut state.lanes[Lane::Interactive.index()];
-            if !interactive.is_empty() && !bulk_first {
+            let round_ready = idle
+                || interactive.iter().map(|q| q.inputs.len()).sum::<usize>() >= FULL_ROUND_TEXTS;
+            if !interactive.is_empty() && round_ready && !bulk_first {
                 let parts = interactive.drain(..).map(QueuedRequest::whole).collect();
                 return Some(Work::Interactive(parts));
             }
             state.executor_freed = false;
-            if bulk_waiting && can_run_bulk() {
+            if bulk_waiting && idle {
                 state.bulk_served_at = Instant::now();
                 if have_prepared_bulk {
                     return Some(Work::PreparedBulk);

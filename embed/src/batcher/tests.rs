@@ -168,3 +168,48 @@ fn closing_answers_queued_requests_with_shutting_down() {
     assert_eq!(rx.try_recv().unwrap(), Err(EmbedError::ShuttingDown));
     assert_eq!(counters.snapshot().queue_depth, 0);
 }
+
+#[test]
+fn queries_wait_for_an_idle_executor_and_join_one_round() {
+    let (_, queue) = queue([64, 16]);
+    let queue = Arc::new(queue);
+    let idle = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut answers = Vec::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    answers.push(rx);
+    queue.submit(Lane::Interactive, texts(1), tx).unwrap();
+    let waiter = {
+        let (queue, idle) = (Arc::clone(&queue), Arc::clone(&idle));
+        std::thread::spawn(move || {
+            match queue.next_work(false, 8, || idle.load(std::sync::atomic::Ordering::SeqCst)) {
+                Some(Work::Interactive(parts)) => parts.len(),
+                _ => 0,
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        !waiter.is_finished(),
+        "a round of one query was formed while the executor was busy"
+    );
+    // More queries arrive while the executor works; the round takes all of them.
+    for _ in 0..3 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        answers.push(rx);
+        queue.submit(Lane::Interactive, texts(1), tx).unwrap();
+    }
+    idle.store(true, std::sync::atomic::Ordering::SeqCst);
+    queue.executor_freed();
+    assert_eq!(waiter.join().unwrap(), 4);
+}
+
+#[test]
+fn a_full_round_of_queries_is_formed_while_the_executors_are_busy() {
+    let (_, queue) = queue([2 * FULL_ROUND_TEXTS, 16]);
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    queue
+        .submit(Lane::Interactive, texts(FULL_ROUND_TEXTS), tx)
+        .unwrap();
+    let work = queue.next_work(false, 8, || false);
+    assert!(matches!(work, Some(Work::Interactive(ref p)) if p.len() == 1));
+}
