@@ -48,6 +48,13 @@ export LD_LIBRARY_PATH="$torch_lib:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$out/gpu.txt" >&2
 "$bin" devices | tee -a "$jsonl"
 
+# The CUDA branches of kb-embed's unit tests: the caching allocator's figures, empty_cache.
+gunzip -c "$pack/kb-embed-tests.gz" > "$work/kb-embed-tests" && chmod +x "$work/kb-embed-tests"
+# A failure is recorded, not fatal: the benchmarks below still run in the same lease.
+"$work/kb-embed-tests" cuda_alloc --nocapture > "$out/unit-tests.txt" 2>&1 \
+    || echo "UNIT TESTS FAILED (see unit-tests.txt)" | tee -a "$out/unit-tests.txt" >&2
+tail -3 "$out/unit-tests.txt" >&2
+
 run() {
     echo "+ kb-worker $*" >&2
     "$bin" "$@" | tee -a "$jsonl"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packs what scripts/bench-gpu.sh needs on a lent GPU machine into .run/gpu, within the
 # device tool's 64 MiB carry limit: the release kb-worker and the benchmark corpus
-# (../shared/data/corpus.jsonl, which does not travel with the tree), gzipped, and the bundled model
+# (../shared/data/corpus.jsonl, which does not travel with the tree) and kb-embed's unit
+# tests, gzipped, and the bundled model
 # with its weights stored in fp16 (44 MiB instead of 87; the worker converts them to the
 # precision it runs in, and the run's fp32 reference reads the same file).
 #
@@ -31,6 +32,16 @@ tensors = load_file(sys.argv[1])
 save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()},
           sys.argv[2], metadata={"format": "pt"})
 PY
+# kb-embed's unit tests (stripped): their CUDA branches (the caching allocator's figures
+# and empty_cache) run first on the GPU machine.
+tests=$(cargo test -q -p kb-embed --lib --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "kb_embed":
+        print(m["executable"])' | tail -1)
+[[ -x "$tests" ]] || { echo "kb-embed's test binary was not built" >&2; exit 1; }
+strip -o "$out/kb-embed-tests" "$tests" && gzip -9 "$out/kb-embed-tests"
 size=$(du -sb "$out" | cut -f1)
 echo "packed $out: $((size / 1048576)) MiB" >&2
 if (( size > 64 * 1048576 )); then
