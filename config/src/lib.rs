@@ -105,6 +105,11 @@ pub struct EmbeddingConfig {
     /// card's title, else the model directory's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_name: Option<String>,
+    /// Model replicas on the CPU, each on its own thread with an equal share of the cores
+    /// as libtorch threads. Unset: one per core, at most 4 (small query batches run faster
+    /// on one core each than together on two).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_executors: Option<usize>,
 }
 
 impl Default for EmbeddingConfig {
@@ -118,6 +123,7 @@ impl Default for EmbeddingConfig {
             queue_capacity: 1024,
             bulk_queue_capacity: 16_384,
             model_name: None,
+            cpu_executors: None,
         }
     }
 }
@@ -385,6 +391,11 @@ impl WorkerConfig {
                     self.embedding.max_seq_len
                 )));
             }
+        }
+        if self.embedding.cpu_executors == Some(0) {
+            return Err(ConfigError::Invalid(
+                "embedding.cpu_executors must be > 0 (or unset for one per core)".into(),
+            ));
         }
         if self.embedding.queue_capacity == 0 || self.embedding.bulk_queue_capacity == 0 {
             return Err(ConfigError::Invalid(

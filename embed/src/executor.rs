@@ -50,6 +50,8 @@ pub(crate) struct ReplicaSpec {
     pub device: Device,
     pub kind: Kind,
     pub index: usize,
+    /// libtorch threads of this executor (CPU replicas); `None` keeps the default.
+    pub threads: Option<i32>,
 }
 
 struct ExecutorHandle {
@@ -184,6 +186,13 @@ type Loaded = SyncSender<Result<(), EmbedError>>;
 impl Executor {
     fn run(self, spec: ReplicaSpec, batches: Receiver<Batch>, loaded: Loaded) {
         let _no_grad = tch::no_grad_guard();
+        if let Some(threads) = spec.threads {
+            // libtorch sets a thread's OpenMP thread count on its first parallel op from
+            // the process-wide value; take that step first so the count set here stays
+            // this thread's own (the engine restores the process-wide value afterwards).
+            let _ = tch::get_num_threads();
+            tch::set_num_threads(threads);
+        }
         let replica = match Replica::load(&spec) {
             Ok(replica) => replica,
             Err(err) => {

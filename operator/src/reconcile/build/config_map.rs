@@ -60,6 +60,7 @@ pub fn worker_config(spec: &KnowledgeBaseSpec, names: &Names) -> WorkerConfig {
         embedding.bulk_queue_capacity,
     );
     config.embedding.model_name = embedding.model_name.clone();
+    config.embedding.cpu_executors = embedding.cpu_executors.map(to_usize);
     let (limits, wanted) = (&mut config.limits, &spec.limits);
     set(&mut limits.max_request_bytes, wanted.max_request_bytes);
     set(

@@ -39,6 +39,9 @@ pub struct BenchEmbedArgs {
     /// Lane the requests go through: `bulk` (ingestion) or `interactive` (queries).
     #[arg(long, default_value = "bulk", value_parser = parse_lane)]
     pub lane: Lane,
+    /// Model replicas on the CPU [default: the engine's, one per core, at most 4].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cpu_executors: Option<u32>,
 }
 
 fn parse_lane(s: &str) -> Result<Lane, String> {
@@ -66,6 +69,7 @@ pub(super) fn run(args: &BenchEmbedArgs) -> anyhow::Result<()> {
         cfg.max_batch_tokens = tokens;
         cfg.bulk_batch_tokens = Some(tokens);
     }
+    cfg.cpu_executors = args.cpu_executors.map(|n| n as usize);
     let in_flight = batch * args.concurrency as usize;
     cfg.queue_capacity = cfg.queue_capacity.max(in_flight);
     cfg.bulk_queue_capacity = cfg.bulk_queue_capacity.max(in_flight);
@@ -94,6 +98,7 @@ pub(super) fn run(args: &BenchEmbedArgs) -> anyhow::Result<()> {
         "batch_texts": batch,
         "concurrency": args.concurrency,
         "lane": args.lane.name(),
+        "executors": embedder.stats().devices.len(),
     });
     println!("{line}");
     Ok(())

@@ -54,6 +54,7 @@ fn lanes_model_name_and_limits_reach_the_worker_config() {
             e.queue_capacity,
             e.bulk_queue_capacity,
             e.model_name.clone(),
+            e.cpu_executors,
         )
     };
     assert_eq!(lanes(&unset.embedding), lanes(&defaults));
@@ -65,6 +66,7 @@ fn lanes_model_name_and_limits_reach_the_worker_config() {
     e.queue_capacity = Some(64);
     e.bulk_queue_capacity = Some(100_000);
     e.model_name = Some("text-embedding-3-small".into());
+    e.cpu_executors = Some(3);
     kb.spec.limits = crate::crd::Limits {
         max_request_bytes: Some(1 << 20),
         max_documents_per_request: Some(50),
@@ -83,6 +85,7 @@ fn lanes_model_name_and_limits_reach_the_worker_config() {
         config.embedding.model_name.as_deref(),
         Some("text-embedding-3-small")
     );
+    assert_eq!(config.embedding.cpu_executors, Some(3));
     assert_eq!(
         config.limits,
         kb_config::LimitsConfig {
