@@ -129,7 +129,7 @@ struct QueueState {
 /// Interactive texts that make a round worth forming while every executor is busy: about
 /// one batch at the default token budget (16,384 tokens of 64-token queries). Fewer wait
 /// for an idle executor and join a larger round; forming rounds early made them small
-/// (four texts on average at 16 concurrent clients on 2 CPU cores, against 16 now).
+/// (four texts per batch on average at 16 concurrent clients on 2 CPU cores, eight now).
 const FULL_ROUND_TEXTS: usize = 256;
 
 /// The longest bulk work waits while interactive work keeps every device busy: after

@@ -79,7 +79,8 @@ impl Embedder {
         if let Some(threads) = cpu_share {
             // The process-wide count other threads start from (CPU searches, tokenizers):
             // the executors' share too, so concurrent work does not oversubscribe the cores
-            // (two 2-thread teams on 2 cores ran text queries 20% slower than 1-thread ones).
+            // (left at two threads on 2 cores, two executors gained 2-6% over one on text
+            // queries instead of 33%).
             tch::set_num_threads(threads);
         }
         let plain = tokenizer.plain().clone();
@@ -203,8 +204,6 @@ impl Embedder {
 /// few enough that tokenizing them delays nothing.
 const BULK_WINDOW: usize = 256;
 
-/// The batch budgets of both lanes on `device`: the configured ones, capped at what the
-/// device runs best.
 /// One executor to start: its device, its name in the stats and its libtorch threads.
 #[derive(Debug, PartialEq)]
 struct ExecutorPlan {
@@ -263,6 +262,8 @@ fn specs_cpu_share(specs: &[ReplicaSpec]) -> Option<i32> {
 /// Most CPU executors chosen automatically (each holds a copy of the weights).
 const MAX_AUTO_CPU_EXECUTORS: usize = 4;
 
+/// The batch budgets of both lanes on `device`: the configured ones, capped at what the
+/// device runs best.
 fn budgets(cfg: &EmbeddingConfig, device: tch::Device) -> Budgets {
     let cap = |configured: usize, preferred: Option<usize>| {
         preferred.map_or(configured, |p| p.min(configured).max(cfg.max_seq_len))
