@@ -18,6 +18,13 @@ struct Linear {
 }
 
 impl Linear {
+    fn share(&self) -> Linear {
+        Linear {
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.shallow_clone(),
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         x.f_linear(&self.weight, Some(&self.bias))
     }
@@ -30,6 +37,14 @@ struct LayerNorm {
 }
 
 impl LayerNorm {
+    fn share(&self) -> LayerNorm {
+        LayerNorm {
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.shallow_clone(),
+            eps: self.eps,
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let width = self.weight.size()[0];
         x.f_layer_norm(
@@ -50,6 +65,19 @@ struct Layer {
     intermediate: Linear,
     output: Linear,
     output_norm: LayerNorm,
+}
+
+impl Layer {
+    fn share(&self) -> Layer {
+        Layer {
+            qkv: self.qkv.share(),
+            attention_out: self.attention_out.share(),
+            attention_norm: self.attention_norm.share(),
+            intermediate: self.intermediate.share(),
+            output: self.output.share(),
+            output_norm: self.output_norm.share(),
+        }
+    }
 }
 
 /// The encoder of one model replica, resident on one device in one precision.
@@ -132,6 +160,19 @@ impl Weights {
 }
 
 impl BertEncoder {
+    /// Another handle on the same weights (no copy), for a second executor on the same
+    /// device: forward passes only read the weights, so executors can share them.
+    pub fn share(&self) -> BertEncoder {
+        BertEncoder {
+            word_embeddings: self.word_embeddings.shallow_clone(),
+            position_and_type: self.position_and_type.shallow_clone(),
+            embedding_norm: self.embedding_norm.share(),
+            layers: self.layers.iter().map(Layer::share).collect(),
+            heads: self.heads,
+            hidden: self.hidden,
+        }
+    }
+
     /// Loads `model.safetensors` onto `device` in `kind` (Float, Half or BFloat16).
     pub fn load(
         weights_path: &Path,

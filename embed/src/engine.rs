@@ -1,6 +1,7 @@
 //! The public handle: loads everything, owns the scheduler thread, answers requests.
 
 use crate::batcher::{run_scheduler, Budgets, Inputs, Lane, RequestQueue};
+use crate::bert::BertEncoder;
 use crate::device::{
     device_name, parse_devices, preferred_batch_tokens, preferred_bulk_batch_tokens, resolve_kind,
 };
@@ -12,6 +13,7 @@ use crate::{EmbedError, Embedded, EmbeddingConfig};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use tch::Device;
 use tokio::sync::oneshot;
 
 /// The embedding engine. Cheap to clone (an `Arc` inside); the engine stops when the last
@@ -58,18 +60,31 @@ impl Embedder {
         let counters = Arc::new(Counters::new(
             executors.iter().map(|e| e.name.clone()).collect(),
         ));
+        let weights = model_dir.join("model.safetensors");
+        // CPU executors share one copy of the weights (each would otherwise hold its own).
+        let cpu_weights = if executors.iter().filter(|e| e.device == Device::Cpu).count() > 1 {
+            let kind = resolve_kind(cfg.precision, Device::Cpu);
+            Some(BertEncoder::load(&weights, &model.bert, Device::Cpu, kind)?)
+        } else {
+            None
+        };
         let specs: Vec<ReplicaSpec> = executors
             .into_iter()
             .enumerate()
             .map(|(index, e)| ReplicaSpec {
-                weights: model_dir.join("model.safetensors"),
+                weights: weights.clone(),
                 model: model.clone(),
                 device: e.device,
                 kind: resolve_kind(cfg.precision, e.device),
                 index,
                 threads: e.threads,
+                shared: match (&cpu_weights, e.device) {
+                    (Some(encoder), Device::Cpu) => Some(encoder.share()),
+                    _ => None,
+                },
             })
             .collect();
+        drop(cpu_weights);
         let queue = Arc::new(RequestQueue::new(
             [cfg.queue_capacity, cfg.bulk_queue_capacity],
             Arc::clone(&counters),
@@ -259,7 +274,7 @@ fn specs_cpu_share(specs: &[ReplicaSpec]) -> Option<i32> {
         .and_then(|s| s.threads)
 }
 
-/// Most CPU executors chosen automatically (each holds a copy of the weights).
+/// Most CPU executors chosen automatically.
 const MAX_AUTO_CPU_EXECUTORS: usize = 4;
 
 /// The batch budgets of both lanes on `device`: the configured ones, capped at what the

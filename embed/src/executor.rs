@@ -52,6 +52,9 @@ pub(crate) struct ReplicaSpec {
     pub index: usize,
     /// libtorch threads of this executor (CPU replicas); `None` keeps the default.
     pub threads: Option<i32>,
+    /// Weights already loaded on this device (shared by the CPU executors); `None` loads
+    /// them from `weights`.
+    pub shared: Option<BertEncoder>,
 }
 
 struct ExecutorHandle {
@@ -184,7 +187,7 @@ struct Executor {
 type Loaded = SyncSender<Result<(), EmbedError>>;
 
 impl Executor {
-    fn run(self, spec: ReplicaSpec, batches: Receiver<Batch>, loaded: Loaded) {
+    fn run(self, mut spec: ReplicaSpec, batches: Receiver<Batch>, loaded: Loaded) {
         let _no_grad = tch::no_grad_guard();
         if let Some(threads) = spec.threads {
             // libtorch sets a thread's OpenMP thread count on its first parallel op from
@@ -193,7 +196,7 @@ impl Executor {
             let _ = tch::get_num_threads();
             tch::set_num_threads(threads);
         }
-        let replica = match Replica::load(&spec) {
+        let replica = match Replica::load(&mut spec) {
             Ok(replica) => replica,
             Err(err) => {
                 let _ = loaded.send(Err(err));
@@ -243,8 +246,11 @@ struct Replica {
 }
 
 impl Replica {
-    fn load(spec: &ReplicaSpec) -> Result<Replica, EmbedError> {
-        let encoder = BertEncoder::load(&spec.weights, &spec.model.bert, spec.device, spec.kind)?;
+    fn load(spec: &mut ReplicaSpec) -> Result<Replica, EmbedError> {
+        let encoder = match spec.shared.take() {
+            Some(encoder) => encoder,
+            None => BertEncoder::load(&spec.weights, &spec.model.bert, spec.device, spec.kind)?,
+        };
         Ok(Replica {
             encoder,
             device: spec.device,
