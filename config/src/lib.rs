@@ -110,6 +110,11 @@ pub struct EmbeddingConfig {
     /// on one core each than together on two).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_executors: Option<usize>,
+    /// Cores the CPU executors share. Unset: what the process may use (the CPU count, or
+    /// the cgroup's CPU limit). The operator sets it from the pod's CPU limit or request,
+    /// so a pod on a large node without a CPU limit does not start a thread per node core.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_cores: Option<usize>,
 }
 
 impl Default for EmbeddingConfig {
@@ -124,6 +129,7 @@ impl Default for EmbeddingConfig {
             bulk_queue_capacity: 16_384,
             model_name: None,
             cpu_executors: None,
+            cpu_cores: None,
         }
     }
 }
@@ -391,6 +397,12 @@ impl WorkerConfig {
                     self.embedding.max_seq_len
                 )));
             }
+        }
+        if self.embedding.cpu_cores == Some(0) {
+            return Err(ConfigError::Invalid(
+                "embedding.cpu_cores must be > 0 (or unset for the CPUs the process may use)"
+                    .into(),
+            ));
         }
         if self.embedding.cpu_executors == Some(0) {
             return Err(ConfigError::Invalid(

@@ -55,7 +55,9 @@ impl Embedder {
         let devices = parse_devices(&cfg.device, cuda_count)?;
         let names: Vec<String> = devices.iter().map(|&d| device_name(d)).collect();
         let kind = resolve_kind(cfg.precision, devices[0]);
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let cores = cfg
+            .cpu_cores
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         let executors = executors(&devices, cfg.cpu_executors, cores);
         let counters = Arc::new(Counters::new(
             executors.iter().map(|e| e.name.clone()).collect(),

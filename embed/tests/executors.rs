@@ -35,6 +35,12 @@ fn cpu_executors_run_batches_side_by_side_on_their_share_of_the_cores() {
     );
     assert_eq!(embedder.devices(), ["cpu"], "one device, two executors");
     // Same vectors as a single executor computes.
+    // `cpu_cores` stands in for the CPUs the process sees (the operator sets it from the
+    // pod's CPU limit or request): one core, one executor.
+    let one_core = cpu_embedder(|cfg| cfg.cpu_cores = Some(1));
+    assert_eq!(one_core.stats().devices.len(), 1);
+    assert_eq!(fresh_thread_count(), 1);
+    drop(one_core);
     let single = cpu_embedder(|cfg| cfg.cpu_executors = Some(1));
     assert_eq!(fresh_thread_count(), i32::try_from(cores).unwrap());
     let reference = single.embed_blocking(Lane::Bulk, texts).unwrap();

@@ -3,7 +3,8 @@
 use super::names::{Component, Names, HTTP_PORT, METRICS_PORT};
 use super::secret::API_KEYS_FILE;
 use crate::crd::{self, KnowledgeBaseSpec, RedisMode};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kb_config::{RedisConfig, WorkerConfig};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -61,6 +62,7 @@ pub fn worker_config(spec: &KnowledgeBaseSpec, names: &Names) -> WorkerConfig {
     );
     config.embedding.model_name = embedding.model_name.clone();
     config.embedding.cpu_executors = embedding.cpu_executors.map(to_usize);
+    config.embedding.cpu_cores = super::scheduling::resources(spec).and_then(|r| pod_cores(&r));
     let (limits, wanted) = (&mut config.limits, &spec.limits);
     set(&mut limits.max_request_bytes, wanted.max_request_bytes);
     set(
@@ -104,6 +106,19 @@ pub fn worker_config(spec: &KnowledgeBaseSpec, names: &Names) -> WorkerConfig {
 /// schema and maps to 0, which the worker rejects with a message naming the field.
 fn to_usize(value: i64) -> usize {
     usize::try_from(value).unwrap_or(0)
+}
+
+/// Whole cores the worker's pod may use: its CPU limit, else its CPU request, rounded up
+/// (`500m` is 1, `1.5` is 2); `None` when neither parses.
+fn pod_cores(resources: &ResourceRequirements) -> Option<usize> {
+    let cpu = |list: &Option<BTreeMap<String, Quantity>>| list.as_ref()?.get("cpu").cloned();
+    let quantity = cpu(&resources.limits).or_else(|| cpu(&resources.requests))?;
+    let text = quantity.0.trim();
+    let cores = match text.strip_suffix('m') {
+        Some(milli) => milli.parse::<f64>().ok()? / 1000.0,
+        None => text.parse::<f64>().ok()?,
+    };
+    (cores.is_finite() && cores > 0.0).then(|| (cores.ceil() as usize).max(1))
 }
 
 /// Overrides a worker default with an optional spec value.

@@ -105,6 +105,38 @@ fn lanes_model_name_and_limits_reach_the_worker_config() {
 }
 
 #[test]
+fn the_worker_uses_the_cores_of_its_cpu_limit_or_request() {
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let cpu = |q: &str| {
+        Some(std::collections::BTreeMap::from([(
+            "cpu".to_string(),
+            Quantity(q.into()),
+        )]))
+    };
+    let cores = |resources: Option<ResourceRequirements>| {
+        let mut kb = kb("docs");
+        kb.spec.resources = resources;
+        config(&plan_for(&kb)).embedding.cpu_cores
+    };
+    // The default request (one CPU), not the node's cores.
+    assert_eq!(cores(None), Some(1));
+    let requests = |q: &str| ResourceRequirements {
+        requests: cpu(q),
+        ..Default::default()
+    };
+    assert_eq!(cores(Some(requests("3"))), Some(3));
+    assert_eq!(cores(Some(requests("250m"))), Some(1));
+    // A limit wins over the request, rounded up.
+    let limited = ResourceRequirements {
+        requests: cpu("4"),
+        limits: cpu("1500m"),
+        ..Default::default()
+    };
+    assert_eq!(cores(Some(limited)), Some(2));
+}
+
+#[test]
 fn config_change_rolls_the_pods() {
     let hash = |kb: &KnowledgeBase| {
         let plan = plan_for(kb);
