@@ -1,7 +1,22 @@
 //! Unit tests of the two-lane queue and the batch planner.
 
 use super::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+/// The scheduler's next look, on a thread, while every executor is busy: the returned flag
+/// frees one (set it, then call `executor_freed`).
+fn next_work_while_busy<T: Send + 'static>(
+    queue: &Arc<RequestQueue>,
+    judge: impl FnOnce(Option<Work>) -> T + Send + 'static,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<T>) {
+    let idle = Arc::new(AtomicBool::new(false));
+    let (queue, flag) = (Arc::clone(queue), Arc::clone(&idle));
+    let waiter = std::thread::spawn(move || {
+        judge(queue.next_work(false, 8, || flag.load(Ordering::SeqCst)))
+    });
+    (idle, waiter)
+}
 
 fn texts(n: usize) -> Inputs {
     Inputs::Texts(vec!["x".to_string(); n].into())
@@ -140,20 +155,13 @@ fn bulk_work_waits_for_an_idle_executor() {
     let (tx, _rx) = tokio::sync::oneshot::channel();
     queue.submit(Lane::Bulk, texts(2), tx).unwrap();
     let queue = Arc::new(queue);
-    let idle = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let waiter = {
-        let (queue, idle) = (Arc::clone(&queue), Arc::clone(&idle));
-        std::thread::spawn(move || {
-            let work = queue.next_work(false, 8, || idle.load(std::sync::atomic::Ordering::SeqCst));
-            matches!(work, Some(Work::Bulk(_)))
-        })
-    };
+    let (idle, waiter) = next_work_while_busy(&queue, |work| matches!(work, Some(Work::Bulk(_))));
     std::thread::sleep(Duration::from_millis(50));
     assert!(
         !waiter.is_finished(),
         "bulk work ran with every executor busy"
     );
-    idle.store(true, std::sync::atomic::Ordering::SeqCst);
+    idle.store(true, Ordering::SeqCst);
     queue.executor_freed();
     assert!(waiter.join().unwrap());
 }
@@ -173,20 +181,14 @@ fn closing_answers_queued_requests_with_shutting_down() {
 fn queries_wait_for_an_idle_executor_and_join_one_round() {
     let (_, queue) = queue([64, 16]);
     let queue = Arc::new(queue);
-    let idle = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut answers = Vec::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     answers.push(rx);
     queue.submit(Lane::Interactive, texts(1), tx).unwrap();
-    let waiter = {
-        let (queue, idle) = (Arc::clone(&queue), Arc::clone(&idle));
-        std::thread::spawn(move || {
-            match queue.next_work(false, 8, || idle.load(std::sync::atomic::Ordering::SeqCst)) {
-                Some(Work::Interactive(parts)) => parts.len(),
-                _ => 0,
-            }
-        })
-    };
+    let (idle, waiter) = next_work_while_busy(&queue, |work| match work {
+        Some(Work::Interactive(parts)) => parts.len(),
+        _ => 0,
+    });
     std::thread::sleep(Duration::from_millis(50));
     assert!(
         !waiter.is_finished(),
@@ -198,7 +200,7 @@ fn queries_wait_for_an_idle_executor_and_join_one_round() {
         answers.push(rx);
         queue.submit(Lane::Interactive, texts(1), tx).unwrap();
     }
-    idle.store(true, std::sync::atomic::Ordering::SeqCst);
+    idle.store(true, Ordering::SeqCst);
     queue.executor_freed();
     assert_eq!(waiter.join().unwrap(), 4);
 }
