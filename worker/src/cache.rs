@@ -121,14 +121,15 @@ impl QueryCache {
         }
     }
 
-    /// A cached result (the `hits` array) and where it was found.
-    pub async fn result(&self, key: &str) -> Option<(Value, Level)> {
+    /// A cached result (the hits) and where it was found; an entry that does not decode
+    /// as `T` (written by another version) is a miss.
+    pub async fn result<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<(T, Level)> {
         let (bytes, level) = self.get(Kind::Result, key).await?;
         serde_json::from_slice(&bytes).ok().map(|v| (v, level))
     }
 
     /// Caches a result in both levels.
-    pub fn put_result(&self, key: String, hits: &Value) {
+    pub fn put_result<T: serde::Serialize>(&self, key: String, hits: &T) {
         let bytes: Arc<[u8]> = serde_json::to_vec(hits).expect("JSON value").into();
         self.put(key, bytes);
     }
@@ -269,7 +270,7 @@ mod tests {
         assert_ne!(key, cache.result_key("d", 7, &req));
         let other = digest(json!({"query": "q", "top_k": 4}));
         assert_ne!(key, cache.result_key("c", 7, &other));
-        assert!(cache.result(&key).await.is_none());
+        assert!(cache.result::<Value>(&key).await.is_none());
         let hits = json!([{"document_id": "a", "score": 0.5}]);
         cache.put_result(key.clone(), &hits);
         assert_eq!(cache.result(&key).await, Some((hits, Level::L1)));

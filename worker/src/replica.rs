@@ -60,10 +60,12 @@ pub struct Replicator {
 }
 
 /// A point-in-time view for `/readyz` and metrics.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ReplicaStatus {
     pub replica_id: String,
+    #[schema(value_type = u64)]
     pub applied_sequence: Seq,
+    #[schema(value_type = u64)]
     pub log_sequence: Seq,
     pub lag: u64,
     pub redis_connected: bool,

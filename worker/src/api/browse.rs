@@ -9,35 +9,82 @@
 //! Lookups read the index itself, so they run on blocking threads.
 
 use super::documents::read_body;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiPath, ApiQuery};
+use super::openapi::{CollectionParam, DocumentParams};
 use super::{Engine, SharedState, Wait};
 use crate::auth::Role;
 use crate::index::filter::Filter;
 use crate::index::flat::StoredDocument;
+use crate::log::Metadata;
 use crate::log::Op;
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
 
 /// Largest page of a document listing.
 pub const MAX_PAGE: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Documents per page, 1-1000 (default 100).
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 1000)]
     limit: usize,
+    /// Start after this id: the previous page's `next`.
     #[serde(default)]
     after: Option<String>,
     /// A metadata filter as JSON, e.g. `{"team":"search"}`.
     #[serde(default)]
     filter: Option<String>,
+    /// List each document's chunks with their text instead of counting them.
     #[serde(default)]
     include_text: bool,
+}
+
+/// A stored document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocumentOut {
+    id: String,
+    #[schema(value_type = super::openapi::Metadata)]
+    metadata: Metadata,
+    /// The number of chunks in a listing, the chunks themselves for one document (or a
+    /// listing with `include_text`).
+    chunks: ChunksOut,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ChunksOut {
+    Count(usize),
+    Chunks(Vec<ChunkOut>),
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChunkOut {
+    chunk_id: String,
+    text: String,
+}
+
+/// A page of documents in id order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocumentPage {
+    documents: Vec<DocumentOut>,
+    /// The `after` of the next page; null on the last one.
+    next: Option<String>,
+}
+
+/// Documents deleted by a filter or a list of ids.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedMatching {
+    deleted: usize,
+    sequence: u64,
 }
 
 fn default_limit() -> usize {
@@ -56,29 +103,47 @@ async fn with_collection<T: Send + 'static>(
         .ok_or_else(|| ApiError::NotFound(format!("collection {collection:?} does not exist")))
 }
 
-fn describe(doc: &StoredDocument, with_chunks: bool) -> Value {
+fn describe(doc: &StoredDocument, with_chunks: bool) -> DocumentOut {
     let metadata = doc
         .chunks
         .first()
-        .map(|c| json!(c.metadata))
-        .unwrap_or(json!({}));
-    let mut out = json!({"id": doc.id, "metadata": metadata, "chunks": doc.chunks.len()});
-    if with_chunks {
-        out["chunks"] = doc
-            .chunks
-            .iter()
-            .map(|c| json!({"chunk_id": c.chunk_id, "text": c.text}))
-            .collect();
+        .map(|c| c.metadata.clone())
+        .unwrap_or_default();
+    let chunks = if with_chunks {
+        ChunksOut::Chunks(
+            doc.chunks
+                .iter()
+                .map(|c| ChunkOut {
+                    chunk_id: c.chunk_id.clone(),
+                    text: c.text.clone(),
+                })
+                .collect(),
+        )
+    } else {
+        ChunksOut::Count(doc.chunks.len())
+    };
+    DocumentOut {
+        id: doc.id.clone(),
+        metadata,
+        chunks,
     }
-    out
 }
 
+/// List documents in id order, a page at a time.
+#[utoipa::path(get, path = "/v1/collections/{collection}/documents", operation_id = "listDocuments", tag = "documents",
+    params(CollectionParam, ListParams),
+    responses(
+        (status = 200, body = DocumentPage),
+        (status = 400, description = "invalid limit or filter", body = ErrorBody),
+        (status = 403, description = "the key may not read the collection", body = ErrorBody),
+        (status = 404, description = "no such collection", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<SharedState>,
     ApiPath(collection): ApiPath<String>,
     ApiQuery(params): ApiQuery<ListParams>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DocumentPage>, ApiError> {
     let engine = state.engine_for(&headers, Role::Read, &collection)?;
     if params.limit == 0 || params.limit > MAX_PAGE {
         return Err(ApiError::BadRequest(format!(
@@ -103,17 +168,26 @@ pub async fn list(
         docs.truncate(limit);
         docs.last().map(|d| d.id.clone())
     });
-    let documents: Vec<Value> = docs.iter().map(|d| describe(d, with_chunks)).collect();
-    Ok(Json(
-        json!({"documents": documents, "next": next.flatten()}),
-    ))
+    let documents = docs.iter().map(|d| describe(d, with_chunks)).collect();
+    Ok(Json(DocumentPage {
+        documents,
+        next: next.flatten(),
+    }))
 }
 
+/// One document with its chunks.
+#[utoipa::path(get, path = "/v1/collections/{collection}/documents/{id}", operation_id = "getDocument", tag = "documents",
+    params(DocumentParams),
+    responses(
+        (status = 200, body = DocumentOut),
+        (status = 403, description = "the key may not read the collection", body = ErrorBody),
+        (status = 404, description = "no such collection or document", body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<SharedState>,
     ApiPath((collection, id)): ApiPath<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DocumentOut>, ApiError> {
     let engine = state.engine_for(&headers, Role::Read, &collection)?;
     let wanted = id.clone();
     let doc = with_collection(&engine, &collection, move |c| c.document(&wanted))
@@ -126,20 +200,33 @@ pub async fn get(
     Ok(Json(describe(&doc, true)))
 }
 
-#[derive(Debug, Deserialize)]
+/// Exactly one of `filter` (non-empty) or `ids`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DeleteBody {
+pub struct DeleteBody {
     #[serde(default)]
+    #[schema(value_type = Option<super::openapi::Filter>)]
     filter: Option<Value>,
     #[serde(default)]
     ids: Option<Vec<String>>,
 }
 
+/// Delete every document matching a filter or a list of ids, in one write.
+#[utoipa::path(post, path = "/v1/collections/{collection}/delete", operation_id = "deleteMatching", tag = "documents",
+    params(CollectionParam),
+    request_body = DeleteBody,
+    responses(
+        (status = 200, body = DeletedMatching),
+        (status = 400, description = "neither or both of filter and ids, or an invalid filter", body = ErrorBody),
+        (status = 403, description = "the key may not write to the collection", body = ErrorBody),
+        (status = 404, description = "no such collection", body = ErrorBody),
+        (status = 503, description = "not acknowledged", body = ErrorBody),
+    ))]
 pub async fn delete_matching(
     State(state): State<SharedState>,
     ApiPath(collection): ApiPath<String>,
     req: Request,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeletedMatching>, ApiError> {
     let engine = state.engine_for(req.headers(), Role::Write, &collection)?;
     let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
     let body: DeleteBody = serde_json::from_slice(&bytes)
@@ -168,9 +255,10 @@ pub async fn delete_matching(
         }
     };
     if ids.is_empty() {
-        return Ok(Json(
-            json!({"deleted": 0, "sequence": engine.store.view().applied}),
-        ));
+        return Ok(Json(DeletedMatching {
+            deleted: 0,
+            sequence: engine.store.view().applied,
+        }));
     }
     let deleted = ids.len();
     let ops = ids
@@ -182,5 +270,5 @@ pub async fn delete_matching(
         .collect();
     // One write: every matching document goes, or none does.
     let sequence = engine.write(ops, Wait::Applied).await?;
-    Ok(Json(json!({"deleted": deleted, "sequence": sequence})))
+    Ok(Json(DeletedMatching { deleted, sequence }))
 }

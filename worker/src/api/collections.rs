@@ -1,8 +1,9 @@
 //! Collection list, stats, create and drop.
 
 use super::documents::read_body;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::ApiPath;
+use super::openapi::CollectionParam;
 use super::{check_collection_name, SharedState, Wait};
 use crate::auth::Role;
 use crate::log::{Metric, Op};
@@ -10,41 +11,83 @@ use crate::store::CollectionView;
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-fn describe(name: &str, c: &CollectionView) -> Value {
-    json!({
-        "name": name,
-        "dim": c.dim,
-        "metric": c.metric,
-        "documents": c.documents,
-        "chunks": c.chunks,
-        "tombstones": c.tombstones,
-    })
+/// A collection's summary.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CollectionInfo {
+    name: String,
+    /// The vectors' dimension (the model's).
+    dim: usize,
+    metric: Metric,
+    documents: usize,
+    chunks: usize,
+    /// Deleted or replaced chunks not yet compacted away.
+    tombstones: usize,
+    /// The write's sequence (creation only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence: Option<u64>,
 }
 
+fn describe(name: &str, c: &CollectionView) -> CollectionInfo {
+    CollectionInfo {
+        name: name.to_string(),
+        dim: c.dim,
+        metric: c.metric,
+        documents: c.documents,
+        chunks: c.chunks,
+        tombstones: c.tombstones,
+        sequence: None,
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CollectionList {
+    collections: Vec<CollectionInfo>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Dropped {
+    sequence: u64,
+    dropped: bool,
+}
+
+/// List the collections this key may see.
+#[utoipa::path(get, path = "/v1/collections", operation_id = "listCollections", tag = "collections",
+    responses(
+        (status = 200, body = CollectionList),
+        (status = 401, description = "no valid key", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<SharedState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CollectionList>, ApiError> {
     let principal = state.principal(&headers)?;
     let engine = state.engine()?;
     let view = engine.store.view();
-    let collections: Vec<Value> = view
+    let collections = view
         .collections
         .iter()
         .filter(|(name, _)| principal.can_see(name))
         .map(|(name, c)| describe(name, c))
         .collect();
-    Ok(Json(json!({"collections": collections})))
+    Ok(Json(CollectionList { collections }))
 }
 
+/// A collection's summary.
+#[utoipa::path(get, path = "/v1/collections/{collection}", operation_id = "getCollection", tag = "collections",
+    params(CollectionParam),
+    responses(
+        (status = 200, body = CollectionInfo),
+        (status = 403, description = "the key may not read the collection", body = ErrorBody),
+        (status = 404, description = "no such collection", body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<SharedState>,
     ApiPath(collection): ApiPath<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CollectionInfo>, ApiError> {
     let principal = state.principal(&headers)?;
     if !principal.allows(Role::Read, &collection) {
         return Err(ApiError::forbidden("read", &collection));
@@ -57,18 +100,31 @@ pub async fn get(
     Ok(Json(describe(&collection, c)))
 }
 
-#[derive(Debug, Deserialize, Default)]
+/// The new collection's settings (the body may be empty).
+#[derive(Debug, Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub struct CreateBody {
+    /// `cosine` (the default) or `dot`.
     #[serde(default)]
     metric: Metric,
 }
 
+/// Create a collection (admin). Ingesting into a missing collection creates it as
+/// `cosine`; create it first for `dot`.
+#[utoipa::path(put, path = "/v1/collections/{collection}", operation_id = "createCollection", tag = "collections",
+    params(CollectionParam),
+    request_body(content = Option<CreateBody>),
+    responses(
+        (status = 200, description = "created (or already there with this metric)", body = CollectionInfo),
+        (status = 400, description = "invalid name or body", body = ErrorBody),
+        (status = 403, description = "the key is not admin on the collection", body = ErrorBody),
+        (status = 409, description = "exists with another metric", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<SharedState>,
     ApiPath(collection): ApiPath<String>,
     req: Request,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CollectionInfo>, ApiError> {
     check_collection_name(&collection)?;
     let principal = state.principal(req.headers())?;
     if !principal.allows(Role::Admin, &collection) {
@@ -76,11 +132,13 @@ pub async fn create(
     }
     let engine = state.engine()?;
     let bytes = read_body(req.into_body(), 64 * 1024).await?;
+    // No body, or `null`, creates a cosine collection.
     let body: CreateBody = if bytes.is_empty() {
         CreateBody::default()
     } else {
-        serde_json::from_slice(&bytes)
+        serde_json::from_slice::<Option<CreateBody>>(&bytes)
             .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?
+            .unwrap_or_default()
     };
     let op = Op::CreateCollection {
         collection: collection.clone(),
@@ -93,15 +151,23 @@ pub async fn create(
         .get(&collection)
         .ok_or_else(|| ApiError::Internal("created collection vanished".into()))?;
     let mut out = describe(&collection, c);
-    out["sequence"] = json!(sequence);
+    out.sequence = Some(sequence);
     Ok(Json(out))
 }
 
+/// Drop a collection and its documents (admin).
+#[utoipa::path(delete, path = "/v1/collections/{collection}", operation_id = "dropCollection", tag = "collections",
+    params(CollectionParam),
+    responses(
+        (status = 200, description = "dropped", body = Dropped),
+        (status = 403, description = "the key is not admin on the collection", body = ErrorBody),
+        (status = 404, description = "no such collection", body = ErrorBody),
+    ))]
 pub async fn drop(
     State(state): State<SharedState>,
     ApiPath(collection): ApiPath<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Dropped>, ApiError> {
     let principal = state.principal(&headers)?;
     if !principal.allows(Role::Admin, &collection) {
         return Err(ApiError::forbidden("drop", &collection));
@@ -114,5 +180,8 @@ pub async fn drop(
     }
     let op = Op::DropCollection { collection };
     let sequence = engine.write(vec![op], Wait::Applied).await?;
-    Ok(Json(json!({"sequence": sequence, "dropped": true})))
+    Ok(Json(Dropped {
+        sequence,
+        dropped: true,
+    }))
 }

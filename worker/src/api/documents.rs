@@ -1,8 +1,9 @@
 //! `POST /v1/collections/{c}/documents` (JSON or multipart files) and
 //! `DELETE /v1/collections/{c}/documents/{id}`.
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiPath, ApiQuery};
+use super::openapi::{CollectionParam, DocumentParams, UploadForm};
 use super::{check_collection_name, Engine, SharedState, Wait};
 use crate::auth::Role;
 use crate::log::{ChunkRecord, Metadata, Metric, Op};
@@ -11,36 +12,64 @@ use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::Json;
 use kb_embed::Lane;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
 
-/// One document to ingest.
-#[derive(Debug, Deserialize)]
+/// One document to ingest; a document with the same id is replaced.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DocumentIn {
+    #[schema(min_length = 1, max_length = 512)]
     pub id: String,
+    /// The text, chunked and embedded by the worker.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub text: String,
     #[serde(default)]
+    #[schema(value_type = Option<super::openapi::Metadata>)]
     pub metadata: Metadata,
     /// A precomputed embedding: the document is stored as one chunk with this vector,
     /// neither chunked nor embedded (it must have the model's dimension).
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub vector: Option<Vec<f32>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Documents to upsert in one durable write.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct IngestBody {
+pub struct IngestBody {
+    #[schema(min_items = 1)]
     documents: Vec<DocumentIn>,
 }
 
-/// `?wait=applied` acknowledges once this worker applied the write (read-your-writes);
-/// the default `logged` once it is durable in the log. A single node always applies first.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WriteParams {
+    /// `applied` acknowledges once this worker applied the write (read-your-writes); the
+    /// default `logged` once it is durable in the log.
     #[serde(default)]
-    pub wait: Option<String>,
+    #[param(inline)]
+    pub wait: Wait,
+}
+
+/// An acknowledged ingest.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ingested {
+    /// The write's sequence (give it as `min_sequence` to read your writes elsewhere).
+    pub sequence: u64,
+    pub documents: usize,
+    pub chunks: usize,
+    /// Chunks longer than the model reads, embedded from their first tokens.
+    pub truncated_chunks: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Deleted {
+    pub sequence: u64,
+    /// Whether the document existed.
+    pub deleted: bool,
 }
 
 /// Reads the body with the configured limit; over it is a JSON 413.
@@ -52,22 +81,29 @@ pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Ap
     })
 }
 
+/// Ingest (upsert) documents: JSON, or multipart text and markdown files. The collection
+/// is created (`cosine`) on first use.
+#[utoipa::path(post, path = "/v1/collections/{collection}/documents", operation_id = "ingestDocuments", tag = "documents",
+    params(CollectionParam, WriteParams),
+    request_body(content(
+        (IngestBody = "application/json"),
+        (UploadForm = "multipart/form-data"),
+    )),
+    responses(
+        (status = 200, description = "durable", body = Ingested),
+        (status = 400, description = "invalid body, id, text or vector", body = ErrorBody),
+        (status = 403, description = "the key may not write to the collection", body = ErrorBody),
+        (status = 413, description = "over limits.max_request_bytes, max_documents_per_request or max_document_bytes", body = ErrorBody),
+        (status = 429, description = "the bulk embedding queue is full (see Retry-After)", body = ErrorBody),
+        (status = 503, description = "not acknowledged (disk, log or Redis) or starting", body = ErrorBody),
+    ))]
 pub async fn ingest(
     State(state): State<SharedState>,
     ApiPath(collection): ApiPath<String>,
     ApiQuery(params): ApiQuery<WriteParams>,
     req: Request,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Ingested>, ApiError> {
     check_collection_name(&collection)?;
-    if params
-        .wait
-        .as_deref()
-        .is_some_and(|w| w != "applied" && w != "logged")
-    {
-        return Err(ApiError::BadRequest(
-            "wait must be `applied` or `logged`".into(),
-        ));
-    }
     let principal = state.principal(req.headers())?;
     if !principal.allows(Role::Write, &collection) {
         return Err(ApiError::forbidden("write to", &collection));
@@ -87,12 +123,7 @@ pub async fn ingest(
         body.documents
     };
     validate(&docs, &state)?;
-    let wait = if params.wait.as_deref() == Some("applied") {
-        Wait::Applied
-    } else {
-        Wait::Logged
-    };
-    let result = ingest_documents(&engine, &collection, docs, wait).await?;
+    let result = ingest_documents(&engine, &collection, docs, params.wait).await?;
     Ok(Json(result))
 }
 
@@ -203,7 +234,7 @@ pub async fn ingest_documents(
     collection: &str,
     docs: Vec<DocumentIn>,
     wait: Wait,
-) -> Result<Value, ApiError> {
+) -> Result<Ingested, ApiError> {
     let dim = engine.embedder.dim();
     if let Some(d) = docs
         .iter()
@@ -287,19 +318,28 @@ pub async fn ingest_documents(
         });
     }
     let sequence = engine.write(ops, wait).await?;
-    Ok(json!({
-        "sequence": sequence,
-        "documents": documents,
-        "chunks": total_chunks,
-        "truncated_chunks": truncated,
-    }))
+    Ok(Ingested {
+        sequence,
+        documents,
+        chunks: total_chunks,
+        truncated_chunks: truncated,
+    })
 }
 
+/// Delete a document.
+#[utoipa::path(delete, path = "/v1/collections/{collection}/documents/{id}", operation_id = "deleteDocument", tag = "documents",
+    params(DocumentParams),
+    responses(
+        (status = 200, description = "deleted (or was not there)", body = Deleted),
+        (status = 403, description = "the key may not write to the collection", body = ErrorBody),
+        (status = 404, description = "no such collection", body = ErrorBody),
+        (status = 503, description = "not acknowledged", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(state): State<SharedState>,
     ApiPath((collection, id)): ApiPath<(String, String)>,
     headers: axum::http::HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     let principal = state.principal(&headers)?;
     if !principal.allows(Role::Write, &collection) {
         return Err(ApiError::forbidden("write to", &collection));
@@ -319,5 +359,8 @@ pub async fn delete(
         doc_id: id,
     };
     let sequence = engine.write(vec![op], Wait::Applied).await?;
-    Ok(Json(json!({"sequence": sequence, "deleted": existed})))
+    Ok(Json(Deleted {
+        sequence,
+        deleted: existed,
+    }))
 }

@@ -3,34 +3,105 @@
 //! worker: text or token-id inputs, `float` or `base64` encoding, `dimensions`.
 
 use super::documents::read_body;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::SharedState;
 use axum::extract::{Request, State};
 use axum::Json;
 use base64::Engine as _;
 use kb_embed::{Embedded, Lane};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-/// `input` in every shape the OpenAI API accepts.
-#[derive(Debug, Deserialize)]
+/// `input` in every shape the OpenAI API accepts: a text, texts, token ids or lists of
+/// token ids (at most 2048 entries).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
-enum Input {
+pub enum Input {
     Text(String),
     Texts(Vec<String>),
     Tokens(Vec<u32>),
     TokenLists(Vec<Vec<u32>>),
 }
 
-/// The request body. Fields OpenAI clients may add (`user`, ...) are ignored, as the
-/// OpenAI API does for fields it does not use.
-#[derive(Debug, Deserialize)]
-struct EmbeddingsBody {
+/// How vectors are encoded in the answer.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    /// A list of numbers (the default).
+    #[default]
+    Float,
+    /// Base64 of the little-endian f32 bytes.
+    Base64,
+}
+
+/// An OpenAI embeddings request. Fields OpenAI clients may add (`user`, ...) are ignored,
+/// as the OpenAI API does for fields it does not use.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EmbeddingsBody {
     input: Input,
+    /// Accepted and not checked: the worker serves one model (see `GET /v1/models`).
     #[serde(default)]
+    #[allow(dead_code)]
+    model: Option<String>,
+    /// Read as a string so that an unknown format gets its own message.
+    #[serde(default)]
+    #[schema(value_type = Option<EncodingFormat>)]
     encoding_format: Option<String>,
+    /// Must equal the model's dimension (384 for all-MiniLM-L6-v2); any other is a 400.
     #[serde(default)]
+    #[schema(minimum = 1)]
     dimensions: Option<usize>,
+}
+
+/// One input's vector.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingOut {
+    /// Always `embedding`.
+    object: &'static str,
+    index: usize,
+    embedding: Vector,
+}
+
+/// A vector as numbers or as base64.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Vector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
+/// The vectors in input order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingList {
+    /// Always `list`.
+    object: &'static str,
+    data: Vec<EmbeddingOut>,
+    /// The served model's name.
+    model: String,
+    usage: Usage,
+}
+
+/// A served model.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelOut {
+    id: String,
+    /// Always `model`.
+    object: &'static str,
+    created: u64,
+    owned_by: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    object: &'static str,
+    data: Vec<ModelOut>,
 }
 
 /// Most inputs one request may carry (the OpenAI API's limit).
@@ -40,10 +111,20 @@ const MAX_INPUTS: usize = 2048;
 /// a RAG framework) and go through the interactive lane; larger ones are bulk work.
 pub const INTERACTIVE_MAX_INPUTS: usize = 16;
 
+/// OpenAI-compatible embeddings.
+#[utoipa::path(post, path = "/v1/embeddings", operation_id = "createEmbeddings", tag = "openai",
+    request_body = EmbeddingsBody,
+    responses(
+        (status = 200, body = EmbeddingList),
+        (status = 400, description = "invalid input, encoding_format or dimensions", body = ErrorBody),
+        (status = 401, description = "no valid key", body = ErrorBody),
+        (status = 429, description = "the embedding queue is full (see Retry-After)", body = ErrorBody),
+        (status = 503, description = "starting", body = ErrorBody),
+    ))]
 pub async fn embeddings(
     State(state): State<SharedState>,
     req: Request,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EmbeddingList>, ApiError> {
     // Any valid key may embed: it reads no collection.
     state.principal(req.headers())?;
     let engine = state.engine()?;
@@ -54,15 +135,17 @@ pub async fn embeddings(
              token ids or a list of token-id lists)"
         ))
     })?;
-    let base64 = match body.encoding_format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "encoding_format {other:?} is not supported: use \"float\" or \"base64\""
-            )))
+    let format = match body.encoding_format {
+        None => EncodingFormat::default(),
+        Some(name) => {
+            serde_json::from_value(serde_json::Value::String(name.clone())).map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "encoding_format {name:?} is not supported: use \"float\" or \"base64\""
+                ))
+            })?
         }
     };
+    let base64 = format == EncodingFormat::Base64;
     let embedder = &engine.embedder;
     if let Some(dimensions) = body.dimensions {
         if dimensions != embedder.dim() {
@@ -82,39 +165,52 @@ pub async fn embeddings(
         Input::TokenLists(lists) => embed_ids(&engine, lists).await?,
     };
     let tokens: usize = out.token_counts.iter().sum();
-    let data: Vec<Value> = out
+    let data = out
         .vectors
         .into_iter()
         .enumerate()
-        .map(|(i, v)| {
-            let embedding = if base64 { encode_base64(&v) } else { json!(v) };
-            json!({"object": "embedding", "index": i, "embedding": embedding})
+        .map(|(index, v)| EmbeddingOut {
+            object: "embedding",
+            index,
+            embedding: if base64 {
+                Vector::Base64(encode_base64(&v))
+            } else {
+                Vector::Float(v)
+            },
         })
         .collect();
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "model": embedder.model_name(),
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    })))
+    Ok(Json(EmbeddingList {
+        object: "list",
+        data,
+        model: embedder.model_name().to_string(),
+        usage: Usage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    }))
 }
 
-/// `GET /v1/models`: the one model this worker serves.
+/// OpenAI-compatible list of the one model this worker serves.
+#[utoipa::path(get, path = "/v1/models", operation_id = "listModels", tag = "openai",
+    responses(
+        (status = 200, body = ModelList),
+        (status = 401, description = "no valid key", body = ErrorBody),
+    ))]
 pub async fn models(
     State(state): State<SharedState>,
     req: Request,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelList>, ApiError> {
     state.principal(req.headers())?;
     let engine = state.engine()?;
-    Ok(Json(json!({
-        "object": "list",
-        "data": [{
-            "id": engine.embedder.model_name(),
-            "object": "model",
-            "created": 0,
-            "owned_by": "knowledgebase-operator",
+    Ok(Json(ModelList {
+        object: "list",
+        data: vec![ModelOut {
+            id: engine.embedder.model_name().to_string(),
+            object: "model",
+            created: 0,
+            owned_by: "knowledgebase-operator",
         }],
-    })))
+    }))
 }
 
 fn check_count(n: usize) -> Result<Lane, ApiError> {
@@ -146,9 +242,9 @@ async fn embed_ids(engine: &super::Engine, lists: Vec<Vec<u32>>) -> Result<Embed
 }
 
 /// The vector as the OpenAI API encodes it: little-endian f32 bytes, base64.
-fn encode_base64(vector: &[f32]) -> Value {
+fn encode_base64(vector: &[f32]) -> String {
     let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-    Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[cfg(test)]
@@ -169,9 +265,7 @@ mod tests {
 
     #[test]
     fn base64_is_little_endian_f32() {
-        let Value::String(s) = encode_base64(&[1.0, -0.5]) else {
-            panic!("not a string")
-        };
+        let s = encode_base64(&[1.0, -0.5]);
         let bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap();
         assert_eq!(
             bytes,

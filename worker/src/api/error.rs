@@ -9,6 +9,21 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kb_embed::EmbedError;
 
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable `code` (`bad_request`, `unauthorized`, `forbidden`,
+/// `not_found`, `conflict`, `method_not_allowed`, `payload_too_large`, `overloaded`,
+/// `unavailable`, `timeout`, `internal`) and a message saying what to fix.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
 /// An API failure.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -79,7 +94,12 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: self.to_string(),
+            },
+        };
         let mut resp = (status, axum::Json(body)).into_response();
         let retry = match &self {
             Self::Busy { retry_after_s } => Some(*retry_after_s),

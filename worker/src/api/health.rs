@@ -1,69 +1,120 @@
 //! Probes, the OpenAPI document and the admin snapshot download.
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::SharedState;
 use crate::auth::Role;
+use crate::replica::ReplicaStatus;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Liveness {
+    /// Always `alive`.
+    status: &'static str,
+}
 
 /// Alive as soon as the process serves HTTP (the startup probe covers model load).
-pub async fn livez() -> Json<serde_json::Value> {
-    Json(json!({"status": "alive"}))
+#[utoipa::path(get, path = "/livez", operation_id = "livez", security(()), tag = "probes",
+    responses((status = 200, description = "alive", body = Liveness)))]
+pub async fn livez() -> Json<Liveness> {
+    Json(Liveness { status: "alive" })
 }
 
-/// Ready once the model is loaded and the log replayed.
-pub async fn readyz(State(state): State<SharedState>) -> Response {
-    match state.engine() {
-        Ok(engine) => {
-            let applied = engine.store.view().applied;
-            let mut body = json!({
-                "status": "ready",
-                "applied_sequence": applied,
-                "log_sequence": engine.log_seq(),
-                "devices": engine.embedder.devices(),
-            });
-            let mut code = StatusCode::OK;
-            let store = engine.store.health();
-            if store.snapshot_failures > 0 {
-                body["snapshot_failures"] = json!(store.snapshot_failures);
-            }
-            if let Some(reason) = engine.store.halted() {
-                // Writes cannot be acknowledged: take the pod out of service.
-                body["status"] = json!("halted");
-                body["reason"] = json!(reason);
-                code = StatusCode::SERVICE_UNAVAILABLE;
-            }
-            if let Some(replicator) = &engine.replicator {
-                body["replication"] = json!(replicator.status());
-                if !replicator.is_caught_up() && code == StatusCode::OK {
-                    body["status"] = json!("catching_up");
-                    code = StatusCode::SERVICE_UNAVAILABLE;
-                }
-            }
-            (code, Json(body)).into_response()
-        }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "starting"})),
-        )
-            .into_response(),
+/// The worker's state, for the readiness probe and for people.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyState {
+    /// Serving.
+    Ready,
+    /// Loading the model or replaying the log.
+    Starting,
+    /// A replica behind the stream (replicated mode).
+    CatchingUp,
+    /// Writes stopped after a failure that needs a restart; `reason` says which.
+    Halted,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    status: ReadyState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    applied_sequence: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_sequence: Option<u64>,
+    /// Where the model runs (`cpu`, `cuda:0`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    devices: Option<Vec<String>>,
+    /// Snapshots that failed in a row (absent when the last one worked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_failures: Option<u32>,
+    /// Why writes halted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replication: Option<ReplicaStatus>,
+}
+
+/// Ready once the model is loaded and the log replayed (and, replicated, caught up).
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", security(()), tag = "probes",
+    responses(
+        (status = 200, description = "ready", body = Readiness),
+        (status = 503, description = "starting, catching up, or halted (with the reason)", body = Readiness),
+    ))]
+pub async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Readiness>) {
+    let Ok(engine) = state.engine() else {
+        let starting = Readiness {
+            status: ReadyState::Starting,
+            applied_sequence: None,
+            log_sequence: None,
+            devices: None,
+            snapshot_failures: None,
+            reason: None,
+            replication: None,
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(starting));
+    };
+    let failures = engine.store.health().snapshot_failures;
+    let mut body = Readiness {
+        status: ReadyState::Ready,
+        applied_sequence: Some(engine.store.view().applied),
+        log_sequence: Some(engine.log_seq()),
+        devices: Some(engine.embedder.devices()),
+        snapshot_failures: (failures > 0).then_some(failures),
+        reason: None,
+        replication: None,
+    };
+    let mut code = StatusCode::OK;
+    if let Some(reason) = engine.store.halted() {
+        // Writes cannot be acknowledged: take the pod out of service.
+        body.status = ReadyState::Halted;
+        body.reason = Some(reason);
+        code = StatusCode::SERVICE_UNAVAILABLE;
     }
+    if let Some(replicator) = &engine.replicator {
+        body.replication = Some(replicator.status());
+        if !replicator.is_caught_up() && code == StatusCode::OK {
+            body.status = ReadyState::CatchingUp;
+            code = StatusCode::SERVICE_UNAVAILABLE;
+        }
+    }
+    (code, Json(body))
 }
 
-/// The OpenAPI 3.1 description of this API.
-pub async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        include_str!("openapi.json"),
-    )
-        .into_response()
-}
-
-/// `GET /v1/admin/snapshot`: takes a fresh snapshot and streams its bytes (for backups
-/// and replica bootstrap). Admin on every collection only.
+/// A fresh snapshot, streamed (admin on `*`).
+///
+/// For backups and replica bootstrap; the `X-KB-Sequence` header names the last write it
+/// holds.
+#[utoipa::path(get, path = "/v1/admin/snapshot", operation_id = "getSnapshot", tag = "admin",
+    responses(
+        (status = 200, description = "the snapshot file", content(("application/octet-stream")),
+            headers(("x-kb-sequence" = u64, description = "the last write the snapshot holds"))),
+        (status = 403, description = "the key is not admin on every collection", body = ErrorBody),
+        (status = 503, description = "the snapshot failed (e.g. the disk is full)", body = ErrorBody),
+    ))]
 pub async fn snapshot(
     State(state): State<SharedState>,
     headers: HeaderMap,

@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod limits;
+pub mod openapi;
 pub mod query;
 #[cfg(test)]
 mod tests;
@@ -23,12 +24,13 @@ use crate::search::SearchBatcher;
 use crate::store::Store;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderMap;
-use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
 use kb_config::LimitsConfig;
 use kb_embed::Embedder;
 use std::sync::{Arc, OnceLock};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// What exists only once the model is loaded and the index replayed.
 pub struct Engine {
@@ -44,9 +46,11 @@ pub struct Engine {
 }
 
 /// When a write is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Wait {
     /// Once durable in the log (the default).
+    #[default]
     Logged,
     /// Once this worker applied it (read-your-writes); a single node always has.
     Applied,
@@ -168,55 +172,58 @@ pub fn check_collection_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The routes that go through the request bounds (body size, concurrency, deadlines).
+fn bounded_routes() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(collections::list))
+        .routes(routes!(
+            collections::get,
+            collections::create,
+            collections::drop
+        ))
+        .routes(routes!(documents::ingest, browse::list))
+        .routes(routes!(documents::delete, browse::get))
+        .routes(routes!(browse::delete_matching))
+        .routes(routes!(query::query))
+        .routes(routes!(query::query_batch))
+        .routes(routes!(embeddings::embeddings))
+        .routes(routes!(embeddings::models))
+}
+
+/// Outside the request bounds: probes must answer while the API is saturated, and a
+/// snapshot download takes as long as the volume needs.
+fn open_routes() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(health::snapshot))
+        .routes(routes!(health::livez))
+        .routes(routes!(health::readyz))
+        .routes(routes!(openapi::openapi))
+}
+
+/// Every route with its description, for the OpenAPI document.
+fn api_routes() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(bounded_routes())
+        .merge(open_routes())
+}
+
 /// The API router.
 pub fn router(state: SharedState) -> Router {
-    let api = Router::new()
-        .route("/v1/collections", get(collections::list))
-        .route(
-            "/v1/collections/{collection}",
-            get(collections::get)
-                .put(collections::create)
-                .delete(collections::drop),
-        )
-        .route(
-            "/v1/collections/{collection}/documents",
-            post(documents::ingest).get(browse::list),
-        )
-        .route(
-            "/v1/collections/{collection}/documents/{id}",
-            axum::routing::delete(documents::delete).get(browse::get),
-        )
-        .route(
-            "/v1/collections/{collection}/delete",
-            post(browse::delete_matching),
-        )
-        .route("/v1/collections/{collection}/query", post(query::query))
-        .route(
-            "/v1/collections/{collection}/query/batch",
-            post(query::query_batch),
-        )
-        .route("/v1/embeddings", post(embeddings::embeddings))
-        .route("/v1/models", get(embeddings::models))
+    let (api, _) = bounded_routes()
         .layer(axum::middleware::from_fn_with_state(
             limits::RequestBounds::new(&state.limits),
             limits::bound,
         ))
-        // Outside the request bounds: probes must answer while the API is saturated, and
-        // a snapshot download takes as long as the volume needs.
-        .route("/v1/admin/snapshot", get(health::snapshot))
-        .route("/livez", get(health::livez))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(health::openapi))
-        // Unknown routes and methods answer in the same JSON error shape as the rest.
-        .fallback(|| async {
-            ApiError::NotFound("no such route; the API is described at /openapi.json".into())
-        })
-        .method_not_allowed_fallback(|| async {
-            ApiError::MethodNotAllowed(
-                "this route does not take that method; see /openapi.json".into(),
-            )
-        });
-    api.layer(axum::middleware::from_fn_with_state(
+        .merge(open_routes())
+        .split_for_parts();
+    // Unknown routes and methods answer in the same JSON error shape as the rest.
+    api.fallback(|| async {
+        ApiError::NotFound("no such route; the API is described at /openapi.json".into())
+    })
+    .method_not_allowed_fallback(|| async {
+        ApiError::MethodNotAllowed("this route does not take that method; see /openapi.json".into())
+    })
+    .layer(axum::middleware::from_fn_with_state(
         state.clone(),
         crate::metrics::track_requests,
     ))

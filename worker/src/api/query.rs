@@ -1,29 +1,43 @@
 //! `POST /v1/collections/{c}/query`: text or vector, top-k, metadata filter.
 
 use super::documents::read_body;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::ApiPath;
+use super::openapi::CollectionParam;
 use super::{Engine, SharedState};
 use crate::auth::Role;
+use crate::cache::Level;
 use crate::cache::QueryCache;
 use crate::index::filter::Filter;
+use crate::log::Metadata;
 use axum::extract::{Request, State};
 use axum::Json;
 use kb_embed::Lane;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
+use utoipa::ToSchema;
 
-#[derive(Debug, Deserialize)]
+/// A semantic query: exactly one of `query` (text, embedded by the worker) or `vector`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct QueryBody {
+pub struct QueryBody {
+    /// The text to search for (at most limits.max_query_bytes).
+    #[schema(min_length = 1, pattern = r"\S")]
     query: Option<String>,
+    /// A query embedding of the collection's dimension.
+    #[schema(min_items = 1)]
     vector: Option<Vec<f32>>,
+    /// How many hits, 1 to limits.max_top_k (default 10).
     #[serde(default = "default_top_k")]
+    #[schema(minimum = 1, default = 10)]
     top_k: usize,
     #[serde(default)]
+    #[schema(value_type = Option<super::openapi::Filter>)]
     filter: Option<Value>,
+    /// Return each hit's text (default true).
     #[serde(default = "default_true")]
+    #[schema(default = true)]
     include_text: bool,
     /// Read-your-writes: wait (bounded) until this worker applied this sequence.
     #[serde(default)]
@@ -31,6 +45,55 @@ struct QueryBody {
     /// Only hits scoring at least this (cosine similarity or dot product).
     #[serde(default)]
     score_threshold: Option<f32>,
+}
+
+/// One matching chunk.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HitOut {
+    document_id: String,
+    chunk_id: String,
+    /// Cosine similarity or dot product, by the collection's metric.
+    score: f32,
+    #[schema(value_type = super::openapi::Metadata)]
+    metadata: Metadata,
+    /// The chunk's text (unless `include_text` is false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+}
+
+/// Where a result came from.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Computed for this request.
+    Miss,
+    /// This worker's in-process cache.
+    L1,
+    /// The shared Redis cache.
+    L2,
+}
+
+/// A query's answer, best hit first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueryAnswer {
+    hits: Vec<HitOut>,
+    /// The sequence this worker had applied.
+    sequence: u64,
+    cache: Source,
+}
+
+/// Several queries.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    #[schema(min_items = 1, max_items = 64)]
+    queries: Vec<QueryBody>,
+}
+
+/// The answers in query order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchAnswer {
+    results: Vec<QueryAnswer>,
 }
 
 fn default_top_k() -> usize {
@@ -41,11 +104,22 @@ fn default_true() -> bool {
     true
 }
 
+/// Semantic query: text or vector, top-k, metadata filter, score threshold.
+#[utoipa::path(post, path = "/v1/collections/{collection}/query", operation_id = "query", tag = "query",
+    params(CollectionParam),
+    request_body = QueryBody,
+    responses(
+        (status = 200, body = QueryAnswer),
+        (status = 400, description = "not exactly one of query and vector, or an invalid top_k, filter or vector", body = ErrorBody),
+        (status = 403, description = "the key may not read the collection", body = ErrorBody),
+        (status = 404, description = "no such collection", body = ErrorBody),
+        (status = 429, description = "the interactive embedding queue is full (see Retry-After)", body = ErrorBody),
+    ))]
 pub async fn query(
     State(state): State<SharedState>,
     ApiPath(collection): ApiPath<String>,
     req: Request,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<QueryAnswer>, ApiError> {
     let (engine, body) = read_request::<QueryBody>(&state, &collection, req, "query").await?;
     Ok(Json(run_query(&state, &engine, &collection, body).await?))
 }
@@ -53,20 +127,26 @@ pub async fn query(
 /// Most queries in one batch.
 pub const MAX_BATCH_QUERIES: usize = 64;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBody {
-    queries: Vec<QueryBody>,
-}
-
-/// `POST /v1/collections/{c}/query/batch`: several queries in one round trip; their texts
-/// are embedded together and their searches share one matrix product. The answer lists
-/// the results in query order; one invalid query fails the batch with its position.
+/// Several queries in one round trip.
+///
+/// Their texts are embedded together and their searches share one matrix product. The
+/// answer lists the results in query order; one invalid query fails the batch with its
+/// position.
+#[utoipa::path(post, path = "/v1/collections/{collection}/query/batch", operation_id = "queryBatch", tag = "query",
+    params(CollectionParam),
+    request_body = BatchBody,
+    responses(
+        (status = 200, body = BatchAnswer),
+        (status = 400, description = "an invalid query (its position is in the message)", body = ErrorBody),
+        (status = 403, description = "the key may not read the collection", body = ErrorBody),
+        (status = 404, description = "no such collection", body = ErrorBody),
+        (status = 429, description = "the interactive embedding queue is full (see Retry-After)", body = ErrorBody),
+    ))]
 pub async fn query_batch(
     State(state): State<SharedState>,
     ApiPath(collection): ApiPath<String>,
     req: Request,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BatchAnswer>, ApiError> {
     let (engine, body) = read_request::<BatchBody>(&state, &collection, req, "batch").await?;
     if body.queries.is_empty() || body.queries.len() > MAX_BATCH_QUERIES {
         return Err(ApiError::BadRequest(format!(
@@ -83,7 +163,7 @@ pub async fn query_batch(
         }
     });
     let results = futures::future::try_join_all(answers).await?;
-    Ok(Json(json!({"results": results})))
+    Ok(Json(BatchAnswer { results }))
 }
 
 /// Checks the caller may read `collection`, then reads and parses the JSON body (`what`
@@ -107,7 +187,7 @@ async fn run_query(
     engine: &Arc<Engine>,
     collection: &str,
     body: QueryBody,
-) -> Result<Value, ApiError> {
+) -> Result<QueryAnswer, ApiError> {
     if body.top_k == 0 || body.top_k > state.limits.max_top_k {
         return Err(ApiError::BadRequest(format!(
             "top_k must be between 1 and {} (limits.max_top_k)",
@@ -168,8 +248,14 @@ async fn run_query(
     if let (Some(cache), Some(digest)) = (cache, &digest) {
         let key = cache.result_key(collection, version, digest);
         if let Some((hits, level)) = cache.result(&key).await {
-            let sequence = engine.store.view().applied;
-            return Ok(json!({"hits": hits, "sequence": sequence, "cache": level.as_str()}));
+            return Ok(QueryAnswer {
+                hits,
+                sequence: engine.store.view().applied,
+                cache: match level {
+                    Level::L1 => Source::L1,
+                    Level::L2 => Source::L2,
+                },
+            });
         }
     }
     let vector = match query {
@@ -188,28 +274,26 @@ async fn run_query(
         .await
         .map_err(|e| ApiError::from(&*e))?;
     let (hits, sequence, version) = (answer.hits, answer.applied, answer.version);
-    let hits: Value = hits
+    let hits: Vec<HitOut> = hits
         .into_iter()
         // Hits come best first: the threshold keeps a prefix.
         .take_while(|h| threshold.is_none_or(|t| h.score >= t))
-        .map(|h| {
-            let mut v = json!({
-                "document_id": h.row.doc_id,
-                "chunk_id": h.row.chunk_id,
-                "score": h.score,
-                "metadata": h.row.metadata,
-            });
-            if include_text {
-                v["text"] = json!(h.row.text);
-            }
-            v
+        .map(|h| HitOut {
+            document_id: h.row.doc_id.clone(),
+            chunk_id: h.row.chunk_id.clone(),
+            score: h.score,
+            metadata: h.row.metadata.clone(),
+            text: include_text.then(|| h.row.text.clone()),
         })
-        .collect::<Vec<_>>()
-        .into();
+        .collect();
     if let (Some(cache), Some(digest)) = (cache, &digest) {
         cache.put_result(cache.result_key(collection, version, digest), &hits);
     }
-    Ok(json!({"hits": hits, "sequence": sequence, "cache": "miss"}))
+    Ok(QueryAnswer {
+        hits,
+        sequence,
+        cache: Source::Miss,
+    })
 }
 
 /// What is searched for; serialised into the cache key.

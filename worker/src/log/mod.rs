@@ -16,7 +16,7 @@ pub type Seq = u64;
 pub type Metadata = serde_json::Map<String, serde_json::Value>;
 
 /// Similarity used by a collection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Metric {
     /// Cosine similarity: vectors are L2-normalised on insert and on query.
