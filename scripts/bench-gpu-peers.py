@@ -206,7 +206,8 @@ def cmd_table(args):
             f"{st['passages_per_s']:.0f}/s | {ratio:.2f}x{cos} | >= 10x, cosine >= 0.999 |"
         )
     for rows_n, q, goal in [(1000000, 1, "<= 0.8x time; <= 1.5x read floor"), (1000000, 1024, ">= 4x faster"), (10000000, 1024, ">= 6x faster")]:
-        ours = find("search", rows=rows_n, queries=q, precision="fp16", device="cuda")
+        ours = find("search", rows=rows_n, queries=q, precision="fp16", device="cuda", selection="grouped")
+        plain = find("search", rows=rows_n, queries=q, precision="fp16", device="cuda", selection="plain")
         peer = find("peer-search", rows=rows_n, queries=q, precision="fp16")
         if not (ours and peer):
             continue
@@ -217,6 +218,11 @@ def cmd_table(args):
             f"| exact top-10, {rows_n // 1000000}M x 384 fp16, Q={q} | {ours['p50_ms']:.3f} ms | "
             f"{peer['median_ms']:.3f} ms | {ratio:.2f}x time ({1 / ratio:.2f}x faster){floor} | {goal} |"
         )
+        if plain:
+            lines.append(
+                f"| (kb-worker with libtorch's topk per tile, same shape) | {plain['p50_ms']:.3f} ms | "
+                f"{peer['median_ms']:.3f} ms | {plain['p50_ms'] / peer['median_ms']:.2f}x time | - |"
+            )
     print("\n".join(lines))
 
 

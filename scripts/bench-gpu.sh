@@ -93,11 +93,16 @@ kill "$server" && wait "$server" 2>/dev/null || true
 server=""
 
 # Exact search, vectors resident on the GPU, and the torch peer on the same shapes.
+# Each shape in fp16 with the grouped top-k (what the worker runs) and with libtorch's
+# topk per tile (`--selection plain`), and the 1M shapes in fp32.
 for spec in "1000000 1 200" "1000000 1024 50" "10000000 1024 20"; do
     read -r rows queries iterations <<<"$spec"
-    for precision in fp16 fp32; do
-        run bench search --device cuda --precision "$precision" --rows "$rows" --dim 384 \
-            --queries "$queries" --top-k 10 --iterations "$iterations"
+    variants=("fp16 grouped" "fp16 plain")
+    [[ $rows == 1000000 ]] && variants+=("fp32 grouped")
+    for variant in "${variants[@]}"; do
+        read -r precision selection <<<"$variant"
+        run bench search --device cuda --precision "$precision" --selection "$selection" \
+            --rows "$rows" --dim 384 --queries "$queries" --top-k 10 --iterations "$iterations"
     done
     floor=()
     [[ $rows == 1000000 && $queries == 1 ]] && floor=(--floor)

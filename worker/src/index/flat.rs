@@ -473,4 +473,5 @@ mod documents;
 pub use documents::StoredDocument;
 mod frozen;
 mod search;
+pub mod select;
 pub use frozen::Frozen;

@@ -51,6 +51,10 @@ pub struct BenchSearchArgs {
     /// Queries of the first batch checked against the f64 brute force (it runs on the CPU).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub check_queries: u32,
+    /// How each tile's top-k is selected: `grouped` (through group maxima, what the worker
+    /// does) or `plain` (libtorch's `topk` over the whole tile), for same-run comparisons.
+    #[arg(long, default_value = "grouped", value_parser = ["grouped", "plain"])]
+    pub selection: String,
 }
 
 fn storage_kind(precision: &str, device: tch::Device) -> anyhow::Result<tch::Kind> {
@@ -63,6 +67,7 @@ fn storage_kind(precision: &str, device: tch::Device) -> anyhow::Result<tch::Kin
 }
 
 pub(super) fn run(args: &BenchSearchArgs) -> anyhow::Result<()> {
+    crate::index::flat::select::set_grouped(args.selection == "grouped");
     // `cuda:0,1` shards the vectors over the listed devices (a device may repeat).
     let devices = args
         .device
@@ -124,6 +129,7 @@ pub(super) fn run(args: &BenchSearchArgs) -> anyhow::Result<()> {
         "dim": args.dim,
         "queries": args.queries,
         "top_k": args.top_k,
+        "selection": args.selection,
         "concurrency": args.concurrency,
         "iterations": args.iterations,
         "p50_ms": round3(percentile(&latencies_ms, 0.5)),
@@ -258,6 +264,7 @@ mod tests {
     #[test]
     fn flat_index_search_has_full_recall_on_random_data() {
         let mut rng = StdRng::seed_from_u64(7);
+        // 62 groups of 32 rows for 5 picks: the grouped selection runs.
         let (n, dim, k) = (2000, 16, 5);
         let data = unit_vectors(&mut rng, n, dim);
         let rows = (0..n)

@@ -4,7 +4,8 @@
 //!   query without a metadata filter does no work proportional to the collection on the
 //!   host. (A metadata filter still evaluates the host-side metadata.)
 //! - The score matrix is computed in tiles of rows, each reduced to its top-k before the
-//!   next, so memory stays bounded (`TILE_SCORES` scores) for any number of queries.
+//!   next, so memory stays bounded (`TILE_SCORES` scores) for any number of queries; a
+//!   tile's top-k goes through group maxima first ([`super::select`]).
 //! - With fp16 storage (CUDA), the winners are re-scored in fp32, so returned scores are
 //!   exact dot products, not fp16-rounded ones.
 
@@ -136,7 +137,7 @@ impl FlatIndex {
                 let ex = ex.f_narrow(0, start as i64, rows as i64)?;
                 scores = scores.f_masked_fill(&ex, f64::NEG_INFINITY)?;
             }
-            let (v, i) = scores.f_topk(k_s.min(rows) as i64, 1, true, true)?;
+            let (v, i) = super::select::topk(&scores, k_s.min(rows) as i64)?;
             values.push(v);
             indices.push(i.f_add_scalar(start as i64)?);
         }
