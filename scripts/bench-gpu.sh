@@ -93,17 +93,17 @@ kill "$server" && wait "$server" 2>/dev/null || true
 server=""
 
 # Exact search, vectors resident on the GPU, and the torch peer on the same shapes.
-# Each shape in fp16 with the grouped top-k (what the worker runs) and with libtorch's
-# topk per tile (`--selection plain`), and the 1M shapes in fp32.
+# Each shape in fp16 on one index with the grouped top-k (what the worker runs, groups of
+# 32 scores), groups of 64 and 128, and libtorch's topk per tile (`plain`); the 1M shapes
+# also in fp32.
 for spec in "1000000 1 200" "1000000 1024 50" "10000000 1024 20"; do
     read -r rows queries iterations <<<"$spec"
-    variants=("fp16 grouped" "fp16 plain")
-    [[ $rows == 1000000 ]] && variants+=("fp32 grouped")
-    for variant in "${variants[@]}"; do
-        read -r precision selection <<<"$variant"
-        run bench search --device cuda --precision "$precision" --selection "$selection" \
-            --rows "$rows" --dim 384 --queries "$queries" --top-k 10 --iterations "$iterations"
-    done
+    run bench search --device cuda --precision fp16 --selection grouped,plain,grouped:64,grouped:128 \
+        --rows "$rows" --dim 384 --queries "$queries" --top-k 10 --iterations "$iterations"
+    if [[ $rows == 1000000 ]]; then
+        run bench search --device cuda --precision fp32 --rows "$rows" --dim 384 \
+            --queries "$queries" --top-k 10 --iterations "$iterations"
+    fi
     floor=()
     [[ $rows == 1000000 && $queries == 1 ]] && floor=(--floor)
     peer search --device cuda --precision fp16 --rows "$rows" --dim 384 --queries "$queries" \

@@ -13,16 +13,17 @@
 //! `v`. Ties at `v` may be resolved to different rows than one `topk` would pick, with
 //! the same scores.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use tch::{Kind, TchError, Tensor};
 
 /// Scores per group.
-pub(crate) const GROUP: i64 = 32;
+pub const GROUP: i64 = 32;
 
 /// Grouping pays only when there are many more groups than picks.
 const MIN_GROUPS_PER_PICK: i64 = 8;
 
 static GROUPED: AtomicBool = AtomicBool::new(true);
+static GROUP_SIZE: AtomicI64 = AtomicI64::new(GROUP);
 
 /// Turns the grouped selection on or off for the process (`kb-worker bench search
 /// --selection plain` measures libtorch's `topk` alone in the same run).
@@ -30,38 +31,48 @@ pub fn set_grouped(on: bool) {
     GROUPED.store(on, Ordering::Relaxed);
 }
 
+/// Sets the scores per group (at least 2) for the process (`--selection grouped:N`).
+pub fn set_group_size(scores: i64) {
+    GROUP_SIZE.store(scores.max(2), Ordering::Relaxed);
+}
+
 /// The `k` largest scores of each row of `scores` (`[queries, rows]`), largest first,
 /// and their column indices; `k` must not exceed `rows`.
 pub(crate) fn topk(scores: &Tensor, k: i64) -> Result<(Tensor, Tensor), TchError> {
     if GROUPED.load(Ordering::Relaxed) {
-        grouped_topk(scores, k)
+        grouped_topk(scores, k, GROUP_SIZE.load(Ordering::Relaxed))
     } else {
         scores.f_topk(k, 1, true, true)
     }
 }
 
-/// [`topk`] through group maxima (plain `topk` where the row is too short to gain).
-pub(crate) fn grouped_topk(scores: &Tensor, k: i64) -> Result<(Tensor, Tensor), TchError> {
+/// [`topk`] through the maxima of groups of `group` scores (plain `topk` where the row is
+/// too short to gain).
+pub(crate) fn grouped_topk(
+    scores: &Tensor,
+    k: i64,
+    group: i64,
+) -> Result<(Tensor, Tensor), TchError> {
     let (queries, rows) = scores.size2()?;
-    let groups = rows / GROUP;
+    let groups = rows / group;
     if groups < MIN_GROUPS_PER_PICK * k {
         return scores.f_topk(k, 1, true, true);
     }
-    let full = groups * GROUP;
+    let full = groups * group;
     let grouped = scores
         .f_narrow(1, 0, full)?
-        .f_reshape([queries, groups, GROUP])?;
+        .f_reshape([queries, groups, group])?;
     let maxima = grouped.f_amax([-1i64].as_slice(), false)?;
     let (_, picked) = maxima.f_topk(k, 1, true, false)?;
     let picked = picked.f_unsqueeze(-1)?;
     let mut candidates = grouped
-        .f_gather(1, &picked.f_expand([queries, k, GROUP], false)?, false)?
-        .f_reshape([queries, k * GROUP])?;
-    let offsets = Tensor::f_arange(GROUP, (Kind::Int64, scores.device()))?;
+        .f_gather(1, &picked.f_expand([queries, k, group], false)?, false)?
+        .f_reshape([queries, k * group])?;
+    let offsets = Tensor::f_arange(group, (Kind::Int64, scores.device()))?;
     let mut columns = picked
-        .f_mul_scalar(GROUP)?
+        .f_mul_scalar(group)?
         .f_add(&offsets)?
-        .f_reshape([queries, k * GROUP])?;
+        .f_reshape([queries, k * group])?;
     if full < rows {
         // The last, partial group is always a candidate.
         let rest = rows - full;
@@ -100,9 +111,9 @@ mod tests {
         Tensor::from_slice(&values).view([queries, rows])
     }
 
-    fn check(scores: &Tensor, k: i64) {
+    fn check(scores: &Tensor, k: i64, group: i64) {
         let (want, _) = scores.topk(k, 1, true, true);
-        let (got, columns) = grouped_topk(scores, k).unwrap();
+        let (got, columns) = grouped_topk(scores, k, group).unwrap();
         assert_eq!(
             Vec::<f32>::try_from(got.flatten(0, -1)).unwrap(),
             Vec::<f32>::try_from(want.flatten(0, -1)).unwrap(),
@@ -131,8 +142,10 @@ mod tests {
             (1, 100_000, 100), // many picks
         ] {
             for seed in [1, 2] {
-                check(&tile(queries, rows, seed, false), k);
-                check(&tile(queries, rows, seed, true), k);
+                for group in [GROUP, 16, 64] {
+                    check(&tile(queries, rows, seed, false), k, group);
+                    check(&tile(queries, rows, seed, true), k, group);
+                }
             }
         }
     }
@@ -145,8 +158,8 @@ mod tests {
             *v = 1.0 + i as f32;
         }
         let scores = Tensor::from_slice(&values).view([1, 4_096]);
-        check(&scores, 10);
-        let (_, columns) = grouped_topk(&scores, 10).unwrap();
+        check(&scores, 10, GROUP);
+        let (_, columns) = grouped_topk(&scores, 10, GROUP).unwrap();
         let mut columns = Vec::<i64>::try_from(columns.flatten(0, -1)).unwrap();
         columns.sort_unstable();
         assert_eq!(columns, (64..74).collect::<Vec<i64>>());
@@ -158,7 +171,7 @@ mod tests {
         values[4_098] = 5.0;
         values[7] = 4.0;
         let scores = Tensor::from_slice(&values).view([1, 4_100]);
-        let (got, columns) = grouped_topk(&scores, 2).unwrap();
+        let (got, columns) = grouped_topk(&scores, 2, GROUP).unwrap();
         assert_eq!(
             Vec::<f32>::try_from(got.flatten(0, -1)).unwrap(),
             [5.0, 4.0]
@@ -172,6 +185,6 @@ mod tests {
     #[test]
     fn half_precision_scores_select_the_same() {
         let scores = tile(2, 20_000, 3, false).to_kind(Kind::Half);
-        check(&scores, 10);
+        check(&scores, 10, GROUP);
     }
 }
