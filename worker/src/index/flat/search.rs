@@ -125,7 +125,10 @@ impl FlatIndex {
         if k_s == 0 {
             return Ok(None);
         }
-        let qd = q.f_to_device(shard.device)?.f_to_kind(self.kind)?;
+        // The queries cross to the device once: a second copy from pageable host memory
+        // (for the fp32 re-scoring) would wait for the tile kernels queued before it.
+        let q32 = q.f_to_device(shard.device)?;
+        let qd = q32.f_to_kind(self.kind)?;
         let mut values = Vec::new();
         let mut indices = Vec::new();
         let tile = tile_rows.max(1);
@@ -139,7 +142,11 @@ impl FlatIndex {
             }
             let (v, i) = super::select::topk(&scores, k_s.min(rows) as i64)?;
             values.push(v);
-            indices.push(i.f_add_scalar(start as i64)?);
+            indices.push(if start == 0 {
+                i
+            } else {
+                i.f_add_scalar(start as i64)?
+            });
         }
         let (values, indices) = if values.len() == 1 {
             (values.remove(0), indices.remove(0))
@@ -153,7 +160,7 @@ impl FlatIndex {
         let values = if self.kind == Kind::Float {
             values
         } else {
-            self.rescore_fp32(s, q, &indices)?
+            self.rescore_fp32(s, &q32, &indices)?
         };
         Ok(Some(Candidates {
             shard: s,
@@ -163,7 +170,8 @@ impl FlatIndex {
         }))
     }
 
-    /// Exact fp32 dot products of each query with its candidate rows of shard `s`.
+    /// Exact fp32 dot products of each query (`q`: fp32, on the shard's device) with its
+    /// candidate rows of shard `s`.
     fn rescore_fp32(&self, s: usize, q: &Tensor, indices: &Tensor) -> Result<Tensor, IndexError> {
         let shard = &self.shards[s];
         let (queries, k) = (indices.size()[0], indices.size()[1]);
@@ -173,10 +181,7 @@ impl FlatIndex {
             .f_index_select(0, &indices.f_flatten(0, -1)?)?
             .f_to_kind(Kind::Float)?
             .f_view([queries, k, self.dim as i64])?;
-        let q = q
-            .f_to_device(shard.device)?
-            .f_to_kind(Kind::Float)?
-            .f_unsqueeze(1)?;
+        let q = q.f_unsqueeze(1)?;
         Ok(rows.f_mul(&q)?.f_sum_dim_intlist(-1, false, Kind::Float)?)
     }
 
