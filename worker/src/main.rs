@@ -1,4 +1,4 @@
-//! `kb-worker`: serve, ingest, query, backup, restore and bench.
+//! `kb-worker`: serve, ingest, query, backup, restore, bench, devices and openapi.
 
 use clap::{Parser, Subcommand};
 use kb_worker::cli;
@@ -35,6 +35,9 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// The GPUs this process sees (CUDA driver), with their memory, as JSON.
     Devices,
+    /// Print the API's OpenAPI 3.1 document (what `GET /openapi.json` serves), e.g. to
+    /// generate a client without starting a worker.
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -78,6 +81,10 @@ async fn main() -> std::process::ExitCode {
         } => cli::backup::list(args).await,
         Command::Bench(args) => cli::bench::run(args).await,
         Command::Devices => devices(),
+        Command::Openapi => {
+            println!("{}", kb_worker::api::openapi::document());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -441,6 +441,26 @@ async fn unknown_routes_and_methods_answer_in_the_json_error_shape() {
     assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
 }
 
+/// `kb-worker openapi` prints, without a worker, the document a worker serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_command_prints_what_the_worker_serves() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kb-worker"))
+        .arg("openapi")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_tmp, w) = start().await;
+    let (status, served) = call(&w, "GET", "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(printed, served);
+    assert!(printed["paths"]["/v1/collections/{collection}/query"]["post"].is_object());
+}
+
 #[test]
 fn asking_for_cuda_that_libtorch_cannot_use_fails_at_start_naming_both_views() {
     // One device past the last one libtorch sees (plain `cuda` without GPUs).
