@@ -318,10 +318,10 @@ async fn documents_with_their_own_vectors_skip_embedding_and_are_checked() {
     }
 }
 
-#[test]
-fn devices_command_reports_the_gpus_libtorch_sees() {
+/// Runs `kb-worker COMMAND`, which must succeed and print one JSON document.
+fn json_of_command(command: &str) -> Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kb-worker"))
-        .arg("devices")
+        .arg(command)
         .output()
         .unwrap();
     assert!(
@@ -329,7 +329,12 @@ fn devices_command_reports_the_gpus_libtorch_sees() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn devices_command_reports_the_gpus_libtorch_sees() {
+    let report = json_of_command("devices");
     let gpus = report["gpus"].as_array().unwrap();
     assert_eq!(gpus.len() as i64, tch::Cuda::device_count(), "{report}");
     assert!(report["cuda_driver"].is_boolean());
@@ -444,16 +449,7 @@ async fn unknown_routes_and_methods_answer_in_the_json_error_shape() {
 /// `kb-worker openapi` prints, without a worker, the document a worker serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_command_prints_what_the_worker_serves() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kb-worker"))
-        .arg("openapi")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let printed = json_of_command("openapi");
     let (_tmp, w) = start().await;
     let (status, served) = call(&w, "GET", "/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);

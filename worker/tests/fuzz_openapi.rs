@@ -67,3 +67,35 @@ async fn schemathesis_finds_no_server_error_and_no_contract_violation() {
     assert!(stdout.contains("passed"), "{stdout}");
     drop(worker);
 }
+
+/// The generated document is a valid OpenAPI 3.1 document (openapi-spec-validator from
+/// the project virtualenv): every response described, every schema well-formed.
+#[test]
+fn the_generated_document_is_valid_openapi_3_1() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kb-worker"))
+        .arg("openapi")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("openapi.json");
+    std::fs::write(&path, &out.stdout).unwrap();
+    let python = venv_bin("python");
+    let check = Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys\n\
+             from openapi_spec_validator import validate\n\
+             from openapi_spec_validator.validation import OpenAPIV31SpecValidator\n\
+             validate(json.load(open(sys.argv[1])), cls=OpenAPIV31SpecValidator)\n\
+             print('valid')",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("{} not runnable ({e}); run `make setup`", python.display()));
+    assert!(
+        check.status.success(),
+        "the OpenAPI document is not valid:\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

@@ -11,7 +11,7 @@
 use super::documents::read_body;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiPath, ApiQuery};
-use super::openapi::{CollectionParam, DocumentParams};
+use super::openapi::{CollectionErrors, CollectionParam, DocumentParams};
 use super::{Engine, SharedState, Wait};
 use crate::auth::Role;
 use crate::index::filter::Filter;
@@ -133,10 +133,9 @@ fn describe(doc: &StoredDocument, with_chunks: bool) -> DocumentOut {
 #[utoipa::path(get, path = "/v1/collections/{collection}/documents", operation_id = "listDocuments", tag = "documents",
     params(CollectionParam, ListParams),
     responses(
-        (status = 200, body = DocumentPage),
+        (status = 200, description = "a page of documents", body = DocumentPage),
         (status = 400, description = "invalid limit or filter", body = ErrorBody),
-        (status = 403, description = "the key may not read the collection", body = ErrorBody),
-        (status = 404, description = "no such collection", body = ErrorBody),
+        CollectionErrors,
     ))]
 pub async fn list(
     State(state): State<SharedState>,
@@ -179,7 +178,7 @@ pub async fn list(
 #[utoipa::path(get, path = "/v1/collections/{collection}/documents/{id}", operation_id = "getDocument", tag = "documents",
     params(DocumentParams),
     responses(
-        (status = 200, body = DocumentOut),
+        (status = 200, description = "the document with its chunks", body = DocumentOut),
         (status = 403, description = "the key may not read the collection", body = ErrorBody),
         (status = 404, description = "no such collection or document", body = ErrorBody),
     ))]
@@ -216,10 +215,9 @@ pub struct DeleteBody {
     params(CollectionParam),
     request_body = DeleteBody,
     responses(
-        (status = 200, body = DeletedMatching),
+        (status = 200, description = "deleted in one write (0 when nothing matched)", body = DeletedMatching),
         (status = 400, description = "neither or both of filter and ids, or an invalid filter", body = ErrorBody),
-        (status = 403, description = "the key may not write to the collection", body = ErrorBody),
-        (status = 404, description = "no such collection", body = ErrorBody),
+        CollectionErrors,
         (status = 503, description = "not acknowledged", body = ErrorBody),
     ))]
 pub async fn delete_matching(

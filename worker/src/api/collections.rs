@@ -3,7 +3,7 @@
 use super::documents::read_body;
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiPath;
-use super::openapi::CollectionParam;
+use super::openapi::{CollectionErrors, CollectionParam};
 use super::{check_collection_name, SharedState, Wait};
 use crate::auth::Role;
 use crate::log::{Metric, Op};
@@ -56,7 +56,7 @@ pub struct Dropped {
 /// List the collections this key may see.
 #[utoipa::path(get, path = "/v1/collections", operation_id = "listCollections", tag = "collections",
     responses(
-        (status = 200, body = CollectionList),
+        (status = 200, description = "the collections", body = CollectionList),
         (status = 401, description = "no valid key", body = ErrorBody),
     ))]
 pub async fn list(
@@ -79,9 +79,8 @@ pub async fn list(
 #[utoipa::path(get, path = "/v1/collections/{collection}", operation_id = "getCollection", tag = "collections",
     params(CollectionParam),
     responses(
-        (status = 200, body = CollectionInfo),
-        (status = 403, description = "the key may not read the collection", body = ErrorBody),
-        (status = 404, description = "no such collection", body = ErrorBody),
+        (status = 200, description = "the collection", body = CollectionInfo),
+        CollectionErrors,
     ))]
 pub async fn get(
     State(state): State<SharedState>,
@@ -160,8 +159,7 @@ pub async fn create(
     params(CollectionParam),
     responses(
         (status = 200, description = "dropped", body = Dropped),
-        (status = 403, description = "the key is not admin on the collection", body = ErrorBody),
-        (status = 404, description = "no such collection", body = ErrorBody),
+        CollectionErrors,
     ))]
 pub async fn drop(
     State(state): State<SharedState>,

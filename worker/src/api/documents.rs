@@ -3,7 +3,7 @@
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiPath, ApiQuery};
-use super::openapi::{CollectionParam, DocumentParams, UploadForm};
+use super::openapi::{CollectionErrors, CollectionParam, DocumentParams, UploadForm};
 use super::{check_collection_name, Engine, SharedState, Wait};
 use crate::auth::Role;
 use crate::log::{ChunkRecord, Metadata, Metric, Op};
@@ -331,8 +331,7 @@ pub async fn ingest_documents(
     params(DocumentParams),
     responses(
         (status = 200, description = "deleted (or was not there)", body = Deleted),
-        (status = 403, description = "the key may not write to the collection", body = ErrorBody),
-        (status = 404, description = "no such collection", body = ErrorBody),
+        CollectionErrors,
         (status = 503, description = "not acknowledged", body = ErrorBody),
     ))]
 pub async fn delete(

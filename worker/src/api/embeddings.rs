@@ -115,7 +115,7 @@ pub const INTERACTIVE_MAX_INPUTS: usize = 16;
 #[utoipa::path(post, path = "/v1/embeddings", operation_id = "createEmbeddings", tag = "openai",
     request_body = EmbeddingsBody,
     responses(
-        (status = 200, body = EmbeddingList),
+        (status = 200, description = "the embeddings, in input order", body = EmbeddingList),
         (status = 400, description = "invalid input, encoding_format or dimensions", body = ErrorBody),
         (status = 401, description = "no valid key", body = ErrorBody),
         (status = 429, description = "the embedding queue is full (see Retry-After)", body = ErrorBody),
@@ -193,7 +193,7 @@ pub async fn embeddings(
 /// OpenAI-compatible list of the one model this worker serves.
 #[utoipa::path(get, path = "/v1/models", operation_id = "listModels", tag = "openai",
     responses(
-        (status = 200, body = ModelList),
+        (status = 200, description = "the served model", body = ModelList),
         (status = 401, description = "no valid key", body = ErrorBody),
     ))]
 pub async fn models(

@@ -81,6 +81,19 @@ pub struct DocumentParams {
     id: String,
 }
 
+/// What an operation on a named collection answers when the key may not use it or it
+/// does not exist.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum CollectionErrors {
+    /// The key lacks the role this operation needs on the collection.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// No such collection.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+}
+
 /// Multipart ingestion: each part with a file name (`.md`, `.markdown`, `.txt`, `.rst`)
 /// becomes one document, its id the file name.
 #[derive(ToSchema)]

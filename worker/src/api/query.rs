@@ -3,7 +3,7 @@
 use super::documents::read_body;
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiPath;
-use super::openapi::CollectionParam;
+use super::openapi::{CollectionErrors, CollectionParam};
 use super::{Engine, SharedState};
 use crate::auth::Role;
 use crate::cache::Level;
@@ -109,10 +109,9 @@ fn default_true() -> bool {
     params(CollectionParam),
     request_body = QueryBody,
     responses(
-        (status = 200, body = QueryAnswer),
+        (status = 200, description = "the hits, best first", body = QueryAnswer),
         (status = 400, description = "not exactly one of query and vector, or an invalid top_k, filter or vector", body = ErrorBody),
-        (status = 403, description = "the key may not read the collection", body = ErrorBody),
-        (status = 404, description = "no such collection", body = ErrorBody),
+        CollectionErrors,
         (status = 429, description = "the interactive embedding queue is full (see Retry-After)", body = ErrorBody),
     ))]
 pub async fn query(
@@ -136,10 +135,9 @@ pub const MAX_BATCH_QUERIES: usize = 64;
     params(CollectionParam),
     request_body = BatchBody,
     responses(
-        (status = 200, body = BatchAnswer),
+        (status = 200, description = "the answers, in query order", body = BatchAnswer),
         (status = 400, description = "an invalid query (its position is in the message)", body = ErrorBody),
-        (status = 403, description = "the key may not read the collection", body = ErrorBody),
-        (status = 404, description = "no such collection", body = ErrorBody),
+        CollectionErrors,
         (status = 429, description = "the interactive embedding queue is full (see Retry-After)", body = ErrorBody),
     ))]
 pub async fn query_batch(
