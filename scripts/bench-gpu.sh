@@ -15,7 +15,8 @@
 # against torch matmul+topk, and the time to read the 1M matrix at the copy bandwidth
 # measured in the same run. kb-worker's searches check their hits against an f64 brute
 # force (recall must be 1.0 or the command fails). Every record goes to OUT/bench.jsonl;
-# the goal table (scripts/bench-gpu-peers.py table) is printed last.
+# the goal table (scripts/bench-gpu-peers.py table) is printed last and written to
+# OUT/table.md, also when a step fails or the run is stopped at its time limit.
 set -euo pipefail
 
 if [[ $# -lt 1 ]]; then
@@ -32,8 +33,12 @@ server=""
 cleanup() {
     [[ -n "$server" ]] && kill "$server" 2>/dev/null || true
     rm -rf "$work"
+    # The table of whatever was measured, also when a step failed or the run was stopped
+    # (a device command past its time limit still returns OUT).
+    [[ -s "${jsonl:-}" ]] && python3 "$peers" table "$jsonl" > "$out/table.md" 2>/dev/null || true
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT
 gunzip -c "$pack/kb-worker.gz" > "$work/kb-worker" && chmod +x "$work/kb-worker"
 gunzip -c "$pack/corpus.jsonl.gz" > "$work/corpus.jsonl"
 bin="$work/kb-worker"
@@ -113,4 +118,4 @@ done
 # e.g. `cuda:0,1`).
 run bench search --device cuda:0,0 --rows 1000000 --dim 384 --queries 1024 --top-k 10 --iterations 50
 
-python3 "$peers" table "$jsonl" | tee "$out/table.md"
+python3 "$peers" table "$jsonl"
