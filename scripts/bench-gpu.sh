@@ -50,8 +50,10 @@ jsonl="$out/bench.jsonl"
 # The binary's rpath points at the build machine's virtualenv; use this machine's torch.
 torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 export LD_LIBRARY_PATH="$torch_lib:${LD_LIBRARY_PATH:-}"
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$out/gpu.txt" >&2
-"$bin" devices | tee -a "$jsonl"
+# (failed() and its kin are defined below; these two only report.)
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv 2>&1 \
+    | tee "$out/gpu.txt" >&2 || true
+"$bin" devices | tee -a "$jsonl" || true
 
 # The CUDA branches of kb-embed's unit tests: the caching allocator's figures, empty_cache.
 gunzip -c "$pack/kb-embed-tests.gz" > "$work/kb-embed-tests" && chmod +x "$work/kb-embed-tests"
@@ -60,13 +62,21 @@ gunzip -c "$pack/kb-embed-tests.gz" > "$work/kb-embed-tests" && chmod +x "$work/
     || echo "UNIT TESTS FAILED (see unit-tests.txt)" | tee -a "$out/unit-tests.txt" >&2
 tail -3 "$out/unit-tests.txt" >&2
 
+# A failed step (a recall or cosine check, a crash) is recorded in OUT/failures.txt and
+# the run goes on, so one lease measures everything it can; the exit status says whether
+# anything failed.
+failures=0
+failed() {
+    echo "FAILED: $*" | tee -a "$out/failures.txt" >&2
+    failures=$((failures + 1))
+}
 run() {
     echo "+ kb-worker $*" >&2
-    "$bin" "$@" | tee -a "$jsonl"
+    "$bin" "$@" | tee -a "$jsonl" || failed "kb-worker $*"
 }
 peer() {
     echo "+ peer $*" >&2
-    python3 "$peers" "$@" --out "$jsonl"
+    python3 "$peers" "$@" --out "$jsonl" || failed "peer $*"
 }
 
 # Embedding: the corpus end to end, fp16, large token budgets, several requests in flight
@@ -87,14 +97,23 @@ embedding:
 YAML
 "$bin" serve --config "$work/config.yaml" --open > "$out/serve.log" 2>&1 &
 server=$!
+ready=0
 for _ in $(seq 1 120); do
-    python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:18080/readyz", timeout=2)' \
-        2>/dev/null && break
-    kill -0 "$server" 2>/dev/null || { tail -20 "$out/serve.log" >&2; exit 1; }
+    if python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:18080/readyz", timeout=2)' \
+        2>/dev/null; then
+        ready=1
+        break
+    fi
+    kill -0 "$server" 2>/dev/null || break
     sleep 1
 done
-peer check --model "$model" --corpus "$corpus" --url http://127.0.0.1:18080 --device cuda --limit 1000
-kill "$server" && wait "$server" 2>/dev/null || true
+if [[ $ready -eq 1 ]]; then
+    peer check --model "$model" --corpus "$corpus" --url http://127.0.0.1:18080 --device cuda --limit 1000
+else
+    tail -20 "$out/serve.log" >&2
+    failed "the fp16 worker did not become ready (serve.log)"
+fi
+kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
 server=""
 
 # Exact search, vectors resident on the GPU, and the torch peer on the same shapes.
@@ -119,3 +138,4 @@ done
 run bench search --device cuda:0,0 --rows 1000000 --dim 384 --queries 1024 --top-k 10 --iterations 50
 
 python3 "$peers" table "$jsonl"
+[[ $failures -eq 0 ]] || { echo "$failures step(s) failed: see $out/failures.txt" >&2; exit 1; }
