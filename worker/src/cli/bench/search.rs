@@ -132,9 +132,11 @@ pub(super) fn run(args: &BenchSearchArgs) -> anyhow::Result<()> {
                 .collect()
         })
         .collect();
+    let checked = &batches[0][..(args.check_queries as usize).min(batches[0].len())];
+    let truth = exact_kth(&data, dim, checked, k);
     let mut missed = Vec::new();
     for &selection in &args.selection {
-        let recall = measure(args, &index, &data, &batches, kind, selection)?;
+        let recall = measure(args, &index, (&data, &truth), &batches, kind, selection)?;
         if recall < 1.0 {
             missed.push(format!("{selection}: recall@{k} = {recall}"));
         }
@@ -147,12 +149,13 @@ pub(super) fn run(args: &BenchSearchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Warms up, checks one batch against the f64 brute force and times the searches with
-/// `selection`; prints the line and returns the recall.
+/// Warms up, checks one batch against the f64 brute force (`truth`: the checked queries'
+/// exact k-th best scores) and times the searches with `selection`; prints the line and
+/// returns the recall.
 fn measure(
     args: &BenchSearchArgs,
     index: &FlatIndex,
-    data: &[f32],
+    (data, truth): (&[f32], &[f64]),
     batches: &[Vec<Vec<f32>>],
     kind: tch::Kind,
     selection: Selection,
@@ -169,17 +172,18 @@ fn measure(
     for _ in 0..WARMUP_SEARCHES {
         index.search(&batches[0], k, &filter)?;
     }
-    let checked = &batches[0][..(args.check_queries as usize).min(batches[0].len())];
+    let checked = &batches[0][..truth.len()];
     let tolerance = if kind == tch::Kind::Half {
         TIE_TOLERANCE_FP16
     } else {
         TIE_TOLERANCE
     };
-    let recall = recall(
+    let recall = recall_against(
         data,
         dim,
         checked,
         &index.search(&batches[0], k, &filter)?,
+        truth,
         k,
         tolerance,
     );
@@ -263,64 +267,87 @@ fn timed_searches(
 /// Fraction of returned hits that belong to the exact top-k computed in f64 (ties within
 /// `tolerance` of the k-th score count as correct); `hits` may cover more queries than
 /// are checked.
-fn recall(
+/// The fraction of `hits` (the first `k` per query) scoring within `tolerance` of the
+/// query's exact k-th best score `kth`.
+fn recall_against(
     data: &[f32],
     dim: usize,
     queries: &[Vec<f32>],
     hits: &[Vec<Hit>],
+    kth: &[f64],
     k: usize,
     tolerance: f64,
 ) -> f64 {
-    let correct: usize = std::thread::scope(|scope| {
-        let workers: Vec<_> = queries
-            .iter()
-            .zip(hits)
-            .map(|(query, hits)| {
-                scope.spawn(move || correct_hits(data, dim, query, hits, k, tolerance))
-            })
-            .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
-    });
+    let correct: usize = queries
+        .iter()
+        .zip(hits)
+        .zip(kth)
+        .map(|((query, hits), &kth)| {
+            hits.iter()
+                .take(k)
+                .filter_map(|hit| hit.row.doc_id.parse::<usize>().ok())
+                .filter(|&row| exact_score(data, dim, query, row) >= kth - tolerance)
+                .count()
+        })
+        .sum();
     correct as f64 / (queries.len() * k) as f64
 }
 
-fn correct_hits(
-    data: &[f32],
-    dim: usize,
-    query: &[f32],
-    hits: &[Hit],
-    k: usize,
-    tolerance: f64,
-) -> usize {
+/// Each query's exact k-th best score over every row (f64, a thread per query): the
+/// brute force is computed once and every measured selection is checked against it.
+fn exact_kth(data: &[f32], dim: usize, queries: &[Vec<f32>], k: usize) -> Vec<f64> {
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = queries
+            .iter()
+            .map(|query| {
+                scope.spawn(move || {
+                    let mut exact: Vec<f64> = (0..data.len() / dim)
+                        .map(|row| exact_score(data, dim, query, row))
+                        .collect();
+                    let k = k.min(exact.len()).max(1);
+                    exact.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+                    exact[k - 1]
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or(f64::INFINITY))
+            .collect()
+    })
+}
+
+/// The cosine of `query` with row `row` in f64 (rows are unit vectors).
+fn exact_score(data: &[f32], dim: usize, query: &[f32], row: usize) -> f64 {
     let norm = query
         .iter()
         .map(|&x| f64::from(x).powi(2))
         .sum::<f64>()
         .sqrt();
-    let score = |row: usize| -> f64 {
-        let vector = &data[row * dim..(row + 1) * dim];
-        vector
-            .iter()
-            .zip(query)
-            .map(|(&a, &b)| f64::from(a) * f64::from(b))
-            .sum::<f64>()
-            / norm
-    };
-    let mut exact: Vec<f64> = (0..data.len() / dim).map(score).collect();
-    let k = k.min(exact.len());
-    exact.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-    let kth = exact[k - 1];
-    hits.iter()
-        .take(k)
-        .filter_map(|hit| hit.row.doc_id.parse::<usize>().ok())
-        .filter(|&row| score(row) >= kth - tolerance)
-        .count()
+    data[row * dim..(row + 1) * dim]
+        .iter()
+        .zip(query)
+        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+        .sum::<f64>()
+        / norm
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tch::Device;
+
+    fn recall(
+        data: &[f32],
+        dim: usize,
+        queries: &[Vec<f32>],
+        hits: &[Vec<Hit>],
+        k: usize,
+        tolerance: f64,
+    ) -> f64 {
+        let kth = exact_kth(data, dim, queries, k);
+        recall_against(data, dim, queries, hits, &kth, k, tolerance)
+    }
 
     #[test]
     fn flat_index_search_has_full_recall_on_random_data() {
