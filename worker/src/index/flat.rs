@@ -205,9 +205,15 @@ impl FlatIndex {
                 continue;
             }
             self.reserve(s, last as i64)?;
-            // Rows first*n + s, (first+1)*n + s, ... of the batch, as offsets into `data`.
-            let picks: Vec<i64> = (first..last).map(|j| (j * n + s - start) as i64).collect();
-            let part = data.f_index_select(0, &Tensor::f_from_slice(&picks)?)?;
+            let part = if n == 1 {
+                // One shard holds every row: no gathered copy of the batch.
+                data.shallow_clone()
+            } else {
+                // Rows first*n + s, (first+1)*n + s, ... of the batch, as offsets into
+                // `data`.
+                let picks: Vec<i64> = (first..last).map(|j| (j * n + s - start) as i64).collect();
+                data.f_index_select(0, &Tensor::f_from_slice(&picks)?)?
+            };
             let shard = &self.shards[s];
             let mut target = shard
                 .vectors
