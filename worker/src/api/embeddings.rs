@@ -23,12 +23,13 @@ pub enum Input {
     TokenLists(Vec<Vec<u32>>),
 }
 
-/// How vectors are encoded in the answer.
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq, ToSchema)]
+/// How vectors are encoded in the answer (describes `encoding_format`, which is read as
+/// a string so that an unknown format gets its own message).
+#[derive(ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
 pub enum EncodingFormat {
     /// A list of numbers (the default).
-    #[default]
     Float,
     /// Base64 of the little-endian f32 bytes.
     Base64,
@@ -43,7 +44,6 @@ pub struct EmbeddingsBody {
     #[serde(default)]
     #[allow(dead_code)]
     model: Option<String>,
-    /// Read as a string so that an unknown format gets its own message.
     #[serde(default)]
     #[schema(value_type = Option<EncodingFormat>)]
     encoding_format: Option<String>,
@@ -135,17 +135,15 @@ pub async fn embeddings(
              token ids or a list of token-id lists)"
         ))
     })?;
-    let format = match body.encoding_format {
-        None => EncodingFormat::default(),
-        Some(name) => {
-            serde_json::from_value(serde_json::Value::String(name.clone())).map_err(|_| {
-                ApiError::BadRequest(format!(
-                    "encoding_format {name:?} is not supported: use \"float\" or \"base64\""
-                ))
-            })?
+    let base64 = match body.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "encoding_format {other:?} is not supported: use \"float\" or \"base64\""
+            )))
         }
     };
-    let base64 = format == EncodingFormat::Base64;
     let embedder = &engine.embedder;
     if let Some(dimensions) = body.dimensions {
         if dimensions != embedder.dim() {

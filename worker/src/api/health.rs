@@ -25,12 +25,13 @@ pub async fn livez() -> Json<Liveness> {
 }
 
 /// The worker's state, for the readiness probe and for people.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Default, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReadyState {
     /// Serving.
     Ready,
     /// Loading the model or replaying the log.
+    #[default]
     Starting,
     /// A replica behind the stream (replicated mode).
     CatchingUp,
@@ -38,7 +39,7 @@ pub enum ReadyState {
     Halted,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Default, Serialize, ToSchema)]
 pub struct Readiness {
     status: ReadyState,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,16 +67,7 @@ pub struct Readiness {
     ))]
 pub async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Readiness>) {
     let Ok(engine) = state.engine() else {
-        let starting = Readiness {
-            status: ReadyState::Starting,
-            applied_sequence: None,
-            log_sequence: None,
-            devices: None,
-            snapshot_failures: None,
-            reason: None,
-            replication: None,
-        };
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(starting));
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(Readiness::default()));
     };
     let failures = engine.store.health().snapshot_failures;
     let mut body = Readiness {
@@ -84,8 +76,7 @@ pub async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Readi
         log_sequence: Some(engine.log_seq()),
         devices: Some(engine.embedder.devices()),
         snapshot_failures: (failures > 0).then_some(failures),
-        reason: None,
-        replication: None,
+        ..Readiness::default()
     };
     let mut code = StatusCode::OK;
     if let Some(reason) = engine.store.halted() {

@@ -160,13 +160,10 @@ fn measure(
     kind: tch::Kind,
     selection: Selection,
 ) -> anyhow::Result<f64> {
-    match selection {
-        Selection::Plain => select::set_grouped(false),
-        Selection::Grouped(n) => {
-            select::set_grouped(true);
-            select::set_group_size(n);
-        }
-    }
+    select::set_group_size(match selection {
+        Selection::Plain => None,
+        Selection::Grouped(n) => Some(n),
+    });
     let (dim, k) = (args.dim as usize, args.top_k as usize);
     let filter = Filter::default();
     for _ in 0..WARMUP_SEARCHES {

@@ -13,7 +13,7 @@
 //! `v`. Ties at `v` may be resolved to different rows than one `topk` would pick, with
 //! the same scores.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use tch::{Kind, TchError, Tensor};
 
 /// Scores per group.
@@ -22,27 +22,21 @@ pub const GROUP: i64 = 32;
 /// Grouping pays only when there are many more groups than picks.
 const MIN_GROUPS_PER_PICK: i64 = 8;
 
-static GROUPED: AtomicBool = AtomicBool::new(true);
+/// Scores per group for this process; 0: libtorch's `topk` alone.
 static GROUP_SIZE: AtomicI64 = AtomicI64::new(GROUP);
 
-/// Turns the grouped selection on or off for the process (`kb-worker bench search
-/// --selection plain` measures libtorch's `topk` alone in the same run).
-pub fn set_grouped(on: bool) {
-    GROUPED.store(on, Ordering::Relaxed);
-}
-
-/// Sets the scores per group (at least 2) for the process (`--selection grouped:N`).
-pub fn set_group_size(scores: i64) {
-    GROUP_SIZE.store(scores.max(2), Ordering::Relaxed);
+/// Sets the process's selection (`kb-worker bench search --selection`): groups of
+/// `Some(n)` scores (at least 2), or `None` for libtorch's `topk` over the whole tile.
+pub fn set_group_size(scores: Option<i64>) {
+    GROUP_SIZE.store(scores.map_or(0, |n| n.max(2)), Ordering::Relaxed);
 }
 
 /// The `k` largest scores of each row of `scores` (`[queries, rows]`), largest first,
 /// and their column indices; `k` must not exceed `rows`.
 pub(crate) fn topk(scores: &Tensor, k: i64) -> Result<(Tensor, Tensor), TchError> {
-    if GROUPED.load(Ordering::Relaxed) {
-        grouped_topk(scores, k, GROUP_SIZE.load(Ordering::Relaxed))
-    } else {
-        scores.f_topk(k, 1, true, true)
+    match GROUP_SIZE.load(Ordering::Relaxed) {
+        0 => scores.f_topk(k, 1, true, true),
+        group => grouped_topk(scores, k, group),
     }
 }
 
