@@ -181,29 +181,40 @@ async fn past_the_concurrency_cap_and_the_deadline_requests_get_json_503s() {
     );
 
     let lock = HeldIndex::take(&state).await;
-    // A search needs the index: it waits (off the async threads) and holds the one slot.
-    let stuck = tokio::spawn({
-        let url = url.clone();
-        async move {
-            call(
-                &url,
-                "POST",
-                "/v1/collections/c/query",
-                Some(json!({"vector": vector})),
-            )
-            .await
-        }
-    });
+    // A search needs the index: it waits (off the async threads) and holds the one slot
+    // until its deadline. Polls that all land outside that window (a slow, loaded machine)
+    // prove nothing either way, so a missed window sends another search.
     let mut refused = None;
-    for _ in 0..200 {
-        let (status, body) = call(&url, "GET", "/v1/collections", None).await;
-        if status == 503 {
-            refused = Some(body);
+    let mut stuck = None;
+    for _attempt in 0..5 {
+        let search = tokio::spawn({
+            let url = url.clone();
+            let vector = vector.clone();
+            async move {
+                call(
+                    &url,
+                    "POST",
+                    "/v1/collections/c/query",
+                    Some(json!({"vector": vector})),
+                )
+                .await
+            }
+        });
+        while !search.is_finished() {
+            let (status, body) = call(&url, "GET", "/v1/collections", None).await;
+            if status == 503 {
+                refused = Some(body);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stuck = Some(search);
+        if refused.is_some() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let refused = refused.expect("a second request was admitted past max_concurrent_requests = 1");
+    let stuck = stuck.unwrap();
     assert_eq!(refused["error"]["code"], "unavailable");
     assert!(refused["error"]["message"]
         .as_str()
