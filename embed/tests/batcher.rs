@@ -102,13 +102,14 @@ fn a_full_queue_answers_queue_full_at_once() {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-    let started = Instant::now();
     let err = embedder
         .embed_blocking(Lane::Interactive, vec!["one more".into()])
         .unwrap_err();
+    // The 48 long passages take seconds on a CPU: an answer that came while they still run
+    // did not wait for room in the queue (a wall-clock bound would flake on a loaded machine).
     assert!(
-        started.elapsed() < Duration::from_millis(100),
-        "rejection must not wait"
+        !worker.is_finished(),
+        "the rejection came only after the queued request had finished"
     );
     assert!(
         matches!(err, EmbedError::QueueFull { retry_after_ms } if retry_after_ms > 0),
