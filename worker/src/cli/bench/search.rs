@@ -16,6 +16,8 @@ const WARMUP_SEARCHES: usize = 3;
 const TIE_TOLERANCE: f64 = 1e-5;
 /// The same for vectors stored in fp16 (about three decimal digits per element).
 const TIE_TOLERANCE_FP16: f64 = 2e-3;
+/// The same for vectors stored in bf16 (unit roundoff 2^-8, eight times fp16's).
+const TIE_TOLERANCE_BF16: f64 = 1.6e-2;
 
 /// Arguments of `kb-worker bench search`.
 #[derive(Debug, clap::Args)]
@@ -95,7 +97,8 @@ fn storage_kind(precision: &str, device: tch::Device) -> anyhow::Result<tch::Kin
         "auto" => crate::index::flat::storage_kind(device),
         "fp32" => tch::Kind::Float,
         "fp16" => tch::Kind::Half,
-        other => anyhow::bail!("unknown precision {other:?}; use auto, fp32 or fp16"),
+        "bf16" => tch::Kind::BFloat16,
+        other => anyhow::bail!("unknown precision {other:?}; use auto, fp32, fp16 or bf16"),
     })
 }
 
@@ -170,10 +173,10 @@ fn measure(
         index.search(&batches[0], k, &filter)?;
     }
     let checked = &batches[0][..truth.len()];
-    let tolerance = if kind == tch::Kind::Half {
-        TIE_TOLERANCE_FP16
-    } else {
-        TIE_TOLERANCE
+    let tolerance = match kind {
+        tch::Kind::Half => TIE_TOLERANCE_FP16,
+        tch::Kind::BFloat16 => TIE_TOLERANCE_BF16,
+        _ => TIE_TOLERANCE,
     };
     let recall = recall_against(
         data,
@@ -190,7 +193,11 @@ fn measure(
     let line = serde_json::json!({
         "bench": "search",
         "device": args.device,
-        "precision": if kind == tch::Kind::Half { "fp16" } else { "fp32" },
+        "precision": match kind {
+            tch::Kind::Half => "fp16",
+            tch::Kind::BFloat16 => "bf16",
+            _ => "fp32",
+        },
         "rows": args.rows,
         "dim": args.dim,
         "queries": args.queries,

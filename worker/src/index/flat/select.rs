@@ -6,6 +6,12 @@
 //! groups of [`GROUP`] scores; a reduction takes each group's maximum, `topk` picks the `k`
 //! best groups, and a second `topk` runs over those groups' scores only.
 //!
+//! A group is strided: of a row's first `G * GROUP` scores, group `g` holds columns
+//! `g, g + G, g + 2G, ...`. The reduction then combines `GROUP` contiguous rows of `G`
+//! scores element-wise, which vectorises in every precision (a reduction over 32
+//! neighbouring scores does not for bf16 on a CPU: 256 x 100k bf16 scores took 27.7 ms
+//! that way and 7.9 ms strided; fp32 12.3 vs 9.7 ms; torch 2.11, 2 threads).
+//!
 //! This is exact: a group holding one of the `k` best scores has a maximum at least the
 //! k-th best score `v`. Fewer than `k` groups have a maximum above `v` (each holds a score
 //! above `v`), so all of them are picked, and the remaining picks have maximum `v`; the
@@ -53,20 +59,20 @@ pub(crate) fn grouped_topk(
         return scores.f_topk(k, 1, true, true);
     }
     let full = groups * group;
+    // [queries, group, groups]: column `j * groups + g` is member `j` of group `g`.
     let grouped = scores
         .f_narrow(1, 0, full)?
-        .f_reshape([queries, groups, group])?;
-    let maxima = grouped.f_amax([-1i64].as_slice(), false)?;
+        .f_reshape([queries, group, groups])?;
+    let maxima = grouped.f_amax([1i64].as_slice(), false)?;
     let (_, picked) = maxima.f_topk(k, 1, true, false)?;
-    let picked = picked.f_unsqueeze(-1)?;
+    let picked = picked.f_unsqueeze(1)?;
     let mut candidates = grouped
-        .f_gather(1, &picked.f_expand([queries, k, group], false)?, false)?
-        .f_reshape([queries, k * group])?;
-    let offsets = Tensor::f_arange(group, (Kind::Int64, scores.device()))?;
-    let mut columns = picked
-        .f_mul_scalar(group)?
-        .f_add(&offsets)?
-        .f_reshape([queries, k * group])?;
+        .f_gather(2, &picked.f_expand([queries, group, k], false)?, false)?
+        .f_reshape([queries, group * k])?;
+    let members = Tensor::f_arange(group, (Kind::Int64, scores.device()))?
+        .f_mul_scalar(groups)?
+        .f_view([1, group, 1])?;
+    let mut columns = picked.f_add(&members)?.f_reshape([queries, group * k])?;
     if full < rows {
         // The last, partial group is always a candidate.
         let rest = rows - full;
@@ -146,17 +152,19 @@ mod tests {
 
     #[test]
     fn a_group_holding_several_winners_gives_them_all() {
-        // The 10 best scores all sit in one group, the rest of the row is lower.
+        // The 10 best scores are all members of one group (every 128th column of 4,096
+        // scores in groups of 32), the rest of the row is lower.
         let mut values = vec![0.0f32; 4_096];
-        for (i, v) in values.iter_mut().enumerate().skip(64).take(10) {
-            *v = 1.0 + i as f32;
+        let winners: Vec<i64> = (0..10).map(|j| 5 + j * 128).collect();
+        for &c in &winners {
+            values[c as usize] = 1.0 + c as f32;
         }
         let scores = Tensor::from_slice(&values).view([1, 4_096]);
         check(&scores, 10, GROUP);
         let (_, columns) = grouped_topk(&scores, 10, GROUP).unwrap();
         let mut columns = Vec::<i64>::try_from(columns.flatten(0, -1)).unwrap();
         columns.sort_unstable();
-        assert_eq!(columns, (64..74).collect::<Vec<i64>>());
+        assert_eq!(columns, winners);
     }
 
     #[test]
@@ -178,7 +186,9 @@ mod tests {
 
     #[test]
     fn half_precision_scores_select_the_same() {
-        let scores = tile(2, 20_000, 3, false).to_kind(Kind::Half);
-        check(&scores, 10, GROUP);
+        for kind in [Kind::Half, Kind::BFloat16] {
+            let scores = tile(2, 20_000, 3, false).to_kind(kind);
+            check(&scores, 10, GROUP);
+        }
     }
 }
