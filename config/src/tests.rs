@@ -86,3 +86,12 @@ fn standalone_redis_needs_url() {
         .to_string()
         .contains("redis.url"));
 }
+
+#[test]
+fn the_cpu_screen_is_none_or_bf16() {
+    let config = WorkerConfig::from_yaml("index:\n  cpu_screen: bf16\n").unwrap();
+    assert_eq!(config.index.cpu_screen, CpuScreen::Bf16);
+    assert_eq!(WorkerConfig::default().index.cpu_screen, CpuScreen::None);
+    let err = WorkerConfig::from_yaml("index:\n  cpu_screen: fp8\n").unwrap_err();
+    assert!(err.to_string().contains("none"), "{err}");
+}

@@ -34,6 +34,7 @@ mod stats;
 mod tokenize;
 
 pub use batcher::Lane;
+pub use device::cpu_has_native_bf16;
 pub use engine::Embedder;
 pub use error::EmbedError;
 pub use kb_config::{EmbeddingConfig, Precision};

@@ -6,6 +6,7 @@
 mod autoscaling;
 mod backup;
 mod embedding;
+mod index;
 mod limits;
 mod monitoring;
 mod network;
@@ -16,6 +17,7 @@ mod storage;
 pub use autoscaling::{Autoscaling, ScalingBehavior, ScalingRules};
 pub use backup::{Backup, BackupDestination, Bootstrap, FromBackup, PvcDestination, S3Destination};
 pub use embedding::{Chunking, Device, Embedding, GpuScheduling, ModelVolume, Precision};
+pub use index::{CpuScreen, Index};
 pub use limits::Limits;
 pub use monitoring::Monitoring;
 pub use network::Network;
@@ -108,6 +110,9 @@ pub struct KnowledgeBaseSpec {
     /// Request limits and deadlines of the workers' API (unset fields keep the defaults).
     #[serde(default)]
     pub limits: Limits,
+    /// How the workers' exact index searches.
+    #[serde(default)]
+    pub index: Index,
     /// Who may talk to the workers.
     #[serde(default)]
     pub network: Network,

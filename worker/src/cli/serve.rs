@@ -12,7 +12,7 @@ use crate::replica::{self, Replicator};
 use crate::search::SearchBatcher;
 use crate::store::Store;
 use anyhow::{bail, Context};
-use kb_config::WorkerConfig;
+use kb_config::{CpuScreen, IndexConfig, WorkerConfig};
 use kb_embed::Embedder;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -94,13 +94,24 @@ fn auth_for(cfg: &WorkerConfig, listen: &SocketAddr) -> anyhow::Result<Auth> {
 }
 
 /// The index lives where the embedder runs: sharded over the same GPUs (`cuda`,
-/// `cuda:0,1`, or `auto` with GPUs present), else on the CPU.
-fn index_placement(embedder_devices: &[String]) -> Placement {
+/// `cuda:0,1`, or `auto` with GPUs present), else on the CPU, where `index.cpu_screen`
+/// applies.
+fn index_placement(embedder_devices: &[String], index: &IndexConfig) -> Placement {
     let devices: Vec<Device> = embedder_devices
         .iter()
         .filter_map(|name| name.strip_prefix("cuda:")?.parse().ok().map(Device::Cuda))
         .collect();
-    Placement::from(devices)
+    let on_cpu = devices.is_empty();
+    let screen = index.cpu_screen == CpuScreen::Bf16;
+    if screen && !on_cpu {
+        tracing::info!(
+            ?devices,
+            "index.cpu_screen applies to CPU shards; this index lives on GPUs (fp16)"
+        );
+    } else if screen && !kb_embed::cpu_has_native_bf16() {
+        tracing::warn!("index.cpu_screen: bf16 on a CPU without AVX512-BF16 or AMX-BF16: bf16 products are emulated there and batched searches get slower, not faster; set it to none");
+    }
+    Placement::from(devices).with_cpu_screen(screen && on_cpu)
 }
 
 pub(crate) fn load_engine(
@@ -128,7 +139,7 @@ pub(crate) fn load_engine(
     tracing::info!(requested = %cfg.embedding.device, devices = ?embedder.devices(),
         precision = embedder.precision(), "embedding devices chosen");
     let chunker = Chunker::new(&cfg.chunking, embedder.tokenizer());
-    let device = index_placement(&embedder.devices());
+    let device = index_placement(&embedder.devices(), &cfg.index);
     let opening = || format!("opening data directory {}", cfg.data_dir.display());
     let cache = cfg.cache.enabled.then(|| {
         let settings = format!(
@@ -307,4 +318,36 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || store.wait_for_background_snapshot()).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::test_support::serve;
+    use kb_config::CpuScreen;
+    use serde_json::json;
+
+    /// Stores one document through the API and answers whether its collection's index
+    /// keeps a bf16 screen.
+    async fn screened_with(screen: CpuScreen) -> bool {
+        let (_tmp, state, url) = serve(|cfg| cfg.index.cpu_screen = screen).await;
+        let doc = json!({"documents": [{"id": "d1", "text": "screened or not"}]});
+        let status = reqwest::Client::new()
+            .post(format!("{url}/v1/collections/c/documents"))
+            .json(&doc)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+        let engine = state.engine().unwrap();
+        let index = engine.store.index();
+        let (_, collection) = index.collections().next().unwrap();
+        collection.is_screened()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn index_cpu_screen_reaches_the_collections() {
+        assert!(screened_with(CpuScreen::Bf16).await);
+        assert!(!screened_with(CpuScreen::None).await);
+    }
 }

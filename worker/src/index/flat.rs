@@ -58,6 +58,13 @@ struct Shard {
     dead: Option<SharedTensor>,
     /// Tombstoned rows of this shard.
     dead_count: usize,
+    /// A bf16 copy of `vectors` (same capacity) that screens batched searches on a CPU
+    /// ([`screen`]); `None` unless the placement asks for it and the shard is an fp32 CPU
+    /// shard.
+    screen: Option<SharedTensor>,
+    /// An upper bound of the rows' Euclidean norms (kept with the screen: it sizes the
+    /// screen's error margin).
+    max_norm: f64,
 }
 
 /// The flat index of one collection.
@@ -66,6 +73,8 @@ pub struct FlatIndex {
     metric: Metric,
     /// Storage precision of the vectors (`Float` or `Half`).
     kind: Kind,
+    /// Whether the placement asked CPU shards to keep a bf16 screening copy.
+    cpu_screen: bool,
     shards: Vec<Shard>,
     rows: Vec<Option<Arc<Row>>>,
     docs: BTreeMap<String, Vec<usize>>,
@@ -95,19 +104,24 @@ impl FlatIndex {
         placement: impl Into<Placement>,
         kind: Kind,
     ) -> Result<Self, IndexError> {
+        let placement = placement.into();
+        let cpu_screen = placement.cpu_screen();
         let shards = placement
-            .into()
             .devices()
             .iter()
             .map(|&device| {
+                let zeros = |kind| Tensor::f_zeros([MIN_CAPACITY, dim as i64], (kind, device));
+                let screened = cpu_screen && device == Device::Cpu && kind == Kind::Float;
                 Ok(Shard {
                     device,
-                    vectors: SharedTensor(Tensor::f_zeros(
-                        [MIN_CAPACITY, dim as i64],
-                        (kind, device),
-                    )?),
+                    vectors: SharedTensor(zeros(kind)?),
                     dead: None,
                     dead_count: 0,
+                    screen: match screened {
+                        true => Some(SharedTensor(zeros(Kind::BFloat16)?)),
+                        false => None,
+                    },
+                    max_norm: 0.0,
                 })
             })
             .collect::<Result<_, IndexError>>()?;
@@ -115,6 +129,7 @@ impl FlatIndex {
             dim,
             metric,
             kind,
+            cpu_screen,
             shards,
             rows: Vec::new(),
             docs: BTreeMap::new(),
@@ -167,6 +182,11 @@ impl FlatIndex {
         self.metric
     }
 
+    /// Whether some shard screens batched searches through a bf16 copy ([`screen`]).
+    pub fn is_screened(&self) -> bool {
+        self.shards.iter().any(|s| s.screen.is_some())
+    }
+
     /// Devices holding the shards, in shard order.
     pub fn devices(&self) -> Vec<Device> {
         self.shards.iter().map(|s| s.device).collect()
@@ -214,12 +234,15 @@ impl FlatIndex {
                 let picks: Vec<i64> = (first..last).map(|j| (j * n + s - start) as i64).collect();
                 data.f_index_select(0, &Tensor::f_from_slice(&picks)?)?
             };
-            let shard = &self.shards[s];
-            let mut target = shard
-                .vectors
-                .0
-                .f_narrow(0, first as i64, (last - first) as i64)?;
-            target.f_copy_(&part.f_to_device(shard.device)?)?;
+            let shard = &mut self.shards[s];
+            let (at, len) = (first as i64, (last - first) as i64);
+            let part = part.f_to_device(shard.device)?;
+            shard.vectors.0.f_narrow(0, at, len)?.f_copy_(&part)?;
+            if let Some(screen) = &shard.screen {
+                screen.0.f_narrow(0, at, len)?.f_copy_(&part)?;
+                let norm = part.f_norm_scalaropt_dim(2.0, [1i64].as_slice(), false)?;
+                shard.max_norm = shard.max_norm.max(norm.f_max()?.f_double_value(&[])?);
+            }
         }
         Ok(())
     }
@@ -376,8 +399,18 @@ impl FlatIndex {
             }
             None => None,
         };
+        let grown_screen = match &shard.screen {
+            Some(screen) => {
+                let t = Tensor::f_zeros([new_cap, dim], (Kind::BFloat16, shard.device))?;
+                t.f_narrow(0, 0, used)?
+                    .f_copy_(&screen.0.f_narrow(0, 0, used)?)?;
+                Some(SharedTensor(t))
+            }
+            None => None,
+        };
         shard.vectors = SharedTensor(grown);
         shard.dead = grown_mask;
+        shard.screen = grown_screen;
         Ok(())
     }
 
@@ -388,7 +421,7 @@ impl FlatIndex {
         let fresh = self.export().and_then(|live| {
             let (rows, vectors): (Vec<Row>, Vec<Vec<f32>>) = live.into_iter().unzip();
             let flat: Vec<f32> = vectors.into_iter().flatten().collect();
-            let placement = Placement::from(self.devices());
+            let placement = Placement::from(self.devices()).with_cpu_screen(self.cpu_screen);
             Self::from_rows_as(self.dim, self.metric, placement, self.kind, rows, &flat)
         });
         match fresh {
@@ -478,6 +511,7 @@ pub(crate) mod faults;
 mod documents;
 pub use documents::StoredDocument;
 mod frozen;
+pub mod screen;
 mod search;
 pub mod select;
 pub use frozen::Frozen;

@@ -43,35 +43,54 @@ impl IndexError {
 }
 
 /// Where index vectors live: one device, or shards over several (a GPU may be listed
-/// twice, and so may the CPU, which is how the sharded path is tested without GPUs).
+/// twice, and so may the CPU, which is how the sharded path is tested without GPUs), and
+/// whether CPU shards keep a bf16 screening copy ([`flat::screen`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Placement(Vec<Device>);
+pub struct Placement {
+    devices: Vec<Device>,
+    cpu_screen: bool,
+}
 
 impl Placement {
     /// The devices, in shard order (never empty).
     pub fn devices(&self) -> &[Device] {
-        &self.0
+        &self.devices
     }
 
     /// The first device: it sets the storage precision.
     pub fn primary(&self) -> Device {
-        self.0[0]
+        self.devices[0]
+    }
+
+    /// This placement with CPU shards screening batched searches through a bf16 copy of
+    /// their vectors (`index.cpu_screen: bf16`) or not.
+    pub fn with_cpu_screen(mut self, on: bool) -> Self {
+        self.cpu_screen = on;
+        self
+    }
+
+    /// Whether CPU shards keep a bf16 screening copy.
+    pub fn cpu_screen(&self) -> bool {
+        self.cpu_screen
     }
 }
 
 impl From<Device> for Placement {
     fn from(device: Device) -> Self {
-        Placement(vec![device])
+        Placement::from(vec![device])
     }
 }
 
 impl From<Vec<Device>> for Placement {
     /// An empty list means the CPU.
     fn from(devices: Vec<Device>) -> Self {
-        if devices.is_empty() {
-            Placement(vec![Device::Cpu])
-        } else {
-            Placement(devices)
+        Placement {
+            devices: if devices.is_empty() {
+                vec![Device::Cpu]
+            } else {
+                devices
+            },
+            cpu_screen: false,
         }
     }
 }

@@ -84,6 +84,10 @@ pub fn worker_config(spec: &KnowledgeBaseSpec, names: &Names) -> WorkerConfig {
         &mut limits.write_timeout_seconds,
         wanted.write_timeout_seconds,
     );
+    config.index.cpu_screen = match spec.index.cpu_screen {
+        crd::CpuScreen::None => kb_config::CpuScreen::None,
+        crd::CpuScreen::Bf16 => kb_config::CpuScreen::Bf16,
+    };
     config.chunking.max_tokens = to_usize(spec.chunking.max_tokens);
     config.chunking.overlap = to_usize(spec.chunking.overlap);
     config.cache.enabled = spec.cache.enabled;

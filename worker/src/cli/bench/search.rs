@@ -59,6 +59,10 @@ pub struct BenchSearchArgs {
     /// the whole tile).
     #[arg(long, default_value = "grouped", value_delimiter = ',', value_parser = parse_selection)]
     pub selection: Vec<Selection>,
+    /// CPU shards screen batches through a bf16 copy of the vectors (as the server does
+    /// with `index.cpu_screen: bf16`).
+    #[arg(long)]
+    pub cpu_screen: bool,
 }
 
 /// One way of taking a tile's top-k.
@@ -113,7 +117,7 @@ pub(super) fn run(args: &BenchSearchArgs) -> anyhow::Result<()> {
             _ => parse_device(part),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let device = crate::index::Placement::from(devices);
+    let device = crate::index::Placement::from(devices).with_cpu_screen(args.cpu_screen);
     let kind = storage_kind(&args.precision, device.primary())?;
     let (dim, k) = (args.dim as usize, args.top_k as usize);
     let mut rng = StdRng::seed_from_u64(args.seed);
@@ -203,6 +207,7 @@ fn measure(
         "queries": args.queries,
         "top_k": args.top_k,
         "selection": selection.to_string(),
+        "cpu_screen": args.cpu_screen,
         "concurrency": args.concurrency,
         "iterations": args.iterations,
         "p50_ms": round3(percentile(&latencies_ms, 0.5)),

@@ -129,24 +129,46 @@ impl FlatIndex {
         // (for the fp32 re-scoring) would wait for the tile kernels queued before it.
         let q32 = q.f_to_device(shard.device)?;
         let qd = q32.f_to_kind(self.kind)?;
+        // A screened CPU shard scores batches through its bf16 copy first.
+        let screen = match &shard.screen {
+            Some(screen) if q.size()[0] >= super::screen::MIN_QUERIES as i64 => {
+                let per_norm = super::screen::margin(self.dim, 1.0, shard.max_norm);
+                let margins = q32
+                    .f_norm_scalaropt_dim(2.0, [1i64].as_slice(), false)?
+                    .f_mul_scalar(per_norm)?;
+                Some((&screen.0, q32.f_to_kind(Kind::BFloat16)?, margins))
+            }
+            _ => None,
+        };
         let mut values = Vec::new();
         let mut indices = Vec::new();
         let tile = tile_rows.max(1);
         for start in (0..len).step_by(tile) {
             let rows = tile.min(len - start);
-            let db = shard.vectors.0.f_narrow(0, start as i64, rows as i64)?;
-            let mut scores = qd.f_matmul(&db.f_tr()?)?;
-            if let Some(ex) = &excluded {
-                let ex = ex.f_narrow(0, start as i64, rows as i64)?;
-                scores = scores.f_masked_fill(&ex, f64::NEG_INFINITY)?;
-            }
-            let (v, i) = super::select::topk(&scores, k_s.min(rows) as i64)?;
+            let (at, count) = (start as i64, rows as i64);
+            let db = shard.vectors.0.f_narrow(0, at, count)?;
+            let ex = match &excluded {
+                Some(ex) => Some(ex.f_narrow(0, at, count)?),
+                None => None,
+            };
+            let k_tile = k_s.min(rows) as i64;
+            let (v, i) = match &screen {
+                Some((screen, qb, margins)) => super::screen::Tile {
+                    screen: &screen.f_narrow(0, at, count)?,
+                    vectors: &db,
+                    excluded: ex.as_ref(),
+                }
+                .topk(&q32, qb, margins, k_tile)?,
+                None => {
+                    let mut scores = qd.f_matmul(&db.f_tr()?)?;
+                    if let Some(ex) = &ex {
+                        scores = scores.f_masked_fill(ex, f64::NEG_INFINITY)?;
+                    }
+                    super::select::topk(&scores, k_tile)?
+                }
+            };
             values.push(v);
-            indices.push(if start == 0 {
-                i
-            } else {
-                i.f_add_scalar(start as i64)?
-            });
+            indices.push(if start == 0 { i } else { i.f_add_scalar(at)? });
         }
         let (values, indices) = if values.len() == 1 {
             (values.remove(0), indices.remove(0))

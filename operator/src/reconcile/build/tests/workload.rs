@@ -45,7 +45,7 @@ fn embedding_chunking_and_cache_reach_the_worker_config() {
 }
 
 #[test]
-fn lanes_model_name_and_limits_reach_the_worker_config() {
+fn lanes_model_name_limits_and_index_reach_the_worker_config() {
     let unset = config(&plan_for(&kb("docs")));
     let defaults = kb_config::EmbeddingConfig::default();
     let lanes = |e: &kb_config::EmbeddingConfig| {
@@ -59,6 +59,7 @@ fn lanes_model_name_and_limits_reach_the_worker_config() {
     };
     assert_eq!(lanes(&unset.embedding), lanes(&defaults));
     assert_eq!(unset.limits, kb_config::LimitsConfig::default());
+    assert_eq!(unset.index, kb_config::IndexConfig::default());
 
     let mut kb = kb("docs");
     let e = &mut kb.spec.embedding;
@@ -77,7 +78,9 @@ fn lanes_model_name_and_limits_reach_the_worker_config() {
         request_timeout_seconds: Some(5),
         write_timeout_seconds: Some(120),
     };
+    kb.spec.index.cpu_screen = crate::crd::CpuScreen::Bf16;
     let config = config(&plan_for(&kb));
+    assert_eq!(config.index.cpu_screen, kb_config::CpuScreen::Bf16);
     assert_eq!(config.embedding.bulk_batch_tokens, Some(512));
     assert_eq!(config.embedding.queue_capacity, 64);
     assert_eq!(config.embedding.bulk_queue_capacity, 100_000);
