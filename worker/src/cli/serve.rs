@@ -114,6 +114,14 @@ fn index_placement(embedder_devices: &[String], index: &IndexConfig) -> Placemen
     Placement::from(devices).with_cpu_screen(screen && on_cpu)
 }
 
+/// libtorch threads of one search run: every core the worker may use
+/// (`embedding.cpu_cores`, else what the process may run on).
+fn search_threads(cfg: &WorkerConfig) -> usize {
+    cfg.embedding
+        .cpu_cores
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
 pub(crate) fn load_engine(
     cfg: &WorkerConfig,
     log: Option<RedisLog>,
@@ -169,7 +177,7 @@ pub(crate) fn load_engine(
         }
     };
     Ok(Engine {
-        searches: SearchBatcher::new(store.clone()),
+        searches: SearchBatcher::with_threads(store.clone(), search_threads(cfg)),
         store,
         embedder,
         chunker,
