@@ -9,6 +9,7 @@ pub mod chunk;
 pub mod cli;
 pub mod format;
 pub mod gpu;
+pub mod host;
 pub mod index;
 pub mod log;
 pub mod metrics;

@@ -420,7 +420,7 @@ impl Store {
                     if let Err(e) = index.apply(record) {
                         tracing::error!(seq = record.seq, error = %e, "a logged record failed to apply");
                         let cause = match &e {
-                            IndexError::Capacity(m) => format!("not enough GPU memory: {m}"),
+                            IndexError::Capacity(m) => format!("not enough memory: {m}"),
                             e if e.is_resource() => "device or memory error".into(),
                             _ => "it contradicts the index (a bug: please report it)".into(),
                         };

@@ -25,7 +25,7 @@ pub enum IndexError {
     Torch(#[from] tch::TchError),
     #[error("search failed: {0}")]
     Aborted(String),
-    #[error("not enough GPU memory: {0}")]
+    #[error("not enough memory: {0}")]
     Capacity(String),
 }
 

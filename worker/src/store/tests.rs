@@ -104,7 +104,7 @@ fn an_apply_failure_after_the_append_halts_writes_instead_of_acknowledging() {
     store
         .write(vec![create(), upsert("a", vec![1.0, 0.0])])
         .unwrap();
-    // The check passes (CPU has no capacity limit); storing the rows then fails.
+    // The check passes (no growth: the rows fit the first allocation); storing them fails.
     faults::inject(faults::Fault::Fail);
     let err = store.write(vec![upsert("a", vec![0.0, 1.0])]).unwrap_err();
     assert!(matches!(err, StoreError::Halted(_)), "{err}");
@@ -280,4 +280,45 @@ fn a_replica_snapshots_in_the_background_at_a_consistent_sequence() {
     let reopened = Store::open_replicated(dir.path(), &cfg(3), Device::Cpu).unwrap();
     assert_eq!(reopened.index().applied(), 3);
     assert_eq!(docs(&reopened), 2);
+}
+
+#[test]
+fn a_cpu_index_that_would_outgrow_the_pod_is_refused_before_logging() {
+    use crate::host::{tests::fix, HostMemory};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), &cfg(0), Device::Cpu).unwrap();
+    // 200 MiB left under the cgroup limit: less than the headroom the worker keeps.
+    let tight = fix(HostMemory {
+        limit: Some(300 << 20),
+        working_set: 100 << 20,
+        machine_available: Some(8 << 30),
+    });
+    // Within the collection's first allocation nothing grows, so nothing is refused.
+    store
+        .write(vec![create(), upsert("a", vec![1.0, 0.0])])
+        .unwrap();
+    let many: Vec<Op> = (0..1100)
+        .map(|i| upsert(&format!("d{i}"), vec![1.0, i as f32]))
+        .collect();
+    let err = store.write(many.clone()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Index(IndexError::Capacity(_))),
+        "{err}"
+    );
+    assert!(
+        err.public_message().contains("resources.limits.memory"),
+        "{}",
+        err.public_message()
+    );
+    assert_eq!(store.last_seq(), 2, "nothing was logged");
+    assert_eq!(docs(&store), 1);
+    // With room, the same write lands.
+    drop(tight);
+    let _roomy = fix(HostMemory {
+        limit: Some(4 << 30),
+        working_set: 100 << 20,
+        machine_available: Some(8 << 30),
+    });
+    store.write(many).unwrap();
+    assert_eq!(docs(&store), 1101);
 }

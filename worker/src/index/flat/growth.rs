@@ -5,22 +5,20 @@ use crate::index::{IndexError, Placement};
 use tch::{Device, Kind, Tensor};
 
 impl FlatIndex {
-    /// Checks that `extra` more rows fit: on a GPU, growing a shard needs the grown tensor
-    /// in free memory next to the current one. Writers call this before logging a write.
+    /// Checks that `extra` more rows fit: growing a shard needs the grown tensors in free
+    /// memory next to the current ones (GPU shards against their device, CPU shards
+    /// together against the host's memory). Writers call this before logging a write.
     pub fn check_growth(&self, extra: usize) -> Result<(), IndexError> {
         let total = self.rows.len() + extra;
-        for (s, shard) in self.shards.iter().enumerate() {
-            let needed = self.shard_len(s, total) as i64;
-            check_shard_growth(
-                shard.device,
-                shard.vectors.0.size()[0],
-                needed,
-                self.dim,
-                self.kind,
-                shard.dead.is_some(),
-            )?;
-        }
-        Ok(())
+        check_growths(self.shards.iter().enumerate().map(|(s, shard)| Growth {
+            device: shard.device,
+            cap: shard.vectors.0.size()[0],
+            needed: self.shard_len(s, total) as i64,
+            dim: self.dim,
+            kind: self.kind,
+            masked: shard.dead.is_some(),
+            screened: shard.screen.is_some(),
+        }))
     }
 
     /// [`FlatIndex::check_growth`] for a collection not created yet: whether `rows` rows
@@ -28,15 +26,21 @@ impl FlatIndex {
     pub fn check_new(dim: usize, placement: &Placement, rows: usize) -> Result<(), IndexError> {
         let devices = placement.devices();
         let kind = storage_kind(placement.primary());
-        for (s, &device) in devices.iter().enumerate() {
-            let needed = (rows + devices.len() - 1 - s) / devices.len();
-            check_shard_growth(device, MIN_CAPACITY, needed as i64, dim, kind, false)?;
-        }
-        Ok(())
+        check_growths(devices.iter().enumerate().map(|(s, &device)| Growth {
+            device,
+            cap: MIN_CAPACITY,
+            needed: ((rows + devices.len() - 1 - s) / devices.len()) as i64,
+            dim,
+            kind,
+            masked: false,
+            screened: placement.cpu_screen() && device == Device::Cpu && kind == Kind::Float,
+        }))
     }
 
     /// Grows shard `s` to hold `rows`; on a GPU, first checks that the new tensor fits in
-    /// its free memory, so a too-large collection is a clear error, not an OOM.
+    /// its free memory, so a too-large collection is a clear error, not an OOM. (A CPU
+    /// shard is checked before its write is logged only: refusing a logged record here
+    /// would halt writes over an allocation that may well succeed.)
     pub(super) fn reserve(&mut self, s: usize, rows: i64) -> Result<(), IndexError> {
         let used = self.shard_len(s, self.rows.len()) as i64;
         let (dim, kind) = (self.dim as i64, self.kind);
@@ -46,8 +50,18 @@ impl FlatIndex {
             return Ok(());
         }
         let new_cap = (cap * 2).max(rows);
-        let masked = shard.dead.is_some();
-        check_shard_growth(shard.device, cap, rows, self.dim, kind, masked)?;
+        if let Device::Cuda(ordinal) = shard.device {
+            let growth = Growth {
+                device: shard.device,
+                cap,
+                needed: rows,
+                dim: self.dim,
+                kind,
+                masked: shard.dead.is_some(),
+                screened: false,
+            };
+            check_shard_growth(ordinal, &growth)?;
+        }
         let grown = Tensor::f_zeros([new_cap, dim], (kind, shard.device))?;
         grown
             .f_narrow(0, 0, used)?
@@ -79,26 +93,64 @@ impl FlatIndex {
     }
 }
 
-/// Whether a shard on `device` of capacity `cap` can grow to `needed` rows: on a GPU the
-/// grown tensors (vectors, and the tombstone mask when the shard has one) must fit next to
-/// the current ones, which stay until the copy is done.
-fn check_shard_growth(
+/// One shard's growth to `needed` rows from capacity `cap`.
+struct Growth {
     device: Device,
     cap: i64,
     needed: i64,
     dim: usize,
     kind: Kind,
     masked: bool,
-) -> Result<(), IndexError> {
-    let Device::Cuda(ordinal) = device else {
-        return Ok(());
-    };
-    if needed <= cap {
+    screened: bool,
+}
+
+impl Growth {
+    /// Bytes of the grown tensors, 0 when the shard has room.
+    fn bytes(&self) -> u64 {
+        if self.needed <= self.cap {
+            return 0;
+        }
+        let bytes = growth_bytes(self.cap, self.needed, self.dim, self.kind, self.masked);
+        let screen = match self.screened {
+            true => growth_bytes(self.cap, self.needed, self.dim, Kind::BFloat16, false),
+            false => 0,
+        };
+        bytes + screen
+    }
+}
+
+/// Whether the shards can grow: each GPU shard's grown tensors (vectors, and the
+/// tombstone mask when it has one) must fit on its device next to the current ones, which
+/// stay until the copy is done; the CPU shards' together in the host's memory.
+fn check_growths(growths: impl Iterator<Item = Growth>) -> Result<(), IndexError> {
+    let (mut host_bytes, mut host_rows) = (0u64, 0i64);
+    for g in growths {
+        match g.device {
+            Device::Cuda(ordinal) => check_shard_growth(ordinal, &g)?,
+            _ if g.needed > g.cap => {
+                host_bytes += g.bytes();
+                host_rows += g.needed;
+            }
+            _ => {}
+        }
+    }
+    if host_bytes == 0 {
         return Ok(());
     }
-    let bytes = growth_bytes(cap, needed, dim, kind, masked);
-    crate::gpu::check_capacity(ordinal, bytes, &format!("a shard of {needed} rows"))
-        .map_err(IndexError::Capacity)
+    crate::host::check_capacity(
+        host_bytes,
+        &format!("growing the index to {host_rows} rows"),
+    )
+    .map_err(IndexError::Capacity)
+}
+
+/// [`check_growths`] for one GPU shard (also checked when it grows).
+fn check_shard_growth(ordinal: usize, g: &Growth) -> Result<(), IndexError> {
+    if g.needed <= g.cap {
+        return Ok(());
+    }
+    let what = format!("a shard of {} rows", g.needed);
+    crate::gpu::check_capacity(ordinal, g.bytes(), &what).map_err(IndexError::Capacity)
 }
 
 /// Bytes a shard of capacity `cap` allocates to grow to `needed` rows (capacity doubles).
