@@ -91,6 +91,7 @@ fn every_alert_parses_and_the_ones_that_matter_are_there() {
         "KnowledgeBaseBackupTooOld",
         "KnowledgeBaseDiskNearlyFull",
         "KnowledgeBaseGpuMemoryNearlyFull",
+        "KnowledgeBaseHostMemoryNearlyFull",
     ] {
         assert!(alerts.contains(wanted), "{wanted} missing from {alerts:?}");
     }

@@ -82,6 +82,8 @@ pub struct Metrics {
     snapshot_failures: Gauge,
     ready: Gauge,
     volume_free: Gauge,
+    host_limit: Gauge,
+    host_working_set: Gauge,
     volume_total: Gauge,
     cache: Family<CacheLabels, Counter>,
     gpu_total: Family<GpuLabels, Gauge>,
@@ -120,6 +122,8 @@ impl Metrics {
             snapshot_failures: Gauge::default(),
             ready: Gauge::default(),
             volume_free: Gauge::default(),
+            host_limit: Gauge::default(),
+            host_working_set: Gauge::default(),
             volume_total: Gauge::default(),
             cache: Family::default(),
             gpu_total: Family::default(),
@@ -217,6 +221,17 @@ impl Metrics {
             "data_volume_size_bytes",
             "Size of the worker's data volume",
             m.volume_total.clone(),
+        );
+        r.register(
+            "host_memory_limit_bytes",
+            "Memory limit of the worker's cgroup (0: none); a CPU index that would grow past it \
+             less the working set is refused with 503",
+            m.host_limit.clone(),
+        );
+        r.register(
+            "host_memory_working_set_bytes",
+            "Memory in use by the worker's cgroup, less inactive page cache",
+            m.host_working_set.clone(),
         );
         r.register(
             "snapshot_failures",
@@ -329,6 +344,9 @@ impl Metrics {
         } else {
             self.ready.set(0);
         }
+        let host = crate::host::HostMemory::probe();
+        self.host_limit.set(host.limit.unwrap_or(0) as i64);
+        self.host_working_set.set(host.working_set as i64);
         self.gpu_total.clear();
         self.gpu_used.clear();
         self.gpu_cached.clear();
@@ -417,4 +435,40 @@ fn volume_space(path: &std::path::Path) -> Option<(u64, u64)> {
         stat.f_blocks as u64,
     );
     Some((available * block, blocks * block))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{tests::fix, HostMemory};
+
+    #[test]
+    fn host_memory_figures_are_exported_at_each_scrape() {
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let state = AppState::new(
+            crate::auth::Auth::open(),
+            Default::default(),
+            metrics.clone(),
+        );
+        let _fixed = fix(HostMemory {
+            limit: Some(2 << 30),
+            working_set: 3 << 29,
+            machine_available: None,
+        });
+        let text = metrics.render(&state);
+        assert!(
+            text.contains("kb_worker_host_memory_limit_bytes 2147483648"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kb_worker_host_memory_working_set_bytes 1610612736"),
+            "{text}"
+        );
+        let _unlimited = fix(HostMemory::default());
+        let text = metrics.render(&state);
+        assert!(
+            text.contains("kb_worker_host_memory_limit_bytes 0"),
+            "{text}"
+        );
+    }
 }
