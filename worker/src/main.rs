@@ -56,13 +56,22 @@ fn init_logging() {
         .init();
 }
 
-/// `kb-worker devices`: `{"cuda_driver": bool, "gpus": [...]}` on one line.
+/// `kb-worker devices`: `{"cuda_driver": bool, "gpus": [...], "host_memory": {...}}` on one
+/// line.
 fn devices() -> anyhow::Result<()> {
     // Both views: the CUDA driver's (cudarc) and libtorch's, with the reason when they
     // disagree.
     let views = kb_worker::gpu::DeviceViews::probe();
     let mut report = serde_json::to_value(&views)?;
     report["summary"] = serde_json::Value::String(views.explain());
+    // What a CPU index may grow into (see `kb_worker::host`).
+    let host = kb_worker::host::HostMemory::probe();
+    report["host_memory"] = serde_json::json!({
+        "limit_bytes": host.limit,
+        "working_set_bytes": host.working_set,
+        "machine_available_bytes": host.machine_available,
+        "available_bytes": host.available(),
+    });
     println!("{report}");
     Ok(())
 }

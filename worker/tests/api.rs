@@ -341,6 +341,13 @@ fn devices_command_reports_the_gpus_libtorch_sees() {
     // libtorch's own view sits next to the driver's, with a summary in words.
     assert_eq!(report["libtorch_cuda_devices"], tch::Cuda::device_count());
     assert!(report["summary"].as_str().unwrap().contains("libtorch"));
+    // And the host memory a CPU index may grow into (this machine has /proc/meminfo).
+    let host = &report["host_memory"];
+    assert!(
+        host["machine_available_bytes"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(host["available_bytes"].as_u64().unwrap() > 0, "{report}");
     if gpus.is_empty() {
         return;
     }
