@@ -318,43 +318,6 @@ async fn documents_with_their_own_vectors_skip_embedding_and_are_checked() {
     }
 }
 
-/// Runs `kb-worker COMMAND`, which must succeed and print one JSON document.
-fn json_of_command(command: &str) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kb-worker"))
-        .arg(command)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-#[test]
-fn devices_command_reports_the_gpus_libtorch_sees() {
-    let report = json_of_command("devices");
-    let gpus = report["gpus"].as_array().unwrap();
-    assert_eq!(gpus.len() as i64, tch::Cuda::device_count(), "{report}");
-    assert!(report["cuda_driver"].is_boolean());
-    // libtorch's own view sits next to the driver's, with a summary in words.
-    assert_eq!(report["libtorch_cuda_devices"], tch::Cuda::device_count());
-    assert!(report["summary"].as_str().unwrap().contains("libtorch"));
-    // And the host memory a CPU index may grow into (this machine has /proc/meminfo).
-    let host = &report["host_memory"];
-    assert!(
-        host["machine_available_bytes"].as_u64().unwrap() > 0,
-        "{report}"
-    );
-    assert!(host["available_bytes"].as_u64().unwrap() > 0, "{report}");
-    if gpus.is_empty() {
-        return;
-    }
-    assert!(report["cuda_driver"].as_bool().unwrap());
-    assert!(gpus[0]["total_bytes"].as_u64().unwrap() > 0);
-}
-
 #[tokio::test]
 async fn rotated_api_keys_take_effect_on_sighup_without_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
@@ -456,48 +419,10 @@ async fn unknown_routes_and_methods_answer_in_the_json_error_shape() {
 /// `kb-worker openapi` prints, without a worker, the document a worker serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_command_prints_what_the_worker_serves() {
-    let printed = json_of_command("openapi");
+    let printed = common::json_of_command("openapi");
     let (_tmp, w) = start().await;
     let (status, served) = call(&w, "GET", "/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(printed, served);
     assert!(printed["paths"]["/v1/collections/{collection}/query"]["post"].is_object());
-}
-
-#[test]
-fn asking_for_cuda_that_libtorch_cannot_use_fails_at_start_naming_both_views() {
-    // One device past the last one libtorch sees (plain `cuda` without GPUs).
-    let count = tch::Cuda::device_count();
-    let device = if count == 0 {
-        "cuda".to_string()
-    } else {
-        format!("cuda:{count}")
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kb-worker"))
-        .args([
-            "serve",
-            "--open",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--device", &device, "--model"])
-        .arg(common::model_dir())
-        .arg("--data-dir")
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "the worker started on {device}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!("embedding.device {device:?}")),
-        "{stderr}"
-    );
-    assert!(stderr.contains("libtorch"), "{stderr}");
-    assert!(
-        stderr.contains("CUDA driver") || stderr.contains("no CUDA driver library"),
-        "{stderr}"
-    );
 }

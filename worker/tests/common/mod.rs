@@ -158,3 +158,17 @@ pub async fn start_keyed(dir: &Path) -> Worker {
     )
     .await
 }
+
+/// Runs `kb-worker COMMAND`, which must succeed and print one JSON document.
+pub fn json_of_command(command: &str) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kb-worker"))
+        .arg(command)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
