@@ -161,17 +161,9 @@ impl FlatIndex {
         rows: Vec<Row>,
         vectors: &[f32],
     ) -> Result<Self, IndexError> {
-        let mut index = Self::with_kind(dim, metric, placement, kind)?;
-        let n = rows.len();
-        if n > 0 {
-            let data = Tensor::f_from_slice(vectors)?.f_view([n as i64, dim as i64])?;
-            index.store_rows(0, &data)?;
-        }
-        for (i, row) in rows.iter().enumerate() {
-            index.docs.entry(row.doc_id.clone()).or_default().push(i);
-        }
-        index.rows = rows.into_iter().map(|r| Some(Arc::new(r))).collect();
-        Ok(index)
+        let mut builder = Self::builder(dim, metric, placement, kind, rows.len())?;
+        builder.push(rows.into_iter().map(Arc::new).collect(), vectors)?;
+        builder.finish()
     }
 
     pub fn dim(&self) -> usize {
@@ -342,14 +334,19 @@ impl FlatIndex {
     }
 
     /// Drops tombstoned rows from the tensors and the host tables (live rows keep their
-    /// order, so results do not change).
-    /// A failure (memory, device) keeps the current tensors: tombstones stay masked.
+    /// order, so results do not change). The live rows are copied a chunk at a time into
+    /// tensors sized for them, after checking that those fit next to the current ones; a
+    /// failure (memory, device) keeps the current tensors: tombstones stay masked.
     pub fn compact(&mut self) {
-        let fresh = self.export().and_then(|live| {
-            let (rows, vectors): (Vec<Row>, Vec<Vec<f32>>) = live.into_iter().unzip();
-            let flat: Vec<f32> = vectors.into_iter().flatten().collect();
+        let fresh = self.freeze().and_then(|frozen| {
             let placement = Placement::from(self.devices()).with_cpu_screen(self.cpu_screen);
-            Self::from_rows_as(self.dim, self.metric, placement, self.kind, rows, &flat)
+            let live = frozen.live();
+            let mut builder = Self::builder(self.dim, self.metric, placement, self.kind, live)?;
+            for chunk in frozen.chunks() {
+                let chunk = chunk?;
+                builder.push(chunk.rows, &chunk.vectors)?;
+            }
+            builder.finish()
         });
         match fresh {
             Ok(fresh) => *self = fresh,
@@ -406,8 +403,10 @@ fn normalize(t: &Tensor) -> Result<Tensor, tch::TchError> {
 #[cfg(test)]
 pub(crate) mod faults;
 
+mod build;
 mod documents;
 mod growth;
+pub use build::Builder;
 pub use documents::StoredDocument;
 #[cfg(test)]
 pub(super) use growth::growth_bytes;
@@ -415,4 +414,4 @@ mod frozen;
 pub mod screen;
 mod search;
 pub mod select;
-pub use frozen::Frozen;
+pub use frozen::{Chunk, Frozen, CHUNK_ROWS};

@@ -360,3 +360,33 @@ fn shard_growth_counts_the_doubled_vectors_and_the_tombstone_mask() {
         5000 * 17
     );
 }
+
+#[test]
+fn compaction_waits_for_host_memory_instead_of_outgrowing_the_pod() {
+    use crate::host::{tests::fix, HostMemory, HEADROOM};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let db = random_vectors(&mut rng, 3000, 64);
+    let mut idx = index_with(&db, Metric::Cosine);
+    // 64 KB free: the compacted copy (2,000 live rows of 64 floats) does not fit.
+    let tight = fix(HostMemory {
+        limit: Some((1 << 30) + HEADROOM + (64 << 10)),
+        working_set: 1 << 30,
+        machine_available: None,
+    });
+    for i in 0..1000 {
+        assert!(idx.delete(&format!("doc-{i}")));
+    }
+    assert_eq!(idx.stats().tombstones, 1000, "compaction was skipped");
+    let q = &db[1500];
+    let hits = &idx
+        .search(std::slice::from_ref(q), 5, &Filter::default())
+        .unwrap()[0];
+    assert_matches_reference(hits, &reference(&db, q, 5, Metric::Cosine, |i| i >= 1000));
+    drop(tight);
+    assert!(idx.delete("doc-1000"));
+    assert_eq!(idx.stats().tombstones, 0, "compacted once memory allows");
+    let hits = &idx
+        .search(std::slice::from_ref(q), 5, &Filter::default())
+        .unwrap()[0];
+    assert_matches_reference(hits, &reference(&db, q, 5, Metric::Cosine, |i| i > 1000));
+}

@@ -24,17 +24,7 @@ impl FlatIndex {
     /// [`FlatIndex::check_growth`] for a collection not created yet: whether `rows` rows
     /// of `dim` fit on `placement` once it exists.
     pub fn check_new(dim: usize, placement: &Placement, rows: usize) -> Result<(), IndexError> {
-        let devices = placement.devices();
-        let kind = storage_kind(placement.primary());
-        check_growths(devices.iter().enumerate().map(|(s, &device)| Growth {
-            device,
-            cap: MIN_CAPACITY,
-            needed: ((rows + devices.len() - 1 - s) / devices.len()) as i64,
-            dim,
-            kind,
-            masked: false,
-            screened: placement.cpu_screen() && device == Device::Cpu && kind == Kind::Float,
-        }))
+        check_fresh(dim, placement, storage_kind(placement.primary()), rows)
     }
 
     /// Grows shard `s` to hold `rows`; on a GPU, first checks that the new tensor fits in
@@ -91,6 +81,26 @@ impl FlatIndex {
         shard.screen = grown_screen;
         Ok(())
     }
+}
+
+/// Whether a fresh collection of `rows` rows of `dim`, stored as `kind`, fits on
+/// `placement` (next to whatever else is allocated, e.g. the collection it replaces).
+pub(super) fn check_fresh(
+    dim: usize,
+    placement: &Placement,
+    kind: Kind,
+    rows: usize,
+) -> Result<(), IndexError> {
+    let devices = placement.devices();
+    check_growths(devices.iter().enumerate().map(|(s, &device)| Growth {
+        device,
+        cap: MIN_CAPACITY,
+        needed: ((rows + devices.len() - 1 - s) / devices.len()) as i64,
+        dim,
+        kind,
+        masked: false,
+        screened: placement.cpu_screen() && device == Device::Cpu && kind == Kind::Float,
+    }))
 }
 
 /// One shard's growth to `needed` rows from capacity `cap`.
