@@ -16,7 +16,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tch::Device;
 use tokio::sync::watch;
 
 /// Records read from the stream per round trip.
@@ -335,8 +334,7 @@ async fn fetch_snapshot(peer: &str, cfg: &ReplicationConfig, dir: &Path) -> anyh
     }
     let bytes = resp.bytes().await?;
     // Verifies magic, length and checksum before anything is written.
-    let index = snapshot::decode(&bytes, Device::Cpu, Path::new(peer))?;
-    let seq = index.applied();
+    let seq = snapshot::verify(&bytes, Path::new(peer))?;
     snapshot::write_atomic(dir, &snapshot::file_name(seq), &bytes)?;
     Ok(seq)
 }

@@ -1,20 +1,25 @@
 //! Crash-safe snapshots of the whole index plus the last applied log sequence.
 //!
 //! File: `KBSNAP02 | payload | crc32(payload) u32 LE | payload length u64 LE`, the payload
-//! in [`crate::format`] (version byte + postcard). Files of format version 1 (`KBSNAP01`,
-//! bincode payload) still load. Written to a temporary file, fsynced, renamed into place
+//! in [`crate::format`] (version byte + postcard), written and read as a stream
+//! ([`stream`]): a snapshot or a start-up holds one chunk of rows at a time, never a copy
+//! of the whole index. Files of format version 1 (`KBSNAP01`, bincode payload) still load. Written to a temporary file, fsynced, renamed into place
 //! and the directory fsynced, so a crash leaves either the old set of snapshots or the new
 //! one, never a half file under a snapshot name; a failed write removes its temporary
 //! file, and [`clean_temporary`] removes those a crash left. Loading walks from the newest
 //! file to the oldest valid one.
 
-use crate::index::flat::{FlatIndex, Row};
+use crate::index::flat::{Row, CHUNK_ROWS};
 use crate::index::{Index, Placement};
-use crate::log::{Metadata, Metric, Seq};
-use serde::{Deserialize, Serialize};
+use crate::log::{Metric, Seq};
+use serde::Serialize;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+mod stream;
+pub use stream::load_file;
 
 const MAGIC: &[u8; 8] = b"KBSNAP02";
 /// Magic of format version 1 (bincode payload), read but no longer written.
@@ -44,13 +49,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+/// A whole snapshot's contents in memory: what version-1 files decode into, and (through
+/// its serde encoding) the reference the streamed version-2 writer is tested against.
+#[derive(Serialize)]
 struct SnapshotData {
     seq: Seq,
     collections: Vec<CollectionData>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct CollectionData {
     name: String,
     dim: usize,
@@ -58,7 +65,7 @@ struct CollectionData {
     rows: Vec<RowData>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct RowData {
     doc_id: String,
     chunk_id: String,
@@ -90,33 +97,6 @@ impl Capture {
         })
     }
 
-    fn data(&self) -> Result<SnapshotData, SnapshotError> {
-        let mut collections = Vec::with_capacity(self.collections.len());
-        for (name, c) in &self.collections {
-            let rows = c
-                .export()?
-                .into_iter()
-                .map(|(row, vector)| RowData {
-                    metadata: serde_json::to_string(&row.metadata).unwrap_or_else(|_| "{}".into()),
-                    doc_id: row.doc_id,
-                    chunk_id: row.chunk_id,
-                    text: row.text,
-                    vector,
-                })
-                .collect();
-            collections.push(CollectionData {
-                name: name.clone(),
-                dim: c.dim,
-                metric: c.metric,
-                rows,
-            });
-        }
-        Ok(SnapshotData {
-            seq: self.seq,
-            collections,
-        })
-    }
-
     /// The sequence the copy was taken at.
     pub fn seq(&self) -> Seq {
         self.seq
@@ -124,20 +104,24 @@ impl Capture {
 
     /// The snapshot file format: magic, versioned payload, CRC32 and length.
     pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
-        let payload = crate::format::encode(&self.data()?)
-            .map_err(|e| SnapshotError::Encode(e.to_string()))?;
-        let mut out = Vec::with_capacity(payload.len() + MAGIC.len() + TRAILER);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&payload);
-        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        Ok(out)
+        stream::write_file(
+            Vec::new(),
+            self.seq,
+            &self.collections,
+            Path::new("<memory>"),
+        )
     }
 
     /// Writes the snapshot into `dir` atomically and removes all but the newest `keep`.
+    /// The file is written as the rows are copied off the tensors, a chunk at a time: the
+    /// snapshot needs no second copy of the index in memory.
     pub fn save(&self, dir: &Path, keep: usize) -> Result<PathBuf, SnapshotError> {
-        let bytes = self.encode()?;
-        let path = write_atomic(dir, &file_name(self.seq()), &bytes)?;
+        let path = write_atomic_with(dir, &file_name(self.seq()), |file, tmp| {
+            let w = std::io::BufWriter::with_capacity(1 << 20, file);
+            let w = stream::write_file(w, self.seq, &self.collections, tmp)?;
+            w.into_inner().map_err(|e| io_err(tmp)(e.into_error()))?;
+            Ok(())
+        })?;
         for (_, old) in list(dir)?.into_iter().skip(keep.max(1)) {
             fs::remove_file(&old).map_err(io_err(&old))?;
         }
@@ -156,7 +140,23 @@ pub fn decode(
     placement: impl Into<Placement>,
     origin: &Path,
 ) -> Result<Index, SnapshotError> {
-    let device = placement.into();
+    let mut sink = stream::IndexSink::new(placement.into());
+    let seq = decode_into(bytes, origin, &mut sink)?;
+    sink.finish(seq)
+}
+
+/// Verifies snapshot bytes (magic, length, checksum and the payload's structure) without
+/// building an index; returns the sequence they hold.
+pub fn verify(bytes: &[u8], origin: &Path) -> Result<Seq, SnapshotError> {
+    decode_into(bytes, origin, &mut stream::CheckSink)
+}
+
+/// Checks `bytes`' framing and feeds their payload to `sink`; returns the sequence.
+fn decode_into(
+    bytes: &[u8],
+    origin: &Path,
+    sink: &mut impl stream::Sink,
+) -> Result<Seq, SnapshotError> {
     let invalid = |msg: &str| SnapshotError::Invalid(origin.to_path_buf(), msg.to_string());
     let magic = bytes.get(..MAGIC.len());
     if bytes.len() < MAGIC.len() + TRAILER || (magic != Some(MAGIC) && magic != Some(MAGIC_V1)) {
@@ -172,36 +172,44 @@ pub fn decode(
     if crc32fast::hash(payload) != crc {
         return Err(invalid("checksum mismatch"));
     }
-    let data = if magic == Some(MAGIC_V1) {
-        decode_v1(payload)
-    } else {
-        crate::format::decode::<SnapshotData>(payload)
+    if magic == Some(MAGIC_V1) {
+        let data = decode_v1(payload).map_err(|e| invalid(&format!("undecodable: {e}")))?;
+        return feed(data, origin, sink);
     }
-    .map_err(|e| invalid(&format!("undecodable: {e}")))?;
-    let mut index = Index::new(device.clone());
+    stream::read_payload(payload, len, origin, sink)
+}
+
+/// Feeds decoded (version 1) contents to `sink`.
+fn feed(
+    data: SnapshotData,
+    origin: &Path,
+    sink: &mut impl stream::Sink,
+) -> Result<Seq, SnapshotError> {
     for c in data.collections {
-        let mut vectors = Vec::with_capacity(c.rows.len() * c.dim);
-        let mut rows = Vec::with_capacity(c.rows.len());
-        for r in c.rows {
-            if r.vector.len() != c.dim {
-                return Err(invalid(
-                    "vector length differs from the collection dimension",
-                ));
-            }
-            vectors.extend_from_slice(&r.vector);
-            let metadata: Metadata = serde_json::from_str(&r.metadata).unwrap_or_default();
-            rows.push(Row {
-                doc_id: r.doc_id,
-                chunk_id: r.chunk_id,
-                text: r.text,
-                metadata,
-            });
+        if c.rows.iter().any(|r| r.vector.len() != c.dim) {
+            return Err(SnapshotError::Invalid(
+                origin.to_path_buf(),
+                "vector length differs from the collection dimension".into(),
+            ));
         }
-        let flat = FlatIndex::from_rows(c.dim, c.metric, device.clone(), rows, &vectors)?;
-        index.insert(c.name, flat);
+        sink.collection(c.name, c.dim, c.metric, c.rows.len())?;
+        for rows in c.rows.chunks(CHUNK_ROWS) {
+            let vectors: Vec<f32> = rows.iter().flat_map(|r| r.vector.iter().copied()).collect();
+            let rows = rows
+                .iter()
+                .map(|r| {
+                    Arc::new(Row {
+                        doc_id: r.doc_id.clone(),
+                        chunk_id: r.chunk_id.clone(),
+                        text: r.text.clone(),
+                        metadata: serde_json::from_str(&r.metadata).unwrap_or_default(),
+                    })
+                })
+                .collect();
+            sink.rows(rows, &vectors)?;
+        }
     }
-    index.set_applied(data.seq);
-    Ok(index)
+    Ok(data.seq)
 }
 
 /// The sequence in a snapshot file's name (`snap-<seq>.kbsnap`).
@@ -231,16 +239,26 @@ pub fn list(dir: &Path) -> Result<Vec<(Seq, PathBuf)>, SnapshotError> {
 
 /// Writes `bytes` to `dir/name` atomically (temp, fsync, rename, fsync dir).
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, SnapshotError> {
+    write_atomic_with(dir, name, |file, tmp| {
+        file.write_all(bytes).map_err(io_err(tmp))
+    })
+}
+
+/// Writes `dir/name` atomically with `write`, which gets the temporary file and its path
+/// (for errors): fsync, rename, fsync of the directory. A failure removes the temporary
+/// file (a full disk must not also keep the partial file that filled it).
+pub fn write_atomic_with(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut File, &Path) -> Result<(), SnapshotError>,
+) -> Result<PathBuf, SnapshotError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let tmp = dir.join(format!(".{name}{TEMP_MARK}{}", std::process::id()));
-    let written = File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .map_err(io_err(&tmp));
+    let written = File::create(&tmp).map_err(io_err(&tmp)).and_then(|mut f| {
+        write(&mut f, &tmp)?;
+        f.sync_all().map_err(io_err(&tmp))
+    });
     if let Err(e) = written {
-        // A full disk must not also keep the partial file that filled it.
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
@@ -419,16 +437,18 @@ pub fn save(index: &Index, dir: &Path, keep: usize) -> Result<PathBuf, SnapshotE
     Capture::of(index)?.save(dir, keep)
 }
 
-/// Loads the newest valid snapshot; invalid ones are reported and skipped.
+/// Loads the newest valid snapshot; invalid ones are reported and skipped. A snapshot
+/// that is valid but does not fit (memory, device) is an error, not a reason to fall back
+/// to an older one: the worker must not come up with less than it had.
 pub fn load_newest(
     dir: &Path,
     device: impl Into<Placement>,
 ) -> Result<Option<Index>, SnapshotError> {
     let device = device.into();
     for (_, path) in list(dir)? {
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
-        match decode(&bytes, device.clone(), &path) {
+        match load_file(&path, device.clone()) {
             Ok(index) => return Ok(Some(index)),
+            Err(SnapshotError::Index(e)) if e.is_resource() => return Err(SnapshotError::Index(e)),
             Err(e) => tracing::error!(error = %e, "skipping invalid snapshot"),
         }
     }

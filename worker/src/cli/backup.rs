@@ -13,7 +13,6 @@ use crate::log::Seq;
 use crate::snapshot;
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
-use tch::Device;
 
 const SEQUENCE_HEADER: &str = "x-kb-sequence";
 /// What a data directory holds that a restore would replace.
@@ -95,8 +94,7 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
         .await
         .context("downloading a snapshot")?;
     let origin = Path::new(&args.server.url);
-    let index = snapshot::decode(&bytes, Device::Cpu, origin).context("verifying the snapshot")?;
-    let sequence = index.applied();
+    let sequence = snapshot::verify(&bytes, origin).context("verifying the snapshot")?;
     let announced = headers
         .get(SEQUENCE_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -223,8 +221,8 @@ fn newest_valid(candidates: &[PathBuf]) -> anyhow::Result<(PathBuf, Vec<u8>, Seq
     for path in candidates {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        match snapshot::decode(&bytes, Device::Cpu, path) {
-            Ok(index) => return Ok((path.clone(), bytes, index.applied())),
+        match snapshot::verify(&bytes, path) {
+            Ok(sequence) => return Ok((path.clone(), bytes, sequence)),
             Err(e) => eprintln!("skipping {}: {e}", path.display()),
         }
     }
@@ -310,7 +308,7 @@ mod tests {
     use crate::index::Index;
 
     fn snapshot_bytes(sequence: Seq) -> Vec<u8> {
-        let mut index = Index::new(Device::Cpu);
+        let mut index = Index::new(tch::Device::Cpu);
         index.set_applied(sequence);
         snapshot::encode(&index).unwrap()
     }

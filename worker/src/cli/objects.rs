@@ -291,12 +291,12 @@ pub async fn download(
     let result = fetch_verified(&store, url, chosen, &tmp).await;
     let path = result.and_then(|()| {
         let bytes = std::fs::read(&tmp)?;
-        let index = snapshot::decode(&bytes, tch::Device::Cpu, &tmp)?;
-        if index.applied() != chosen.sequence {
+        let sequence = snapshot::verify(&bytes, &tmp)?;
+        if sequence != chosen.sequence {
             bail!(
                 "backup {}: the snapshot holds sequence {}, its manifest says {}",
                 chosen.name,
-                index.applied(),
+                sequence,
                 chosen.sequence
             );
         }

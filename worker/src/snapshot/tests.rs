@@ -1,6 +1,7 @@
 use super::*;
 use crate::index::filter::Filter;
-use crate::log::{ChunkRecord, Op, Record};
+use crate::index::Placement;
+use crate::log::{ChunkRecord, Metadata, Op, Record};
 use tch::Device;
 
 fn sample_index() -> Index {
@@ -128,4 +129,216 @@ fn only_the_newest_snapshots_are_kept() {
         .map(|(s, _)| s)
         .collect();
     assert_eq!(seqs, vec![13, 12]);
+}
+
+/// An index of `docs` documents of two chunks each in collection "big" (dimension 8,
+/// cosine) and one document in "small" (dot), on `placement`, with every fifth document
+/// deleted (tombstones that snapshots must skip).
+fn larger_index(placement: impl Into<Placement>, docs: usize) -> Index {
+    let mut index = Index::new(placement);
+    let mut ops = vec![
+        Op::CreateCollection {
+            collection: "big".into(),
+            dim: 8,
+            metric: Metric::Cosine,
+        },
+        Op::CreateCollection {
+            collection: "small".into(),
+            dim: 2,
+            metric: Metric::Dot,
+        },
+        Op::Upsert {
+            collection: "small".into(),
+            doc_id: "s".into(),
+            chunks: vec![ChunkRecord {
+                chunk_id: "s#0".into(),
+                text: "only".into(),
+                metadata: Metadata::new(),
+                vector: vec![3.0, -1.5],
+            }],
+        },
+    ];
+    for d in 0..docs {
+        let chunks = (0..2)
+            .map(|c| ChunkRecord {
+                chunk_id: format!("d{d}#{c}"),
+                text: format!("text {d} {c} é"),
+                metadata: serde_json::json!({"d": d, "c": c})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                vector: (0..8)
+                    .map(|i| ((d * 31 + c * 7 + i) % 13) as f32 - 6.0)
+                    .collect(),
+            })
+            .collect();
+        ops.push(Op::Upsert {
+            collection: "big".into(),
+            doc_id: format!("d{d}"),
+            chunks,
+        });
+    }
+    ops.extend((0..docs).step_by(5).map(|d| Op::Delete {
+        collection: "big".into(),
+        doc_id: format!("d{d}"),
+    }));
+    for (i, op) in ops.into_iter().enumerate() {
+        index
+            .apply(&Record {
+                seq: i as u64 + 1,
+                op,
+            })
+            .unwrap();
+    }
+    index
+}
+
+/// A collection's live rows with their vectors.
+type Rows = Vec<(Row, Vec<f32>)>;
+
+/// Every collection's live rows with their vectors.
+fn contents(index: &Index) -> Vec<(String, Rows)> {
+    index
+        .collections()
+        .map(|(name, c)| (name.clone(), c.export().unwrap()))
+        .collect()
+}
+
+/// The file as the serde-derived encoding of [`SnapshotData`] frames it: what builds
+/// before the streamed writer wrote, and what older builds read.
+fn serde_encoding(index: &Index) -> Vec<u8> {
+    let collections = index
+        .collections()
+        .map(|(name, c)| CollectionData {
+            name: name.clone(),
+            dim: c.dim(),
+            metric: c.metric(),
+            rows: c
+                .export()
+                .unwrap()
+                .into_iter()
+                .map(|(row, vector)| RowData {
+                    metadata: serde_json::to_string(&row.metadata).unwrap(),
+                    doc_id: row.doc_id,
+                    chunk_id: row.chunk_id,
+                    text: row.text,
+                    vector,
+                })
+                .collect(),
+        })
+        .collect();
+    let data = SnapshotData {
+        seq: index.applied(),
+        collections,
+    };
+    let payload = crate::format::encode(&data).unwrap();
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out
+}
+
+#[test]
+fn the_streamed_file_is_the_serde_encoding_byte_for_byte() {
+    // Over several chunks, on one and on two shards (chunks cut across the shards'
+    // interleaving), with tombstones.
+    for placement in [vec![Device::Cpu], vec![Device::Cpu, Device::Cpu]] {
+        let index = larger_index(placement.clone(), 2 * CHUNK_ROWS + 300);
+        let streamed = encode(&index).unwrap();
+        assert_eq!(streamed, serde_encoding(&index), "{placement:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = save(&index, dir.path(), 1).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), streamed);
+    }
+}
+
+#[test]
+fn a_file_loads_in_a_stream_with_every_row() {
+    let index = larger_index(Device::Cpu, CHUNK_ROWS + 77);
+    let dir = tempfile::tempdir().unwrap();
+    let path = save(&index, dir.path(), 1).unwrap();
+    for placement in [vec![Device::Cpu], vec![Device::Cpu, Device::Cpu]] {
+        let loaded = load_file(&path, placement).unwrap();
+        assert_eq!(loaded.applied(), index.applied());
+        assert_eq!(contents(&loaded), contents(&index));
+        let serde_bytes = serde_encoding(&index);
+        let decoded = decode(&serde_bytes, Device::Cpu, &path).unwrap();
+        assert_eq!(contents(&decoded), contents(&index));
+    }
+    assert_eq!(
+        verify(&fs::read(&path).unwrap(), &path).unwrap(),
+        index.applied()
+    );
+}
+
+#[test]
+fn a_corrupt_or_truncated_file_is_refused_by_the_streamed_load() {
+    let index = larger_index(Device::Cpu, 100);
+    let dir = tempfile::tempdir().unwrap();
+    let path = save(&index, dir.path(), 1).unwrap();
+    let good = fs::read(&path).unwrap();
+    let mut corrupt = good.clone();
+    corrupt[good.len() / 2] ^= 0x10;
+    fs::write(&path, &corrupt).unwrap();
+    let err = load_file(&path, Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("checksum"), "{err}");
+    fs::write(&path, &good[..good.len() - 3]).unwrap();
+    let err = load_file(&path, Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("length mismatch"), "{err}");
+}
+
+/// Rewrites a version-2 file's payload with `edit` and fixes its checksum and length, so
+/// that only the payload's own checks can refuse it.
+fn reframe(file: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut payload = file[MAGIC.len()..file.len() - TRAILER].to_vec();
+    edit(&mut payload);
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out
+}
+
+#[test]
+fn announced_counts_past_the_payload_are_refused_before_allocating() {
+    // One collection "c" (dim 3) of one row: version, seq, 1, name, dim, metric, rows.
+    let file = encode(&sample_index()).unwrap();
+    let rows_at = 1 + 1 + 1 + 2 + 1 + 1;
+    let file = reframe(&file, |p| {
+        assert_eq!(&p[3..5], &[1, b'c']);
+        assert_eq!(p[rows_at], 1);
+        // u64::MAX rows: a reader that trusted it would try to allocate them.
+        p.splice(rows_at..=rows_at, [0xff; 9].into_iter().chain([0x01]));
+    });
+    let err = decode(&file, Device::Cpu, Path::new("x"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("cannot hold"), "{err}");
+    let trailing = reframe(&encode(&sample_index()).unwrap(), |p| p.push(0));
+    let err = verify(&trailing, Path::new("x")).unwrap_err().to_string();
+    assert!(err.contains("after the last row"), "{err}");
+}
+
+#[test]
+fn a_snapshot_that_does_not_fit_is_an_error_not_a_fallback_to_an_older_one() {
+    use crate::host::{tests::fix, HostMemory, HEADROOM};
+    let dir = tempfile::tempdir().unwrap();
+    save(&sample_index(), dir.path(), 2).unwrap();
+    // Newer and larger: 2 x 3,000 rows of 8 floats (~190 KB) against 64 KB free.
+    let mut big = larger_index(Device::Cpu, 3000);
+    big.set_applied(10_000);
+    save(&big, dir.path(), 2).unwrap();
+    let _tight = fix(HostMemory {
+        limit: Some((1 << 30) + HEADROOM + (64 << 10)),
+        working_set: 1 << 30,
+        machine_available: None,
+    });
+    let err = load_newest(dir.path(), Device::Cpu).err().expect("refused");
+    let msg = err.to_string();
+    assert!(msg.contains("resources.limits.memory"), "{msg}");
+    drop(_tight);
+    let loaded = load_newest(dir.path(), Device::Cpu).unwrap().unwrap();
+    assert_eq!(loaded.applied(), 10_000);
 }

@@ -1,0 +1,433 @@
+//! The snapshot payload of format version 2, written and read a piece at a time, so that
+//! neither a snapshot nor a start-up holds a second copy of the index in memory: the
+//! writer copies [`CHUNK_ROWS`] rows off the tensors at a time, the reader fills the
+//! collection's tensors a chunk at a time ([`FlatIndex::builder`]).
+//!
+//! The bytes are exactly those of `crate::format::encode(&SnapshotData)` (version byte,
+//! then postcard: unsigned LEB128 varints for integers and lengths, strings as length and
+//! UTF-8, `f32` as 4 little-endian bytes, enum variants as varint indexes), so files
+//! written before this module load, and files written by it load in older builds.
+
+use super::{decode, io_err, SnapshotError, MAGIC, MAGIC_V1, TRAILER};
+use crate::index::flat::{Builder, FlatIndex, Frozen, Row, CHUNK_ROWS};
+use crate::index::{Index, Placement};
+use crate::log::{Metadata, Metric, Seq};
+use std::fs::{self, File};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A writer that keeps the CRC32 and length of what passes (the payload).
+pub(super) struct Checksummed<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Checksummed<W> {
+    pub(super) fn new(inner: W) -> Self {
+        Self {
+            inner,
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        }
+    }
+
+    /// Writes the trailer (CRC32 and length of the payload) and returns the writer.
+    pub(super) fn finish(mut self) -> std::io::Result<W> {
+        let crc = self.crc.finalize();
+        self.inner.write_all(&crc.to_le_bytes())?;
+        self.inner.write_all(&self.len.to_le_bytes())?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the snapshot file (magic, payload, trailer) of `collections` at `seq` to `w`;
+/// I/O errors name `origin`.
+pub(super) fn write_file<W: Write>(
+    w: W,
+    seq: Seq,
+    collections: &[(String, Frozen)],
+    origin: &Path,
+) -> Result<W, SnapshotError> {
+    let io = |source| SnapshotError::Io {
+        path: origin.to_path_buf(),
+        source,
+    };
+    let mut w = w;
+    w.write_all(MAGIC).map_err(io)?;
+    let mut enc = Encoder {
+        w: Checksummed::new(w),
+        scratch: Vec::new(),
+    };
+    enc.payload(seq, collections).map_err(|e| match e {
+        Failure::Io(e) => io(e),
+        Failure::Index(e) => SnapshotError::Index(e),
+    })?;
+    enc.w.finish().map_err(io)
+}
+
+enum Failure {
+    Io(std::io::Error),
+    Index(crate::index::IndexError),
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Io(e)
+    }
+}
+
+struct Encoder<W> {
+    w: W,
+    /// One row's vector as bytes (reused).
+    scratch: Vec<u8>,
+}
+
+impl<W: Write> Encoder<W> {
+    fn payload(&mut self, seq: Seq, collections: &[(String, Frozen)]) -> Result<(), Failure> {
+        self.w.write_all(&[crate::format::VERSION])?;
+        self.varint(seq)?;
+        self.varint(collections.len() as u64)?;
+        for (name, c) in collections {
+            self.string(name)?;
+            self.varint(c.dim as u64)?;
+            self.varint(metric_index(c.metric))?;
+            self.varint(c.live() as u64)?;
+            for chunk in c.chunks() {
+                let chunk = chunk.map_err(Failure::Index)?;
+                let vectors = chunk.vectors.chunks_exact(c.dim.max(1));
+                for (row, v) in chunk.rows.iter().zip(vectors) {
+                    self.string(&row.doc_id)?;
+                    self.string(&row.chunk_id)?;
+                    self.string(&row.text)?;
+                    let metadata =
+                        serde_json::to_string(&row.metadata).unwrap_or_else(|_| "{}".into());
+                    self.string(&metadata)?;
+                    self.varint(v.len() as u64)?;
+                    self.scratch.clear();
+                    self.scratch.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+                    self.w.write_all(&self.scratch)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn varint(&mut self, mut v: u64) -> std::io::Result<()> {
+        let mut buf = [0u8; 10];
+        let mut n = 0;
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            buf[n] = byte | if v != 0 { 0x80 } else { 0 };
+            n += 1;
+            if v == 0 {
+                return self.w.write_all(&buf[..n]);
+            }
+        }
+    }
+
+    fn string(&mut self, s: &str) -> std::io::Result<()> {
+        self.varint(s.len() as u64)?;
+        self.w.write_all(s.as_bytes())
+    }
+}
+
+/// The variant index postcard writes for `metric` (the enum's declaration order).
+fn metric_index(metric: Metric) -> u64 {
+    match metric {
+        Metric::Cosine => 0,
+        Metric::Dot => 1,
+    }
+}
+
+/// What a payload's contents go to as they are read.
+pub(super) trait Sink {
+    /// A collection of `rows` rows starts.
+    fn collection(
+        &mut self,
+        name: String,
+        dim: usize,
+        metric: Metric,
+        rows: usize,
+    ) -> Result<(), SnapshotError>;
+    /// The next rows of the current collection, with their row-major vectors.
+    fn rows(&mut self, rows: Vec<Arc<Row>>, vectors: &[f32]) -> Result<(), SnapshotError>;
+}
+
+/// Reads a version-2 payload of `len` bytes from `r` into `sink`; returns its sequence.
+/// Lengths are checked against the bytes left before anything is allocated for them, and
+/// the payload must end exactly where its last row does.
+pub(super) fn read_payload(
+    r: impl Read,
+    len: u64,
+    origin: &Path,
+    sink: &mut impl Sink,
+) -> Result<Seq, SnapshotError> {
+    let mut d = Decoder {
+        r,
+        left: len,
+        origin: origin.to_path_buf(),
+    };
+    let version = d.byte()?;
+    if version != crate::format::VERSION {
+        return Err(d.invalid(&format!("payload format version {version}, expected 2")));
+    }
+    let seq = d.varint()?;
+    // A collection takes at least 4 bytes (name length, dim, metric, row count).
+    let collections = d.count(4)?;
+    for _ in 0..collections {
+        let name = d.string()?;
+        let dim = usize::try_from(d.varint()?).map_err(|_| d.invalid("dimension too large"))?;
+        if dim == 0 {
+            return Err(d.invalid("a collection of dimension 0"));
+        }
+        let metric = match d.varint()? {
+            0 => Metric::Cosine,
+            1 => Metric::Dot,
+            other => return Err(d.invalid(&format!("unknown metric {other}"))),
+        };
+        // A row takes at least four string lengths, its vector's length and the vector.
+        let rows = d.count(5 + 4 * dim as u64)?;
+        sink.collection(name, dim, metric, rows)?;
+        let mut left = rows;
+        while left > 0 {
+            let take = left.min(CHUNK_ROWS);
+            let mut chunk = Vec::with_capacity(take);
+            let mut vectors = Vec::with_capacity(take * dim);
+            for _ in 0..take {
+                let (doc_id, chunk_id, text) = (d.string()?, d.string()?, d.string()?);
+                let metadata: Metadata = serde_json::from_str(&d.string()?).unwrap_or_default();
+                if d.varint()? != dim as u64 {
+                    return Err(d.invalid("vector length differs from the collection dimension"));
+                }
+                d.f32s(dim, &mut vectors)?;
+                chunk.push(Arc::new(Row {
+                    doc_id,
+                    chunk_id,
+                    text,
+                    metadata,
+                }));
+            }
+            sink.rows(chunk, &vectors)?;
+            left -= take;
+        }
+    }
+    if d.left != 0 {
+        return Err(d.invalid(&format!("{} bytes after the last row", d.left)));
+    }
+    Ok(seq)
+}
+
+struct Decoder<R> {
+    r: R,
+    left: u64,
+    origin: PathBuf,
+}
+
+impl<R: Read> Decoder<R> {
+    fn invalid(&self, msg: &str) -> SnapshotError {
+        SnapshotError::Invalid(self.origin.clone(), format!("undecodable: {msg}"))
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), SnapshotError> {
+        if buf.len() as u64 > self.left {
+            return Err(self.invalid("the payload ends early"));
+        }
+        self.left -= buf.len() as u64;
+        self.r.read_exact(buf).map_err(|source| SnapshotError::Io {
+            path: self.origin.clone(),
+            source,
+        })
+    }
+
+    fn byte(&mut self) -> Result<u8, SnapshotError> {
+        let mut b = [0u8];
+        self.fill(&mut b)?;
+        Ok(b[0])
+    }
+
+    fn varint(&mut self) -> Result<u64, SnapshotError> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let b = self.byte()?;
+            let bits = u64::from(b & 0x7f);
+            if i == 9 && bits > 1 {
+                return Err(self.invalid("integer overflow"));
+            }
+            value |= bits << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(self.invalid("integer overflow"))
+    }
+
+    /// A count of items of at least `min_bytes` each: more than the bytes left can hold
+    /// is corruption, refused before anything is allocated for it.
+    fn count(&mut self, min_bytes: u64) -> Result<usize, SnapshotError> {
+        let n = self.varint()?;
+        if n.saturating_mul(min_bytes) > self.left {
+            return Err(self.invalid(&format!(
+                "{n} items announced, the payload cannot hold them"
+            )));
+        }
+        Ok(n as usize)
+    }
+
+    fn string(&mut self) -> Result<String, SnapshotError> {
+        let len = self.count(1)?;
+        let mut bytes = vec![0u8; len];
+        self.fill(&mut bytes)?;
+        String::from_utf8(bytes).map_err(|_| self.invalid("a string is not UTF-8"))
+    }
+
+    fn f32s(&mut self, n: usize, out: &mut Vec<f32>) -> Result<(), SnapshotError> {
+        let mut bytes = vec![0u8; 4 * n];
+        self.fill(&mut bytes)?;
+        out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
+        );
+        Ok(())
+    }
+}
+
+/// Builds an [`Index`] on a placement from what is read.
+pub(super) struct IndexSink {
+    placement: Placement,
+    index: Index,
+    current: Option<(String, Builder)>,
+}
+
+impl IndexSink {
+    pub(super) fn new(placement: Placement) -> Self {
+        Self {
+            index: Index::new(placement.clone()),
+            placement,
+            current: None,
+        }
+    }
+
+    fn close(&mut self) -> Result<(), SnapshotError> {
+        if let Some((name, builder)) = self.current.take() {
+            self.index.insert(name, builder.finish()?);
+        }
+        Ok(())
+    }
+
+    /// The index, at sequence `seq`.
+    pub(super) fn finish(mut self, seq: Seq) -> Result<Index, SnapshotError> {
+        self.close()?;
+        self.index.set_applied(seq);
+        Ok(self.index)
+    }
+}
+
+impl Sink for IndexSink {
+    fn collection(
+        &mut self,
+        name: String,
+        dim: usize,
+        metric: Metric,
+        rows: usize,
+    ) -> Result<(), SnapshotError> {
+        self.close()?;
+        let kind = crate::index::flat::storage_kind(self.placement.primary());
+        let builder = FlatIndex::builder(dim, metric, self.placement.clone(), kind, rows)?;
+        self.current = Some((name, builder));
+        Ok(())
+    }
+
+    fn rows(&mut self, rows: Vec<Arc<Row>>, vectors: &[f32]) -> Result<(), SnapshotError> {
+        match self.current.as_mut() {
+            Some((_, builder)) => Ok(builder.push(rows, vectors)?),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Reads nothing into memory: checks the payload's structure only.
+#[derive(Default)]
+pub(super) struct CheckSink;
+
+impl Sink for CheckSink {
+    fn collection(
+        &mut self,
+        _: String,
+        _: usize,
+        _: Metric,
+        _: usize,
+    ) -> Result<(), SnapshotError> {
+        Ok(())
+    }
+
+    fn rows(&mut self, _: Vec<Arc<Row>>, _: &[f32]) -> Result<(), SnapshotError> {
+        Ok(())
+    }
+}
+
+/// Loads the snapshot file at `path`: its framing and checksum are verified in a first
+/// pass over the file, then the payload is decoded from a second, straight into the
+/// collections' tensors (a chunk of rows at a time: no copy of the file or of the
+/// vectors is held in memory). Files of version 1 are read whole.
+pub fn load_file(path: &Path, placement: impl Into<Placement>) -> Result<Index, SnapshotError> {
+    let placement = placement.into();
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let file_len = file.metadata().map_err(io_err(path))?.len();
+    let mut magic = [0u8; 8];
+    let invalid = |msg: &str| SnapshotError::Invalid(path.to_path_buf(), msg.to_string());
+    let len = payload_len(file_len).ok_or_else(|| invalid("not a snapshot (too short)"))?;
+    file.read_exact(&mut magic).map_err(io_err(path))?;
+    if &magic == MAGIC_V1 {
+        let bytes = fs::read(path).map_err(io_err(path))?;
+        return decode(&bytes, placement, path);
+    }
+    if &magic != MAGIC {
+        return Err(invalid("not a snapshot (bad magic or too short)"));
+    }
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let (mut crc, mut left, mut buf) = (crc32fast::Hasher::new(), len, vec![0u8; 1 << 20]);
+    while left > 0 {
+        let n = (buf.len() as u64).min(left) as usize;
+        reader.read_exact(&mut buf[..n]).map_err(io_err(path))?;
+        crc.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let mut trailer = [0u8; TRAILER];
+    reader.read_exact(&mut trailer).map_err(io_err(path))?;
+    if u64::from_le_bytes(trailer[4..].try_into().expect("8 bytes")) != len {
+        return Err(invalid("length mismatch (truncated file)"));
+    }
+    if u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")) != crc.finalize() {
+        return Err(invalid("checksum mismatch"));
+    }
+    drop(buf);
+    let mut file = reader.into_inner();
+    file.seek(SeekFrom::Start(MAGIC.len() as u64))
+        .map_err(io_err(path))?;
+    let payload = BufReader::with_capacity(1 << 20, file).take(len);
+    let mut sink = IndexSink::new(placement);
+    let seq = read_payload(payload, len, path, &mut sink)?;
+    sink.finish(seq)
+}
+
+/// The payload length of a snapshot file of `file_len` bytes (magic and trailer off).
+pub(super) fn payload_len(file_len: u64) -> Option<u64> {
+    file_len.checked_sub((MAGIC.len() + TRAILER) as u64)
+}
