@@ -1,13 +1,15 @@
-//! `kb-worker bench embed|search|query|replication`: throughput and latency figures for the
+//! `kb-worker bench embed|search|snapshot|query|replication`: throughput and latency figures for the
 //! benchmark records, one JSON object per line on stdout (progress notes go to stderr).
 
 mod embed;
 mod http;
 mod search;
+mod snapshot;
 
 pub use embed::BenchEmbedArgs;
 pub use http::{BenchQueryArgs, BenchReplicationArgs};
 pub use search::BenchSearchArgs;
+pub use snapshot::BenchSnapshotArgs;
 
 /// Arguments of `kb-worker bench`.
 #[derive(Debug, clap::Args)]
@@ -23,6 +25,8 @@ pub enum BenchCommand {
     Embed(BenchEmbedArgs),
     /// Exact top-k search latency over random vectors, checked against an f64 brute force.
     Search(BenchSearchArgs),
+    /// Time and memory of writing and loading a snapshot of random vectors.
+    Snapshot(BenchSnapshotArgs),
     /// Query throughput and latency of running workers (round-robin), split by cache level.
     Query(BenchQueryArgs),
     /// Replication delay and lag of replicas while one worker takes sustained writes.
@@ -36,6 +40,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Embed(args) => tokio::task::spawn_blocking(move || embed::run(&args)).await?,
         BenchCommand::Search(args) => {
             tokio::task::spawn_blocking(move || search::run(&args)).await?
+        }
+        BenchCommand::Snapshot(args) => {
+            tokio::task::spawn_blocking(move || snapshot::run(&args)).await?
         }
         BenchCommand::Query(args) => http::query(args).await,
         BenchCommand::Replication(args) => http::replication(args).await,
