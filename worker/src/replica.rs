@@ -332,9 +332,14 @@ async fn fetch_snapshot(peer: &str, cfg: &ReplicationConfig, dir: &Path) -> anyh
     if !resp.status().is_success() {
         anyhow::bail!("HTTP {}", resp.status());
     }
-    let bytes = resp.bytes().await?;
-    // Verifies magic, length and checksum before anything is written.
-    let seq = snapshot::verify(&bytes, Path::new(peer))?;
-    snapshot::write_atomic(dir, &snapshot::file_name(seq), &bytes)?;
-    Ok(seq)
+    // Streamed to a temporary file and verified on the way (magic, length, checksum,
+    // then every row): the snapshot is never held in memory, and it gets its name only
+    // once it is whole.
+    let mut incoming = snapshot::Incoming::create(dir)?;
+    let mut resp = resp;
+    while let Some(chunk) = resp.chunk().await? {
+        incoming.write(&chunk)?;
+    }
+    let (checked, _) = incoming.finish(|c| snapshot::file_name(c.sequence))?;
+    Ok(checked.sequence)
 }

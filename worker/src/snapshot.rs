@@ -18,8 +18,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod incoming;
 mod stream;
-pub use stream::load_file;
+pub use incoming::Incoming;
+pub use stream::{load_file, verify_file};
 
 const MAGIC: &[u8; 8] = b"KBSNAP02";
 /// Magic of format version 1 (bincode payload), read but no longer written.

@@ -1,4 +1,4 @@
-//! Snapshots, start-up and compaction hold no second copy of a collection's vectors in
+//! Snapshots (written, verified, received, loaded) and compaction hold no second copy of a collection's vectors in
 //! memory: a worker sized for its index (the growth checks let the index use the pod's
 //! memory up to a small headroom) must not be OOM-killed the next time it snapshots,
 //! restarts or compacts.
@@ -117,7 +117,7 @@ fn build() -> Index {
 }
 
 #[test]
-fn snapshot_save_load_and_compaction_copy_no_whole_collection() {
+fn snapshots_and_compaction_copy_no_whole_collection() {
     let mut index = build();
     let vectors = DOCS * CHUNKS * DIM * 4; // 51 MB of fp32 on the host
     let bound = vectors / 4;
@@ -130,6 +130,28 @@ fn snapshot_save_load_and_compaction_copy_no_whole_collection() {
         "saving a snapshot of {vectors} bytes of vectors allocated {peak} bytes at once"
     );
     assert!(std::fs::metadata(&path).unwrap().len() > vectors as u64);
+
+    // Verifying it (backups, restores) and receiving it in pieces (a replica's bootstrap
+    // download, a backup to a folder) hold none of it either.
+    let (sequence, peak, _) = measured(|| snapshot::verify_file(&path).unwrap());
+    assert_eq!(sequence, index.applied());
+    eprintln!("verify: peak {peak} B");
+    assert!(peak < bound, "verifying allocated {peak} bytes at once");
+    let copies = tempfile::tempdir().unwrap();
+    let (_, peak, _) = measured(|| {
+        use std::io::Read;
+        let mut incoming = snapshot::Incoming::create(copies.path()).unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        let mut piece = vec![0u8; 64 << 10];
+        while let n @ 1.. = file.read(&mut piece).unwrap() {
+            incoming.write(&piece[..n]).unwrap();
+        }
+        incoming
+            .finish(|c| snapshot::file_name(c.sequence))
+            .unwrap()
+    });
+    eprintln!("receive: peak {peak} B");
+    assert!(peak < bound, "receiving allocated {peak} bytes at once");
 
     let (loaded, peak, kept) = measured(|| snapshot::load_newest(dir.path(), Device::Cpu));
     let loaded = loaded.unwrap().expect("a snapshot");

@@ -89,22 +89,29 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
         return report(&serde_json::to_value(&manifest)?, args.report.as_deref());
     }
     let dir = PathBuf::from(&args.to);
-    let (headers, bytes) = client
-        .get_bytes("/v1/admin/snapshot")
+    let mut response = client
+        .get_response("/v1/admin/snapshot")
         .await
         .context("downloading a snapshot")?;
-    let origin = Path::new(&args.server.url);
-    let sequence = snapshot::verify(&bytes, origin).context("verifying the snapshot")?;
-    let announced = headers
+    let announced = response
+        .headers()
         .get(SEQUENCE_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<Seq>().ok());
-    // The decoded snapshot is authoritative: a header read a moment later may be ahead.
+    // Streamed into the folder and verified on the way: never held in memory.
+    let mut incoming = snapshot::Incoming::create(&dir)?;
+    while let Some(chunk) = response.chunk().await.context("downloading a snapshot")? {
+        incoming.write(&chunk)?;
+    }
+    let taken_at = unix_now();
+    let (checked, path) = incoming
+        .finish(|c| backup_name(c.sequence, taken_at))
+        .context("verifying the snapshot")?;
+    let sequence = checked.sequence;
+    // The snapshot is authoritative: a header read a moment later may be ahead.
     if let Some(announced) = announced.filter(|&a| a != sequence) {
         eprintln!("note: the worker announced sequence {announced}; the snapshot holds {sequence}");
     }
-    let name = backup_name(sequence, unix_now());
-    let path = snapshot::write_atomic(&dir, &name, &bytes)?;
     for old in list_backups(&dir)?.iter().skip(args.keep as usize) {
         std::fs::remove_file(&old.path)
             .with_context(|| format!("cannot delete old backup {}", old.path.display()))?;
@@ -113,8 +120,7 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
         .file_stem()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let line =
-        serde_json::json!({"name": name, "file": path, "sequence": sequence, "bytes": bytes.len()});
+    let line = serde_json::json!({"name": name, "file": path, "sequence": sequence, "bytes": checked.bytes});
     report(&line, args.report.as_deref())
 }
 
@@ -153,10 +159,10 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             source.display()
         );
     }
-    let (from, bytes, sequence) = newest_valid(&candidates)?;
+    let (from, sequence) = newest_valid(&candidates)?;
     let replaced = prepare_data_dir(&args.data_dir, args.force)?;
     let snapshots = args.data_dir.join("snapshots");
-    let installed = snapshot::write_atomic(&snapshots, &snapshot::file_name(sequence), &bytes)?;
+    let installed = install_copy(&from, &snapshots, sequence)?;
     let line = serde_json::json!({
         "restored": installed,
         "from": from,
@@ -216,17 +222,39 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The first candidate that decodes, with its bytes and sequence; bad ones are reported.
-fn newest_valid(candidates: &[PathBuf]) -> anyhow::Result<(PathBuf, Vec<u8>, Seq)> {
+/// The first candidate that verifies, with its sequence; bad ones are reported.
+fn newest_valid(candidates: &[PathBuf]) -> anyhow::Result<(PathBuf, Seq)> {
     for path in candidates {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        match snapshot::verify(&bytes, path) {
-            Ok(sequence) => return Ok((path.clone(), bytes, sequence)),
+        match snapshot::verify_file(path) {
+            Ok(sequence) => return Ok((path.clone(), sequence)),
             Err(e) => eprintln!("skipping {}: {e}", path.display()),
         }
     }
     bail!("none of the {} backup file(s) is valid", candidates.len())
+}
+
+/// Copies the backup file `from` into `snapshots` as the snapshot of `sequence` (through
+/// a temporary file, checked again, made durable, then renamed), a block at a time.
+fn install_copy(from: &Path, snapshots: &Path, sequence: Seq) -> anyhow::Result<PathBuf> {
+    use std::io::Read;
+    let mut source =
+        std::fs::File::open(from).with_context(|| format!("cannot read {}", from.display()))?;
+    let mut incoming = snapshot::Incoming::create(snapshots)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = source
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", from.display()))?;
+        if n == 0 {
+            break;
+        }
+        incoming.write(&buf[..n])?;
+    }
+    let (checked, path) = incoming.finish(|_| snapshot::file_name(sequence))?;
+    if checked.sequence != sequence {
+        bail!("{} changed while it was copied", from.display());
+    }
+    Ok(path)
 }
 
 /// Refuses a data directory that already holds a log or snapshots, unless `force`, in

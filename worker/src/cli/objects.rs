@@ -290,8 +290,7 @@ pub async fn download(
     let tmp = dir.join(format!(".download.tmp-{}", std::process::id()));
     let result = fetch_verified(&store, url, chosen, &tmp).await;
     let path = result.and_then(|()| {
-        let bytes = std::fs::read(&tmp)?;
-        let sequence = snapshot::verify(&bytes, &tmp)?;
+        let sequence = snapshot::verify_file(&tmp)?;
         if sequence != chosen.sequence {
             bail!(
                 "backup {}: the snapshot holds sequence {}, its manifest says {}",

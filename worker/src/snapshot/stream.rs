@@ -8,7 +8,7 @@
 //! UTF-8, `f32` as 4 little-endian bytes, enum variants as varint indexes), so files
 //! written before this module load, and files written by it load in older builds.
 
-use super::{decode, io_err, SnapshotError, MAGIC, MAGIC_V1, TRAILER};
+use super::{decode_into, io_err, SnapshotError, MAGIC, MAGIC_V1, TRAILER};
 use crate::index::flat::{Builder, FlatIndex, Frozen, Row, CHUNK_ROWS};
 use crate::index::{Index, Placement};
 use crate::log::{Metadata, Metric, Seq};
@@ -387,7 +387,20 @@ impl Sink for CheckSink {
 /// collections' tensors (a chunk of rows at a time: no copy of the file or of the
 /// vectors is held in memory). Files of version 1 are read whole.
 pub fn load_file(path: &Path, placement: impl Into<Placement>) -> Result<Index, SnapshotError> {
-    let placement = placement.into();
+    let mut sink = IndexSink::new(placement.into());
+    let seq = read_file(path, &mut sink)?;
+    sink.finish(seq)
+}
+
+/// Verifies the snapshot file at `path` as [`load_file`] reads it (checksum, then the
+/// structure of every row) without building an index or holding the file; returns its
+/// sequence.
+pub fn verify_file(path: &Path) -> Result<Seq, SnapshotError> {
+    read_file(path, &mut CheckSink)
+}
+
+/// Feeds the payload of the snapshot file at `path` to `sink` once its checksum holds.
+fn read_file(path: &Path, sink: &mut impl Sink) -> Result<Seq, SnapshotError> {
     let mut file = File::open(path).map_err(io_err(path))?;
     let file_len = file.metadata().map_err(io_err(path))?.len();
     let mut magic = [0u8; 8];
@@ -396,7 +409,7 @@ pub fn load_file(path: &Path, placement: impl Into<Placement>) -> Result<Index, 
     file.read_exact(&mut magic).map_err(io_err(path))?;
     if &magic == MAGIC_V1 {
         let bytes = fs::read(path).map_err(io_err(path))?;
-        return decode(&bytes, placement, path);
+        return decode_into(&bytes, path, sink);
     }
     if &magic != MAGIC {
         return Err(invalid("not a snapshot (bad magic or too short)"));
@@ -422,9 +435,7 @@ pub fn load_file(path: &Path, placement: impl Into<Placement>) -> Result<Index, 
     file.seek(SeekFrom::Start(MAGIC.len() as u64))
         .map_err(io_err(path))?;
     let payload = BufReader::with_capacity(1 << 20, file).take(len);
-    let mut sink = IndexSink::new(placement);
-    let seq = read_payload(payload, len, path, &mut sink)?;
-    sink.finish(seq)
+    read_payload(payload, len, path, sink)
 }
 
 /// The payload length of a snapshot file of `file_len` bytes (magic and trailer off).

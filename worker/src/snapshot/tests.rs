@@ -342,3 +342,70 @@ fn a_snapshot_that_does_not_fit_is_an_error_not_a_fallback_to_an_older_one() {
     let loaded = load_newest(dir.path(), Device::Cpu).unwrap().unwrap();
     assert_eq!(loaded.applied(), 10_000);
 }
+
+/// Names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn an_incoming_snapshot_gets_its_name_only_once_whole_and_valid() {
+    let mut index = larger_index(Device::Cpu, 300);
+    index.set_applied(777);
+    let bytes = encode(&index).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut incoming = Incoming::create(dir.path()).unwrap();
+    for piece in bytes.chunks(1000) {
+        incoming.write(piece).unwrap();
+    }
+    let (checked, path) = incoming.finish(|c| file_name(c.sequence)).unwrap();
+    assert_eq!((checked.sequence, checked.bytes), (777, bytes.len() as u64));
+    assert_eq!(path, dir.path().join(file_name(777)));
+    assert_eq!(fs::read(&path).unwrap(), bytes);
+    assert_eq!(
+        names_in(dir.path()),
+        [file_name(777)],
+        "no temporary file left"
+    );
+
+    // Cut short, framed right but with a byte past the last row, or dropped half-way:
+    // refused, and nothing is left behind.
+    let trailing = reframe(&bytes, |p| p.push(0));
+    for (what, data) in [
+        ("truncated", &bytes[..bytes.len() - 5]),
+        ("trailing", &trailing),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut incoming = Incoming::create(dir.path()).unwrap();
+        incoming.write(data).unwrap();
+        let err = incoming.finish(|c| file_name(c.sequence)).err();
+        assert!(err.is_some(), "{what} accepted");
+        assert!(
+            names_in(dir.path()).is_empty(),
+            "{what}: {:?}",
+            names_in(dir.path())
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut incoming = Incoming::create(dir.path()).unwrap();
+    incoming.write(&bytes[..100]).unwrap();
+    drop(incoming);
+    assert!(names_in(dir.path()).is_empty());
+}
+
+#[test]
+fn a_file_verifies_without_an_index_and_corruption_is_named() {
+    let index = larger_index(Device::Cpu, 50);
+    let dir = tempfile::tempdir().unwrap();
+    let path = save(&index, dir.path(), 1).unwrap();
+    assert_eq!(verify_file(&path).unwrap(), index.applied());
+    let good = fs::read(&path).unwrap();
+    fs::write(&path, reframe(&good, |p| p.truncate(p.len() - 1))).unwrap();
+    let err = verify_file(&path).unwrap_err().to_string();
+    assert!(err.contains("ends early"), "{err}");
+}
