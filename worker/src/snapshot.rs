@@ -255,7 +255,10 @@ pub fn write_atomic_with(
     write: impl FnOnce(&mut File, &Path) -> Result<(), SnapshotError>,
 ) -> Result<PathBuf, SnapshotError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = dir.join(format!(".{name}{TEMP_MARK}{}", std::process::id()));
+    // Unique within the process too: two writers of the same name never share a file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{n}{TEMP_MARK}{}", std::process::id()));
     let written = File::create(&tmp).map_err(io_err(&tmp)).and_then(|mut f| {
         write(&mut f, &tmp)?;
         f.sync_all().map_err(io_err(&tmp))
@@ -379,7 +382,7 @@ pub fn sequence_of(head: &[u8]) -> Option<Seq> {
     None
 }
 
-/// Part of the name of a snapshot being written (`.NAME.tmp-PID`).
+/// Part of the name of a snapshot being written (`.NAME.N.tmp-PID`).
 const TEMP_MARK: &str = ".tmp-";
 
 /// Removes temporary files that a crash during a snapshot write left in `dir`; returns how

@@ -271,14 +271,11 @@ impl Store {
     /// retry backoff.
     fn snapshot_in_background(&self, writer: &mut Writer) -> bool {
         let mut running = self.background.lock();
-        if running.as_ref().is_some_and(|h| !h.is_finished()) {
-            return false;
-        }
-        // A failed previous write has just set the backoff: no new attempt now.
-        if let Some(previous) = running.take() {
-            if !writer.background_finished(previous.join()) {
-                return false;
-            }
+        match self.reap(&mut running, writer, false) {
+            // Still running, or a failed previous write has just set the backoff: no new
+            // attempt now.
+            Reaped::Running | Reaped::Failed => return false,
+            Reaped::Idle | Reaped::Succeeded => {}
         }
         let capture = match snapshot::Capture::of(&self.index()) {
             Ok(capture) => capture,
@@ -290,12 +287,16 @@ impl Store {
         let (dir, keep) = (self.snapshots_dir.clone(), self.keep);
         let spawned = std::thread::Builder::new()
             .name("kb-snapshot".into())
-            .spawn(move || match capture.save(&dir, keep) {
+            .spawn(move || {
+                #[cfg(test)]
+                drop(tests::SNAPSHOT_GATE.lock());
+                match capture.save(&dir, keep) {
                 Ok(path) => {
                     tracing::info!(seq = capture.seq(), snapshot = %path.display(), "snapshot written");
                     Ok(())
                 }
                 Err(e) => Err(e.to_string()),
+                }
             });
         match spawned {
             Ok(handle) => {
@@ -309,16 +310,41 @@ impl Store {
         }
     }
 
+    /// Accounts for a finished background snapshot write (waiting for a running one when
+    /// `wait`): its outcome feeds the retry backoff and, once it succeeded, the log is
+    /// truncated below the oldest snapshot kept.
+    fn reap(
+        &self,
+        running: &mut Option<std::thread::JoinHandle<Result<(), String>>>,
+        writer: &mut Writer,
+        wait: bool,
+    ) -> Reaped {
+        match running.take() {
+            None => Reaped::Idle,
+            Some(handle) if !wait && !handle.is_finished() => {
+                *running = Some(handle);
+                Reaped::Running
+            }
+            Some(handle) => {
+                let succeeded = writer.background_finished(handle.join());
+                self.snapshot_failures
+                    .store(writer.snapshot_failures, Ordering::Relaxed);
+                if !succeeded {
+                    return Reaped::Failed;
+                }
+                if let Err(e) = self.truncate_log() {
+                    tracing::warn!(error = %e, "the log was not truncated after a snapshot; the next snapshot tries again");
+                }
+                Reaped::Succeeded
+            }
+        }
+    }
+
     /// Waits for a background snapshot write to finish (clean shutdown, tests).
     pub fn wait_for_background_snapshot(&self) {
-        let handle = self.background.lock().take();
-        if let Some(handle) = handle {
-            let outcome = handle.join();
-            let mut writer = self.writer.lock();
-            writer.background_finished(outcome);
-            self.snapshot_failures
-                .store(writer.snapshot_failures, Ordering::Relaxed);
-        }
+        let mut writer = self.writer.lock();
+        let mut running = self.background.lock();
+        self.reap(&mut running, &mut writer, true);
     }
 
     /// The sequence of the oldest snapshot kept on disk (0 when there is none): the
@@ -400,14 +426,21 @@ impl Store {
         let last = records.last().map_or(log.last_seq(), |r| r.seq);
         self.apply_logged(&records)?;
         writer.since_snapshot += records.len() as u64;
-        if writer.snapshot_due(self.every_records) {
-            match self.snapshot_locked() {
-                Ok(_) => writer.snapshot_succeeded(),
-                Err(e) => writer.snapshot_failed(&e),
-            }
-            self.snapshot_failures
-                .store(writer.snapshot_failures, Ordering::Relaxed);
+        // Automatic snapshots are written on a background thread (the index is frozen
+        // here, nothing copied): no write waits for one. The log is truncated once one
+        // has succeeded, when a later write finds it finished.
+        let idle = {
+            let mut running = self.background.lock();
+            !matches!(self.reap(&mut running, &mut writer, false), Reaped::Running)
+        };
+        if idle
+            && writer.snapshot_due(self.every_records)
+            && self.snapshot_in_background(&mut writer)
+        {
+            writer.since_snapshot = 0;
         }
+        self.snapshot_failures
+            .store(writer.snapshot_failures, Ordering::Relaxed);
         Ok(last)
     }
 
@@ -447,9 +480,15 @@ impl Store {
         }
     }
 
-    /// Writes a snapshot now and truncates the log below it; returns its path.
+    /// Writes a snapshot now and truncates the log below it; returns its path. A
+    /// background snapshot still being written is waited for first (both would write the
+    /// same file when no record came in between).
     pub fn snapshot(&self) -> Result<PathBuf, StoreError> {
         let mut writer = self.writer.lock();
+        {
+            let mut running = self.background.lock();
+            self.reap(&mut running, &mut writer, true);
+        }
         let path = self.snapshot_locked()?;
         writer.snapshot_succeeded();
         self.snapshot_failures
@@ -466,16 +505,33 @@ impl Store {
                 index.applied(),
             )
         };
-        // Keep the log back to the oldest retained snapshot so a fallback can replay.
-        let oldest = snapshot::list(&self.snapshots_dir)?
-            .last()
-            .map_or(seq, |(s, _)| *s);
-        if let Some(log) = &self.log {
-            log.truncate_before(oldest)?;
-        }
+        self.truncate_log()?;
         tracing::info!(seq, snapshot = %path.display(), "snapshot written");
         Ok(path)
     }
+
+    /// Truncates the log below the oldest snapshot kept, so that a fallback to it can
+    /// still replay (replicated stores have no log: the stream is trimmed by the
+    /// heartbeats of [`Store::oldest_snapshot_seq`]).
+    fn truncate_log(&self) -> Result<(), StoreError> {
+        let Some(log) = &self.log else {
+            return Ok(());
+        };
+        if let Some((oldest, _)) = snapshot::list(&self.snapshots_dir)?.last() {
+            log.truncate_before(*oldest)?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`Store::reap`] found of the background snapshot write.
+enum Reaped {
+    /// None had been started since the last look.
+    Idle,
+    /// One is still being written.
+    Running,
+    Succeeded,
+    Failed,
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@ fn upsert(doc: &str, v: Vec<f32>) -> Op {
     }
 }
 
+/// Background snapshot writes wait here while a test holds it.
+pub(super) static SNAPSHOT_GATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn create() -> Op {
     Op::CreateCollection {
         collection: "c".into(),
@@ -45,6 +48,7 @@ fn writes_survive_reopen_through_snapshot_and_log() {
             .unwrap();
         store.write(vec![upsert("b", vec![0.0, 1.0])]).unwrap(); // snapshot at 3
         store.write(vec![upsert("c", vec![1.0, 1.0])]).unwrap(); // only in the log
+        store.wait_for_background_snapshot();
     }
     let (store, recovery) = Store::open(dir.path(), &cfg(3), Device::Cpu).unwrap();
     assert_eq!(recovery.snapshot_seq, Some(3));
@@ -242,6 +246,7 @@ fn a_failing_automatic_snapshot_backs_off_instead_of_retrying_on_every_write() {
     std::fs::remove_file(dir.path().join("snapshots")).unwrap();
     std::thread::sleep(SNAPSHOT_BACKOFF + Duration::from_millis(100));
     store.write(vec![upsert("late", vec![0.0, 1.0])]).unwrap();
+    store.wait_for_background_snapshot();
     assert_eq!(store.health().snapshot_failures, 0);
     assert_eq!(store.oldest_snapshot_seq(), 7);
 }
@@ -321,4 +326,67 @@ fn a_cpu_index_that_would_outgrow_the_pod_is_refused_before_logging() {
     });
     store.write(many).unwrap();
     assert_eq!(docs(&store), 1101);
+}
+
+/// First sequences of the log's segments.
+fn segment_starts(dir: &Path) -> Vec<u64> {
+    let mut starts: Vec<u64> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".wal")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    starts.sort();
+    starts
+}
+
+#[test]
+fn writes_go_on_while_an_automatic_snapshot_is_written_and_the_log_is_truncated_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cfg(2);
+    cfg.snapshot.keep = 1;
+    let (store, _) = Store::open(dir.path(), &cfg, Device::Cpu).unwrap();
+    let gate = SNAPSHOT_GATE.lock().unwrap_or_else(|e| e.into_inner());
+    store
+        .write(vec![create(), upsert("a", vec![1.0, 0.0])])
+        .unwrap(); // a snapshot at 2 is due: frozen, its write held at the gate
+    for i in 0..5 {
+        store
+            .write(vec![upsert(&format!("d{i}"), vec![0.0, 1.0])])
+            .unwrap();
+    }
+    assert_eq!(
+        docs(&store),
+        6,
+        "writes were applied while the snapshot was held"
+    );
+    assert_eq!(store.oldest_snapshot_seq(), 0, "nothing written yet");
+    drop(gate);
+    store.wait_for_background_snapshot();
+    assert_eq!(
+        store.oldest_snapshot_seq(),
+        2,
+        "the frozen sequence, not a later one"
+    );
+    // Records 3..=7 are only in the log: it keeps them.
+    assert_eq!(segment_starts(dir.path())[0], 1);
+    // The next snapshot (at 8, the only one kept) makes the first segment redundant.
+    store.write(vec![upsert("e", vec![1.0, 1.0])]).unwrap();
+    store.wait_for_background_snapshot();
+    assert_eq!(store.oldest_snapshot_seq(), 8);
+    let starts = segment_starts(dir.path());
+    assert!(
+        starts[0] > 1,
+        "the log was truncated below the snapshot: {starts:?}"
+    );
+    drop(store);
+    let (store, recovery) = Store::open(dir.path(), &cfg, Device::Cpu).unwrap();
+    assert_eq!(recovery.snapshot_seq, Some(8));
+    assert_eq!(recovery.replayed, 0);
+    assert_eq!(docs(&store), 7);
 }

@@ -34,8 +34,10 @@ impl Writer {
         outcome: std::thread::Result<Result<(), String>>,
     ) -> bool {
         match outcome {
+            // Records applied while it was written count towards the next one.
             Ok(Ok(())) => {
-                self.snapshot_succeeded();
+                self.snapshot_failures = 0;
+                self.retry_snapshot_at = None;
                 true
             }
             Ok(Err(e)) => {
