@@ -144,27 +144,26 @@ impl Store {
         let snapshot_seq = (index.applied() > 0).then_some(index.applied());
         let (log, report) = FileWal::open(&data_dir.join("wal"), cfg.log.fsync, index.applied())?;
         check_continuity(index.applied(), log.first_seq())?;
-        let records = log.read_after(index.applied())?;
-        for record in &records {
-            match index.apply(record) {
-                Ok(()) => {}
+        // One record at a time: replaying needs no room for the log.
+        let replayed = log.replay_after(index.applied(), |record| {
+            match index.apply(&record) {
+                Ok(()) => Ok(()),
                 // Resource failures would leave a partial index: refuse to serve one.
-                Err(e) if e.is_resource() => {
-                    return Err(StoreError::Apply {
-                        seq: record.seq,
-                        source: e,
-                    })
-                }
+                Err(e) if e.is_resource() => Err(StoreError::Apply {
+                    seq: record.seq,
+                    source: e,
+                }),
                 // Deterministic: it was a no-op when first applied too (older versions
                 // logged such records); the index is the same as before the restart.
                 Err(e) => {
-                    tracing::warn!(seq = record.seq, error = %e, "log record applies as a no-op")
+                    tracing::warn!(seq = record.seq, error = %e, "log record applies as a no-op");
+                    Ok(())
                 }
             }
-        }
+        })?;
         let recovery = Recovery {
             snapshot_seq,
-            replayed: records.len(),
+            replayed: replayed as usize,
             wal_truncated_bytes: report.truncated_bytes,
             stale_temporary_files: stale,
         };
@@ -176,7 +175,7 @@ impl Store {
             every_records: cfg.snapshot.every_records,
             keep: cfg.snapshot.keep,
             writer: Mutex::new(Writer {
-                since_snapshot: records.len() as u64,
+                since_snapshot: replayed,
                 ..Writer::default()
             }),
             halted: Mutex::new(None),

@@ -21,7 +21,7 @@ use crate::format;
 use kb_config::FsyncPolicy;
 use parking_lot::Mutex;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const HEADER: usize = 8;
@@ -103,7 +103,8 @@ enum SegmentFormat {
 /// Result of scanning one segment.
 struct Scan {
     format: SegmentFormat,
-    records: Vec<Record>,
+    /// Records read.
+    records: u64,
     /// Offset just past the last valid frame.
     valid_len: u64,
     /// Why scanning stopped before the end of the file, if it did.
@@ -112,57 +113,75 @@ struct Scan {
 
 /// A frame whose checksum holds but whose record does not decode was written whole by an
 /// incompatible writer: cutting it would drop acknowledged writes, so it is an error.
-fn undecodable(path: &Path, at: usize, e: &format::FormatError) -> LogError {
+fn undecodable(path: &Path, at: u64, e: &format::FormatError) -> LogError {
     LogError::Corrupt(format!(
         "{}: record at offset {at} has a valid checksum but does not decode ({e}); refusing to cut acknowledged data",
         path.display()
     ))
 }
 
-fn scan_segment(path: &Path) -> Result<Scan, LogError> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io_err(path))?;
-    let (format, start) = if bytes.starts_with(SEGMENT_MAGIC) {
+/// Reads one segment's frames in order and hands each record to `visit`, stopping at the
+/// first damaged frame (reported in [`Scan::damage`]). One frame is in memory at a time,
+/// so opening and replaying a log needs no room for the log.
+fn scan_segment<E: From<LogError>>(
+    path: &Path,
+    mut visit: impl FnMut(Record) -> Result<(), E>,
+) -> Result<Scan, E> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let size = file.metadata().map_err(io_err(path))?.len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let read = |r: &mut BufReader<File>, buf: &mut [u8]| -> Result<(), LogError> {
+        r.read_exact(buf).map_err(io_err(path))
+    };
+    let mut head = [0u8; HEADER];
+    let head_len = size.min(HEADER as u64) as usize;
+    read(&mut r, &mut head[..head_len])?;
+    let (format, start) = if head_len == HEADER && &head == SEGMENT_MAGIC {
         (SegmentFormat::V2, HEADER)
-    } else if bytes.len() < HEADER && SEGMENT_MAGIC.starts_with(&bytes) {
-        (SegmentFormat::Empty, bytes.len())
+    } else if head_len < HEADER && SEGMENT_MAGIC.starts_with(&head[..head_len]) {
+        (SegmentFormat::Empty, head_len)
     } else {
+        // Version 1 has no header: its first frame starts at 0.
+        r.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
         (SegmentFormat::V1, 0)
     };
-    let mut records = Vec::new();
-    let mut at = start;
+    let (mut at, mut records, mut payload) = (start as u64, 0u64, Vec::new());
     let damage = loop {
-        if at == bytes.len() {
+        if at == size {
             break None;
         }
-        if bytes.len() - at < HEADER {
+        if size - at < HEADER as u64 {
             break Some(format!("torn frame header at offset {at}"));
         }
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-        if len > MAX_FRAME || bytes.len() - at - HEADER < len {
+        let mut frame = [0u8; HEADER];
+        read(&mut r, &mut frame)?;
+        let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(frame[4..].try_into().expect("4 bytes"));
+        if len > MAX_FRAME || size - at - (HEADER as u64) < len as u64 {
             break Some(format!("torn frame at offset {at} (length {len})"));
         }
-        let payload = &bytes[at + HEADER..at + HEADER + len];
-        if crc32fast::hash(payload) != crc {
+        payload.resize(len, 0);
+        read(&mut r, &mut payload)?;
+        if crc32fast::hash(&payload) != crc {
             break Some(format!("checksum mismatch at offset {at}"));
         }
         let decoded = match format {
-            SegmentFormat::V1 => format::legacy::record(payload),
-            _ => format::decode::<Record>(payload),
+            SegmentFormat::V1 => format::legacy::record(&payload),
+            _ => format::decode::<Record>(&payload),
         };
         match decoded {
-            Ok(record) => records.push(record),
-            Err(e) => return Err(undecodable(path, at, &e)),
+            Ok(record) => {
+                records += 1;
+                visit(record)?;
+            }
+            Err(e) => return Err(undecodable(path, at, &e).into()),
         }
-        at += HEADER + len;
+        at += (HEADER + len) as u64;
     };
     Ok(Scan {
         format,
         records,
-        valid_len: at as u64,
+        valid_len: at,
         damage,
     })
 }
@@ -206,7 +225,6 @@ impl FileWal {
         let count = segments.len();
         let mut expected_next: Option<Seq> = None;
         for (i, (first, path)) in segments.iter().enumerate() {
-            let scan = scan_segment(path)?;
             if let Some(expected) = expected_next.filter(|e| e != first) {
                 return Err(LogError::Corrupt(format!(
                     "{}: segment starts at sequence {first} but the previous one ends at {}; records are missing",
@@ -214,17 +232,20 @@ impl FileWal {
                     expected - 1
                 )));
             }
-            for (k, record) in scan.records.iter().enumerate() {
-                if record.seq != first + k as u64 {
+            let mut k = 0u64;
+            let scan = scan_segment(path, |record| {
+                if record.seq != first + k {
                     return Err(LogError::Corrupt(format!(
                         "{}: record {k} has sequence {} where {} belongs",
                         path.display(),
                         record.seq,
-                        first + k as u64
+                        first + k
                     )));
                 }
-            }
-            expected_next = Some(first + scan.records.len() as u64);
+                k += 1;
+                Ok(())
+            })?;
+            expected_next = Some(first + scan.records);
             if let Some(damage) = &scan.damage {
                 if i + 1 < count {
                     return Err(LogError::Corrupt(format!(
@@ -243,12 +264,12 @@ impl FileWal {
                 f.set_len(scan.valid_len).map_err(io_err(path))?;
                 f.sync_all().map_err(io_err(path))?;
             }
-            report.records += scan.records.len() as u64;
-            if let Some(last) = scan.records.last() {
-                last_seq = last_seq.max(last.seq);
+            report.records += scan.records;
+            if scan.records > 0 {
+                last_seq = last_seq.max(first + scan.records - 1);
             }
             if i + 1 == count {
-                current = Some((scan.format, scan.records.len() as u64, scan.valid_len));
+                current = Some((scan.format, scan.records, scan.valid_len));
             }
         }
         // Appends go to a version-2 segment: the newest one, reset when it holds nothing,
@@ -296,6 +317,38 @@ impl FileWal {
             poisoned: Mutex::new(None),
         };
         Ok((wal, report))
+    }
+
+    /// Hands every record with `seq > after` to `visit`, in order, reading one frame at a
+    /// time (start-up replay: the log is never held in memory); returns how many. A
+    /// damaged frame is an error ([`FileWal::open`] has already cut a torn tail).
+    pub fn replay_after<E: From<LogError>>(
+        &self,
+        after: Seq,
+        mut visit: impl FnMut(Record) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let segments = self.inner.lock().segments.clone();
+        let mut visited = 0;
+        for (i, (_, path)) in segments.iter().enumerate() {
+            // Skip segments that end at or before `after`.
+            if segments
+                .get(i + 1)
+                .is_some_and(|(next, _)| *next <= after + 1)
+            {
+                continue;
+            }
+            let scan = scan_segment(path, |record| {
+                if record.seq > after {
+                    visited += 1;
+                    visit(record)?;
+                }
+                Ok::<(), E>(())
+            })?;
+            if let Some(damage) = scan.damage {
+                return Err(LogError::Corrupt(format!("{}: {damage}", path.display())).into());
+            }
+        }
+        Ok(visited)
     }
 
     fn rotate(&self, inner: &mut Inner) -> Result<(), LogError> {
@@ -410,22 +463,11 @@ impl Log for FileWal {
     }
 
     fn read_after(&self, after: Seq) -> Result<Vec<Record>, LogError> {
-        let segments = self.inner.lock().segments.clone();
         let mut out = Vec::new();
-        for (i, (_, path)) in segments.iter().enumerate() {
-            // Skip segments that end at or before `after`.
-            if segments
-                .get(i + 1)
-                .is_some_and(|(next, _)| *next <= after + 1)
-            {
-                continue;
-            }
-            let scan = scan_segment(path)?;
-            if let Some(damage) = scan.damage {
-                return Err(LogError::Corrupt(format!("{}: {damage}", path.display())));
-            }
-            out.extend(scan.records.into_iter().filter(|r| r.seq > after));
-        }
+        self.replay_after(after, |record| {
+            out.push(record);
+            Ok::<(), LogError>(())
+        })?;
         Ok(out)
     }
 

@@ -1,4 +1,5 @@
-//! Snapshots (written, verified, received, loaded) and compaction hold no second copy of a collection's vectors in
+//! Snapshots (written, verified, received, loaded), compaction and the replay of the log
+//! at start-up hold no second copy of a collection's vectors in
 //! memory: a worker sized for its index (the growth checks let the index use the pod's
 //! memory up to a small headroom) must not be OOM-killed the next time it snapshots,
 //! restarts or compacts.
@@ -11,8 +12,10 @@
 use kb_worker::index::Index;
 use kb_worker::log::{ChunkRecord, Metadata, Metric, Op, Record};
 use kb_worker::snapshot;
+use kb_worker::store::Store;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use tch::Device;
 
 struct Counting;
@@ -66,6 +69,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// The counters are global: one measuring test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 /// Runs `f`; returns its result, the peak heap above the start, and the heap it kept.
 fn measured<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
     let base = CURRENT.load(Ordering::SeqCst);
@@ -79,6 +85,19 @@ fn measured<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
 const DIM: usize = 128;
 const DOCS: usize = 10_000;
 const CHUNKS: usize = 10;
+
+fn chunks_of(d: usize) -> Vec<ChunkRecord> {
+    (0..CHUNKS)
+        .map(|c| ChunkRecord {
+            chunk_id: format!("{d}#{c}"),
+            text: format!("t{d}"),
+            metadata: Metadata::new(),
+            vector: (0..DIM)
+                .map(|i| ((d + c * 3 + i) % 17) as f32 + 0.5)
+                .collect(),
+        })
+        .collect()
+}
 
 fn build() -> Index {
     let mut index = Index::new(Device::Cpu);
@@ -118,6 +137,7 @@ fn build() -> Index {
 
 #[test]
 fn snapshots_and_compaction_copy_no_whole_collection() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut index = build();
     let vectors = DOCS * CHUNKS * DIM * 4; // 51 MB of fp32 on the host
     let bound = vectors / 4;
@@ -183,5 +203,47 @@ fn snapshots_and_compaction_copy_no_whole_collection() {
         peak < bound,
         "compacting {} live rows allocated {peak} bytes at once",
         stats.chunks
+    );
+}
+
+#[test]
+fn replaying_the_log_at_start_up_holds_one_record_at_a_time() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = kb_config::WorkerConfig::default();
+    cfg.snapshot.every_records = 0; // everything stays in the log
+    cfg.log.fsync = kb_config::FsyncPolicy::Never;
+    {
+        let (store, _) = Store::open(dir.path(), &cfg, Device::Cpu).unwrap();
+        let create = Op::CreateCollection {
+            collection: "c".into(),
+            dim: DIM,
+            metric: Metric::Cosine,
+        };
+        store.write(vec![create]).unwrap();
+        for batch in (0..DOCS).collect::<Vec<_>>().chunks(100) {
+            let ops = batch
+                .iter()
+                .map(|&d| Op::Upsert {
+                    collection: "c".into(),
+                    doc_id: format!("d{d}"),
+                    chunks: chunks_of(d),
+                })
+                .collect();
+            store.write(ops).unwrap();
+        }
+    }
+    let vectors = DOCS * CHUNKS * DIM * 4;
+    let (opened, peak, kept) = measured(|| Store::open(dir.path(), &cfg, Device::Cpu).unwrap());
+    let (store, recovery) = opened;
+    assert_eq!(recovery.replayed, DOCS + 1);
+    assert_eq!(
+        store.index().get("c").unwrap().stats().chunks,
+        DOCS * CHUNKS
+    );
+    eprintln!("log replay: peak {peak} B, kept {kept} B (vectors {vectors} B)");
+    assert!(
+        peak - kept < vectors / 4,
+        "replaying the log allocated {peak} bytes at once and kept {kept}"
     );
 }
