@@ -146,6 +146,20 @@ impl Store {
         check_continuity(index.applied(), log.first_seq())?;
         // One record at a time: replaying needs no room for the log.
         let replayed = log.replay_after(index.applied(), |record| {
+            // A record whose rows no longer fit (the pod's memory limit was lowered, say)
+            // stops the start with the reason, rather than an out-of-memory kill on
+            // every restart.
+            if let Op::Upsert {
+                collection, chunks, ..
+            } = &record.op
+            {
+                if let Some(Err(e)) = index.get(collection).map(|c| c.check_growth(chunks.len())) {
+                    return Err(StoreError::Apply {
+                        seq: record.seq,
+                        source: e,
+                    });
+                }
+            }
             match index.apply(&record) {
                 Ok(()) => Ok(()),
                 // Resource failures would leave a partial index: refuse to serve one.

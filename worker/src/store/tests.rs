@@ -390,3 +390,32 @@ fn writes_go_on_while_an_automatic_snapshot_is_written_and_the_log_is_truncated_
     assert_eq!(recovery.replayed, 0);
     assert_eq!(docs(&store), 7);
 }
+
+#[test]
+fn a_logged_write_that_no_longer_fits_stops_the_start_with_the_reason() {
+    use crate::host::{tests::fix, HostMemory, HEADROOM};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = Store::open(dir.path(), &cfg(0), Device::Cpu).unwrap();
+        store.write(vec![create()]).unwrap();
+        let ops = (0..1500)
+            .map(|i| upsert(&format!("d{i}"), vec![1.0, 0.0]))
+            .collect();
+        store.write(ops).unwrap();
+    }
+    // 1,500 rows outgrow the first allocation (1,024); 4 KB are free.
+    let tight = fix(HostMemory {
+        limit: Some((1 << 30) + HEADROOM + 4096),
+        working_set: 1 << 30,
+        machine_available: None,
+    });
+    let err = Store::open(dir.path(), &cfg(0), Device::Cpu)
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(msg.contains("resources.limits.memory"), "{msg}");
+    drop(tight);
+    let (store, recovery) = Store::open(dir.path(), &cfg(0), Device::Cpu).unwrap();
+    assert_eq!(recovery.replayed, 1501);
+    assert_eq!(docs(&store), 1500);
+}
