@@ -37,6 +37,20 @@ pub struct Observed {
     pub backup_jobs: Option<BackupJobs>,
     /// The `knowledge.dev/backup-now` value a Job exists or was just started for.
     pub backup_request: Option<String>,
+    /// A worker pod whose container keeps failing (the first one found).
+    pub worker_failure: Option<WorkerFailure>,
+}
+
+/// A worker container that keeps failing, as its pod reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerFailure {
+    pub pod: String,
+    /// Why its last run ended (`OOMKilled`, `Error`, ...).
+    pub reason: String,
+    pub exit_code: i32,
+    pub restarts: i32,
+    /// What the worker said last (its `error: ...` line), from the termination message.
+    pub message: Option<String>,
 }
 
 /// The worker StatefulSet's rollout state.
@@ -221,7 +235,10 @@ fn verdicts(outcome: &Outcome, observed: &Observed) -> [(ConditionType, Verdict)
             ConditionType::Progressing,
             progressing(outcome, workers_ready && redis_ok),
         ),
-        (ConditionType::Degraded, degraded(outcome)),
+        (
+            ConditionType::Degraded,
+            degraded(outcome, observed.worker_failure.as_ref()),
+        ),
         (ConditionType::RedisReady, redis),
         (ConditionType::BackupSucceeded, backup(&observed.backup)),
     ]
@@ -292,11 +309,36 @@ fn progressing(outcome: &Outcome, converged: bool) -> Verdict {
     }
 }
 
-fn degraded(outcome: &Outcome) -> Verdict {
-    match outcome {
-        Outcome::Invalid(invalid) => ("True", invalid.reason, invalid.message.clone()),
-        Outcome::ApplyFailed(message) => ("True", "ApplyFailed", message.clone()),
-        Outcome::AdoptionRefused(message) => ("True", "AdoptionRefused", message.clone()),
+fn degraded(outcome: &Outcome, failure: Option<&WorkerFailure>) -> Verdict {
+    match (outcome, failure) {
+        (Outcome::Invalid(invalid), _) => ("True", invalid.reason, invalid.message.clone()),
+        (Outcome::ApplyFailed(message), _) => ("True", "ApplyFailed", message.clone()),
+        (Outcome::AdoptionRefused(message), _) => ("True", "AdoptionRefused", message.clone()),
+        (_, Some(f)) if f.reason == "OOMKilled" => (
+            "True",
+            "WorkerOOMKilled",
+            format!(
+                "pod {}: the worker was killed at its memory limit ({} restarts): raise \
+                 resources.limits.memory (the model, the index with room to grow, and \
+                 embedding batches live in the pod's memory)",
+                f.pod, f.restarts
+            ),
+        ),
+        (_, Some(f)) => (
+            "True",
+            "WorkerCrashLooping",
+            format!(
+                "pod {}: the worker exited with code {} ({}, {} restarts){}",
+                f.pod,
+                f.exit_code,
+                f.reason,
+                f.restarts,
+                f.message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ),
+        ),
         _ => ("False", "AsExpected", "no problem found".into()),
     }
 }

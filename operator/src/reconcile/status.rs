@@ -5,6 +5,7 @@ use super::build::Component;
 use super::build::{Names, MANAGER};
 use super::conditions::{
     self, BackupJobs, BackupObserved, BackupReport, Observed, Outcome, RedisObserved, Rollout,
+    WorkerFailure,
 };
 use crate::crd::{BackupStatus, KnowledgeBase, KnowledgeBaseStatus};
 use crate::{Error, Result};
@@ -127,7 +128,9 @@ async fn observe(client: &Client, kb: &KnowledgeBase, names: &Names) -> Result<O
             _ => false,
         },
     };
+    let worker_pods = pods_of(client, names, &names.selector_string()).await?;
     Ok(Observed {
+        worker_failure: worker_failure(&worker_pods),
         desired_replicas,
         replicas: worker_status.replicas,
         ready_replicas: worker_status.ready_replicas.unwrap_or(0),
@@ -210,18 +213,69 @@ async fn backup_jobs(
     })
 }
 
-/// The report of a finished backup Job: its pod's termination message.
-async fn job_report(client: &Client, names: &Names, job: &str) -> Result<Option<BackupReport>> {
+/// The pods matching `selector`.
+async fn pods_of(client: &Client, names: &Names, selector: &str) -> Result<Vec<Pod>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
     let list = pods
-        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .list(&ListParams::default().labels(selector))
         .await
         .map_err(|source| Error::Read {
-            what: format!("pods of Job {job}"),
+            what: format!("pods {selector}"),
             source: Box::new(source),
         })?;
-    let report = list
-        .items
+    Ok(list.items)
+}
+
+/// The first worker pod whose `worker` container is not ready and whose last run ended
+/// in failure (the kubelet restarts it: crash loop), with the reason and what the worker
+/// said last.
+fn worker_failure(pods: &[Pod]) -> Option<WorkerFailure> {
+    pods.iter().find_map(|pod| {
+        let status = pod
+            .status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .iter()
+            .find(|c| c.name == "worker")?;
+        let state = status.state.as_ref();
+        let ended = state
+            .and_then(|s| s.terminated.as_ref())
+            .or_else(|| status.last_state.as_ref()?.terminated.as_ref())
+            .filter(|t| t.exit_code != 0)?;
+        let running = state.is_some_and(|s| s.running.is_some());
+        if status.ready || (running && status.restart_count == 0) {
+            return None;
+        }
+        Some(WorkerFailure {
+            pod: pod.metadata.name.clone().unwrap_or_default(),
+            reason: ended.reason.clone().unwrap_or_else(|| "Error".into()),
+            exit_code: ended.exit_code,
+            restarts: status.restart_count,
+            message: ended.message.as_deref().and_then(last_error),
+        })
+    })
+}
+
+/// The worker's last `error: ...` line in a termination message (with
+/// `FallbackToLogsOnError`, the tail of its log), else its last line; at most 400 bytes.
+fn last_error(message: &str) -> Option<String> {
+    let lines = || message.lines().map(str::trim).filter(|l| !l.is_empty());
+    let line = lines()
+        .rev()
+        .find(|l| l.starts_with("error: "))
+        .or_else(|| lines().next_back())?;
+    let mut end = line.len().min(400);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(line[..end].to_string())
+}
+
+/// The report of a finished backup Job: its pod's termination message.
+async fn job_report(client: &Client, names: &Names, job: &str) -> Result<Option<BackupReport>> {
+    let pods = pods_of(client, names, &format!("job-name={job}")).await?;
+    let report = pods
         .iter()
         .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
         .flatten()

@@ -89,6 +89,9 @@ fn container(spec: &KnowledgeBaseSpec, names: &Names) -> Container {
         resources: scheduling::resources(spec),
         liveness_probe: Some(probe("/livez", 3, 10)),
         readiness_probe: Some(probe("/readyz", 3, 5)),
+        // A worker that fails to start says why on its last log line (`error: ...`); the
+        // operator reports it in the Degraded condition.
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         // Model load can take minutes on a cold node: allow up to 10 minutes.
         startup_probe: Some(probe("/livez", 60, 10)),
         security_context: Some(security::container()),
