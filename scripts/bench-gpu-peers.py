@@ -223,6 +223,12 @@ def cmd_table(args):
                 f"| (kb-worker with libtorch's topk per tile, same shape) | {plain['p50_ms']:.3f} ms | "
                 f"{peer['median_ms']:.3f} ms | {plain['p50_ms'] / peer['median_ms']:.2f}x time | - |"
             )
+    snap = find("snapshot", device="cuda")
+    if snap:
+        lines.append(
+            f"| snapshot of {snap['rows'] // 1000000}M x {snap['dim']} on the GPU ({snap['file_mb']:.0f} MB) | "
+            f"write {snap['save_s']:.2f} s, load {snap['load_s']:.2f} s | - | - | - |"
+        )
     print("\n".join(lines))
 
 

@@ -13,7 +13,7 @@
 # the cosine of a running worker's fp16 vectors against sentence-transformers fp32 (fails
 # below 0.999); exact top-10 over 1M and 10M x 384 fp16 vectors for 1 and 1,024 queries
 # against torch matmul+topk, and the time to read the 1M matrix at the copy bandwidth
-# measured in the same run. kb-worker's searches check their hits against an f64 brute
+# measured in the same run; the time to write and load a 1M-row snapshot on the GPU. kb-worker's searches check their hits against an f64 brute
 # force (recall must be 1.0 or the command fails). Every record goes to OUT/bench.jsonl;
 # the goal table (scripts/bench-gpu-peers.py table) is printed last and written to
 # OUT/table.md, also when a step fails or the run is stopped at its time limit.
@@ -133,6 +133,9 @@ for spec in "1000000 1 200" "1000000 1024 50" "10000000 1024 20"; do
     peer search --device cuda --precision fp16 --rows "$rows" --dim 384 --queries "$queries" \
         --top-k 10 --iterations "$iterations" "${floor[@]}"
 done
+# A restart's snapshot load straight into GPU tensors (and the write, copied off them a
+# chunk at a time), 1M rows of 384.
+run bench snapshot --device cuda --rows 1000000 --dim 384 --dir "$work"
 # The sharded multi-GPU path with two shards on one GPU (on a multi-GPU node list the GPUs,
 # e.g. `cuda:0,1`).
 run bench search --device cuda:0,0 --rows 1000000 --dim 384 --queries 1024 --top-k 10 --iterations 50

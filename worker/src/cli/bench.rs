@@ -73,6 +73,19 @@ fn parse_device(text: &str) -> anyhow::Result<tch::Device> {
     }
 }
 
+/// Parses a placement: `cpu`, `cuda`, `cuda:N`, or a comma-separated list of them, which
+/// shards the vectors over the listed devices (`cuda:0,1`: a bare number after the first
+/// is a CUDA ordinal; a device may repeat).
+fn parse_devices(text: &str) -> anyhow::Result<Vec<tch::Device>> {
+    text.split(',')
+        .enumerate()
+        .map(|(i, part)| match (i, part.parse::<usize>()) {
+            (i, Ok(n)) if i > 0 => parse_device(&format!("cuda:{n}")),
+            _ => parse_device(part),
+        })
+        .collect()
+}
+
 /// The `q`-quantile of ascending `sorted` values by the nearest-rank method.
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {

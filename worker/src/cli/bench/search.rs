@@ -1,7 +1,7 @@
 //! `kb-worker bench search`: batched exact top-k over random unit vectors in a
 //! [`FlatIndex`], with the results of one batch checked against an f64 brute force.
 
-use super::{parse_device, percentile, round3};
+use super::{parse_devices, percentile, round3};
 use crate::index::filter::Filter;
 use crate::index::flat::{select, FlatIndex, Hit, Row};
 use crate::log::{Metadata, Metric};
@@ -107,16 +107,7 @@ fn storage_kind(precision: &str, device: tch::Device) -> anyhow::Result<tch::Kin
 }
 
 pub(super) fn run(args: &BenchSearchArgs) -> anyhow::Result<()> {
-    // `cuda:0,1` shards the vectors over the listed devices (a device may repeat).
-    let devices = args
-        .device
-        .split(',')
-        .enumerate()
-        .map(|(i, part)| match (i, part.parse::<usize>()) {
-            (i, Ok(n)) if i > 0 => parse_device(&format!("cuda:{n}")),
-            _ => parse_device(part),
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let devices = parse_devices(&args.device)?;
     let device = crate::index::Placement::from(devices).with_cpu_screen(args.cpu_screen);
     let kind = storage_kind(&args.precision, device.primary())?;
     let (dim, k) = (args.dim as usize, args.top_k as usize);

@@ -1,10 +1,11 @@
 //! `kb-worker bench snapshot`: how long a snapshot of a collection takes to write and to
-//! load (what a restart waits for), and how much memory each needs above the index itself
-//! (peak resident set, reset before each step through `/proc/self/clear_refs`).
+//! load (what a restart waits for), on the CPU or GPUs, and how much host memory each
+//! needs above the index itself (peak resident set, reset before each step through
+//! `/proc/self/clear_refs`).
 
-use super::round3;
+use super::{parse_devices, round3};
 use crate::index::flat::{FlatIndex, Row};
-use crate::index::Index;
+use crate::index::{Index, Placement};
 use crate::log::{Metadata, Metric};
 use crate::snapshot;
 use rand::rngs::StdRng;
@@ -29,6 +30,10 @@ pub struct BenchSnapshotArgs {
     /// Seed of the random data.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Where the collection lives when written and when loaded: `cpu`, `cuda`, `cuda:N`
+    /// or `cuda:N,M,...` (shards), as in `bench search` (fp16 on CUDA, fp32 on the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 pub(super) fn run(args: &BenchSnapshotArgs) -> anyhow::Result<()> {
@@ -37,7 +42,8 @@ pub(super) fn run(args: &BenchSnapshotArgs) -> anyhow::Result<()> {
     let text: String = (0..args.text_bytes)
         .map(|i| (b'a' + (i % 26) as u8) as char)
         .collect();
-    let mut index = Index::new(tch::Device::Cpu);
+    let placement = Placement::from(parse_devices(&args.device)?);
+    let mut index = Index::new(placement.clone());
     {
         let data: Vec<f32> = (0..n * dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
         let rows = (0..n)
@@ -48,7 +54,7 @@ pub(super) fn run(args: &BenchSnapshotArgs) -> anyhow::Result<()> {
                 metadata: Metadata::new(),
             })
             .collect();
-        let flat = FlatIndex::from_rows(dim, Metric::Cosine, tch::Device::Cpu, rows, &data)?;
+        let flat = FlatIndex::from_rows(dim, Metric::Cosine, placement.clone(), rows, &data)?;
         index.insert("bench".into(), flat);
     }
     index.set_applied(1);
@@ -68,7 +74,7 @@ pub(super) fn run(args: &BenchSnapshotArgs) -> anyhow::Result<()> {
 
     let before = Rss::reset()?;
     let started = Instant::now();
-    let loaded = snapshot::load_newest(&dir.0, tch::Device::Cpu)?
+    let loaded = snapshot::load_newest(&dir.0, placement)?
         .ok_or_else(|| anyhow::anyhow!("the snapshot written does not load"))?;
     let load_s = started.elapsed().as_secs_f64();
     let load = before.step()?;
@@ -80,6 +86,7 @@ pub(super) fn run(args: &BenchSnapshotArgs) -> anyhow::Result<()> {
     let mb = |bytes: u64| round3(bytes as f64 / 1e6);
     let line = serde_json::json!({
         "bench": "snapshot",
+        "device": args.device,
         "rows": n,
         "dim": dim,
         "text_bytes": args.text_bytes,
