@@ -82,3 +82,24 @@ fn removals_propagate_and_the_replica_count_survives_autoscaling_handover() {
     run("kubectl", &["delete", "-n", KB_NS, "kb/handover", "--wait=true", "--timeout=2m"]);
     cleanup();
 }
+
+#[test]
+#[ignore = "needs a real cluster in KUBECONFIG"]
+fn a_worker_killed_at_its_memory_limit_is_reported_degraded_with_the_limit_to_raise() {
+    let root = repo_root();
+    let chart = root.join("charts/knowledgebase-operator");
+    run("helm", &["upgrade", "--install", "kbo", chart.to_str().unwrap(), "-n", OPERATOR_NS, "--create-namespace", "--wait", "--timeout", "5m"]);
+    let _ = Command::new("kubectl").args(["create", "namespace", KB_NS]).status();
+    // libtorch and the model alone need far more than 96 MiB: the kernel kills the worker.
+    let kb = "apiVersion: knowledge.dev/v1alpha1\nkind: KnowledgeBase\nmetadata:\n  name: tight\nspec:\n  embedding: {device: cpu}\n  resources:\n    requests: {cpu: 500m, memory: 96Mi}\n    limits: {memory: 96Mi}\n";
+    let file = std::env::temp_dir().join("kb-e2e-tight.yaml");
+    std::fs::write(&file, kb).unwrap();
+    run("kubectl", &["apply", "-n", KB_NS, "-f", file.to_str().unwrap()]);
+    run("kubectl", &["wait", "-n", KB_NS, "kb/tight", "--for=condition=Degraded", "--timeout=5m"]);
+    let condition = |field: &str| run("kubectl", &["get", "-n", KB_NS, "kb/tight", "-o", &format!(r#"jsonpath={{.status.conditions[?(@.type=="Degraded")].{field}}}"#)]);
+    assert_eq!(condition("reason"), "WorkerOOMKilled");
+    let message = condition("message");
+    assert!(message.contains("resources.limits.memory"), "{message}");
+    run("kubectl", &["delete", "-n", KB_NS, "kb/tight", "--wait=true", "--timeout=2m"]);
+    cleanup();
+}
