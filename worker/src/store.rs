@@ -17,6 +17,7 @@ use crate::log::{Log, LogError, Op, Record, Seq};
 use crate::snapshot::{self, SnapshotError};
 use kb_config::WorkerConfig;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -102,10 +103,13 @@ pub struct Store {
     writer: Mutex<Writer>,
     /// Why writes are stopped (an apply failed after the append); `None` while healthy.
     halted: Mutex<Option<String>>,
-    /// The replica's snapshot write in flight, if any, and its outcome.
+    /// The automatic snapshot write in flight, if any, and its outcome.
     background: Mutex<Option<std::thread::JoinHandle<Result<(), String>>>>,
     /// `Writer::snapshot_failures`, readable without waiting for a write in progress.
     snapshot_failures: AtomicU32,
+    /// Snapshots being written for a download ([`Store::snapshot_file`]); automatic ones
+    /// wait while any is.
+    on_demand: AtomicU32,
 }
 
 /// The first record after `applied` must be `applied + 1`: anything else means records
@@ -195,6 +199,7 @@ impl Store {
             halted: Mutex::new(None),
             background: Mutex::new(None),
             snapshot_failures: AtomicU32::new(0),
+            on_demand: AtomicU32::new(0),
         };
         Ok((store, recovery))
     }
@@ -222,6 +227,7 @@ impl Store {
             halted: Mutex::new(None),
             background: Mutex::new(None),
             snapshot_failures: AtomicU32::new(0),
+            on_demand: AtomicU32::new(0),
         })
     }
 
@@ -283,6 +289,9 @@ impl Store {
     /// start (the caller tries again later). The outcome of the previous write feeds the
     /// retry backoff.
     fn snapshot_in_background(&self, writer: &mut Writer) -> bool {
+        if self.on_demand.load(Ordering::SeqCst) > 0 {
+            return false;
+        }
         let mut running = self.background.lock();
         match self.reap(&mut running, writer, false) {
             // Still running, or a failed previous write has just set the backoff: no new
@@ -493,34 +502,50 @@ impl Store {
         }
     }
 
-    /// Writes a snapshot now and truncates the log below it; returns its path. A
-    /// background snapshot still being written is waited for first (both would write the
-    /// same file when no record came in between).
+    /// Writes a snapshot now and truncates the log below it; returns its path (see
+    /// [`Store::snapshot_file`]).
     pub fn snapshot(&self) -> Result<PathBuf, StoreError> {
-        let mut writer = self.writer.lock();
-        {
-            let mut running = self.background.lock();
-            self.reap(&mut running, &mut writer, true);
-        }
-        let path = self.snapshot_locked()?;
-        writer.snapshot_succeeded();
-        self.snapshot_failures
-            .store(writer.snapshot_failures, Ordering::Relaxed);
-        Ok(path)
+        self.snapshot_file().map(|(path, _)| path)
     }
 
-    /// Caller holds the writer lock, so the index cannot move past the snapshot.
-    fn snapshot_locked(&self) -> Result<PathBuf, StoreError> {
-        let (path, seq) = {
-            let index = self.index();
-            (
-                snapshot::save(&index, &self.snapshots_dir, self.keep)?,
-                index.applied(),
-            )
+    /// Writes a snapshot now, truncates the log below it and returns its path and the
+    /// file, opened (so that retention may unlink it meanwhile: a download still reads
+    /// it whole). Only the freezing of the index holds the writer lock (an automatic
+    /// snapshot still being written is waited for first): writes go on while the file is
+    /// written, and no automatic snapshot starts until it is.
+    pub fn snapshot_file(&self) -> Result<(PathBuf, File), StoreError> {
+        struct OnDemand<'a>(&'a AtomicU32);
+        impl Drop for OnDemand<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let (capture, _on_demand) = {
+            let mut writer = self.writer.lock();
+            let mut running = self.background.lock();
+            self.reap(&mut running, &mut writer, true);
+            self.on_demand.fetch_add(1, Ordering::SeqCst);
+            let on_demand = OnDemand(&self.on_demand);
+            (snapshot::Capture::of(&self.index())?, on_demand)
         };
+        #[cfg(test)]
+        drop(tests::SNAPSHOT_GATE.lock());
+        let path = capture.save(&self.snapshots_dir, self.keep)?;
+        let file = File::open(&path).map_err(|source| {
+            StoreError::Snapshot(snapshot::SnapshotError::Io {
+                path: path.clone(),
+                source,
+            })
+        })?;
         self.truncate_log()?;
-        tracing::info!(seq, snapshot = %path.display(), "snapshot written");
-        Ok(path)
+        {
+            let mut writer = self.writer.lock();
+            writer.snapshot_written();
+            self.snapshot_failures
+                .store(writer.snapshot_failures, Ordering::Relaxed);
+        }
+        tracing::info!(seq = capture.seq(), snapshot = %path.display(), "snapshot written");
+        Ok((path, file))
     }
 
     /// Truncates the log below the oldest snapshot kept, so that a fallback to it can

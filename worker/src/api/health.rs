@@ -118,18 +118,16 @@ pub async fn snapshot(
     }
     let engine = state.engine()?;
     let store = engine.store.clone();
-    let path = tokio::task::spawn_blocking(move || {
-        store.snapshot().map_err(|e| {
+    // Opened as soon as it is written: retention may unlink it meanwhile, and an open
+    // file stays readable. It is streamed, never held in memory.
+    let (path, file) = tokio::task::spawn_blocking(move || {
+        store.snapshot_file().map_err(|e| {
             tracing::error!(error = %e, "snapshot for download failed");
             ApiError::Unavailable(format!("snapshot failed: {}", e.public_message()))
         })
     })
     .await??;
-    // The file is streamed, never held in memory; retention may unlink it meanwhile, and
-    // an open file stays readable.
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| ApiError::Internal(format!("opening the snapshot: {}", e.kind())))?;
+    let file = tokio::fs::File::from_std(file);
     let size = file
         .metadata()
         .await

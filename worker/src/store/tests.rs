@@ -419,3 +419,34 @@ fn a_logged_write_that_no_longer_fits_stops_the_start_with_the_reason() {
     assert_eq!(recovery.replayed, 1501);
     assert_eq!(docs(&store), 1500);
 }
+
+#[test]
+fn writes_go_on_while_a_snapshot_for_download_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), &cfg(0), Device::Cpu).unwrap();
+    store
+        .write(vec![create(), upsert("a", vec![1.0, 0.0])])
+        .unwrap();
+    let store = Arc::new(store);
+    let gate = SNAPSHOT_GATE.lock().unwrap_or_else(|e| e.into_inner());
+    let snapshot = std::thread::spawn({
+        let store = store.clone();
+        move || store.snapshot_file().map(|(path, _)| path)
+    });
+    // Frozen at 2, its file held at the gate.
+    while store.on_demand.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn({
+        let store = store.clone();
+        move || tx.send(store.write(vec![upsert("b", vec![0.0, 1.0])]).is_ok())
+    });
+    // A liveness bound, not a speed goal: the write needs nothing the snapshot holds.
+    let written = rx.recv_timeout(Duration::from_secs(30));
+    assert_eq!(written, Ok(true), "a write waited for the snapshot's file");
+    drop(gate);
+    let path = snapshot.join().unwrap().unwrap();
+    assert_eq!(snapshot::sequence_of_file_name(&path), Some(2));
+    assert_eq!(docs(&store), 2);
+}

@@ -22,8 +22,9 @@ impl Writer {
             && self.retry_snapshot_at.is_none_or(|t| Instant::now() >= t)
     }
 
-    pub(super) fn snapshot_succeeded(&mut self) {
-        self.since_snapshot = 0;
+    /// A snapshot was written: failures and their backoff are over. (Records applied
+    /// while it was written count towards the next one.)
+    pub(super) fn snapshot_written(&mut self) {
         self.snapshot_failures = 0;
         self.retry_snapshot_at = None;
     }
@@ -34,10 +35,8 @@ impl Writer {
         outcome: std::thread::Result<Result<(), String>>,
     ) -> bool {
         match outcome {
-            // Records applied while it was written count towards the next one.
             Ok(Ok(())) => {
-                self.snapshot_failures = 0;
-                self.retry_snapshot_at = None;
+                self.snapshot_written();
                 true
             }
             Ok(Err(e)) => {
