@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Worker;
+use common::{post_ok, Worker};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
@@ -26,26 +26,15 @@ fn kb_worker_ok(args: &[&str]) -> (Vec<Value>, String) {
     (lines, stderr)
 }
 
-async fn post(url: &str, path: &str, body: &Value) -> Value {
-    let resp = reqwest::Client::new()
-        .post(format!("{url}{path}"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-    resp.json().await.unwrap()
-}
-
 async fn ingest(url: &str, i: usize) {
     let text = format!("Document {i} is about topic {} and nothing else.", i % 4);
     let body = json!({"documents": [{"id": format!("doc-{i}"), "text": text}]});
-    post(url, "/v1/collections/docs/documents", &body).await;
+    post_ok(url, "/v1/collections/docs/documents", &body).await;
 }
 
 async fn answer(url: &str) -> Value {
     let body = json!({"query": "topic 2", "top_k": 5});
-    post(url, "/v1/collections/docs/query", &body).await["hits"].clone()
+    post_ok(url, "/v1/collections/docs/query", &body).await["hits"].clone()
 }
 
 fn backups_in(dir: &Path) -> Vec<String> {

@@ -7,7 +7,7 @@
 mod common;
 
 use common::redis::{wait_for_port, Redis};
-use common::{free_port, Worker};
+use common::{free_port, post_ok, Worker};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
@@ -124,22 +124,11 @@ fn docs(first: usize, n: usize) -> Value {
     json!({ "documents": docs })
 }
 
-async fn post(url: &str, path: &str, body: &Value) -> Value {
-    let resp = reqwest::Client::new()
-        .post(format!("{url}{path}"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-    resp.json().await.unwrap()
-}
-
 /// The hits (document, chunk, score) of one query per topic.
 async fn answers(url: &str) -> Vec<Vec<(String, String, f64)>> {
     let mut all = Vec::new();
     for topic in TOPICS {
-        let hits = post(
+        let hits = post_ok(
             url,
             "/v1/collections/docs/query",
             &json!({"query": topic, "top_k": 5}),
@@ -183,7 +172,7 @@ async fn a_backup_restored_into_an_empty_directory_answers_identically() {
     let s3 = S3::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let source = Worker::start(&tmp.path().join("a"), "", &["--open"]).await;
-    post(&source.url, "/v1/collections/docs/documents", &docs(0, 24)).await;
+    post_ok(&source.url, "/v1/collections/docs/documents", &docs(0, 24)).await;
     let before = answers(&source.url).await;
 
     let target = url("prod/docs");
@@ -229,7 +218,7 @@ async fn backed_up(n: usize, prefix: &str) -> BackedUp {
     let s3 = S3::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let source = Worker::start(&tmp.path().join("a"), "", &["--open"]).await;
-    post(&source.url, "/v1/collections/docs/documents", &docs(0, n)).await;
+    post_ok(&source.url, "/v1/collections/docs/documents", &docs(0, n)).await;
     let target = url(prefix);
     let manifest = s3.kb_worker_ok(&["backup", "--url", &source.url, "--to", &target])[0].clone();
     BackedUp {
@@ -286,7 +275,7 @@ async fn retention_deletes_only_the_oldest_backups() {
     let target = url("kept");
     let mut sequences = Vec::new();
     for round in 0..4 {
-        post(
+        post_ok(
             &source.url,
             "/v1/collections/docs/documents",
             &docs(round, 1),
@@ -338,7 +327,7 @@ async fn a_backup_taken_during_ingestion_holds_whole_documents() {
                     .collect::<Vec<_>>()
                     .join(" ");
                 let body = json!({"documents": [{"id": format!("w-{i}"), "text": text, "metadata": {"doc": i}}]});
-                let r = post(&url, "/v1/collections/docs/documents", &body).await;
+                let r = post_ok(&url, "/v1/collections/docs/documents", &body).await;
                 acked
                     .lock()
                     .unwrap()
@@ -363,7 +352,7 @@ async fn a_backup_taken_during_ingestion_holds_whole_documents() {
     let copy = Worker::start(&data, config, &["--open"]).await;
     let mut present = 0;
     for (i, (id, chunks)) in acked.iter().enumerate() {
-        let hits = post(
+        let hits = post_ok(
             &copy.url,
             "/v1/collections/docs/query",
             &json!({"vector": vec![1.0; 384], "top_k": 100, "filter": {"doc": i}, "include_text": false}),
@@ -406,7 +395,7 @@ async fn a_knowledge_base_restored_from_a_backup_continues_a_fresh_stream() {
     let worker = Worker::start(&data, &config, &["--open"]).await;
     // New records are numbered after the backup's sequence and applied by the replica
     // (wait=applied answers only then; numbered from 1 they would be skipped as old).
-    let resp = post(
+    let resp = post_ok(
         &worker.url,
         "/v1/collections/docs/documents?wait=applied",
         &docs(100, 1),
@@ -414,7 +403,7 @@ async fn a_knowledge_base_restored_from_a_backup_continues_a_fresh_stream() {
     .await;
     // Two records: create-if-absent and the upsert.
     assert_eq!(resp["sequence"].as_u64().unwrap(), sequence + 2, "{resp}");
-    let hits = post(
+    let hits = post_ok(
         &worker.url,
         "/v1/collections/docs/query",
         &json!({"query": TOPICS[100 % TOPICS.len()], "top_k": 10}),

@@ -115,20 +115,10 @@ fn build() -> Index {
         },
     );
     for d in 0..DOCS {
-        let chunks = (0..CHUNKS)
-            .map(|c| ChunkRecord {
-                chunk_id: format!("{d}#{c}"),
-                text: format!("t{d}"),
-                metadata: Metadata::new(),
-                vector: (0..DIM)
-                    .map(|i| ((d + c * 3 + i) % 17) as f32 + 0.5)
-                    .collect(),
-            })
-            .collect();
         let op = Op::Upsert {
             collection: "c".into(),
             doc_id: format!("d{d}"),
-            chunks,
+            chunks: chunks_of(d),
         };
         apply(&mut index, op);
     }

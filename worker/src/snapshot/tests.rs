@@ -4,6 +4,17 @@ use crate::index::Placement;
 use crate::log::{ChunkRecord, Metadata, Op, Record};
 use tch::Device;
 
+/// Applies `ops` as records 1, 2, ...
+fn apply_all(index: &mut Index, ops: impl IntoIterator<Item = Op>) {
+    for (i, op) in ops.into_iter().enumerate() {
+        let record = Record {
+            seq: i as u64 + 1,
+            op,
+        };
+        index.apply(&record).unwrap();
+    }
+}
+
 fn sample_index() -> Index {
     let mut index = Index::new(Device::Cpu);
     let ops = [
@@ -40,14 +51,7 @@ fn sample_index() -> Index {
             doc_id: "d2".into(),
         },
     ];
-    for (i, op) in ops.into_iter().enumerate() {
-        index
-            .apply(&Record {
-                seq: i as u64 + 1,
-                op,
-            })
-            .unwrap();
-    }
+    apply_all(&mut index, ops);
     index
 }
 
@@ -182,14 +186,7 @@ fn larger_index(placement: impl Into<Placement>, docs: usize) -> Index {
         collection: "big".into(),
         doc_id: format!("d{d}"),
     }));
-    for (i, op) in ops.into_iter().enumerate() {
-        index
-            .apply(&Record {
-                seq: i as u64 + 1,
-                op,
-            })
-            .unwrap();
-    }
+    apply_all(&mut index, ops);
     index
 }
 

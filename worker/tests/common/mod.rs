@@ -159,6 +159,18 @@ pub async fn start_keyed(dir: &Path) -> Worker {
     .await
 }
 
+/// POSTs `body` as JSON to `url` + `path`; the answer must be 200 and JSON.
+pub async fn post_ok(url: &str, path: &str, body: &serde_json::Value) -> serde_json::Value {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    resp.json().await.unwrap()
+}
+
 /// Runs `kb-worker COMMAND`, which must succeed and print one JSON document.
 pub fn json_of_command(command: &str) -> serde_json::Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kb-worker"))
