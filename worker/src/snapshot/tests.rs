@@ -228,10 +228,14 @@ fn serde_encoding(index: &Index) -> Vec<u8> {
         seq: index.applied(),
         collections,
     };
-    let payload = crate::format::encode(&data).unwrap();
+    frame(&crate::format::encode(&data).unwrap())
+}
+
+/// A snapshot file around `payload`: magic, payload, CRC32, length.
+fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
-    out.extend_from_slice(&payload);
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out
 }
@@ -290,11 +294,7 @@ fn a_corrupt_or_truncated_file_is_refused_by_the_streamed_load() {
 fn reframe(file: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut payload = file[MAGIC.len()..file.len() - TRAILER].to_vec();
     edit(&mut payload);
-    let mut out = MAGIC.to_vec();
-    out.extend_from_slice(&payload);
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out
+    frame(&payload)
 }
 
 #[test]
