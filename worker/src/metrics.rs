@@ -80,6 +80,10 @@ pub struct Metrics {
     redis_connected: Gauge,
     writes_halted: Gauge,
     snapshot_failures: Gauge,
+    snapshot_sequence: Gauge,
+    snapshot_bytes: Gauge,
+    snapshot_seconds: FloatGauge,
+    snapshot_timestamp: FloatGauge,
     ready: Gauge,
     volume_free: Gauge,
     host_limit: Gauge,
@@ -120,6 +124,10 @@ impl Metrics {
             redis_connected: Gauge::default(),
             writes_halted: Gauge::default(),
             snapshot_failures: Gauge::default(),
+            snapshot_sequence: Gauge::default(),
+            snapshot_bytes: Gauge::default(),
+            snapshot_seconds: FloatGauge::default(),
+            snapshot_timestamp: FloatGauge::default(),
             ready: Gauge::default(),
             volume_free: Gauge::default(),
             host_limit: Gauge::default(),
@@ -239,6 +247,26 @@ impl Metrics {
             m.snapshot_failures.clone(),
         );
         r.register(
+            "snapshot_last_sequence",
+            "The last record the last snapshot written since the start holds (0: none yet)",
+            m.snapshot_sequence.clone(),
+        );
+        r.register(
+            "snapshot_last_bytes",
+            "Size of the last snapshot file written",
+            m.snapshot_bytes.clone(),
+        );
+        r.register(
+            "snapshot_last_duration_seconds",
+            "Time the last snapshot took to write (writes go on meanwhile)",
+            m.snapshot_seconds.clone(),
+        );
+        r.register(
+            "snapshot_last_success_timestamp_seconds",
+            "When the last snapshot was written, in seconds since the Unix epoch (0: none yet)",
+            m.snapshot_timestamp.clone(),
+        );
+        r.register(
             "cache_lookups",
             "Query cache lookups by level (l1 in process, l2 Redis), kind and outcome",
             m.cache.clone(),
@@ -328,6 +356,12 @@ impl Metrics {
                 .set(i64::from(engine.store.halted().is_some()));
             self.snapshot_failures
                 .set(i64::from(engine.store.health().snapshot_failures));
+            if let Some(last) = engine.store.last_snapshot() {
+                self.snapshot_sequence.set(last.sequence as i64);
+                self.snapshot_bytes.set(last.bytes as i64);
+                self.snapshot_seconds.set(last.seconds);
+                self.snapshot_timestamp.set(last.finished_unix);
+            }
             self.log_sequence.set(engine.log_seq() as i64);
             if let Some(replicator) = &engine.replicator {
                 let status = replicator.status();

@@ -17,7 +17,6 @@ use crate::log::{Log, LogError, Op, Record, Seq};
 use crate::snapshot::{self, SnapshotError};
 use kb_config::WorkerConfig;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -104,7 +103,9 @@ pub struct Store {
     /// Why writes are stopped (an apply failed after the append); `None` while healthy.
     halted: Mutex<Option<String>>,
     /// The automatic snapshot write in flight, if any, and its outcome.
-    background: Mutex<Option<std::thread::JoinHandle<Result<(), String>>>>,
+    background: Mutex<Option<snapshots::SnapshotJob>>,
+    /// The last snapshot written (automatic or for a download).
+    last_snapshot: Mutex<Option<SnapshotWritten>>,
     /// `Writer::snapshot_failures`, readable without waiting for a write in progress.
     snapshot_failures: AtomicU32,
     /// Snapshots being written for a download ([`Store::snapshot_file`]); automatic ones
@@ -200,6 +201,7 @@ impl Store {
             background: Mutex::new(None),
             snapshot_failures: AtomicU32::new(0),
             on_demand: AtomicU32::new(0),
+            last_snapshot: Mutex::new(None),
         };
         Ok((store, recovery))
     }
@@ -228,6 +230,7 @@ impl Store {
             background: Mutex::new(None),
             snapshot_failures: AtomicU32::new(0),
             on_demand: AtomicU32::new(0),
+            last_snapshot: Mutex::new(None),
         })
     }
 
@@ -282,102 +285,6 @@ impl Store {
         outcome
     }
 
-    /// Freezes the index (under the read lock; the caller holds the writer lock so it
-    /// cannot move; nothing is copied) and exports, encodes and writes the snapshot on a
-    /// background thread, so that applying the stream does not wait for the disk. At most
-    /// one such write runs at a time; returns false when one is still running or could not
-    /// start (the caller tries again later). The outcome of the previous write feeds the
-    /// retry backoff.
-    fn snapshot_in_background(&self, writer: &mut Writer) -> bool {
-        if self.on_demand.load(Ordering::SeqCst) > 0 {
-            return false;
-        }
-        let mut running = self.background.lock();
-        match self.reap(&mut running, writer, false) {
-            // Still running, or a failed previous write has just set the backoff: no new
-            // attempt now.
-            Reaped::Running | Reaped::Failed => return false,
-            Reaped::Idle | Reaped::Succeeded => {}
-        }
-        let capture = match snapshot::Capture::of(&self.index()) {
-            Ok(capture) => capture,
-            Err(e) => {
-                writer.snapshot_failed(&e);
-                return false;
-            }
-        };
-        let (dir, keep) = (self.snapshots_dir.clone(), self.keep);
-        let spawned = std::thread::Builder::new()
-            .name("kb-snapshot".into())
-            .spawn(move || {
-                #[cfg(test)]
-                drop(tests::SNAPSHOT_GATE.lock());
-                match capture.save(&dir, keep) {
-                Ok(path) => {
-                    tracing::info!(seq = capture.seq(), snapshot = %path.display(), "snapshot written");
-                    Ok(())
-                }
-                Err(e) => Err(e.to_string()),
-                }
-            });
-        match spawned {
-            Ok(handle) => {
-                *running = Some(handle);
-                true
-            }
-            Err(e) => {
-                writer.snapshot_failed(&format!("cannot start the snapshot thread: {e}"));
-                false
-            }
-        }
-    }
-
-    /// Accounts for a finished background snapshot write (waiting for a running one when
-    /// `wait`): its outcome feeds the retry backoff and, once it succeeded, the log is
-    /// truncated below the oldest snapshot kept.
-    fn reap(
-        &self,
-        running: &mut Option<std::thread::JoinHandle<Result<(), String>>>,
-        writer: &mut Writer,
-        wait: bool,
-    ) -> Reaped {
-        match running.take() {
-            None => Reaped::Idle,
-            Some(handle) if !wait && !handle.is_finished() => {
-                *running = Some(handle);
-                Reaped::Running
-            }
-            Some(handle) => {
-                let succeeded = writer.background_finished(handle.join());
-                self.snapshot_failures
-                    .store(writer.snapshot_failures, Ordering::Relaxed);
-                if !succeeded {
-                    return Reaped::Failed;
-                }
-                if let Err(e) = self.truncate_log() {
-                    tracing::warn!(error = %e, "the log was not truncated after a snapshot; the next snapshot tries again");
-                }
-                Reaped::Succeeded
-            }
-        }
-    }
-
-    /// Waits for a background snapshot write to finish (clean shutdown, tests).
-    pub fn wait_for_background_snapshot(&self) {
-        let mut writer = self.writer.lock();
-        let mut running = self.background.lock();
-        self.reap(&mut running, &mut writer, true);
-    }
-
-    /// The sequence of the oldest snapshot kept on disk (0 when there is none): the
-    /// replicated log must keep every record after it.
-    pub fn oldest_snapshot_seq(&self) -> Seq {
-        snapshot::list(&self.snapshots_dir)
-            .ok()
-            .and_then(|l| l.last().map(|(s, _)| *s))
-            .unwrap_or(0)
-    }
-
     /// Read access to the index. Blocks while a write applies: async handlers use
     /// [`Store::view`] instead, searches and applies run on blocking threads.
     pub fn index(&self) -> RwLockReadGuard<'_, Index> {
@@ -421,6 +328,11 @@ impl Store {
         }
     }
 
+    /// The last snapshot written since the start (automatic or for a download).
+    pub fn last_snapshot(&self) -> Option<SnapshotWritten> {
+        *self.last_snapshot.lock()
+    }
+
     /// Whether the store takes writes: not halted, and its log not poisoned.
     pub fn halted(&self) -> Option<String> {
         if let Some(reason) = self.halted.lock().clone() {
@@ -453,7 +365,10 @@ impl Store {
         // has succeeded, when a later write finds it finished.
         let idle = {
             let mut running = self.background.lock();
-            !matches!(self.reap(&mut running, &mut writer, false), Reaped::Running)
+            !matches!(
+                self.reap(&mut running, &mut writer, false),
+                snapshots::Reaped::Running
+            )
         };
         if idle
             && writer.snapshot_due(self.every_records)
@@ -501,80 +416,13 @@ impl Store {
             }
         }
     }
-
-    /// Writes a snapshot now and truncates the log below it; returns its path (see
-    /// [`Store::snapshot_file`]).
-    pub fn snapshot(&self) -> Result<PathBuf, StoreError> {
-        self.snapshot_file().map(|(path, _)| path)
-    }
-
-    /// Writes a snapshot now, truncates the log below it and returns its path and the
-    /// file, opened (so that retention may unlink it meanwhile: a download still reads
-    /// it whole). Only the freezing of the index holds the writer lock (an automatic
-    /// snapshot still being written is waited for first): writes go on while the file is
-    /// written, and no automatic snapshot starts until it is.
-    pub fn snapshot_file(&self) -> Result<(PathBuf, File), StoreError> {
-        struct OnDemand<'a>(&'a AtomicU32);
-        impl Drop for OnDemand<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        let (capture, _on_demand) = {
-            let mut writer = self.writer.lock();
-            let mut running = self.background.lock();
-            self.reap(&mut running, &mut writer, true);
-            self.on_demand.fetch_add(1, Ordering::SeqCst);
-            let on_demand = OnDemand(&self.on_demand);
-            (snapshot::Capture::of(&self.index())?, on_demand)
-        };
-        #[cfg(test)]
-        drop(tests::SNAPSHOT_GATE.lock());
-        let path = capture.save(&self.snapshots_dir, self.keep)?;
-        let file = File::open(&path).map_err(|source| {
-            StoreError::Snapshot(snapshot::SnapshotError::Io {
-                path: path.clone(),
-                source,
-            })
-        })?;
-        self.truncate_log()?;
-        {
-            let mut writer = self.writer.lock();
-            writer.snapshot_written();
-            self.snapshot_failures
-                .store(writer.snapshot_failures, Ordering::Relaxed);
-        }
-        tracing::info!(seq = capture.seq(), snapshot = %path.display(), "snapshot written");
-        Ok((path, file))
-    }
-
-    /// Truncates the log below the oldest snapshot kept, so that a fallback to it can
-    /// still replay (replicated stores have no log: the stream is trimmed by the
-    /// heartbeats of [`Store::oldest_snapshot_seq`]).
-    fn truncate_log(&self) -> Result<(), StoreError> {
-        let Some(log) = &self.log else {
-            return Ok(());
-        };
-        if let Some((oldest, _)) = snapshot::list(&self.snapshots_dir)?.last() {
-            log.truncate_before(*oldest)?;
-        }
-        Ok(())
-    }
 }
 
-/// What [`Store::reap`] found of the background snapshot write.
-enum Reaped {
-    /// None had been started since the last look.
-    Idle,
-    /// One is still being written.
-    Running,
-    Succeeded,
-    Failed,
-}
-
+mod snapshots;
 #[cfg(test)]
 mod tests;
 mod view;
 mod writer;
+pub use snapshots::SnapshotWritten;
 pub use view::{CollectionView, IndexView};
 use writer::Writer;

@@ -78,6 +78,22 @@ async fn folder_backups_stream_keep_the_newest_and_restore_the_newest_valid() {
             "{last}"
         );
     }
+    // The worker exports the snapshot it wrote for the last backup.
+    let metrics = reqwest::get(format!("{}/metrics", source.metrics_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (series, value) in [
+        ("kb_worker_snapshot_last_sequence", &last["sequence"]),
+        ("kb_worker_snapshot_last_bytes", &last["bytes"]),
+    ] {
+        assert!(
+            metrics.contains(&format!("{series} {value}\n")),
+            "{series} {value}:\n{metrics}"
+        );
+    }
     let kept = backups_in(&folder);
     assert_eq!(kept.len(), 2, "retention: {kept:?}");
     assert!(

@@ -373,6 +373,7 @@ fn writes_go_on_while_an_automatic_snapshot_is_written_and_the_log_is_truncated_
         2,
         "the frozen sequence, not a later one"
     );
+    assert_eq!(store.last_snapshot().map(|l| l.sequence), Some(2));
     // Records 3..=7 are only in the log: it keeps them.
     assert_eq!(segment_starts(dir.path())[0], 1);
     // The next snapshot (at 8, the only one kept) makes the first segment redundant.
@@ -449,4 +450,11 @@ fn writes_go_on_while_a_snapshot_for_download_is_written() {
     let path = snapshot.join().unwrap().unwrap();
     assert_eq!(snapshot::sequence_of_file_name(&path), Some(2));
     assert_eq!(docs(&store), 2);
+    let last = store.last_snapshot().expect("recorded");
+    assert_eq!(last.sequence, 2);
+    assert_eq!(last.bytes, std::fs::metadata(&path).unwrap().len());
+    assert!(
+        last.seconds >= 0.0 && last.finished_unix > 1.7e9,
+        "{last:?}"
+    );
 }

@@ -29,23 +29,23 @@ impl Writer {
         self.retry_snapshot_at = None;
     }
 
-    /// Records how a background snapshot write ended; true when it succeeded.
-    pub(super) fn background_finished(
+    /// Records how a background snapshot write ended; its result when it succeeded.
+    pub(super) fn background_finished<T>(
         &mut self,
-        outcome: std::thread::Result<Result<(), String>>,
-    ) -> bool {
+        outcome: std::thread::Result<Result<T, String>>,
+    ) -> Option<T> {
         match outcome {
-            Ok(Ok(())) => {
+            Ok(Ok(written)) => {
                 self.snapshot_written();
-                true
+                Some(written)
             }
             Ok(Err(e)) => {
                 self.snapshot_failed(&e);
-                false
+                None
             }
             Err(_) => {
                 self.snapshot_failed(&"the snapshot thread panicked");
-                false
+                None
             }
         }
     }
