@@ -271,6 +271,18 @@ fn a_file_loads_in_a_stream_with_every_row() {
         verify(&fs::read(&path).unwrap(), &path).unwrap(),
         index.applied()
     );
+    // A placement with the CPU screen loads screened collections.
+    let screened = Placement::from(Device::Cpu).with_cpu_screen(true);
+    assert!(load_file(&path, screened)
+        .unwrap()
+        .get("big")
+        .unwrap()
+        .is_screened());
+    assert!(!load_file(&path, Device::Cpu)
+        .unwrap()
+        .get("big")
+        .unwrap()
+        .is_screened());
 }
 
 #[test]

@@ -256,11 +256,19 @@ fn temporary_files_of_an_interrupted_snapshot_are_removed_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let snapshots = dir.path().join("snapshots");
     std::fs::create_dir_all(&snapshots).unwrap();
-    let stale = snapshots.join(format!(".{}.tmp-4242", snapshot::file_name(9)));
-    std::fs::write(&stale, b"half a snapshot").unwrap();
+    // Names of this build (a snapshot being written, one being received) and of older ones.
+    let stale = [
+        format!(".{}.3.tmp-4242", snapshot::file_name(9)),
+        ".incoming-0.tmp-4242".to_string(),
+        format!(".{}.tmp-4242", snapshot::file_name(9)),
+    ]
+    .map(|name| snapshots.join(name));
+    for file in &stale {
+        std::fs::write(file, b"half a snapshot").unwrap();
+    }
     let (_store, recovery) = Store::open(dir.path(), &cfg(0), Device::Cpu).unwrap();
-    assert_eq!(recovery.stale_temporary_files, 1);
-    assert!(!stale.exists());
+    assert_eq!(recovery.stale_temporary_files, 3);
+    assert!(stale.iter().all(|f| !f.exists()));
 }
 
 #[test]
