@@ -6,6 +6,7 @@
 # Pack here (the release binary, the corpus, the model with fp16 weights; under the 64 MiB
 # carry limit), run there:
 #   make build && scripts/pack-gpu-run.sh
+#   scripts/bench-gpu-dry-run.sh      # the same steps on this CPU, small: checks the plumbing
 #   (device tool, carry [".run/gpu"], timeout_s 540) scripts/bench-gpu.sh .run/gpu "$OUT"
 #
 # One run measures, on the same GPU: kb-worker's fp16 embedding of the corpus (raw text ->
