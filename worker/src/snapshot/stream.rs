@@ -382,10 +382,11 @@ impl Sink for CheckSink {
     }
 }
 
-/// Loads the snapshot file at `path`: its framing and checksum are verified in a first
-/// pass over the file, then the payload is decoded from a second, straight into the
-/// collections' tensors (a chunk of rows at a time: no copy of the file or of the
-/// vectors is held in memory). Files of version 1 are read whole.
+/// Loads the snapshot file at `path` in one pass that decodes the payload straight into
+/// the collections' tensors (a chunk of rows at a time: no copy of the file or of the
+/// vectors is held in memory) and checksums it; the index is returned only when the
+/// checksum holds. Every length is checked against the bytes left before anything is
+/// allocated for it. Files of version 1 are read whole.
 pub fn load_file(path: &Path, placement: impl Into<Placement>) -> Result<Index, SnapshotError> {
     let mut sink = IndexSink::new(placement.into());
     let seq = read_file(path, &mut sink)?;
@@ -414,28 +415,51 @@ fn read_file(path: &Path, sink: &mut impl Sink) -> Result<Seq, SnapshotError> {
     if &magic != MAGIC {
         return Err(invalid("not a snapshot (bad magic or too short)"));
     }
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let (mut crc, mut left, mut buf) = (crc32fast::Hasher::new(), len, vec![0u8; 1 << 20]);
-    while left > 0 {
-        let n = (buf.len() as u64).min(left) as usize;
-        reader.read_exact(&mut buf[..n]).map_err(io_err(path))?;
-        crc.update(&buf[..n]);
-        left -= n as u64;
-    }
+    // The trailer first (a truncated file is refused before anything is decoded), then
+    // one pass that decodes and checksums the payload together; the index it built is
+    // dropped when the checksum does not hold.
     let mut trailer = [0u8; TRAILER];
-    reader.read_exact(&mut trailer).map_err(io_err(path))?;
+    file.seek(SeekFrom::Start(file_len - TRAILER as u64))
+        .and_then(|_| file.read_exact(&mut trailer))
+        .and_then(|()| file.seek(SeekFrom::Start(MAGIC.len() as u64)))
+        .map_err(io_err(path))?;
     if u64::from_le_bytes(trailer[4..].try_into().expect("8 bytes")) != len {
         return Err(invalid("length mismatch (truncated file)"));
     }
-    if u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")) != crc.finalize() {
+    let expected = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
+    let mut payload = Crc32Reader {
+        inner: BufReader::with_capacity(1 << 20, file).take(len),
+        crc: crc32fast::Hasher::new(),
+    };
+    let decoded = read_payload(&mut payload, len, path, sink);
+    match &decoded {
+        Ok(_) => {}
+        // An undecodable payload is most likely a corrupt one: say so when the checksum
+        // disagrees too.
+        Err(SnapshotError::Invalid(..)) => {
+            std::io::copy(&mut payload, &mut std::io::sink()).map_err(io_err(path))?;
+        }
+        // I/O, or a collection that does not fit: not the file's fault.
+        Err(_) => return decoded,
+    }
+    if payload.crc.finalize() != expected {
         return Err(invalid("checksum mismatch"));
     }
-    drop(buf);
-    let mut file = reader.into_inner();
-    file.seek(SeekFrom::Start(MAGIC.len() as u64))
-        .map_err(io_err(path))?;
-    let payload = BufReader::with_capacity(1 << 20, file).take(len);
-    read_payload(payload, len, path, sink)
+    decoded
+}
+
+/// A reader that checksums what passes through it.
+struct Crc32Reader<R> {
+    inner: R,
+    crc: crc32fast::Hasher,
+}
+
+impl<R: Read> Read for Crc32Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// The payload length of a snapshot file of `file_len` bytes (magic and trailer off).

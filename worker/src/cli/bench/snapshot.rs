@@ -34,6 +34,10 @@ pub struct BenchSnapshotArgs {
     /// or `cuda:N,M,...` (shards), as in `bench search` (fp16 on CUDA, fp32 on the CPU).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Drop the written file from the page cache before loading it, as after a restart
+    /// on another node: the load reads it from the disk.
+    #[arg(long)]
+    pub cold: bool,
 }
 
 pub(super) fn run(args: &BenchSnapshotArgs) -> anyhow::Result<()> {
@@ -72,6 +76,9 @@ pub(super) fn run(args: &BenchSnapshotArgs) -> anyhow::Result<()> {
     // The written index stays: memory it freed would be reused by the load and hide
     // what the load needs.
 
+    if args.cold {
+        evict(&path)?;
+    }
     let before = Rss::reset()?;
     let started = Instant::now();
     let loaded = snapshot::load_newest(&dir.0, placement)?
@@ -87,6 +94,7 @@ pub(super) fn run(args: &BenchSnapshotArgs) -> anyhow::Result<()> {
     let line = serde_json::json!({
         "bench": "snapshot",
         "device": args.device,
+        "cold": args.cold,
         "rows": n,
         "dim": dim,
         "text_bytes": args.text_bytes,
@@ -101,6 +109,16 @@ pub(super) fn run(args: &BenchSnapshotArgs) -> anyhow::Result<()> {
         "load_transient_rss_mb": mb(load.peak_extra.saturating_sub(load.kept)),
     });
     println!("{line}");
+    Ok(())
+}
+
+/// Drops `path`'s pages from the page cache (they are clean: the snapshot was fsynced).
+fn evict(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path)?;
+    // SAFETY: a plain system call on an open descriptor; it reads no memory of ours.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    anyhow::ensure!(rc == 0, "posix_fadvise(DONTNEED) failed: error {rc}");
     Ok(())
 }
 
