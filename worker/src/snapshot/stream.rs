@@ -182,6 +182,7 @@ pub(super) fn read_payload(
         r,
         left: len,
         origin: origin.to_path_buf(),
+        scratch: Vec::new(),
     };
     let version = d.byte()?;
     if version != crate::format::VERSION {
@@ -202,7 +203,7 @@ pub(super) fn read_payload(
             other => return Err(d.invalid(&format!("unknown metric {other}"))),
         };
         // A row takes at least four string lengths, its vector's length and the vector.
-        let rows = d.count(5 + 4 * dim as u64)?;
+        let rows = d.count((dim as u64).saturating_mul(4).saturating_add(5))?;
         sink.collection(name, dim, metric, rows)?;
         let mut left = rows;
         while left > 0 {
@@ -237,6 +238,8 @@ struct Decoder<R> {
     r: R,
     left: u64,
     origin: PathBuf,
+    /// One vector's bytes (reused).
+    scratch: Vec<u8>,
 }
 
 impl<R: Read> Decoder<R> {
@@ -297,13 +300,15 @@ impl<R: Read> Decoder<R> {
     }
 
     fn f32s(&mut self, n: usize, out: &mut Vec<f32>) -> Result<(), SnapshotError> {
-        let mut bytes = vec![0u8; 4 * n];
+        let mut bytes = std::mem::take(&mut self.scratch);
+        bytes.resize(4 * n, 0);
         self.fill(&mut bytes)?;
         out.extend(
             bytes
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
         );
+        self.scratch = bytes;
         Ok(())
     }
 }
