@@ -185,6 +185,9 @@ fn the_dashboard_parses_and_covers_the_operator_and_workers() {
         "kb_worker_replication_lag",
         "kb_worker_index_chunks",
         "kb_worker_gpu_memory_used_bytes",
+        "kb_worker_host_memory_working_set_bytes",
+        "kb_worker_snapshot_last_bytes",
+        "kb_worker_snapshot_last_duration_seconds",
         "kb_operator_reconciles_total",
         "kb_operator_reconcile_errors_total",
     ] {
