@@ -21,7 +21,7 @@ use crate::format;
 use kb_config::FsyncPolicy;
 use parking_lot::Mutex;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const HEADER: usize = 8;
@@ -87,103 +87,6 @@ fn list_segments(dir: &Path) -> Result<Vec<(Seq, PathBuf)>, LogError> {
     }
     segments.sort();
     Ok(segments)
-}
-
-/// The format of a segment file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SegmentFormat {
-    /// No header, bincode payloads.
-    V1,
-    /// `SEGMENT_MAGIC`, versioned payloads.
-    V2,
-    /// Empty, or a torn version-2 header: holds nothing.
-    Empty,
-}
-
-/// Result of scanning one segment.
-struct Scan {
-    format: SegmentFormat,
-    /// Records read.
-    records: u64,
-    /// Offset just past the last valid frame.
-    valid_len: u64,
-    /// Why scanning stopped before the end of the file, if it did.
-    damage: Option<String>,
-}
-
-/// A frame whose checksum holds but whose record does not decode was written whole by an
-/// incompatible writer: cutting it would drop acknowledged writes, so it is an error.
-fn undecodable(path: &Path, at: u64, e: &format::FormatError) -> LogError {
-    LogError::Corrupt(format!(
-        "{}: record at offset {at} has a valid checksum but does not decode ({e}); refusing to cut acknowledged data",
-        path.display()
-    ))
-}
-
-/// Reads one segment's frames in order and hands each record to `visit`, stopping at the
-/// first damaged frame (reported in [`Scan::damage`]). One frame is in memory at a time,
-/// so opening and replaying a log needs no room for the log.
-fn scan_segment<E: From<LogError>>(
-    path: &Path,
-    mut visit: impl FnMut(Record) -> Result<(), E>,
-) -> Result<Scan, E> {
-    let file = File::open(path).map_err(io_err(path))?;
-    let size = file.metadata().map_err(io_err(path))?.len();
-    let mut r = BufReader::with_capacity(1 << 20, file);
-    let read = |r: &mut BufReader<File>, buf: &mut [u8]| -> Result<(), LogError> {
-        r.read_exact(buf).map_err(io_err(path))
-    };
-    let mut head = [0u8; HEADER];
-    let head_len = size.min(HEADER as u64) as usize;
-    read(&mut r, &mut head[..head_len])?;
-    let (format, start) = if head_len == HEADER && &head == SEGMENT_MAGIC {
-        (SegmentFormat::V2, HEADER)
-    } else if head_len < HEADER && SEGMENT_MAGIC.starts_with(&head[..head_len]) {
-        (SegmentFormat::Empty, head_len)
-    } else {
-        // Version 1 has no header: its first frame starts at 0.
-        r.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
-        (SegmentFormat::V1, 0)
-    };
-    let (mut at, mut records, mut payload) = (start as u64, 0u64, Vec::new());
-    let damage = loop {
-        if at == size {
-            break None;
-        }
-        if size - at < HEADER as u64 {
-            break Some(format!("torn frame header at offset {at}"));
-        }
-        let mut frame = [0u8; HEADER];
-        read(&mut r, &mut frame)?;
-        let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(frame[4..].try_into().expect("4 bytes"));
-        if len > MAX_FRAME || size - at - (HEADER as u64) < len as u64 {
-            break Some(format!("torn frame at offset {at} (length {len})"));
-        }
-        payload.resize(len, 0);
-        read(&mut r, &mut payload)?;
-        if crc32fast::hash(&payload) != crc {
-            break Some(format!("checksum mismatch at offset {at}"));
-        }
-        let decoded = match format {
-            SegmentFormat::V1 => format::legacy::record(&payload),
-            _ => format::decode::<Record>(&payload),
-        };
-        match decoded {
-            Ok(record) => {
-                records += 1;
-                visit(record)?;
-            }
-            Err(e) => return Err(undecodable(path, at, &e).into()),
-        }
-        at += (HEADER + len) as u64;
-    };
-    Ok(Scan {
-        format,
-        records,
-        valid_len: at,
-        damage,
-    })
 }
 
 fn sync_dir(dir: &Path) -> Result<(), LogError> {
@@ -523,5 +426,7 @@ mod faults {
     }
 }
 
+mod segment;
 #[cfg(test)]
 mod tests;
+use segment::{scan_segment, SegmentFormat};
