@@ -332,9 +332,9 @@ async fn fetch_snapshot(peer: &str, cfg: &ReplicationConfig, dir: &Path) -> anyh
     if !resp.status().is_success() {
         anyhow::bail!("HTTP {}", resp.status());
     }
-    // Streamed to a temporary file and verified on the way (magic, length, checksum,
-    // then every row): the snapshot is never held in memory, and it gets its name only
-    // once it is whole.
+    // Streamed to a temporary file, then verified from it (magic, length, checksum and
+    // every row): the snapshot is never held in memory, and it gets its name only once
+    // it is whole and valid.
     let mut incoming = snapshot::Incoming::create(dir)?;
     let mut resp = resp;
     while let Some(chunk) = resp.chunk().await? {

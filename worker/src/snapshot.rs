@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 mod incoming;
 mod stream;
-pub use incoming::Incoming;
+pub use incoming::{Incoming, Received};
 pub use stream::{load_file, verify_file};
 
 const MAGIC: &[u8; 8] = b"KBSNAP02";

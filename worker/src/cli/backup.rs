@@ -98,7 +98,7 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
         .get(SEQUENCE_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<Seq>().ok());
-    // Streamed into the folder and verified on the way: never held in memory.
+    // Streamed into the folder, verified before it is named: never held in memory.
     let mut incoming = snapshot::Incoming::create(&dir)?;
     while let Some(chunk) = response.chunk().await.context("downloading a snapshot")? {
         incoming.write(&chunk)?;

@@ -1,9 +1,10 @@
 //! A snapshot arriving in pieces (a download from a peer or a worker, a copy of a backup
-//! file), written to a temporary file and verified on the way, so that nothing of it is
-//! held in memory: a replica bootstrapping a large collection needs no room for a second
+//! file), written to a temporary file and verified from it before it gets its name, so
+//! that nothing of it is held in memory: a replica bootstrapping a large collection needs no room for a second
 //! copy of it.
 
-use super::{io_err, verify_file, Checked, SnapshotError, StreamCheck, TEMP_MARK};
+use super::{io_err, verify_file, SnapshotError, TEMP_MARK};
+use crate::log::Seq;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +17,15 @@ pub struct Incoming {
     dir: PathBuf,
     tmp: PathBuf,
     file: Option<BufWriter<File>>,
-    check: StreamCheck,
+    bytes: u64,
+}
+
+/// A snapshot received whole and checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// The last record it holds.
+    pub sequence: Seq,
+    pub bytes: u64,
 }
 
 impl Incoming {
@@ -31,44 +40,43 @@ impl Incoming {
             dir: dir.to_path_buf(),
             file: Some(BufWriter::with_capacity(1 << 20, file)),
             tmp,
-            check: StreamCheck::default(),
+            bytes: 0,
         })
     }
 
     /// The next bytes of the snapshot.
     pub fn write(&mut self, data: &[u8]) -> Result<(), SnapshotError> {
-        self.check.update(data);
+        self.bytes += data.len() as u64;
         match self.file.as_mut() {
             Some(file) => file.write_all(data).map_err(io_err(&self.tmp)),
             None => Ok(()),
         }
     }
 
-    /// Checks what arrived (magic, checksum and length on the way, then the structure of
-    /// every row from the written file), makes it durable and renames it to the name
-    /// `name` gives it; returns what was checked and the file's path. A snapshot that
-    /// fails a check is removed.
+    /// Makes what arrived durable, checks it as a load would read it (magic, length,
+    /// checksum and the structure of every row, in one pass over the file) and renames it
+    /// to the name `name` gives it; returns what was received and the file's path. A
+    /// snapshot that fails a check is removed.
     pub fn finish(
         mut self,
-        name: impl FnOnce(&Checked) -> String,
-    ) -> Result<(Checked, PathBuf), SnapshotError> {
-        let check = std::mem::take(&mut self.check);
-        let checked = check
-            .finish()
-            .map_err(|e| SnapshotError::Invalid(self.tmp.clone(), e))?;
+        name: impl FnOnce(&Received) -> String,
+    ) -> Result<(Received, PathBuf), SnapshotError> {
         if let Some(file) = self.file.take() {
             let file = file
                 .into_inner()
                 .map_err(|e| io_err(&self.tmp)(e.into_error()))?;
             file.sync_all().map_err(io_err(&self.tmp))?;
         }
-        verify_file(&self.tmp)?;
-        let path = self.dir.join(name(&checked));
+        let received = Received {
+            sequence: verify_file(&self.tmp)?,
+            bytes: self.bytes,
+        };
+        let path = self.dir.join(name(&received));
         fs::rename(&self.tmp, &path).map_err(io_err(&path))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(&self.dir))?;
-        Ok((checked, path))
+        Ok((received, path))
     }
 }
 
