@@ -147,12 +147,6 @@ pub fn decode(
     sink.finish(seq)
 }
 
-/// Verifies snapshot bytes (magic, length, checksum and the payload's structure) without
-/// building an index; returns the sequence they hold.
-pub fn verify(bytes: &[u8], origin: &Path) -> Result<Seq, SnapshotError> {
-    decode_into(bytes, origin, &mut stream::CheckSink)
-}
-
 /// Checks `bytes`' framing and feeds their payload to `sink`; returns the sequence.
 fn decode_into(
     bytes: &[u8],

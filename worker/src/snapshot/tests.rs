@@ -267,10 +267,7 @@ fn a_file_loads_in_a_stream_with_every_row() {
         let decoded = decode(&serde_bytes, Device::Cpu, &path).unwrap();
         assert_eq!(contents(&decoded), contents(&index));
     }
-    assert_eq!(
-        verify(&fs::read(&path).unwrap(), &path).unwrap(),
-        index.applied()
-    );
+    assert_eq!(verify_file(&path).unwrap(), index.applied());
     // A placement with the CPU screen loads screened collections.
     let screened = Placement::from(Device::Cpu).with_cpu_screen(true);
     assert!(load_file(&path, screened)
@@ -326,7 +323,10 @@ fn announced_counts_past_the_payload_are_refused_before_allocating() {
         .to_string();
     assert!(err.contains("cannot hold"), "{err}");
     let trailing = reframe(&encode(&sample_index()).unwrap(), |p| p.push(0));
-    let err = verify(&trailing, Path::new("x")).unwrap_err().to_string();
+    let err = decode(&trailing, Device::Cpu, Path::new("x"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("after the last row"), "{err}");
 }
 
