@@ -11,6 +11,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, ResourceExt};
@@ -29,10 +30,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     );
     // Secrets the specs name (API keys, Redis password and CA, S3 credentials): a change
     // re-reconciles the KnowledgeBases that refer to them, so a rotation rolls the workers
-    // (their pod template carries a hash of what they read at start). Events are mapped and
-    // dropped, nothing is cached.
+    // (their pod template carries a hash of what they read at start). Watched as metadata
+    // only (names and resourceVersions, never the data of the cluster's Secrets); events
+    // are mapped and dropped, nothing is cached. The Secrets a spec names are read when
+    // their KnowledgeBase is reconciled.
     let knowledge_bases = controller.store();
-    let referring = move |secret: Secret| {
+    let referring = move |secret: PartialObjectMeta<Secret>| {
         let namespace = secret.namespace();
         let name = secret.name_any();
         knowledge_bases
@@ -45,7 +48,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     };
     controller
         .watches(
-            Api::<Secret>::all(client.clone()),
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             watcher::Config::default(),
             referring,
         )

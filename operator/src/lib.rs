@@ -10,6 +10,7 @@ pub mod error;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod quantity;
 pub mod reconcile;
 
 pub use error::{Error, Result};

@@ -28,7 +28,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print the KnowledgeBase CustomResourceDefinition as YAML.
-    Crd,
+    Crd {
+        /// Print the chart's template instead (`charts/knowledgebase-operator/templates/
+        /// crd.yaml`): installed and upgraded by helm, kept on uninstall.
+        #[arg(long)]
+        chart: bool,
+    },
     /// Print, offline, every child object of a KnowledgeBase as multi-document YAML.
     Render {
         /// KnowledgeBase manifest.
@@ -65,6 +70,11 @@ struct RunArgs {
     /// Seconds a leader keeps the Lease without renewing it.
     #[arg(long, default_value_t = 15)]
     lease_duration_seconds: u64,
+    /// KnowledgeBases whose workers the operator itself may roll at once (a new default
+    /// worker image or pod template after an operator upgrade); changes a spec asks for
+    /// are never held back.
+    #[arg(long, default_value_t = 1, env = "KB_OPERATOR_MAX_CONCURRENT_UPGRADES")]
+    max_concurrent_upgrades: usize,
 }
 
 #[tokio::main]
@@ -77,8 +87,12 @@ async fn main() -> anyhow::Result<()> {
         .json()
         .init();
     match Cli::parse().command {
-        Command::Crd => {
+        Command::Crd { chart: false } => {
             print!("{}", serde_yaml::to_string(&KnowledgeBase::crd())?);
+            Ok(())
+        }
+        Command::Crd { chart: true } => {
+            print!("{}", kb_operator::crd::chart_template()?);
             Ok(())
         }
         Command::Render { file, namespace } => render(&file, &namespace),
@@ -135,7 +149,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         tokio::spawn(keep_lease(elector.clone(), stop.clone()));
     }
-    let ctx = Arc::new(Context::new(client, metrics));
+    let mut ctx = Context::new(client, metrics);
+    ctx.rollouts = kb_operator::reconcile::upgrade::Rollouts::new(args.max_concurrent_upgrades);
+    let ctx = Arc::new(ctx);
     kb_operator::controller::run(ctx, wait(stopped)).await;
     if let Some(elector) = elector {
         elector.release().await.context("releasing the lease")?;

@@ -43,4 +43,15 @@ fn the_adapter_serves_the_metric_the_hpa_scales_on() {
     for metric in &asked {
         assert!(served.contains(metric), "{metric} not in {served:?}");
     }
+    // The queue-depth signal counts the interactive lane only: a bulk ingest fills the
+    // bulk lane by design and must not scale the fleet out.
+    let queue = values["rules"]["custom"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"]["matches"] == "^kb_worker_embed_queue_depth$")
+        .expect("a queue-depth rule");
+    let query = queue["metricsQuery"].as_str().unwrap();
+    assert!(query.contains(r#"lane="interactive""#), "{query}");
+    assert!(asked.contains(&queue["name"]["as"].as_str().unwrap().to_string()));
 }

@@ -54,16 +54,65 @@ fn assert_rejected(spec: Value, needle: &str) {
 
 #[test]
 fn checked_in_crd_is_the_generator_output() {
-    for path in [
-        "crds/knowledge.dev_knowledgebases.yaml",
-        "charts/knowledgebase-operator/crds/knowledge.dev_knowledgebases.yaml",
-    ] {
-        let checked_in = std::fs::read_to_string(repo_root().join(path)).unwrap_or_default();
+    let path = "crds/knowledge.dev_knowledgebases.yaml";
+    let checked_in = std::fs::read_to_string(repo_root().join(path)).unwrap_or_default();
+    assert!(
+        checked_in == generated_crd(),
+        "{path} is stale: run `cargo run -p kb-operator -- crd > {path}`"
+    );
+    let path = "charts/knowledgebase-operator/templates/crd.yaml";
+    let checked_in = std::fs::read_to_string(repo_root().join(path)).unwrap_or_default();
+    assert!(
+        checked_in == kb_operator::crd::chart_template().unwrap(),
+        "{path} is stale: run `cargo run -p kb-operator -- crd --chart > {path}`"
+    );
+}
+
+#[test]
+fn the_chart_installs_and_upgrades_the_crd_and_keeps_it_on_uninstall() {
+    // A CRD in the chart's crds/ folder is never upgraded by helm: it must be a template.
+    assert!(
+        !repo_root()
+            .join("charts/knowledgebase-operator/crds")
+            .exists(),
+        "the chart's crds/ folder is installed once and never upgraded"
+    );
+    let root = repo_root();
+    let path = std::env::var("PATH").unwrap_or_default();
+    let helm = std::env::var("HELM").unwrap_or_else(|_| "helm".into());
+    let render = |extra: &[&str]| {
+        let output = std::process::Command::new(&helm)
+            .args(["template", "kbo"])
+            .arg(root.join("charts/knowledgebase-operator"))
+            .args(extra)
+            .env(
+                "PATH",
+                format!("{}:{path}", root.join(".tools/bin").display()),
+            )
+            .output()
+            .unwrap_or_else(|e| panic!("{helm} not runnable ({e}); run `make setup`"));
         assert!(
-            checked_in == generated_crd(),
-            "{path} is stale: run `cargo run -p kb-operator -- crd > {path}`"
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
         );
-    }
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let rendered = render(&[]);
+    let crd = serde_yaml::Deserializer::from_str(&rendered)
+        .map(|doc| <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap())
+        .find(|doc| doc["kind"] == "CustomResourceDefinition")
+        .expect("the chart renders the CRD");
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let mut generated: serde_yaml::Value = serde_yaml::from_str(&generated_crd()).unwrap();
+    generated["metadata"]["annotations"] =
+        serde_yaml::from_str("{helm.sh/resource-policy: keep}").unwrap();
+    assert_eq!(crd, generated, "the chart's CRD is the generated one");
+    let without = render(&["--set", "crds.install=false"]);
+    assert!(!without.contains("kind: CustomResourceDefinition"));
 }
 
 #[test]
@@ -251,4 +300,79 @@ fn the_worker_image_has_no_stored_default() {
         ["properties"]["image"];
     assert!(image.is_object(), "{image}");
     assert!(image.get("default").is_none(), "{image}");
+}
+
+/// CEL errors for an update of `docs` from `old` to `new` (transition rules see `oldSelf`).
+fn cel_update_errors(old: Value, new: Value) -> Vec<String> {
+    let object = |spec: Value| {
+        json!({
+            "apiVersion": "knowledge.dev/v1alpha1",
+            "kind": "KnowledgeBase",
+            "metadata": {"name": "docs", "namespace": "default"},
+            "spec": spec,
+        })
+    };
+    match kube_cel::Validator::new().validate(&schema(), &object(new), Some(&object(old))) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors
+            .into_vec()
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect(),
+    }
+}
+
+#[test]
+fn volumes_may_grow_but_never_shrink_or_change_class() {
+    let spec = |size: &str, class: Option<&str>| {
+        let mut storage = json!({"size": size});
+        if let Some(class) = class {
+            storage["storageClassName"] = json!(class);
+        }
+        json!({"embedding": {"device": "cpu"}, "storage": storage})
+    };
+    let ok = |old: Value, new: Value| {
+        let errors = cel_update_errors(old, new);
+        assert!(errors.is_empty(), "{errors:?}");
+    };
+    let refused = |old: Value, new: Value, needle: &str| {
+        let errors = cel_update_errors(old, new);
+        assert!(
+            errors.iter().any(|e| e.contains(needle)),
+            "expected {needle:?}, got {errors:?}"
+        );
+    };
+    ok(spec("10Gi", Some("fast")), spec("20Gi", Some("fast")));
+    // Same value, other spelling.
+    ok(spec("1Gi", None), spec("1024Mi", None));
+    refused(
+        spec("20Gi", None),
+        spec("10Gi", None),
+        "storage.size cannot shrink",
+    );
+    refused(
+        spec("1Gi", None),
+        spec("1000Mi", None),
+        "storage.size cannot shrink",
+    );
+    refused(
+        spec("10Gi", Some("fast")),
+        spec("10Gi", Some("slow")),
+        "storageClassName cannot change",
+    );
+    refused(
+        spec("10Gi", None),
+        spec("10Gi", Some("fast")),
+        "storageClassName cannot change",
+    );
+    // A create has no old object: any size and class.
+    assert!(cel_errors(spec("1Mi", Some("x"))).is_empty());
+
+    let redis = |size: &str| json!({"embedding": {"device": "cpu"}, "redis": {"managed": {"storageSize": size}}});
+    ok(redis("8Gi"), redis("16Gi"));
+    refused(
+        redis("16Gi"),
+        redis("8Gi"),
+        "redis.managed.storageSize cannot shrink",
+    );
 }

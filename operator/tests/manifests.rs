@@ -91,7 +91,7 @@ fn cluster_role_grants_exactly_what_reconcile_uses() {
         ("/secrets", children),
         ("/services", children),
         ("/serviceaccounts", children),
-        ("/persistentvolumeclaims", "list,delete"),
+        ("/persistentvolumeclaims", "list,patch,delete"),
         ("apps/statefulsets", children),
         ("policy/poddisruptionbudgets", children),
         ("autoscaling/horizontalpodautoscalers", children),

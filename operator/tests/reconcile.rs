@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{cluster, context, converge, create, get, inventory, kb, reconcile_once, Faults};
+use common::{
+    cluster, context, converge, create, get, inventory, kb, reconcile_once, set_ready_replicas,
+    set_rollout, Faults,
+};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kb_operator::crd::{ConditionType, KnowledgeBase};
@@ -34,28 +37,6 @@ async fn condition(client: &Client, kind: ConditionType) -> (String, String) {
         .condition(kind)
         .unwrap_or_else(|| panic!("no {kind:?} condition"));
     (c.status.clone(), c.reason.clone())
-}
-
-/// The StatefulSet controller's report: `ready` pods, all on the newest revision of the
-/// current spec.
-async fn set_ready_replicas(client: &Client, name: &str, ready: i32) {
-    set_rollout(client, name, ready, ready, true).await;
-}
-
-/// The StatefulSet controller's report of a rollout: `updated` of `ready` pods run the
-/// newest revision; `seen` says whether it has observed the current generation.
-async fn set_rollout(client: &Client, name: &str, ready: i32, updated: i32, seen: bool) {
-    let api: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
-    let generation = api.get(name).await.unwrap().metadata.generation.unwrap();
-    let observed = if seen { generation } else { generation - 1 };
-    let current = if updated >= ready { "rev-2" } else { "rev-1" };
-    let status = json!({"status": {
-        "replicas": ready, "readyReplicas": ready, "observedGeneration": observed,
-        "updatedReplicas": updated, "currentRevision": current, "updateRevision": "rev-2",
-    }});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
@@ -206,13 +187,16 @@ async fn status_follows_child_readiness() {
         condition(&client, ConditionType::Progressing).await,
         ("True".into(), "RollingOut".into())
     );
-    set_ready_replicas(&client, "docs-worker", 2).await;
+    // A first deploy waits for Redis before it creates the workers.
+    assert!(get::<StatefulSet>(&client, "docs-worker").await.is_none());
+    set_ready_replicas(&client, "docs-redis", 1).await;
     converge(&ctx, &writes, "docs").await;
+    assert!(get::<StatefulSet>(&client, "docs-worker").await.is_some());
     assert_eq!(
         condition(&client, ConditionType::Ready).await,
-        ("False".into(), "RedisNotReady".into())
+        ("False".into(), "ReplicasNotReady".into())
     );
-    set_ready_replicas(&client, "docs-redis", 1).await;
+    set_ready_replicas(&client, "docs-worker", 2).await;
     converge(&ctx, &writes, "docs").await;
     assert_eq!(
         condition(&client, ConditionType::Ready).await,
@@ -232,6 +216,13 @@ async fn status_follows_child_readiness() {
     );
     let kb: KnowledgeBase = get(&client, "docs").await.unwrap();
     assert_eq!(kb.status.unwrap().ready_replicas, 2);
+    // Redis going away later is reported; the workers are not held back any more.
+    set_ready_replicas(&client, "docs-redis", 0).await;
+    converge(&ctx, &writes, "docs").await;
+    assert_eq!(
+        condition(&client, ConditionType::Ready).await,
+        ("False".into(), "RedisNotReady".into())
+    );
 }
 
 #[tokio::test]
@@ -323,6 +314,8 @@ async fn injected_errors_and_conflicts_still_converge_without_duplicates() {
     create(&client, &kb("docs", FULL)).await;
     let ctx = context(client.clone());
     converge(&ctx, &writes, "docs").await;
+    set_ready_replicas(&client, "docs-redis", 1).await;
+    converge(&ctx, &writes, "docs").await;
     let keys = get::<Secret>(&client, "docs-api-keys").await.unwrap().data;
     converge(&ctx, &writes, "docs").await;
     assert_eq!(
@@ -330,7 +323,7 @@ async fn injected_errors_and_conflicts_still_converge_without_duplicates() {
         keys
     );
     let all = inventory(&client).await;
-    assert_eq!(all.len(), 18, "{all:?}");
+    assert_eq!(all.len(), 17, "{all:?}");
     assert!(
         writes.faults() >= 3,
         "only {} faults injected",

@@ -2,25 +2,32 @@
 
 mod common;
 
-use common::{cluster, context, converge, create, get, kb};
+use common::{cluster, context, converge, create, get, kb, reconcile_once};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::PostParams;
 use kube::Api;
 
-#[tokio::test]
-async fn existing_api_keys_secret_is_kept_as_it_is() {
-    let (client, writes) = cluster(None).await;
-    let mut existing = Secret::default();
-    existing.metadata.name = Some("docs-api-keys".into());
+fn old_api_keys(labels: &[(&str, &str)]) -> Secret {
     let file = "- key: issued-long-ago\n  role: admin\n  collections: ['*']\n";
-    existing.data = Some(
-        [(
-            "api-keys.yaml".to_string(),
-            ByteString(file.as_bytes().to_vec()),
-        )]
-        .into(),
+    let mut existing = secret("docs-api-keys", &[("api-keys.yaml", file)]);
+    existing.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     );
+    existing
+}
+
+#[tokio::test]
+async fn an_api_keys_secret_of_this_knowledge_base_is_kept_as_it_is() {
+    // Left behind by a KnowledgeBase of the same name (deleted and created again).
+    let (client, writes) = cluster(None).await;
+    let existing = old_api_keys(&[
+        ("app.kubernetes.io/managed-by", "kb-operator"),
+        ("app.kubernetes.io/instance", "docs"),
+    ]);
     Api::<Secret>::namespaced(client.clone(), "default")
         .create(&PostParams::default(), &existing)
         .await
@@ -32,12 +39,73 @@ async fn existing_api_keys_secret_is_kept_as_it_is() {
         secret.data, existing.data,
         "keys clients hold must stay valid"
     );
-    let labels = secret.metadata.labels.unwrap_or_default();
+}
+
+#[tokio::test]
+async fn a_secret_of_someone_else_under_a_generated_name_is_refused_not_taken_over() {
+    let (client, writes) = cluster(None).await;
+    let existing = old_api_keys(&[("app.kubernetes.io/managed-by", "helm")]);
+    Api::<Secret>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &existing)
+        .await
+        .unwrap();
+    create(&client, &kb("docs", "embedding:\n  device: cpu\n")).await;
+    let ctx = context(client.clone());
+    for _ in 0..3 {
+        let _ = reconcile_once(&ctx, "docs").await;
+    }
+    let secret: Secret = get(&client, "docs-api-keys").await.unwrap();
+    assert_eq!(secret.data, existing.data, "not rewritten");
     assert_eq!(
-        labels
-            .get("app.kubernetes.io/managed-by")
-            .map(String::as_str),
-        Some("kb-operator")
+        secret.metadata.labels, existing.metadata.labels,
+        "not relabelled"
+    );
+    let kb: kb_operator::crd::KnowledgeBase = get(&client, "docs").await.unwrap();
+    let status = kb.status.unwrap();
+    let degraded = status
+        .condition(kb_operator::crd::ConditionType::Degraded)
+        .unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "AdoptionRefused")
+    );
+    assert!(
+        degraded.message.contains("docs-api-keys"),
+        "{}",
+        degraded.message
+    );
+    // The other children were applied, and the plan is stable (no rolling restarts).
+    writes.take();
+    let _ = reconcile_once(&ctx, "docs").await;
+    let sts: k8s_openapi::api::apps::v1::StatefulSet = get(&client, "docs-worker").await.unwrap();
+    let _ = reconcile_once(&ctx, "docs").await;
+    let again: k8s_openapi::api::apps::v1::StatefulSet = get(&client, "docs-worker").await.unwrap();
+    assert_eq!(
+        sts.metadata.resource_version,
+        again.metadata.resource_version
+    );
+}
+
+#[tokio::test]
+async fn a_secret_the_spec_names_is_never_pruned_even_under_a_generated_name() {
+    let (client, writes) = cluster(None).await;
+    create(&client, &kb("docs", "embedding:\n  device: cpu\n")).await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    // Point the spec at the Secret the operator generated (keeping its keys).
+    let api: Api<kb_operator::crd::KnowledgeBase> = Api::namespaced(client.clone(), "default");
+    let patch = serde_json::json!({"spec": {"auth": {"apiKeysSecretRef": "docs-api-keys"}}});
+    api.patch(
+        "docs",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    converge(&ctx, &writes, "docs").await;
+    assert!(
+        get::<Secret>(&client, "docs-api-keys").await.is_some(),
+        "the Secret the spec names was deleted"
     );
 }
 

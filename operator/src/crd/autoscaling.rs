@@ -33,9 +33,10 @@ pub struct Autoscaling {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub target_qps_per_pod: Option<i32>,
-    /// Target texts waiting for the embedding batcher per pod: a signal of embedding load
-    /// that CPU utilisation misses (served by prometheus-adapter from the workers'
-    /// `kb_worker_embed_queue_depth`, same rules file).
+    /// Target query texts waiting for the embedding batcher per pod: a signal of query
+    /// load that CPU utilisation misses (served by prometheus-adapter as
+    /// `kb_worker_interactive_queue_depth` from the workers' `kb_worker_embed_queue_depth`
+    /// of the interactive lane only, so a bulk ingest does not scale the fleet out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub target_embed_queue_depth_per_pod: Option<i32>,

@@ -20,12 +20,16 @@ pub struct Redis {
 }
 
 /// A single-node Redis run by the operator (append-only file, cache keys evictable).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("quantity(string(self.storageSize)).compareTo(quantity(string(oldSelf.storageSize))) >= 0").message("redis.managed.storageSize cannot shrink: volumes only grow"),
+    validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message("redis.managed.storageClassName cannot change: the existing volume keeps its class"),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedRedis {
     #[serde(default = "default_redis_image")]
     pub image: String,
-    /// Size of the Redis volume.
+    /// Size of the Redis volume. Raising it expands the volume in place.
     #[serde(default = "default_redis_size")]
     pub storage_size: Quantity,
     #[serde(default, skip_serializing_if = "Option::is_none")]

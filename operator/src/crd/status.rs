@@ -29,6 +29,48 @@ pub struct KnowledgeBaseStatus {
     /// Backups as the backup Jobs (scheduled and on demand) report them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupStatus>,
+    /// The data volumes: the size the spec asks for and what each claim has, while an
+    /// expansion is under way and after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageStatus>,
+    /// The worker image the KnowledgeBase runs (resolved once, kept across operator
+    /// upgrades; see `spec.updatePolicy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_image: Option<String>,
+    /// A newer default worker image not moved to yet (`updatePolicy: supervised`, or an
+    /// upgrade queued behind others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_worker_image: Option<String>,
+}
+
+/// Sizes of the data volumes (workers' and managed Redis').
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageStatus {
+    /// `spec.storage.size`, canonical.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<String>,
+    /// Every data claim of this KnowledgeBase, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<ClaimStatus>,
+}
+
+/// One PersistentVolumeClaim: what it asks for and what it has.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimStatus {
+    pub name: String,
+    /// `spec.resources.requests.storage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<String>,
+    /// `status.capacity.storage`: the size of the bound volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<String>,
+    /// Where an expansion stands: `Resizing` (the volume is being expanded),
+    /// `FileSystemResizePending` (the volume grew; the file system grows when the pod
+    /// restarts or the node expands it online), or absent when done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<String>,
 }
 
 /// What the backup Jobs tell.
@@ -69,6 +111,7 @@ pub enum ConditionType {
     Degraded,
     RedisReady,
     BackupSucceeded,
+    UpdateAvailable,
 }
 
 impl ConditionType {
@@ -80,6 +123,7 @@ impl ConditionType {
             Self::Degraded => "Degraded",
             Self::RedisReady => "RedisReady",
             Self::BackupSucceeded => "BackupSucceeded",
+            Self::UpdateAvailable => "UpdateAvailable",
         }
     }
 }

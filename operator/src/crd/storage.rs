@@ -1,13 +1,20 @@
 //! The per-replica data volume.
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-/// Data volume of each worker (log and snapshots).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+/// Data volume of each worker (log and snapshots). Volumes grow in place (the operator
+/// expands each existing claim when `size` is raised; the StorageClass must allow volume
+/// expansion); they never shrink, and their class never changes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) >= 0").message("storage.size cannot shrink: volumes only grow (create a new KnowledgeBase from a backup to move to smaller volumes)"),
+    validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message("storage.storageClassName cannot change: existing volumes keep their class (restore a backup into a new KnowledgeBase to move)"),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Storage {
-    /// Size of each replica's volume.
+    /// Size of each replica's volume. Raising it expands the existing volumes in place.
     #[serde(default = "default_size")]
     pub size: Quantity,
     /// StorageClass (cluster default when absent).

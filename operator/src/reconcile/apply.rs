@@ -126,20 +126,32 @@ async fn apply_child(
     instance: &str,
     child: &Child,
 ) -> Result<bool, ChildError> {
-    // Only the generated Secrets may take over an existing object (their data is reused).
     let owner = Some(instance);
+    let desired = child.to_json();
     match child {
-        Child::ServiceAccount(o) => server_side_apply(client, ns, owner, o).await,
-        Child::ConfigMap(o) => server_side_apply(client, ns, owner, o).await,
-        Child::Secret(o) => server_side_apply(client, ns, None, o).await,
-        Child::Service(o) => server_side_apply(client, ns, owner, o).await,
-        Child::StatefulSet(o) => server_side_apply(client, ns, owner, o.as_ref()).await,
-        Child::PodDisruptionBudget(o) => server_side_apply(client, ns, owner, o).await,
-        Child::HorizontalPodAutoscaler(o) => server_side_apply(client, ns, owner, o).await,
-        Child::NetworkPolicy(o) => server_side_apply(client, ns, owner, o).await,
-        Child::CronJob(o) => server_side_apply(client, ns, owner, o.as_ref()).await,
-        Child::ServiceMonitor(o) => server_side_apply(client, ns, owner, o.as_ref()).await,
-        Child::PrometheusRule(o) => server_side_apply(client, ns, owner, o.as_ref()).await,
+        Child::ServiceAccount(_) => {
+            server_side_apply::<ServiceAccount>(client, ns, owner, desired).await
+        }
+        Child::ConfigMap(_) => server_side_apply::<ConfigMap>(client, ns, owner, desired).await,
+        Child::Secret(_) => server_side_apply::<Secret>(client, ns, owner, desired).await,
+        Child::Service(_) => server_side_apply::<Service>(client, ns, owner, desired).await,
+        Child::StatefulSet(_) => server_side_apply::<StatefulSet>(client, ns, owner, desired).await,
+        Child::PodDisruptionBudget(_) => {
+            server_side_apply::<PodDisruptionBudget>(client, ns, owner, desired).await
+        }
+        Child::HorizontalPodAutoscaler(_) => {
+            server_side_apply::<HorizontalPodAutoscaler>(client, ns, owner, desired).await
+        }
+        Child::NetworkPolicy(_) => {
+            server_side_apply::<NetworkPolicy>(client, ns, owner, desired).await
+        }
+        Child::CronJob(_) => server_side_apply::<CronJob>(client, ns, owner, desired).await,
+        Child::ServiceMonitor(_) => {
+            server_side_apply::<ServiceMonitor>(client, ns, owner, desired).await
+        }
+        Child::PrometheusRule(_) => {
+            server_side_apply::<PrometheusRule>(client, ns, owner, desired).await
+        }
     }
 }
 
@@ -184,7 +196,7 @@ async fn server_side_apply<K>(
     client: &Client,
     ns: &str,
     owner: Option<&str>,
-    desired: &K,
+    desired: Value,
 ) -> Result<bool, ChildError>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
@@ -194,9 +206,11 @@ where
         + DeserializeOwned,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let name = desired.name_any();
-    let desired =
-        with_desired_hash(serde_json::to_value(desired).map_err(kube::Error::SerdeError)?);
+    let name = desired["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let desired = with_desired_hash(desired);
     if let Some(existing) = api.get_opt(&name).await? {
         if owner.is_some_and(|instance| !is_child_of(existing.labels(), instance)) {
             return Err(ChildError::Refused);
@@ -229,7 +243,7 @@ fn with_desired_hash(mut desired: Value) -> Value {
 }
 
 /// Whether `labels` mark an object as made by this operator for `instance`.
-fn is_child_of(labels: &std::collections::BTreeMap<String, String>, instance: &str) -> bool {
+pub fn is_child_of(labels: &std::collections::BTreeMap<String, String>, instance: &str) -> bool {
     labels
         .get("app.kubernetes.io/managed-by")
         .map(String::as_str)
@@ -239,7 +253,7 @@ fn is_child_of(labels: &std::collections::BTreeMap<String, String>, instance: &s
 
 /// True when every field of `desired` is present in `actual` with the same value. Lists
 /// must match element by element (the server may add fields inside elements).
-fn is_subset(desired: &Value, actual: &Value) -> bool {
+pub(super) fn is_subset(desired: &Value, actual: &Value) -> bool {
     match (desired, actual) {
         (Value::Object(d), Value::Object(a)) => d
             .iter()

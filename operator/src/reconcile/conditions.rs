@@ -1,8 +1,10 @@
 //! Pure computation of `status` from what was observed; no timestamps change unless a
 //! condition's status does, so a converged KnowledgeBase's status never churns.
 
+use super::pods::PodProblem;
+use super::storage::Refusal;
 use super::validate::Invalid;
-use crate::crd::{BackupStatus, ConditionType, KnowledgeBaseStatus};
+use crate::crd::{BackupStatus, ConditionType, KnowledgeBaseStatus, StorageStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// How far this reconcile got.
@@ -26,6 +28,9 @@ pub enum Outcome {
 pub struct Observed {
     /// Worker replicas wanted (the HPA's choice when autoscaling).
     pub desired_replicas: i32,
+    /// `spec.autoscaling.minReplicas` when autoscaling: replicas the autoscaler adds
+    /// above it are capacity, not a condition of readiness.
+    pub autoscaling_min: Option<i32>,
     pub replicas: i32,
     pub ready_replicas: i32,
     /// The worker StatefulSet's rollout: whether its controller has seen the current spec
@@ -37,20 +42,26 @@ pub struct Observed {
     pub backup_jobs: Option<BackupJobs>,
     /// The `knowledge.dev/backup-now` value a Job exists or was just started for.
     pub backup_request: Option<String>,
-    /// A worker pod whose container keeps failing (the first one found).
-    pub worker_failure: Option<WorkerFailure>,
+    /// Why a worker pod is not serving (the first problem found).
+    pub pod_problem: Option<PodProblem>,
+    /// The data volumes' sizes (`status.storage`); `None` where not observed.
+    pub storage: Option<StorageStatus>,
+    /// A volume change that could not be made.
+    pub storage_refusal: Option<Refusal>,
+    /// The worker image and upgrades.
+    pub upgrade: UpgradeObserved,
 }
 
-/// A worker container that keeps failing, as its pod reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WorkerFailure {
-    pub pod: String,
-    /// Why its last run ended (`OOMKilled`, `Error`, ...).
-    pub reason: String,
-    pub exit_code: i32,
-    pub restarts: i32,
-    /// What the worker said last (its `error: ...` line), from the termination message.
-    pub message: Option<String>,
+/// The worker image in use and the upgrade waiting, if any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpgradeObserved {
+    pub worker_image: Option<String>,
+    /// A newer default image not moved to yet.
+    pub available: Option<String>,
+    /// Why an operator-caused rollout waits for its turn.
+    pub queued: Option<String>,
+    /// `spec.updatePolicy: supervised`.
+    pub supervised: bool,
 }
 
 /// The worker StatefulSet's rollout state.
@@ -166,6 +177,12 @@ pub fn status(
         ready_replicas: observed.ready_replicas,
         last_backup,
         backup,
+        worker_image: observed.upgrade.worker_image.clone(),
+        available_worker_image: observed.upgrade.available.clone(),
+        storage: observed
+            .storage
+            .clone()
+            .or_else(|| previous.and_then(|p| p.storage.clone())),
         ..base
     }
 }
@@ -219,29 +236,87 @@ fn backup_status(observed: &Observed, previous: Option<&BackupStatus>) -> Option
     Some(status)
 }
 
-fn verdicts(outcome: &Outcome, observed: &Observed) -> [(ConditionType, Verdict); 5] {
+fn verdicts(outcome: &Outcome, observed: &Observed) -> [(ConditionType, Verdict); 6] {
     let (redis_ok, redis) = redis(&observed.redis);
     let rollout = &observed.rollout;
     let rolled_out = rollout.observed
         && rollout.on_newest_revision
         && rollout.updated_replicas >= observed.desired_replicas;
     let workers_ready = observed.ready_replicas >= observed.desired_replicas && rolled_out;
+    // Scaling out: every replica the KnowledgeBase needs serves on the current revision;
+    // those the autoscaler just added are still starting.
+    let scaling_out = !workers_ready
+        && rolled_out
+        && observed.autoscaling_min.is_some_and(|min| {
+            observed.ready_replicas >= min.max(1).min(observed.desired_replicas)
+        });
+    let ready_verdict = match scaling_out && redis_ok && outcome_allows_ready(outcome) {
+        true => (
+            "True",
+            "AllReplicasReady",
+            format!(
+                "{}/{} replicas ready (the autoscaler's new replicas are starting)",
+                observed.ready_replicas, observed.desired_replicas
+            ),
+        ),
+        false => ready(outcome, observed, workers_ready, redis_ok),
+    };
+    let progressing_verdict = match scaling_out && redis_ok {
+        true if outcome_allows_ready(outcome) => (
+            "True",
+            "ScalingOut",
+            format!(
+                "{}/{} replicas ready: the autoscaler added replicas that are starting",
+                observed.ready_replicas, observed.desired_replicas
+            ),
+        ),
+        _ => match &observed.upgrade.queued {
+            Some(why) if outcome_allows_ready(outcome) => ("True", "UpgradeQueued", why.clone()),
+            _ => progressing(outcome, workers_ready && redis_ok),
+        },
+    };
     [
-        (
-            ConditionType::Ready,
-            ready(outcome, observed, workers_ready, redis_ok),
-        ),
-        (
-            ConditionType::Progressing,
-            progressing(outcome, workers_ready && redis_ok),
-        ),
+        (ConditionType::Ready, ready_verdict),
+        (ConditionType::Progressing, progressing_verdict),
         (
             ConditionType::Degraded,
-            degraded(outcome, observed.worker_failure.as_ref()),
+            degraded::verdict(outcome, observed),
         ),
         (ConditionType::RedisReady, redis),
         (ConditionType::BackupSucceeded, backup(&observed.backup)),
+        (ConditionType::UpdateAvailable, update(&observed.upgrade)),
     ]
+}
+
+fn update(upgrade: &UpgradeObserved) -> Verdict {
+    match &upgrade.available {
+        Some(image) if upgrade.supervised => (
+            "True",
+            "UpdateAvailable",
+            format!(
+                "worker image {image} is available; approve it with `kubectl annotate kb \
+                 <name> knowledge.dev/approve-update={image} --overwrite`"
+            ),
+        ),
+        Some(image) => (
+            "True",
+            "UpdateQueued",
+            format!("worker image {image} rolls out when this KnowledgeBase's turn comes"),
+        ),
+        None => (
+            "False",
+            "UpToDate",
+            match &upgrade.worker_image {
+                Some(image) => format!("running {image}"),
+                None => "no worker image applied yet".into(),
+            },
+        ),
+    }
+}
+
+/// Outcomes under which readiness comes from the children alone.
+fn outcome_allows_ready(outcome: &Outcome) -> bool {
+    !matches!(outcome, Outcome::Invalid(_))
 }
 
 fn ready(outcome: &Outcome, observed: &Observed, workers_ready: bool, redis_ok: bool) -> Verdict {
@@ -306,40 +381,6 @@ fn progressing(outcome: &Outcome, converged: bool) -> Verdict {
             "RollingOut",
             "waiting for children to become ready".into(),
         ),
-    }
-}
-
-fn degraded(outcome: &Outcome, failure: Option<&WorkerFailure>) -> Verdict {
-    match (outcome, failure) {
-        (Outcome::Invalid(invalid), _) => ("True", invalid.reason, invalid.message.clone()),
-        (Outcome::ApplyFailed(message), _) => ("True", "ApplyFailed", message.clone()),
-        (Outcome::AdoptionRefused(message), _) => ("True", "AdoptionRefused", message.clone()),
-        (_, Some(f)) if f.reason == "OOMKilled" => (
-            "True",
-            "WorkerOOMKilled",
-            format!(
-                "pod {}: the worker was killed at its memory limit ({} restarts): raise \
-                 resources.limits.memory (the model, the index with room to grow, and \
-                 embedding batches live in the pod's memory)",
-                f.pod, f.restarts
-            ),
-        ),
-        (_, Some(f)) => (
-            "True",
-            "WorkerCrashLooping",
-            format!(
-                "pod {}: the worker exited with code {} ({}, {} restarts){}",
-                f.pod,
-                f.exit_code,
-                f.reason,
-                f.restarts,
-                f.message
-                    .as_deref()
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default()
-            ),
-        ),
-        _ => ("False", "AsExpected", "no problem found".into()),
     }
 }
 
@@ -417,5 +458,6 @@ fn backup(backup: &BackupObserved) -> Verdict {
     }
 }
 
+mod degraded;
 #[cfg(test)]
 mod tests;

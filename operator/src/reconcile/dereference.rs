@@ -33,11 +33,13 @@ pub async fn gather(client: &Client, kb: &KnowledgeBase, namespace: &str) -> Res
     let names = Names::new(kb, namespace);
     let spec = &kb.spec;
     let generated_api_keys = match spec.auth.api_keys_secret_ref {
-        None => Some(existing_or(&secrets, &names.api_keys(), generate_api_keys).await?),
+        None => Some(existing_or(&secrets, &names, &names.api_keys(), generate_api_keys).await?),
         Some(_) => None,
     };
     let redis_password = match spec.redis.as_ref().and_then(|r| r.managed.as_ref()) {
-        Some(_) => Some(existing_or(&secrets, &names.redis(), generate_redis_password).await?),
+        Some(_) => {
+            Some(existing_or(&secrets, &names, &names.redis(), generate_redis_password).await?)
+        }
         None => None,
     };
     let mut missing = Vec::new();
@@ -197,18 +199,32 @@ pub fn offline(kb: &KnowledgeBase, namespace: &str) -> Result<Inputs> {
     })
 }
 
-/// The data of Secret `name` when it exists, else freshly generated data. Existing data is
-/// reused even when a key is missing: a generated Secret is never regenerated, so keys that
-/// clients already hold stay valid.
+/// The data of the generated Secret `name` when it exists, else freshly generated data.
+/// Existing data is reused even when a key is missing: a generated Secret is never
+/// regenerated, so keys that clients already hold stay valid (also across a KnowledgeBase
+/// deleted and created again, while its Secret is kept).
+///
+/// Only a Secret labelled as this KnowledgeBase's child is read (its metadata is checked
+/// first): another Secret of that name is somebody else's, its data is never read, and
+/// `apply` refuses to adopt it (AdoptionRefused). The empty data returned for it keeps the
+/// plan stable meanwhile.
 async fn existing_or(
     secrets: &Api<Secret>,
+    names: &Names,
     name: &str,
     generate: fn() -> Result<SecretData>,
 ) -> Result<SecretData> {
-    let existing = secrets.get_opt(name).await.map_err(|source| Error::Read {
+    let read = |source| Error::Read {
         what: format!("Secret {name}"),
         source: Box::new(source),
-    })?;
+    };
+    let Some(meta) = secrets.get_metadata_opt(name).await.map_err(read)? else {
+        return generate();
+    };
+    if !names.is_child(&meta.metadata.labels.unwrap_or_default()) {
+        return Ok(SecretData::new());
+    }
+    let existing = secrets.get_opt(name).await.map_err(read)?;
     match existing.and_then(|s| s.data) {
         Some(data) if !data.is_empty() => Ok(data),
         _ => generate(),

@@ -1,12 +1,21 @@
 //! The reconcile pipeline: `dereference -> validate -> build -> apply -> update_status`.
 
 pub mod apply;
+mod backoff;
 pub mod build;
 pub mod conditions;
 pub mod dereference;
 pub mod finalizer;
+pub mod pods;
 pub mod status;
+pub mod storage;
+pub mod upgrade;
 pub mod validate;
+mod workers;
+
+pub use backoff::{error_policy, Backoff};
+pub use workers::REPLICAS_HANDOVER_MANAGER;
+use workers::{hand_over_replicas, hold_workers_for_redis};
 
 use crate::crd::{ConditionType, KnowledgeBase, KnowledgeBaseStatus, ReclaimPolicy};
 use crate::metrics::Metrics;
@@ -14,10 +23,9 @@ use crate::{Error, Result};
 use build::{Names, MANAGER};
 use conditions::Outcome;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -43,6 +51,8 @@ pub struct Context {
     pub cleanup_timeout: Duration,
     /// Retry delays after failed reconciles.
     pub backoff: Backoff,
+    /// Slots for rollouts the operator causes (`--max-concurrent-upgrades`).
+    pub rollouts: upgrade::Rollouts,
 }
 
 impl Context {
@@ -55,6 +65,7 @@ impl Context {
             recorder: Some(recorder),
             cleanup_timeout: Duration::from_secs(20),
             backoff: Backoff::default(),
+            rollouts: upgrade::Rollouts::default(),
         }
     }
 }
@@ -67,6 +78,8 @@ pub async fn reconcile(kb: Arc<KnowledgeBase>, ctx: Arc<Context>) -> Result<Acti
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<KnowledgeBase> = Api::namespaced(ctx.client.clone(), &namespace);
     if kb.metadata.deletion_timestamp.is_some() {
+        ctx.rollouts
+            .release(&format!("{namespace}/{}", kb.name_any()));
         if finalizer::present(&kb) {
             cleanup(&kb, &ctx, &namespace).await;
             finalizer::remove(&api, &kb).await?;
@@ -92,7 +105,47 @@ async fn converge(kb: &KnowledgeBase, ctx: &Context, namespace: &str) -> Result<
         // spec.replicas was raised to the autoscaler's count; the next pass applies it.
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
-    let plan = build::plan(kb, &deref.inputs);
+    let key = format!("{namespace}/{}", kb.name_any());
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let live_workers = statefulsets
+        .get_opt(&Names::new(kb, namespace).worker())
+        .await
+        .map_err(|source| Error::Read {
+            what: "the worker StatefulSet".into(),
+            source: Box::new(source),
+        })?;
+    let live_image = live_workers.as_ref().and_then(upgrade::live_image);
+    let choice = upgrade::choose_image(kb, live_image, crate::crd::DEFAULT_IMAGE);
+    let mut resolved = kb.clone();
+    resolved.spec.image = Some(choice.image.clone());
+    let mut plan = build::plan(&resolved, &deref.inputs);
+    let gate = upgrade::gate(
+        kb,
+        &key,
+        is_ready(kb.status.as_ref()),
+        live_workers.as_ref(),
+        &mut plan,
+        &ctx.rollouts,
+    );
+    let (worker_image, available_image) = match (&gate, live_image) {
+        (upgrade::Gate::Queued(_), Some(live)) => {
+            let waiting = (live != choice.image).then(|| choice.image.clone());
+            (live.to_string(), waiting.or(choice.available.clone()))
+        }
+        _ => (choice.image.clone(), choice.available.clone()),
+    };
+    let waiting_for_redis = hold_workers_for_redis(kb, ctx, namespace, &mut plan).await?;
+    let volumes = storage::prepare(&ctx.client, namespace, &mut plan).await?;
+    for claim in &volumes.expanded {
+        let note = format!("expanding claim {claim} to the size the spec asks for");
+        publish(kb, ctx, EventType::Normal, "VolumeExpansion", note).await;
+    }
+    for statefulset in &volumes.replacing {
+        let note = format!(
+            "StatefulSet {statefulset} is created again with new volume claim templates; its pods keep running"
+        );
+        publish(kb, ctx, EventType::Normal, "StatefulSetReplaced", note).await;
+    }
     let (applied, failures) = apply::apply(&ctx.client, namespace, &kb.name_any(), &plan).await;
     if applied != apply::Applied::default() {
         tracing::info!(
@@ -128,90 +181,28 @@ async fn converge(kb: &KnowledgeBase, ctx: &Context, namespace: &str) -> Result<
     }
     ctx.backoff.reset(kb);
     let requested = backup_on_demand(kb, ctx, namespace).await?;
-    finish_with(kb, ctx, namespace, Outcome::Applied, requested).await
-}
-
-/// Field manager that holds the worker StatefulSet's `spec.replicas` while autoscaling
-/// takes over from the operator.
-pub const REPLICAS_HANDOVER_MANAGER: &str = "kb-operator-replicas-handover";
-
-/// Moves `spec.replicas` of the worker StatefulSet between the operator and the
-/// HorizontalPodAutoscaler without ever lowering the running count:
-///
-/// - Autoscaling turned on (the HPA does not exist yet): before the operator stops
-///   sending `replicas`, a second field manager applies the current count, so the field
-///   keeps an owner and server-side apply does not reset it to 1 (which would kill pods);
-///   the HPA then takes it over.
-/// - Autoscaling turned off (the HPA still exists): when the HPA's current count is above
-///   `spec.replicas`, the KnowledgeBase's `spec.replicas` is raised to it first (as
-///   `kubectl scale` would), so the StatefulSet keeps its pods; lower it yourself after.
-///
-/// Returns true when it changed the KnowledgeBase (the caller stops this pass).
-async fn hand_over_replicas(kb: &KnowledgeBase, ctx: &Context, namespace: &str) -> Result<bool> {
-    let names = Names::new(kb, namespace);
-    let read = |what: &str| {
-        let what = what.to_string();
-        move |source| Error::Read {
-            what,
-            source: Box::new(source),
-        }
+    let found = status::Found {
+        backup_request: requested,
+        storage_refusal: volumes.refusal,
+        worker_image: Some(worker_image),
+        available_image,
+        upgrade_queued: match &gate {
+            upgrade::Gate::Queued(why) => Some(why.clone()),
+            _ => None,
+        },
     };
-    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(live) = statefulsets
-        .get_opt(&names.worker())
-        .await
-        .map_err(read("the worker StatefulSet"))?
-    else {
-        return Ok(false);
-    };
-    let running = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), namespace);
-    let hpa_exists = hpas
-        .get_opt(&names.worker())
-        .await
-        .map_err(read("the worker HorizontalPodAutoscaler"))?
-        .is_some();
-    let apply_error = |source| Error::Apply {
-        kind: build::ChildKind::StatefulSet,
-        name: names.worker(),
-        source: Box::new(source),
-    };
-    if kb.spec.autoscaling_enabled() && !hpa_exists {
-        let patch = serde_json::json!({
-            "apiVersion": "apps/v1",
-            "kind": "StatefulSet",
-            "metadata": {"name": names.worker(), "namespace": namespace},
-            "spec": {"replicas": running},
-        });
-        statefulsets
-            .patch(
-                &names.worker(),
-                &PatchParams::apply(REPLICAS_HANDOVER_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(apply_error)?;
-        tracing::info!(kb = %kb.name_any(), replicas = running, "autoscaling takes over spec.replicas");
-        return Ok(false);
+    let (action, ready) = finish_with(kb, ctx, namespace, Outcome::Applied, found).await?;
+    if ready && gate == upgrade::Gate::Open {
+        ctx.rollouts.release(&key);
     }
-    if !kb.spec.autoscaling_enabled() && hpa_exists && running > kb.spec.replicas {
-        let api: Api<KnowledgeBase> = Api::namespaced(ctx.client.clone(), namespace);
-        let patch = serde_json::json!({"spec": {"replicas": running}});
-        api.patch(
-            &kb.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map_err(apply_error)?;
-        let note = format!(
-            "autoscaling turned off at {running} replicas: spec.replicas raised from {} to {running}",
-            kb.spec.replicas
-        );
-        publish(kb, ctx, EventType::Normal, "ReplicasKept", note).await;
-        return Ok(true);
+    if !volumes.replacing.is_empty() {
+        // The StatefulSet left out of this pass is created again once it is gone.
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
-    Ok(false)
+    if waiting_for_redis {
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    Ok(action)
 }
 
 /// Starts the backup the `knowledge.dev/backup-now` annotation asks for, once per value
@@ -295,27 +286,50 @@ async fn finish(
     namespace: &str,
     outcome: Outcome,
 ) -> Result<Action> {
-    finish_with(kb, ctx, namespace, outcome, None).await
+    Ok(
+        finish_with(kb, ctx, namespace, outcome, status::Found::default())
+            .await?
+            .0,
+    )
 }
 
-/// [`finish`], with the on-demand backup request a Job exists for.
+/// [`finish`], with what this pass found besides the children's state (the on-demand
+/// backup request a Job exists for, a volume change that was refused).
 async fn finish_with(
     kb: &KnowledgeBase,
     ctx: &Context,
     namespace: &str,
     outcome: Outcome,
-    backup_request: Option<String>,
-) -> Result<Action> {
-    let (status, _) = status::update(&ctx.client, kb, namespace, &outcome, backup_request).await?;
+    found: status::Found,
+) -> Result<(Action, bool)> {
+    let (status, _) = status::update(&ctx.client, kb, namespace, &outcome, found).await?;
     if let Some(time) = &status.last_backup {
         ctx.metrics
             .last_backup(namespace, &kb.name_any(), time.0.as_second());
     }
     publish_transition(kb, ctx, kb.status.as_ref(), &status).await;
-    Ok(match outcome {
+    let ready = is_ready(Some(&status));
+    let action = match outcome {
         Outcome::Paused | Outcome::Invalid(_) => Action::requeue(RESYNC),
-        _ if is_ready(Some(&status)) => Action::requeue(RESYNC),
+        // A volume expansion in progress is followed like a rollout.
+        _ if ready && !resizing(&status) => Action::requeue(RESYNC),
         _ => Action::requeue(PROGRESS_RESYNC),
+    };
+    Ok((action, ready))
+}
+
+/// Whether a data claim is still growing (asks for more than it has, or waits for its
+/// file system).
+fn resizing(status: &KnowledgeBaseStatus) -> bool {
+    let claims = status.storage.iter().flat_map(|s| &s.claims);
+    claims.into_iter().any(|c| {
+        c.resize.is_some()
+            || match (&c.requested, &c.capacity) {
+                (Some(r), Some(c)) => {
+                    crate::quantity::Quantity::parse(r) > crate::quantity::Quantity::parse(c)
+                }
+                _ => false,
+            }
     })
 }
 
@@ -396,90 +410,4 @@ async fn delete_claims(client: &Client, names: &Names) -> kube::Result<usize> {
             .await?;
     }
     Ok(list.items.len())
-}
-
-/// What the controller does after a failed reconcile: retry with exponential backoff and
-/// jitter per KnowledgeBase (1 s doubling to 5 min), reset by the next clean apply.
-pub fn error_policy(kb: Arc<KnowledgeBase>, error: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.backoff.next(&kb);
-    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
-    ctx.metrics.reconcile_failed(error);
-    Action::requeue(delay)
-}
-
-/// Consecutive failures per KnowledgeBase, for [`error_policy`].
-#[derive(Default)]
-pub struct Backoff {
-    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
-}
-
-impl Backoff {
-    const BASE: Duration = Duration::from_secs(1);
-    const MAX: Duration = Duration::from_secs(300);
-
-    fn key(kb: &KnowledgeBase) -> String {
-        format!("{}/{}", kb.namespace().unwrap_or_default(), kb.name_any())
-    }
-
-    /// The wait before the next attempt: `BASE * 2^(failures - 1)`, capped at `MAX`, then
-    /// scaled by a random factor in [0.5, 1.0] so that many failing KnowledgeBases do not
-    /// retry in lockstep.
-    pub fn next(&self, kb: &KnowledgeBase) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let n = failures.entry(Self::key(kb)).or_insert(0);
-        *n = n.saturating_add(1);
-        let exp = Self::BASE
-            .saturating_mul(1u32 << (*n - 1).min(16))
-            .min(Self::MAX);
-        let jitter = 0.5 + 0.5 * (jitter_unit());
-        exp.mul_f64(jitter)
-    }
-
-    /// Forgets the failures of `kb` (it converged).
-    pub fn reset(&self, kb: &KnowledgeBase) {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        failures.remove(&Self::key(kb));
-    }
-}
-
-/// A number in [0, 1) from the clock's nanoseconds (jitter needs spread, not secrecy).
-fn jitter_unit() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    f64::from(nanos % 1_000_000) / 1_000_000.0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn kb(name: &str) -> KnowledgeBase {
-        serde_yaml::from_str(&format!(
-            "apiVersion: knowledge.dev/v1alpha1\nkind: KnowledgeBase\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  embedding: {{device: cpu}}\n"
-        ))
-        .unwrap()
-    }
-
-    #[test]
-    fn retries_back_off_exponentially_with_jitter_per_knowledge_base_and_reset() {
-        let backoff = Backoff::default();
-        let (a, b) = (kb("a"), kb("b"));
-        let delays: Vec<Duration> = (0..12).map(|_| backoff.next(&a)).collect();
-        for (n, delay) in delays.iter().enumerate() {
-            let full = Backoff::BASE
-                .saturating_mul(1 << n.min(16) as u32)
-                .min(Backoff::MAX);
-            // Jitter keeps each wait between half and all of the exponential step.
-            assert!(
-                *delay >= full / 2 && *delay <= full,
-                "{n}: {delay:?} vs {full:?}"
-            );
-        }
-        assert!(delays[11] >= Backoff::MAX / 2, "capped at the maximum");
-        // Another KnowledgeBase starts from the beginning; a reset forgets the failures.
-        assert!(backoff.next(&b) <= Backoff::BASE);
-        backoff.reset(&a);
-        assert!(backoff.next(&a) <= Backoff::BASE);
-    }
 }

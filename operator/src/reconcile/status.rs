@@ -5,36 +5,60 @@ use super::build::Component;
 use super::build::{Names, MANAGER};
 use super::conditions::{
     self, BackupJobs, BackupObserved, BackupReport, Observed, Outcome, RedisObserved, Rollout,
-    WorkerFailure,
 };
-use crate::crd::{BackupStatus, KnowledgeBase, KnowledgeBaseStatus};
+use super::storage::Refusal;
+use crate::crd::{BackupStatus, ClaimStatus, KnowledgeBase, KnowledgeBaseStatus, StorageStatus};
 use crate::{Error, Result};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 
+/// What a reconcile pass found that the children's state does not tell.
+#[derive(Clone, Debug, Default)]
+pub struct Found {
+    /// The on-demand backup request a Job exists or was just started for.
+    pub backup_request: Option<String>,
+    /// A volume change that could not be made.
+    pub storage_refusal: Option<Refusal>,
+    /// The worker image applied; `None` keeps what status says.
+    pub worker_image: Option<String>,
+    /// A newer default worker image not moved to yet.
+    pub available_image: Option<String>,
+    /// Why an operator-caused rollout waits.
+    pub upgrade_queued: Option<String>,
+}
+
 /// Observes the children of `kb` and writes its status when it changed. Returns the new
-/// status and whether it was written. `backup_request` is the on-demand backup request a
-/// Job exists or was just started for.
+/// status and whether it was written.
 pub async fn update(
     client: &Client,
     kb: &KnowledgeBase,
     namespace: &str,
     outcome: &Outcome,
-    backup_request: Option<String>,
+    found: Found,
 ) -> Result<(KnowledgeBaseStatus, bool)> {
     let names = Names::new(kb, namespace);
-    let mut observed = observe(client, kb, &names).await?;
-    observed.backup_request = backup_request;
+    let now = Time(jiff::Timestamp::now());
+    let mut observed = observe(client, kb, &names, &now).await?;
+    observed.backup_request = found.backup_request;
+    observed.storage_refusal = found.storage_refusal;
+    observed.upgrade = conditions::UpgradeObserved {
+        worker_image: found
+            .worker_image
+            .or_else(|| kb.status.as_ref().and_then(|s| s.worker_image.clone())),
+        available: found.available_image,
+        queued: found.upgrade_queued,
+        supervised: kb.spec.update_policy == crate::crd::UpdatePolicy::Supervised,
+    };
     let base = KnowledgeBaseStatus {
         endpoint: Some(names.endpoint()),
         selector: Some(names.selector_string()),
         ..KnowledgeBaseStatus::default()
     };
-    let now = Time(jiff::Timestamp::now());
     let generation = kb.metadata.generation;
     let status = conditions::status(
         generation,
@@ -63,7 +87,12 @@ pub async fn update(
     Ok((status, true))
 }
 
-async fn observe(client: &Client, kb: &KnowledgeBase, names: &Names) -> Result<Observed> {
+async fn observe(
+    client: &Client,
+    kb: &KnowledgeBase,
+    names: &Names,
+    now: &Time,
+) -> Result<Observed> {
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
     let workers = get(&statefulsets, &names.worker()).await?;
     let worker_status = workers
@@ -129,8 +158,18 @@ async fn observe(client: &Client, kb: &KnowledgeBase, names: &Names) -> Result<O
         },
     };
     let worker_pods = pods_of(client, names, &names.selector_string()).await?;
+    let storage = Some(storage_status(client, kb, names).await?);
     Ok(Observed {
-        worker_failure: worker_failure(&worker_pods),
+        upgrade: Default::default(),
+        autoscaling_min: kb
+            .spec
+            .autoscaling
+            .as_ref()
+            .filter(|a| a.enabled)
+            .map(|a| a.min_replicas),
+        storage,
+        storage_refusal: None,
+        pod_problem: super::pods::first_problem(&worker_pods, now),
         desired_replicas,
         replicas: worker_status.replicas,
         ready_replicas: worker_status.ready_replicas.unwrap_or(0),
@@ -139,6 +178,64 @@ async fn observe(client: &Client, kb: &KnowledgeBase, names: &Names) -> Result<O
         backup,
         backup_jobs,
         backup_request: None,
+    })
+}
+
+/// The size the spec asks for and every data claim of this KnowledgeBase (workers' and
+/// managed Redis'), with where an expansion stands.
+async fn storage_status(
+    client: &Client,
+    kb: &KnowledgeBase,
+    names: &Names,
+) -> Result<StorageStatus> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &names.namespace);
+    let selector = format!(
+        "app.kubernetes.io/instance={},app.kubernetes.io/managed-by={MANAGER}",
+        names.base
+    );
+    let list = claims
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::Read {
+            what: "PersistentVolumeClaims".into(),
+            source: Box::new(source),
+        })?;
+    let mut claims: Vec<ClaimStatus> = list
+        .items
+        .iter()
+        .map(|claim| {
+            let storage =
+                |map: Option<
+                    &std::collections::BTreeMap<
+                        String,
+                        k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+                    >,
+                >| { map.and_then(|m| m.get("storage")).map(|q| q.0.clone()) };
+            let spec = claim.spec.as_ref();
+            let status = claim.status.as_ref();
+            let conditions = status.and_then(|s| s.conditions.as_ref());
+            let resize = conditions
+                .into_iter()
+                .flatten()
+                .filter(|c| c.status == "True")
+                .map(|c| c.type_.as_str())
+                .find(|t| matches!(*t, "FileSystemResizePending" | "Resizing"))
+                .map(String::from);
+            ClaimStatus {
+                name: claim.name_any(),
+                requested: storage(
+                    spec.and_then(|s| s.resources.as_ref())
+                        .and_then(|r| r.requests.as_ref()),
+                ),
+                capacity: storage(status.and_then(|s| s.capacity.as_ref())),
+                resize,
+            }
+        })
+        .collect();
+    claims.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(StorageStatus {
+        requested: Some(crate::quantity::canonical(&kb.spec.storage.size.0)),
+        claims,
     })
 }
 
@@ -224,52 +321,6 @@ async fn pods_of(client: &Client, names: &Names, selector: &str) -> Result<Vec<P
             source: Box::new(source),
         })?;
     Ok(list.items)
-}
-
-/// The first worker pod whose `worker` container is not ready and whose last run ended
-/// in failure (the kubelet restarts it: crash loop), with the reason and what the worker
-/// said last.
-fn worker_failure(pods: &[Pod]) -> Option<WorkerFailure> {
-    pods.iter().find_map(|pod| {
-        let status = pod
-            .status
-            .as_ref()?
-            .container_statuses
-            .as_ref()?
-            .iter()
-            .find(|c| c.name == "worker")?;
-        let state = status.state.as_ref();
-        let ended = state
-            .and_then(|s| s.terminated.as_ref())
-            .or_else(|| status.last_state.as_ref()?.terminated.as_ref())
-            .filter(|t| t.exit_code != 0)?;
-        let running = state.is_some_and(|s| s.running.is_some());
-        if status.ready || (running && status.restart_count == 0) {
-            return None;
-        }
-        Some(WorkerFailure {
-            pod: pod.metadata.name.clone().unwrap_or_default(),
-            reason: ended.reason.clone().unwrap_or_else(|| "Error".into()),
-            exit_code: ended.exit_code,
-            restarts: status.restart_count,
-            message: ended.message.as_deref().and_then(last_error),
-        })
-    })
-}
-
-/// The worker's last `error: ...` line in a termination message (with
-/// `FallbackToLogsOnError`, the tail of its log), else its last line; at most 400 bytes.
-fn last_error(message: &str) -> Option<String> {
-    let lines = || message.lines().map(str::trim).filter(|l| !l.is_empty());
-    let line = lines()
-        .rev()
-        .find(|l| l.starts_with("error: "))
-        .or_else(|| lines().next_back())?;
-    let mut end = line.len().min(400);
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    Some(line[..end].to_string())
 }
 
 /// The report of a finished backup Job: its pod's termination message.

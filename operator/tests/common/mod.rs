@@ -1,6 +1,10 @@
-//! An in-memory API server (kube-fake-client) with write counting and fault injection.
+//! An in-memory API server (kube-fake-client) with write counting, fault injection and
+//! the behaviour of a real server that the fake lacks (`server`: server-side apply
+//! removals, the Go types' round trip, StatefulSet and claim validation).
 // Each test crate that includes this module uses a different subset of it.
 #![allow(dead_code)]
+
+pub mod server;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -11,10 +15,12 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kb_operator::crd::KnowledgeBase;
 use kb_operator::metrics::Metrics;
 use kb_operator::reconcile::{reconcile, Context};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Client, Resource, ResourceExt};
 use kube_fake_client::{interceptor, ClientBuilder};
 use serde::de::DeserializeOwned;
+use serde_json::json;
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +32,7 @@ use std::time::Duration;
 pub struct Writes {
     writes: AtomicUsize,
     faults: AtomicUsize,
+    orphaning_deletes: std::sync::Mutex<Vec<String>>,
 }
 
 impl Writes {
@@ -36,6 +43,10 @@ impl Writes {
     /// Faults injected so far.
     pub fn faults(&self) -> usize {
         self.faults.load(Ordering::SeqCst)
+    }
+    /// Names deleted with `propagationPolicy: Orphan` so far.
+    pub fn orphaning_deletes(&self) -> Vec<String> {
+        self.orphaning_deletes.lock().unwrap().clone()
     }
     fn bump(&self) {
         self.writes.fetch_add(1, Ordering::SeqCst);
@@ -60,16 +71,28 @@ pub fn kb(name: &str, spec: &str) -> KnowledgeBase {
 
 /// A fake cluster holding `objects`, and the counter of its write requests.
 pub async fn cluster(faults: Option<Faults>) -> (Client, Arc<Writes>) {
-    cluster_with(faults, false).await
+    let (client, writes, _) = cluster_with(faults, false).await;
+    (client, writes)
+}
+
+/// [`cluster`], with the server model to adjust (StorageClasses that refuse expansion).
+pub async fn cluster_with_model() -> (Client, Arc<Writes>, Arc<server::Model>) {
+    cluster_with(None, false).await
 }
 
 /// [`cluster`] whose objects come back with `metadata.managedFields` (server-side apply
-/// field ownership, as the in-memory API tracks it).
+/// field ownership, as the in-memory API tracks it). The fake's own apply tracks
+/// ownership, so the server model's apply (removals, normalisation) is off here.
 pub async fn cluster_with_managed_fields() -> (Client, Arc<Writes>) {
-    cluster_with(None, true).await
+    let (client, writes, _) = cluster_with(None, true).await;
+    (client, writes)
 }
 
-async fn cluster_with(faults: Option<Faults>, managed_fields: bool) -> (Client, Arc<Writes>) {
+async fn cluster_with(
+    faults: Option<Faults>,
+    managed_fields: bool,
+) -> (Client, Arc<Writes>, Arc<server::Model>) {
+    let model = Arc::new(server::Model::default());
     let writes = Arc::new(Writes::default());
     let calls = Arc::new(AtomicUsize::new(0));
     // A multiplicative hash of the call number: faults land at irregular places, so a
@@ -84,7 +107,8 @@ async fn cluster_with(faults: Option<Faults>, managed_fields: bool) -> (Client, 
         }
         fail
     };
-    let funcs = interceptors(&writes, Arc::new(fail));
+    let server = (!managed_fields).then(|| model.clone());
+    let funcs = interceptors(&writes, Arc::new(fail), server);
     let mut builder = ClientBuilder::new()
         .with_resource::<KnowledgeBase>()
         .with_resource::<kb_operator::reconcile::build::ServiceMonitor>()
@@ -94,13 +118,14 @@ async fn cluster_with(faults: Option<Faults>, managed_fields: bool) -> (Client, 
         builder = builder.with_return_managed_fields();
     }
     let client = builder.build().await.unwrap();
-    (client, writes)
+    (client, writes, model)
 }
 
 /// Counts writes and injects the faults `fail` picks.
 fn interceptors(
     writes: &Arc<Writes>,
     fail: Arc<dyn Fn() -> bool + Send + Sync>,
+    server: Option<Arc<server::Model>>,
 ) -> interceptor::Funcs {
     let (w1, w2, w3, w4, w5) = (
         writes.clone(),
@@ -110,30 +135,41 @@ fn interceptors(
         writes.clone(),
     );
     let (f1, f2, f3) = (fail.clone(), fail.clone(), fail.clone());
+    let status_server = server.clone();
     interceptor::Funcs::new()
-        .patch(move |_| {
+        .patch(move |ctx| {
             w1.bump();
-            match f1() {
-                true => Err(kube_fake_client::Error::Conflict(
+            match (f1(), &server) {
+                (true, _) => Err(kube_fake_client::Error::Conflict(
                     "injected conflict".into(),
                 )),
-                false => Ok(None),
+                (false, Some(server)) => server.patch(&ctx),
+                (false, None) => Ok(None),
             }
         })
         .create(move |_| {
             w2.bump();
             Ok(None)
         })
-        .delete(move |_| {
+        .delete(move |ctx| {
             w3.bump();
+            if !ctx.cascade {
+                w3.orphaning_deletes
+                    .lock()
+                    .unwrap()
+                    .push(ctx.name.to_string());
+            }
             match f2() {
                 true => Err(kube_fake_client::Error::Internal("injected failure".into())),
                 false => Ok(None),
             }
         })
-        .patch_status(move |_| {
+        .patch_status(move |ctx| {
             w4.bump();
-            Ok(None)
+            match &status_server {
+                Some(server) => server.patch_status(&ctx),
+                None => Ok(None),
+            }
         })
         .replace(move |_| {
             w5.bump();
@@ -152,6 +188,7 @@ pub fn context(client: Client) -> Arc<Context> {
         recorder: None,
         cleanup_timeout: Duration::from_secs(5),
         backoff: Default::default(),
+        rollouts: Default::default(),
     })
 }
 
@@ -241,4 +278,27 @@ pub async fn inventory(client: &Client) -> BTreeSet<String> {
 /// Number of child objects in `default`.
 pub async fn inventory_count(client: &Client) -> usize {
     inventory(client).await.len()
+}
+
+/// The StatefulSet controller's report: `ready` pods, all on the newest revision of the
+/// current spec.
+pub async fn set_ready_replicas(client: &Client, name: &str, ready: i32) {
+    set_rollout(client, name, ready, ready, true).await;
+}
+
+/// The StatefulSet controller's report of a rollout: `updated` of `ready` pods run the
+/// newest revision; `seen` says whether it has observed the current generation.
+pub async fn set_rollout(client: &Client, name: &str, ready: i32, updated: i32, seen: bool) {
+    let api: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let sts: StatefulSet = get(client, name).await.expect("the StatefulSet exists");
+    let generation = sts.metadata.generation.unwrap();
+    let observed = if seen { generation } else { generation - 1 };
+    let current = if updated >= ready { "rev-2" } else { "rev-1" };
+    let status = json!({"status": {
+        "replicas": ready, "readyReplicas": ready, "observedGeneration": observed,
+        "updatedReplicas": updated, "currentRevision": current, "updateRevision": "rev-2",
+    }});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
 }

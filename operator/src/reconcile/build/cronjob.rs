@@ -60,12 +60,19 @@ pub fn on_demand(spec: &KnowledgeBaseSpec, names: &Names, request: &str) -> Opti
         REQUEST_ANNOTATION.to_string(),
         request.to_string(),
     )]));
+    let mut job = job_spec(spec, backup, names);
+    // The CronJob's history limits do not cover Jobs it did not start: an on-demand Job
+    // goes a day after it finished (its result is in status.backup by then).
+    job.ttl_seconds_after_finished = Some(ON_DEMAND_TTL_SECONDS);
     Some(Job {
         metadata,
-        spec: Some(job_spec(spec, backup, names)),
+        spec: Some(job),
         ..Job::default()
     })
 }
+
+/// How long a finished on-demand backup Job (and its pod) is kept.
+pub const ON_DEMAND_TTL_SECONDS: i32 = 86_400;
 
 fn job_spec(spec: &KnowledgeBaseSpec, backup: &Backup, names: &Names) -> JobSpec {
     let pod = PodSpec {

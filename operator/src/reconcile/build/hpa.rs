@@ -14,8 +14,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 /// `kb_worker_http_requests_total` (rules: charts/knowledgebase-operator/extras/
 /// prometheus-adapter-values.yaml).
 pub const QPS_METRIC: &str = "kb_worker_http_requests_per_second";
-/// Texts waiting for the embedding batcher, per pod (same adapter rules).
-pub const QUEUE_METRIC: &str = "kb_worker_embed_queue_depth";
+/// Query texts waiting for the embedding batcher (the interactive lane), per pod (same
+/// adapter rules): ingestion's bulk lane does not count, so a bulk ingest does not scale
+/// the fleet out.
+pub const QUEUE_METRIC: &str = "kb_worker_interactive_queue_depth";
 /// CPU target when the spec sets no metric at all.
 const DEFAULT_CPU_TARGET: i32 = 70;
 

@@ -16,6 +16,7 @@ mod redis;
 mod scheduling;
 mod secret;
 mod security;
+mod server_form;
 mod service;
 mod service_account;
 mod statefulset;
@@ -117,8 +118,16 @@ impl Child {
         }
     }
 
-    /// The object as JSON (with `apiVersion` and `kind`).
+    /// The object as JSON (with `apiVersion` and `kind`), in the form the API server
+    /// stores it (see [`server_form`]): what `apply` sends and `render` prints.
     pub fn to_json(&self) -> serde_json::Value {
+        let mut value = self.to_json_as_built();
+        server_form::normalize(&mut value);
+        value
+    }
+
+    /// The object as JSON, as the builders made it.
+    pub fn to_json_as_built(&self) -> serde_json::Value {
         let value = match self {
             Child::ServiceAccount(o) => serde_json::to_value(o),
             Child::ConfigMap(o) => serde_json::to_value(o),
@@ -171,7 +180,7 @@ pub fn plan(kb: &KnowledgeBase, inputs: &Inputs) -> Plan {
     }
     let names = Names::new(kb, &inputs.namespace);
     let spec = &kb.spec;
-    add_workers(&mut plan, spec, &names, inputs);
+    add_workers(&mut plan, spec, kb.metadata.generation, &names, inputs);
     let worker = names.worker();
     plan.add(
         ChildKind::PodDisruptionBudget,
@@ -202,11 +211,21 @@ pub fn plan(kb: &KnowledgeBase, inputs: &Inputs) -> Plan {
         names.backup(),
         cronjob::build(spec, &names),
     );
+    // A Secret the spec names is the user's, even under a generated name: never pruned.
+    let named = crate::reconcile::dereference::referenced_secrets(kb);
+    plan.prune
+        .retain(|r| !(r.kind == ChildKind::Secret && named.contains(&r.name)));
     plan
 }
 
 /// The children every KnowledgeBase has: identity, configuration, keys, Services, workers.
-fn add_workers(plan: &mut Plan, spec: &KnowledgeBaseSpec, names: &Names, inputs: &Inputs) {
+fn add_workers(
+    plan: &mut Plan,
+    spec: &KnowledgeBaseSpec,
+    generation: Option<i64>,
+    names: &Names,
+    inputs: &Inputs,
+) {
     let config = config_map::worker_config_map(spec, names);
     let config_hash = config_map::config_hash(&config);
     let api_keys = inputs
@@ -219,7 +238,13 @@ fn add_workers(plan: &mut Plan, spec: &KnowledgeBaseSpec, names: &Names, inputs:
         Child::ConfigMap(config),
         service::client(names),
         service::headless(names),
-        statefulset::build(spec, names, &config_hash, inputs.secrets_hash.as_deref()),
+        statefulset::build(
+            spec,
+            generation,
+            names,
+            &config_hash,
+            inputs.secrets_hash.as_deref(),
+        ),
     ]);
 }
 

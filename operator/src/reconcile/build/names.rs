@@ -121,6 +121,11 @@ impl Names {
     }
 
     /// Metadata of a child: name, namespace, labels and the controller owner reference.
+    /// Whether `labels` mark an object as a child of this KnowledgeBase.
+    pub fn is_child(&self, labels: &BTreeMap<String, String>) -> bool {
+        crate::reconcile::apply::is_child_of(labels, &self.base)
+    }
+
     pub fn meta(&self, name: String, component: Component) -> ObjectMeta {
         ObjectMeta {
             name: Some(name),

@@ -59,6 +59,21 @@ fn default_deny(names: &Names) -> Child {
     )
 }
 
+/// Where Prometheus runs when `spec.monitoring` is on and `network.monitoringNamespace`
+/// does not say (kube-prometheus-stack's usual namespace).
+pub const DEFAULT_MONITORING_NAMESPACE: &str = "monitoring";
+
+/// The namespace allowed to scrape the metrics port: `network.monitoringNamespace`, or
+/// with `spec.monitoring` on, [`DEFAULT_MONITORING_NAMESPACE`] (a ServiceMonitor whose
+/// Prometheus cannot reach the pods would only fire `TargetDown`).
+fn scraper_namespace(spec: &KnowledgeBaseSpec) -> Option<String> {
+    let monitored = spec.monitoring.as_ref().is_some_and(|m| m.enabled);
+    spec.network
+        .monitoring_namespace
+        .clone()
+        .or_else(|| monitored.then(|| DEFAULT_MONITORING_NAMESPACE.to_string()))
+}
+
 fn worker(spec: &KnowledgeBaseSpec, names: &Names) -> Child {
     let workers = pods(names, Component::Worker);
     let mut api_clients = client_peers(spec);
@@ -67,8 +82,8 @@ fn worker(spec: &KnowledgeBaseSpec, names: &Names) -> Child {
         api_clients.push(pods(names, Component::Backup));
     }
     let mut ingress = vec![ingress_rule(api_clients, HTTP_PORT)];
-    if let Some(namespace) = &spec.network.monitoring_namespace {
-        ingress.push(ingress_rule(vec![namespace_peer(namespace)], METRICS_PORT));
+    if let Some(namespace) = scraper_namespace(spec) {
+        ingress.push(ingress_rule(vec![namespace_peer(&namespace)], METRICS_PORT));
     }
     let mut egress = vec![dns(), egress_rule(vec![workers], &[HTTP_PORT])];
     match spec.redis.as_ref() {

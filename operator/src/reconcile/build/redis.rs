@@ -12,7 +12,6 @@ use k8s_openapi::api::core::v1::{
     SecretKeySelector, SecretVolumeSource, Service, ServiceSpec, TCPSocketAction, Volume,
     VolumeMount, VolumeResourceRequirements,
 };
-use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
@@ -53,28 +52,11 @@ pub(super) fn add_to_plan(
         secret::redis_password(names, password),
         service(names),
         statefulset(managed, names, &hash),
-        disruption_budget(names),
     ]);
-}
-
-/// The single Redis holds the log every write goes through: a voluntary eviction (a
-/// drain, a cluster-autoscaler scale-down) would stop all writes, so it needs a human
-/// (delete the pod when a pause of writes is acceptable), as a database primary does. A
-/// Redis pod that is not ready may always be evicted.
-fn disruption_budget(names: &Names) -> Child {
-    Child::PodDisruptionBudget(PodDisruptionBudget {
-        metadata: names.meta(names.redis(), Component::Redis),
-        spec: Some(PodDisruptionBudgetSpec {
-            min_available: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(names.selector(Component::Redis)),
-                ..LabelSelector::default()
-            }),
-            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_string()),
-            ..PodDisruptionBudgetSpec::default()
-        }),
-        ..PodDisruptionBudget::default()
-    })
+    // No PodDisruptionBudget: with one Redis, `minAvailable: 1` could never be satisfied
+    // and would block every node drain forever. A drain moves Redis like any pod: writes
+    // pause until it runs again on another node (its volume follows it), reads go on.
+    plan.add(ChildKind::PodDisruptionBudget, names.redis(), None);
 }
 
 /// `redis.conf`: append-only with an fsync per write (a worker acknowledges a write once it

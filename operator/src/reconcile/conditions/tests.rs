@@ -155,3 +155,51 @@ fn backup_status_reports_the_newest_success_and_keeps_what_vanished_pods_told() 
     let removed = compute(&observed(2), Some(&later), 1100);
     assert_eq!(removed.backup, later.backup);
 }
+
+#[test]
+fn scaling_out_under_the_autoscaler_keeps_ready_and_shows_scaling() {
+    // minReplicas 2, the autoscaler asks for 4; 2 serve, 2 are starting.
+    let scaling = Observed {
+        desired_replicas: 4,
+        replicas: 4,
+        ready_replicas: 2,
+        autoscaling_min: Some(2),
+        ..Observed::default()
+    };
+    let s = compute(&scaling, None, 0);
+    let ready = s.condition(ConditionType::Ready).unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "AllReplicasReady")
+    );
+    let progressing = s.condition(ConditionType::Progressing).unwrap();
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("True", "ScalingOut")
+    );
+    // Below the autoscaler's minimum: not ready.
+    let short = Observed {
+        ready_replicas: 1,
+        ..scaling.clone()
+    };
+    let s = compute(&short, None, 0);
+    assert_eq!(s.condition(ConditionType::Ready).unwrap().status, "False");
+    // Without autoscaling every replica counts.
+    let fixed = Observed {
+        autoscaling_min: None,
+        ..scaling.clone()
+    };
+    let s = compute(&fixed, None, 0);
+    assert_eq!(s.condition(ConditionType::Ready).unwrap().status, "False");
+    // A rollout in progress is not a scale-out.
+    let rolling = Observed {
+        rollout: Rollout {
+            observed: true,
+            updated_replicas: 1,
+            on_newest_revision: false,
+        },
+        ..scaling
+    };
+    let s = compute(&rolling, None, 0);
+    assert_eq!(s.condition(ConditionType::Ready).unwrap().status, "False");
+}

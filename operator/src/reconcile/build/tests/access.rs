@@ -80,6 +80,34 @@ fn network_rules_admit_listed_clients_and_monitoring() {
 }
 
 #[test]
+fn with_monitoring_on_prometheus_may_scrape_from_the_default_or_named_namespace() {
+    let metrics_from = |kb: &KnowledgeBase| -> Vec<String> {
+        let policy = json(&plan_for(kb), ChildKind::NetworkPolicy, "docs-worker");
+        policy["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|rule| rule["ports"][0]["port"] == 9090)
+            .map(|rule| {
+                rule["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let mut kb = kb("docs");
+    assert!(
+        metrics_from(&kb).is_empty(),
+        "no monitoring: metrics port closed"
+    );
+    kb.spec.monitoring = Some(serde_json::from_value(serde_json::json!({})).unwrap());
+    assert_eq!(metrics_from(&kb), vec!["monitoring"]);
+    kb.spec.network.monitoring_namespace = Some("observability".into());
+    assert_eq!(metrics_from(&kb), vec!["observability"]);
+}
+
+#[test]
 fn disabling_network_policies_prunes_them() {
     let mut kb = kb("docs");
     kb.spec.network.policies = false;
@@ -231,9 +259,14 @@ fn an_on_demand_backup_job_is_the_cronjob_template_named_after_its_request() {
         job.metadata.owner_references.as_ref().unwrap()[0].name,
         "docs"
     );
-    assert_eq!(
-        serde_json::to_value(job.spec.as_ref().unwrap()).unwrap(),
-        cron["spec"]["jobTemplate"]["spec"]
-    );
+    // The CronJob's template, plus a TTL: history limits do not cover Jobs it did not start.
+    let mut spec = serde_json::to_value(job.spec.as_ref().unwrap()).unwrap();
+    assert_eq!(spec["ttlSecondsAfterFinished"], 86_400);
+    spec.as_object_mut()
+        .unwrap()
+        .remove("ttlSecondsAfterFinished");
+    assert_eq!(spec, cron["spec"]["jobTemplate"]["spec"]);
+    assert_eq!(cron["spec"]["successfulJobsHistoryLimit"], 3);
+    assert_eq!(cron["spec"]["failedJobsHistoryLimit"], 3);
     assert!(backup_job(&fixtures::kb("docs").spec, &names, "x").is_none());
 }

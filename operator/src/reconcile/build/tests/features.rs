@@ -151,9 +151,8 @@ fn managed_redis_gets_its_own_children_and_workers_use_it() {
     assert!(!container["command"].to_string().contains("requirepass"));
     assert!(!container["readinessProbe"].to_string().contains(" -a "));
     assert!(plan.get(ChildKind::Service, "docs-redis").is_some());
-    let pdb = json(&plan, ChildKind::PodDisruptionBudget, "docs-redis");
-    assert_eq!(pdb["spec"]["minAvailable"], 1);
-    assert_eq!(pdb["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
+    // One Redis: a budget of minAvailable 1 could never be met and would block drains.
+    assert!(pruned(&plan, ChildKind::PodDisruptionBudget, "docs-redis"));
     assert!(plan.get(ChildKind::NetworkPolicy, "docs-redis").is_some());
     let redis = json(&plan, ChildKind::StatefulSet, "docs-redis");
     assert_eq!(
