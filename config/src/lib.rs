@@ -218,6 +218,10 @@ pub struct RedisConfig {
     pub tls_ca_file: Option<PathBuf>,
     /// Stream key prefix; one knowledge base per prefix.
     pub key_prefix: String,
+    /// How long a starting worker keeps retrying Redis (not up yet, or refusing this
+    /// password for a moment during a rotation) with backoff before it gives up; 0: fail
+    /// at once. The operator sets 300000 (5 minutes).
+    pub start_wait_ms: u64,
 }
 
 /// Replicated mode: peers for snapshot bootstrap, readiness and read-your-writes waits.

@@ -2,9 +2,15 @@
 //! regenerated) and the Secrets the spec refers to.
 
 use super::build::Names;
-use super::build::{Inputs, SecretData, ADMIN_KEY, API_KEYS_FILE, REDIS_PASSWORD_KEY};
+use super::build::{
+    short_hash, Inputs, SecretData, ADMIN_KEY, API_KEYS_FILE, AUTH_HASH_ANNOTATION,
+    REDIS_AUTH_CONF_KEY, REDIS_PASSWORD_HASH_ANNOTATION, REDIS_PASSWORD_KEY,
+    REDIS_WORKER_PASSWORD_KEY,
+};
+use super::rotation::{self, Settled};
 use crate::crd::KnowledgeBase;
 use crate::{Error, Result};
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::{Api, Client};
@@ -38,7 +44,10 @@ pub async fn gather(client: &Client, kb: &KnowledgeBase, namespace: &str) -> Res
     };
     let redis_password = match spec.redis.as_ref().and_then(|r| r.managed.as_ref()) {
         Some(_) => {
-            Some(existing_or(&secrets, &names, &names.redis(), generate_redis_password).await?)
+            let data =
+                existing_or(&secrets, &names, &names.redis(), generate_redis_password).await?;
+            let settled = rollout_settled(client, &names, &data).await?;
+            Some(rotation::step(data, settled))
         }
         None => None,
     };
@@ -64,12 +73,9 @@ pub async fn gather(client: &Client, kb: &KnowledgeBase, namespace: &str) -> Res
     }
     if let Some(value) = redis_password
         .as_ref()
-        .and_then(|d| d.get(REDIS_PASSWORD_KEY))
+        .and_then(|d| d.get(REDIS_WORKER_PASSWORD_KEY))
     {
-        hashed.push((
-            format!("{}/{REDIS_PASSWORD_KEY}", names.redis()),
-            value.0.clone(),
-        ));
+        hashed.push(redis_password_hashed(&names, &value.0));
     }
     Ok(Dereferenced {
         inputs: Inputs {
@@ -80,6 +86,70 @@ pub async fn gather(client: &Client, kb: &KnowledgeBase, namespace: &str) -> Res
         },
         missing,
     })
+}
+
+/// The worker password's entry in the pod-template hash.
+fn redis_password_hashed(names: &Names, password: &[u8]) -> (String, Vec<u8>) {
+    (
+        format!("{}/{REDIS_WORKER_PASSWORD_KEY}", names.redis()),
+        password.to_vec(),
+    )
+}
+
+/// Whether Redis runs the `auth.conf` of `data` and the workers its `worker-password`
+/// (both StatefulSets rolled out and ready), for the next step of a rotation. Only the
+/// worker password is compared on the workers: their pod template hashes it with other
+/// Secret values, so the comparison uses the annotation of the password alone.
+async fn rollout_settled(client: &Client, names: &Names, data: &SecretData) -> Result<Settled> {
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
+    let read = |what: String| {
+        move |source| Error::Read {
+            what,
+            source: Box::new(source),
+        }
+    };
+    let redis = statefulsets
+        .get_opt(&names.redis())
+        .await
+        .map_err(read(format!("StatefulSet {}", names.redis())))?;
+    let workers = statefulsets
+        .get_opt(&names.worker())
+        .await
+        .map_err(read(format!("StatefulSet {}", names.worker())))?;
+    let template_annotation = |sts: &StatefulSet, key: &str| {
+        sts.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(key).cloned())
+    };
+    let conf = data.get(REDIS_AUTH_CONF_KEY).map(|c| short_hash(&c.0));
+    let worker_password = data
+        .get(REDIS_WORKER_PASSWORD_KEY)
+        .map(|p| short_hash(&p.0));
+    Ok(Settled {
+        redis: redis.as_ref().is_some_and(|sts| {
+            rolled_out(sts) && template_annotation(sts, AUTH_HASH_ANNOTATION) == conf
+        }),
+        workers: workers.as_ref().is_some_and(|sts| {
+            rolled_out(sts)
+                && template_annotation(sts, REDIS_PASSWORD_HASH_ANNOTATION) == worker_password
+        }),
+    })
+}
+
+/// Every replica of `sts` runs its current template and is ready.
+fn rolled_out(sts: &StatefulSet) -> bool {
+    let Some(status) = &sts.status else {
+        return false;
+    };
+    let wanted = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    status.observed_generation.is_some()
+        && status.observed_generation == sts.metadata.generation
+        && status.updated_replicas.unwrap_or(0) >= wanted
+        && status.ready_replicas.unwrap_or(0) >= wanted
+        && status.current_revision.is_some()
+        && status.current_revision == status.update_revision
 }
 
 /// SHA-256 over `name=value` pairs (with lengths, so no two inputs collide); `None` when
@@ -191,7 +261,10 @@ pub fn offline(kb: &KnowledgeBase, namespace: &str) -> Result<Inputs> {
             Some(_) => None,
         },
         redis_password: match spec.redis.as_ref().and_then(|r| r.managed.as_ref()) {
-            Some(_) => Some(generate_redis_password()?),
+            Some(_) => Some(rotation::step(
+                generate_redis_password()?,
+                Settled::default(),
+            )),
             None => None,
         },
         // Offline there are no Secrets to read; rendered pods carry no secrets hash.

@@ -7,6 +7,7 @@ pub mod conditions;
 pub mod dereference;
 pub mod finalizer;
 pub mod pods;
+pub mod rotation;
 pub mod status;
 pub mod storage;
 pub mod upgrade;

@@ -192,9 +192,9 @@ async fn connect_replica(cfg: &WorkerConfig) -> anyhow::Result<Option<RedisLog>>
     let Some(redis) = &cfg.redis else {
         return Ok(None);
     };
-    let log = RedisLog::connect(redis)
+    let log = RedisLog::connect_patiently(redis)
         .await
-        .context("connecting to Redis (redis.url / redis.nodes)")?;
+        .context("connecting to Redis (redis.url / redis.nodes, redis.start_wait_ms)")?;
     replica::bootstrap(&log, &cfg.replication, &cfg.data_dir).await?;
     // A data directory ahead of the stream (restored from a backup into a new knowledge
     // base, or Redis lost its data) continues the stream after its sequence.

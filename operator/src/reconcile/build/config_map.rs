@@ -149,6 +149,10 @@ fn model_path(embedding: &crd::Embedding) -> PathBuf {
     }
 }
 
+/// How long a starting worker retries Redis before it exits (Redis restarting during a
+/// drain or a password rotation, a first deploy).
+const REDIS_START_WAIT_MS: u64 = 300_000;
+
 fn redis_config(spec: &KnowledgeBaseSpec, names: &Names) -> Option<RedisConfig> {
     let redis = spec.redis.as_ref()?;
     let key_prefix = format!("kb:{}:{}", names.namespace, names.base);
@@ -163,6 +167,7 @@ fn redis_config(spec: &KnowledgeBaseSpec, names: &Names) -> Option<RedisConfig> 
             )),
             password_env: Some(REDIS_PASSWORD_ENV.to_string()),
             key_prefix,
+            start_wait_ms: REDIS_START_WAIT_MS,
             ..RedisConfig::default()
         });
     }
@@ -186,6 +191,7 @@ fn redis_config(spec: &KnowledgeBaseSpec, names: &Names) -> Option<RedisConfig> 
             .as_ref()
             .map(|_| PathBuf::from(format!("{REDIS_CA_DIR}/{REDIS_CA_FILE}"))),
         key_prefix,
+        start_wait_ms: REDIS_START_WAIT_MS,
     })
 }
 

@@ -32,8 +32,12 @@ pub fn inputs(kb: &KnowledgeBase) -> Inputs {
                 (ADMIN_KEY.into(), ByteString(b"k".to_vec())),
             ])
         }),
-        redis_password: managed
-            .then(|| SecretData::from([(REDIS_PASSWORD_KEY.into(), ByteString(b"pw".to_vec()))])),
+        redis_password: managed.then(|| {
+            crate::reconcile::rotation::step(
+                SecretData::from([(REDIS_PASSWORD_KEY.into(), ByteString(b"pw".to_vec()))]),
+                Default::default(),
+            )
+        }),
     }
 }
 

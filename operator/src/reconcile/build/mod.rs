@@ -25,7 +25,12 @@ pub use config_map::{worker_config, CONFIG_HASH_ANNOTATION};
 pub use cronjob::{on_demand as backup_job, REPORT_FILE, REQUEST_ANNOTATION};
 pub use monitoring::{PrometheusRule, ServiceMonitor, ALERTS, SCRAPE_LABEL};
 pub use names::{Component, Names, HTTP_PORT, MANAGER, METRICS_PORT, REDIS_PORT};
-pub use secret::{ADMIN_KEY, API_KEYS_FILE, REDIS_PASSWORD_KEY};
+pub use pod::REDIS_PASSWORD_HASH_ANNOTATION;
+pub use redis::AUTH_HASH_ANNOTATION;
+pub use secret::{
+    short_hash, ADMIN_KEY, API_KEYS_FILE, REDIS_AUTH_CONF_KEY, REDIS_PASSWORD_KEY,
+    REDIS_WORKER_PASSWORD_KEY,
+};
 
 use crate::crd::{KnowledgeBase, KnowledgeBaseSpec};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -238,13 +243,7 @@ fn add_workers(
         Child::ConfigMap(config),
         service::client(names),
         service::headless(names),
-        statefulset::build(
-            spec,
-            generation,
-            names,
-            &config_hash,
-            inputs.secrets_hash.as_deref(),
-        ),
+        statefulset::build(spec, generation, names, &config_hash, inputs),
     ]);
 }
 

@@ -5,7 +5,7 @@ use super::config_map::{
     PEER_API_KEY_ENV, REDIS_CA_DIR, REDIS_CA_FILE, REDIS_PASSWORD_ENV,
 };
 use super::names::{Component, Names, HTTP_PORT, METRICS_PORT};
-use super::secret::{ADMIN_KEY, REDIS_PASSWORD_KEY};
+use super::secret::{ADMIN_KEY, REDIS_WORKER_PASSWORD_KEY};
 use super::{scheduling, security};
 use crate::crd::{KnowledgeBaseSpec, ModelVolume};
 use k8s_openapi::api::core::v1::{
@@ -19,6 +19,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// Name of the data volume (and of the StatefulSet's claim template).
 pub(super) const DATA_VOLUME: &str = "data";
+
+/// Pod-template annotation: hash of the managed-Redis password the workers present (a
+/// rotation waits until every worker runs with it; `reconcile::rotation`).
+pub const REDIS_PASSWORD_HASH_ANNOTATION: &str = "knowledge.dev/redis-password-hash";
 
 /// Pod-template annotation: hash of the Secret values the workers read at start.
 pub const SECRETS_HASH_ANNOTATION: &str = "knowledge.dev/secrets-hash";
@@ -206,7 +210,7 @@ fn secret_env(name: &str, secret: String, key: String) -> EnvVar {
 fn redis_password_env(spec: &KnowledgeBaseSpec, names: &Names) -> Option<EnvVar> {
     let redis = spec.redis.as_ref()?;
     let (name, key) = match (&redis.managed, &redis.external) {
-        (Some(_), _) => (names.redis(), REDIS_PASSWORD_KEY.to_string()),
+        (Some(_), _) => (names.redis(), REDIS_WORKER_PASSWORD_KEY.to_string()),
         (None, Some(external)) => {
             let secret = external.password_secret_ref.as_ref()?;
             (secret.name.clone(), secret.key.clone())

@@ -47,11 +47,12 @@ pub(super) fn add_to_plan(
     };
     let config = config(managed, names);
     let hash = config_map::config_hash(&config);
+    let auth = password.get(REDIS_AUTH_CONF_KEY).map(|c| c.0.clone());
     plan.children.extend([
         Child::ConfigMap(config),
         secret::redis_password(names, password),
         service(names),
-        statefulset(managed, names, &hash),
+        statefulset(managed, names, &hash, auth.as_deref()),
     ]);
     // No PodDisruptionBudget: with one Redis, `minAvailable: 1` could never be satisfied
     // and would block every node drain forever. A drain moves Redis like any pod: writes
@@ -89,14 +90,27 @@ fn service(names: &Names) -> Child {
     })
 }
 
-fn statefulset(managed: &ManagedRedis, names: &Names, config_hash: &str) -> Child {
+/// Redis pod-template annotation: hash of the `auth.conf` it starts with, so a step of a
+/// password rotation restarts it (`reconcile::rotation`).
+pub const AUTH_HASH_ANNOTATION: &str = "knowledge.dev/auth-hash";
+
+fn statefulset(
+    managed: &ManagedRedis,
+    names: &Names,
+    config_hash: &str,
+    auth: Option<&[u8]>,
+) -> Child {
+    let mut annotations = BTreeMap::from([(
+        super::CONFIG_HASH_ANNOTATION.to_string(),
+        config_hash.to_string(),
+    )]);
+    if let Some(conf) = auth {
+        annotations.insert(AUTH_HASH_ANNOTATION.to_string(), secret::short_hash(conf));
+    }
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(names.labels(Component::Redis)),
-            annotations: Some(BTreeMap::from([(
-                super::CONFIG_HASH_ANNOTATION.to_string(),
-                config_hash.to_string(),
-            )])),
+            annotations: Some(annotations),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {

@@ -2,7 +2,8 @@
 
 use super::names::{Component, Names};
 use super::pod::{self, DATA_VOLUME};
-use super::Child;
+use super::secret::{short_hash, REDIS_WORKER_PASSWORD_KEY};
+use super::{Child, Inputs};
 use crate::crd::KnowledgeBaseSpec;
 use crate::reconcile::upgrade::{SPEC_GENERATION_ANNOTATION, TEMPLATE_HASH_ANNOTATION};
 use k8s_openapi::api::apps::v1::{
@@ -23,10 +24,22 @@ pub(super) fn build(
     generation: Option<i64>,
     names: &Names,
     config_hash: &str,
-    secrets_hash: Option<&str>,
+    inputs: &Inputs,
 ) -> Child {
     let replicas = (!spec.autoscaling_enabled()).then_some(spec.replicas);
-    let template = pod::template(spec, names, config_hash, secrets_hash);
+    let mut template = pod::template(spec, names, config_hash, inputs.secrets_hash.as_deref());
+    let worker_password = inputs
+        .redis_password
+        .as_ref()
+        .and_then(|d| d.get(REDIS_WORKER_PASSWORD_KEY));
+    if let (Some(password), Some(meta)) = (worker_password, template.metadata.as_mut()) {
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(
+                pod::REDIS_PASSWORD_HASH_ANNOTATION.to_string(),
+                short_hash(&password.0),
+            );
+    }
     let mut metadata = names.meta(names.worker(), Component::Worker);
     let mut annotations = BTreeMap::from([(
         TEMPLATE_HASH_ANNOTATION.to_string(),
@@ -68,7 +81,7 @@ pub(super) fn build(
     }))
 }
 
-/// SHA-256 (first 8 bytes) of the pod template without the Secrets hash: what changes
+/// SHA-256 (first 8 bytes) of the pod template without the Secrets hashes: what changes
 /// when the spec or the operator's release changes the pods, not when a Secret rotates.
 fn template_hash(template: &PodTemplateSpec) -> String {
     use sha2::Digest;
@@ -79,6 +92,7 @@ fn template_hash(template: &PodTemplateSpec) -> String {
         .and_then(|m| m.annotations.as_mut())
     {
         annotations.remove(pod::SECRETS_HASH_ANNOTATION);
+        annotations.remove(pod::REDIS_PASSWORD_HASH_ANNOTATION);
     }
     let json = serde_json::to_string(&template).expect("a pod template serialises");
     sha2::Sha256::digest(json.as_bytes())

@@ -43,6 +43,8 @@ pub enum RedisLogError {
     Config(String),
     #[error("redis unavailable: {0}")]
     Unavailable(#[from] fred::error::Error),
+    #[error("redis unavailable: {0}")]
+    NoAnswer(String),
     #[error(transparent)]
     Log(#[from] LogError),
     #[error("the stream no longer holds records after sequence {after} (trimmed to {first}); bootstrap from a peer snapshot")]
@@ -92,6 +94,29 @@ impl RedisLog {
             client,
             tail,
         })
+    }
+
+    /// [`RedisLog::connect`], retried with backoff (1 s doubling to 30 s, each attempt
+    /// bounded to 10 s) for up to `redis.start_wait_ms`: Redis may start after the worker
+    /// (a first deploy, a node drain) or refuse this worker's password until the rotation
+    /// that gave it reaches Redis. The last error is returned when the time is up.
+    pub async fn connect_patiently(cfg: &RedisConfig) -> Result<Self, RedisLogError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.start_wait_ms);
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let attempt = tokio::time::timeout(Duration::from_secs(10), Self::connect(cfg)).await;
+            let error = match attempt {
+                Ok(Ok(log)) => return Ok(log),
+                Ok(Err(error)) => error,
+                Err(_) => RedisLogError::NoAnswer("no answer within 10 s".into()),
+            };
+            if tokio::time::Instant::now() + delay > deadline {
+                return Err(error);
+            }
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Redis refused or did not answer; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
     }
 
     /// The key prefix (hash tag) of this knowledge base.
@@ -369,6 +394,95 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    /// A free loopback port (nothing listens on it yet).
+    fn free_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    fn redis_on(port: u16, password: &str) -> Server {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--requirepass", password])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed: run `make setup`");
+        Server(child, port)
+    }
+
+    fn patient(port: u16, password_env: &str, wait_ms: u64) -> RedisConfig {
+        RedisConfig {
+            url: Some(format!("redis://127.0.0.1:{port}")),
+            password_env: Some(password_env.into()),
+            key_prefix: "t".into(),
+            start_wait_ms: wait_ms,
+            ..RedisConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_waits_for_a_redis_that_starts_after_it() {
+        std::env::set_var("KB_TEST_LATE_REDIS_PASSWORD", "secret");
+        let port = free_port();
+        let starter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            redis_on(port, "secret")
+        });
+        let log =
+            RedisLog::connect_patiently(&patient(port, "KB_TEST_LATE_REDIS_PASSWORD", 30_000))
+                .await
+                .expect("connected once Redis started");
+        let _server = starter.join().unwrap();
+        assert_eq!(log.last_seq().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_password_redis_refuses_for_a_moment_is_retried_and_zero_wait_fails_at_once() {
+        // The worker already holds the new password; Redis gets it a moment later, as in
+        // a rotation.
+        std::env::set_var("KB_TEST_ROTATED_PASSWORD", "new-password");
+        let port = free_port();
+        let server = redis_on(port, "old-password");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let impatient =
+            RedisLog::connect_patiently(&patient(port, "KB_TEST_ROTATED_PASSWORD", 0)).await;
+        assert!(impatient.is_err(), "the old password is still in force");
+        let rotate = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            let status = Command::new("redis-cli")
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "--no-auth-warning",
+                    "-a",
+                    "old-password",
+                ])
+                .args(["CONFIG", "SET", "requirepass", "new-password"])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        });
+        let log = RedisLog::connect_patiently(&patient(port, "KB_TEST_ROTATED_PASSWORD", 30_000))
+            .await
+            .expect("connected once Redis took the new password");
+        rotate.join().unwrap();
+        assert_eq!(log.last_seq().await.unwrap(), 0);
+        drop(server);
     }
 
     fn op(i: usize) -> Op {

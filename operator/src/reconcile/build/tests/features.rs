@@ -146,6 +146,8 @@ fn managed_redis_gets_its_own_children_and_workers_use_it() {
         text("auth.conf"),
         format!("requirepass {}\n", text("password"))
     );
+    // The workers present the worker password (the same, outside a rotation).
+    assert_eq!(text("worker-password"), text("password"));
     let redis_pod = json(&plan, ChildKind::StatefulSet, "docs-redis");
     let container = &redis_pod["spec"]["template"]["spec"]["containers"][0];
     assert!(!container["command"].to_string().contains("requirepass"));
@@ -172,7 +174,7 @@ fn managed_redis_gets_its_own_children_and_workers_use_it() {
     assert_eq!(worker_redis.key_prefix, "kb:default:docs");
     assert_eq!(
         secret_env(&plan, "KB_REDIS_PASSWORD"),
-        ("docs-redis".into(), "password".into())
+        ("docs-redis".into(), "worker-password".into())
     );
     // Replicas bootstrap from ready peers behind the headless Service with the admin key.
     let replication = config(&plan).replication;
