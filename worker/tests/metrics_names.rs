@@ -41,8 +41,9 @@ async fn every_worker_series_that_alerts_dashboard_and_adapter_read_is_exported(
         assert!(!found.is_empty(), "{file} names no worker metric");
         named.extend(found);
     }
-    // The adapter's `as` name is served by the adapter, not the worker.
+    // The adapter's `as` names are served by the adapter, not the worker.
     named.remove("kb_worker_http_requests_per_second");
+    named.remove("kb_worker_interactive_queue_depth");
 
     let tmp = tempfile::tempdir().unwrap();
     let worker = Worker::start(&tmp.path().join("data"), "", &["--open"]).await;
