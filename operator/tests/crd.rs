@@ -135,7 +135,16 @@ fn crd_has_names_subresources_and_printer_columns() {
         .collect();
     assert_eq!(
         columns,
-        ["Ready", "Replicas", "Ready replicas", "Device", "Age"]
+        [
+            "Ready",
+            "Replicas",
+            "Ready replicas",
+            "Reason",
+            "Device",
+            "Image",
+            "Last backup",
+            "Age"
+        ]
     );
 }
 

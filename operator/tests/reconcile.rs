@@ -291,6 +291,60 @@ async fn paused_knowledge_base_is_left_alone() {
 }
 
 #[tokio::test]
+async fn pausing_suspends_backups_and_pins_the_autoscaler_until_unpaused() {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use k8s_openapi::api::batch::v1::CronJob;
+    let (client, writes) = cluster(None).await;
+    create(&client, &kb("docs", FULL)).await;
+    let ctx = context(client.clone());
+    converge(&ctx, &writes, "docs").await;
+    set_ready_replicas(&client, "docs-redis", 1).await;
+    converge(&ctx, &writes, "docs").await;
+    // The autoscaler runs 3 replicas now.
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    sts.patch(
+        "docs-worker",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"replicas": 3}})),
+    )
+    .await
+    .unwrap();
+    let pause = |paused: bool| {
+        let api: Api<KnowledgeBase> = Api::namespaced(client.clone(), "default");
+        async move {
+            api.patch(
+                "docs",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"paused": paused}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let state = || async {
+        let cron: CronJob = get(&client, "docs-backup").await.unwrap();
+        let hpa: HorizontalPodAutoscaler = get(&client, "docs-worker").await.unwrap();
+        let hpa = hpa.spec.unwrap();
+        (
+            cron.spec.unwrap().suspend,
+            hpa.min_replicas,
+            hpa.max_replicas,
+        )
+    };
+    assert_eq!(state().await, (Some(false), Some(2), 4));
+    pause(true).await;
+    converge(&ctx, &writes, "docs").await;
+    assert_eq!(
+        state().await,
+        (Some(true), Some(3), 3),
+        "suspended and pinned"
+    );
+    pause(false).await;
+    converge(&ctx, &writes, "docs").await;
+    assert_eq!(state().await, (Some(false), Some(2), 4), "restored");
+}
+
+#[tokio::test]
 async fn generated_api_keys_are_never_regenerated() {
     let (client, writes) = cluster(None).await;
     create(&client, &kb("docs", MINIMAL)).await;

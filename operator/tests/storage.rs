@@ -183,3 +183,39 @@ async fn a_claim_larger_than_the_spec_is_never_shrunk() {
     );
     assert_eq!(requested(&client, "data-docs-worker-0").await, "30Gi");
 }
+
+#[tokio::test]
+async fn bootstrapping_several_replicas_from_a_claim_one_node_can_mount_is_refused() {
+    let spec = "embedding:\n  device: cpu\nreplicas: 2\nredis:\n  managed: {}\nbootstrap:\n  fromBackup:\n    destination:\n      pvc:\n        claimName: backups\n";
+    for (modes, refused) in [(vec!["ReadWriteOnce"], true), (vec!["ReadOnlyMany"], false)] {
+        let (client, writes, _) = cluster_with_model().await;
+        let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "backups"},
+            "spec": {"accessModes": modes, "resources": {"requests": {"storage": "5Gi"}}},
+        }))
+        .unwrap();
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default")
+            .create(&PostParams::default(), &claim)
+            .await
+            .unwrap();
+        create(&client, &kb("docs", spec)).await;
+        converge(&context(client.clone()), &writes, "docs").await;
+        let (status, reason, message) = degraded(&client).await;
+        if refused {
+            assert_eq!(
+                (status.as_str(), reason.as_str()),
+                ("True", "BootstrapClaimNotShared")
+            );
+            assert!(
+                message.contains("backups") && message.contains("ReadWriteOnce"),
+                "{message}"
+            );
+            assert!(
+                get::<StatefulSet>(&client, "docs-redis").await.is_none(),
+                "nothing applied"
+            );
+        } else {
+            assert_eq!(status, "False", "{reason}: {message}");
+        }
+    }
+}

@@ -53,7 +53,10 @@ pub const DEFAULT_IMAGE: &str = concat!(
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
     printcolumn(name = "Ready replicas", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Device", type_ = "string", json_path = ".spec.embedding.device"),
+    printcolumn(name = "Image", type_ = "string", priority = 1, json_path = ".status.workerImage"),
+    printcolumn(name = "Last backup", type_ = "date", json_path = ".status.lastBackup"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 40").message("metadata.name must be at most 40 characters (child names add suffixes)"),
 )]

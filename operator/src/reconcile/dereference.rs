@@ -11,8 +11,10 @@ use super::rotation::{self, Settled};
 use crate::crd::KnowledgeBase;
 use crate::{Error, Result};
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
+use kube::api::ListParams;
 use kube::{Api, Client};
 use serde::Serialize;
 
@@ -31,6 +33,8 @@ pub struct MissingReference {
 pub struct Dereferenced {
     pub inputs: Inputs,
     pub missing: Vec<MissingReference>,
+    /// Access modes of the `spec.bootstrap` backup claim, when there is one.
+    pub bootstrap_claim_modes: Option<Vec<String>>,
 }
 
 /// Gathers the inputs of `kb` from the cluster.
@@ -85,7 +89,32 @@ pub async fn gather(client: &Client, kb: &KnowledgeBase, namespace: &str) -> Res
             secrets_hash: secrets_hash(&hashed),
         },
         missing,
+        bootstrap_claim_modes: bootstrap_claim_modes(client, kb, namespace).await?,
     })
+}
+
+/// Access modes of the claim `spec.bootstrap.fromBackup.destination.pvc` names (read with
+/// `list`, which the operator has on claims); `None` without one or when it is missing.
+async fn bootstrap_claim_modes(
+    client: &Client,
+    kb: &KnowledgeBase,
+    namespace: &str,
+) -> Result<Option<Vec<String>>> {
+    let bootstrap = kb.spec.bootstrap.as_ref();
+    let Some(pvc) = bootstrap.and_then(|b| b.from_backup.destination.pvc.as_ref()) else {
+        return Ok(None);
+    };
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default().fields(&format!("metadata.name={}", pvc.claim_name));
+    let list = claims.list(&params).await.map_err(|source| Error::Read {
+        what: format!("PersistentVolumeClaim {}", pvc.claim_name),
+        source: Box::new(source),
+    })?;
+    Ok(list
+        .items
+        .into_iter()
+        .find(|c| c.metadata.name.as_deref() == Some(pvc.claim_name.as_str()))
+        .map(|c| c.spec.and_then(|s| s.access_modes).unwrap_or_default()))
 }
 
 /// The worker password's entry in the pod-template hash.

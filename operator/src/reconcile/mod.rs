@@ -6,6 +6,7 @@ pub mod build;
 pub mod conditions;
 pub mod dereference;
 pub mod finalizer;
+pub mod pause;
 pub mod pods;
 pub mod rotation;
 pub mod status;
@@ -96,10 +97,13 @@ pub async fn reconcile(kb: Arc<KnowledgeBase>, ctx: Arc<Context>) -> Result<Acti
 /// The pipeline for a live KnowledgeBase.
 async fn converge(kb: &KnowledgeBase, ctx: &Context, namespace: &str) -> Result<Action> {
     if kb.spec.paused {
+        pause::hold(&ctx.client, kb, namespace).await?;
         return finish(kb, ctx, namespace, Outcome::Paused).await;
     }
     let deref = dereference::gather(&ctx.client, kb, namespace).await?;
-    if let Err(invalid) = validate::check(kb, &deref.missing) {
+    let checked = validate::check(kb, &deref.missing)
+        .and_then(|()| validate::check_bootstrap_claim(kb, deref.bootstrap_claim_modes.as_deref()));
+    if let Err(invalid) = checked {
         return finish(kb, ctx, namespace, Outcome::Invalid(invalid)).await;
     }
     if hand_over_replicas(kb, ctx, namespace).await? {

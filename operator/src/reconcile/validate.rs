@@ -22,6 +22,42 @@ fn invalid(reason: &'static str, message: impl Into<String>) -> Result<(), Inval
     })
 }
 
+/// A bootstrap from a backup claim that only one node can mount, for a KnowledgeBase that
+/// can run several replicas: every worker's init container mounts the claim, so pods on
+/// other nodes would wait forever. `access_modes` are the claim's (`None`: no such
+/// bootstrap, or the claim is missing, which the restore reports itself).
+pub fn check_bootstrap_claim(
+    kb: &KnowledgeBase,
+    access_modes: Option<&[String]>,
+) -> Result<(), Invalid> {
+    let Some(modes) = access_modes else {
+        return Ok(());
+    };
+    let shared = modes
+        .iter()
+        .any(|m| m == "ReadOnlyMany" || m == "ReadWriteMany");
+    if shared || !kb.spec.may_run_several() {
+        return Ok(());
+    }
+    let claim = kb
+        .spec
+        .bootstrap
+        .as_ref()
+        .and_then(|b| b.from_backup.destination.pvc.as_ref())
+        .map(|p| p.claim_name.as_str())
+        .unwrap_or_default();
+    invalid(
+        "BootstrapClaimNotShared",
+        format!(
+            "spec.bootstrap.fromBackup.destination.pvc {claim} is {}: with more than one \
+             replica, workers on other nodes cannot mount it to restore; use a ReadOnlyMany or \
+             ReadWriteMany claim or S3, or start with replicas: 1 (and no autoscaling) and \
+             scale out once it is Ready (new replicas bootstrap from a peer)",
+            modes.join(", ")
+        ),
+    )
+}
+
 /// Checks `kb` and the references `dereference` could not resolve.
 pub fn check(kb: &KnowledgeBase, missing: &[MissingReference]) -> Result<(), Invalid> {
     check_name(kb.metadata.name.as_deref().unwrap_or_default())?;

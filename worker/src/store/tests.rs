@@ -241,6 +241,9 @@ fn a_failing_automatic_snapshot_backs_off_instead_of_retrying_on_every_write() {
             .unwrap();
     }
     // Writes were acknowledged; one attempt failed and the next waits for its backoff.
+    // (The attempt runs on a background thread: on a busy machine it may still be running
+    // after the fifth write, so it is reaped here before counting.)
+    store.wait_for_background_snapshot();
     assert_eq!(store.health().snapshot_failures, 1);
     assert_eq!(docs(&store), 5);
     std::fs::remove_file(dir.path().join("snapshots")).unwrap();
