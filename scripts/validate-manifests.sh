@@ -43,7 +43,8 @@ done
 
 chart="$root/charts/knowledgebase-operator"
 "$helm" lint --strict "$chart" >"$work/lint.log" 2>&1 || { cat "$work/lint.log" >&2; fail "helm lint failed"; }
-for values in "" "--set replicaCount=1 --set leaderElection.enabled=false"; do
+for values in "" "--set replicaCount=1 --set leaderElection.enabled=false" \
+    "--set watchNamespaces={team-a,team-b}"; do
     # shellcheck disable=SC2086 # word splitting of the value flags is intended
     "$helm" template kbo "$chart" --namespace kb-system --include-crds $values >"$work/chart.yaml" ||
         fail "helm template failed ($values)"

@@ -4,7 +4,7 @@
 //! `cargo test --test day2 -- --ignored --test-threads=1`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const OPERATOR_NS: &str = "kb-e2e-system";
@@ -281,4 +281,84 @@ fn pods_that_cannot_start_are_degraded_with_the_cause() {
         "WorkerImagePullFailed"
     );
     cleanup("badimage");
+}
+
+/// A new managed-Redis password reaches Redis and the workers in steps; the KnowledgeBase
+/// never reports a crash-looping worker on the way and ends Ready on the new password.
+#[test]
+#[ignore = "needs a real cluster in KUBECONFIG"]
+fn rotating_the_managed_redis_password_keeps_the_workers_running() {
+    install(&[]);
+    apply(
+        "rotate",
+        "  replicas: 2\n  embedding: {device: cpu}\n  redis: {managed: {}}\n",
+    );
+    run(
+        "kubectl",
+        &[
+            "wait",
+            "-n",
+            KB_NS,
+            "kb/rotate",
+            "--for=condition=Ready",
+            "--timeout=10m",
+        ],
+    );
+    let patch = r#"{"stringData":{"password":"rotated0123456789abcdef0123456789abcdef"}}"#;
+    run(
+        "kubectl",
+        &[
+            "patch",
+            "-n",
+            KB_NS,
+            "secret/rotate-redis",
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+    );
+    let decoded = |key: &str| {
+        let b64 = get(
+            "secret/rotate-redis",
+            &format!("{{.data.{}}}", key.replace('.', "\\.")),
+        );
+        let out = Command::new("base64")
+            .args(["-d"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn();
+        let mut child = out.unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b64.as_bytes())
+            .unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let reason = get(
+            "kb/rotate",
+            r#"{.status.conditions[?(@.type=="Degraded")].reason}"#,
+        );
+        assert!(
+            !reason.starts_with("Worker"),
+            "a worker failed during the rotation: {reason}"
+        );
+        let done = decoded("auth.conf").trim()
+            == "requirepass rotated0123456789abcdef0123456789abcdef"
+            && decoded("worker-password") == "rotated0123456789abcdef0123456789abcdef"
+            && get(
+                "kb/rotate",
+                r#"{.status.conditions[?(@.type=="Ready")].status}"#,
+            ) == "True";
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rotation did not finish");
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    cleanup("rotate");
 }

@@ -1,12 +1,20 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so two operator replicas can run
 //! and only one reconciles. Updates carry the Lease's resourceVersion, so two candidates
 //! racing for it cannot both win.
+//!
+//! Expiry follows client-go's rules: a candidate never compares the holder's `renewTime`
+//! with its own clock (clocks of two nodes differ); it notes *when it saw the record
+//! change* on its own monotonic clock, and takes the Lease only once `leaseDurationSeconds`
+//! passed since without a change. The holder stops leading when it could not renew within
+//! two thirds of the duration (see `kb-operator run`), so it stops before anyone may take
+//! over.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::PostParams;
 use kube::{Api, Client};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Who competes for which Lease.
 #[derive(Clone, Debug)]
@@ -23,14 +31,41 @@ pub struct LeaseConfig {
 pub struct LeaderElector {
     api: Api<Lease>,
     config: LeaseConfig,
+    /// The Lease record last seen (holder, renew time, transitions) and when, locally.
+    observed: Mutex<Option<(Record, Instant)>>,
 }
+
+/// What identifies one renewal of the Lease.
+type Record = (Option<String>, Option<MicroTime>, Option<i32>);
 
 impl LeaderElector {
     pub fn new(client: Client, config: LeaseConfig) -> Self {
         Self {
             api: Api::namespaced(client, &config.namespace),
             config,
+            observed: Mutex::new(None),
         }
+    }
+
+    /// Whether the holder of `spec` let it lapse: the record has not changed for a lease
+    /// duration of this candidate's clock since it first saw it so.
+    fn lapsed(&self, spec: &LeaseSpec) -> bool {
+        let record = (
+            spec.holder_identity.clone(),
+            spec.renew_time.clone(),
+            spec.lease_transitions,
+        );
+        let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        let since = match observed.as_ref() {
+            Some((seen, at)) if *seen == record => *at,
+            _ => {
+                let now = Instant::now();
+                *observed = Some((record, now));
+                now
+            }
+        };
+        let seconds = u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0);
+        since.elapsed() >= Duration::from_secs(seconds)
     }
 
     /// Takes the Lease if it is free or expired, or renews it if held. Returns whether this
@@ -50,7 +85,7 @@ impl LeaderElector {
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.as_deref().unwrap_or_default();
         let mine = holder == self.config.identity;
-        if !mine && !holder.is_empty() && !expired(&spec, now) {
+        if !mine && !holder.is_empty() && !self.lapsed(&spec) {
             return Ok(false);
         }
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
@@ -105,14 +140,6 @@ impl LeaderElector {
             ..LeaseSpec::default()
         }
     }
-}
-
-fn expired(spec: &LeaseSpec, now: jiff::Timestamp) -> bool {
-    let Some(renewed) = spec.renew_time.as_ref() else {
-        return true;
-    };
-    let seconds = i64::from(spec.lease_duration_seconds.unwrap_or(0));
-    renewed.0 + jiff::SignedDuration::from_secs(seconds) < now
 }
 
 fn tolerate_conflict<T>(result: kube::Result<T>) -> kube::Result<bool> {

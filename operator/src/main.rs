@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
+use kb_operator::controller::Scope;
 use kb_operator::crd::KnowledgeBase;
 use kb_operator::http::{self, Probes};
 use kb_operator::leader::{LeaderElector, LeaseConfig};
@@ -75,6 +76,11 @@ struct RunArgs {
     /// are never held back.
     #[arg(long, default_value_t = 1, env = "KB_OPERATOR_MAX_CONCURRENT_UPGRADES")]
     max_concurrent_upgrades: usize,
+    /// Reconcile only the KnowledgeBases of these namespaces (comma-separated), with every
+    /// list and watch namespaced, so a Role in each is all the operator needs. Empty: the
+    /// whole cluster.
+    #[arg(long, env = "KB_OPERATOR_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
 }
 
 #[tokio::main]
@@ -121,6 +127,8 @@ fn render(file: &PathBuf, namespace: &str) -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // One process-wide TLS provider, whatever else the dependency graph compiles in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes")?;
@@ -152,7 +160,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut ctx = Context::new(client, metrics);
     ctx.rollouts = kb_operator::reconcile::upgrade::Rollouts::new(args.max_concurrent_upgrades);
     let ctx = Arc::new(ctx);
-    kb_operator::controller::run(ctx, wait(stopped)).await;
+    let scope = Scope::new(args.namespaces);
+    tracing::info!(?scope, "reconciling");
+    kb_operator::controller::run(ctx, &scope, wait(stopped)).await;
     if let Some(elector) = elector {
         elector.release().await.context("releasing the lease")?;
     }
@@ -200,7 +210,16 @@ async fn keep_lease(elector: Arc<LeaderElector>, stop: watch::Sender<bool>) {
     let mut renewed = std::time::Instant::now();
     loop {
         tokio::time::sleep(elector.renew_period()).await;
-        match elector.try_acquire_or_renew().await {
+        // A renewal that hangs must not keep this replica leading past its lease.
+        let attempt = tokio::time::timeout(elector.renew_period(), elector.try_acquire_or_renew());
+        let result = match attempt.await {
+            Ok(result) => result.map_err(anyhow::Error::from),
+            Err(_) => Err(anyhow::anyhow!(
+                "no answer within {:?}",
+                elector.renew_period()
+            )),
+        };
+        match result {
             Ok(true) => {
                 renewed = std::time::Instant::now();
                 continue;

@@ -303,7 +303,8 @@ fn model_volume_needs_exactly_one_source_and_batches_fit_a_sequence() {
 #[test]
 fn the_worker_image_has_no_stored_default() {
     // A CRD default would be written into every KnowledgeBase at creation, pinning the
-    // workers to the operator release that created it.
+    // workers for good; the operator pins it in status.workerImage instead, where
+    // spec.updatePolicy can move it.
     let crd: serde_json::Value = serde_yaml::from_str(&generated_crd()).unwrap();
     let image = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
         ["properties"]["image"];

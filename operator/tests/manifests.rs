@@ -23,18 +23,22 @@ fn rendered_examples_and_chart_pass_kubernetes_validate_and_helm_lint() {
     );
 }
 
-/// The ClusterRole (rendered by helm) as `group/resource -> verbs`.
-fn cluster_role_rules(root: &Path) -> BTreeMap<String, BTreeSet<String>> {
+/// The chart's templates rendered by helm with `values` (`--set` pairs), as documents.
+fn rendered_chart(root: &Path, values: &[&str]) -> Vec<serde_yaml::Value> {
     let helm = std::env::var("HELM").unwrap_or_else(|_| "helm".into());
     let chart = root.join("charts/knowledgebase-operator");
-    let output = Command::new(&helm)
-        .args([
-            "template",
-            "kbo",
-            chart.to_str().unwrap(),
-            "--show-only",
-            "templates/rbac.yaml",
-        ])
+    let mut command = Command::new(&helm);
+    command.args([
+        "template",
+        "kbo",
+        chart.to_str().unwrap(),
+        "--namespace",
+        "kb-system",
+    ]);
+    for value in values {
+        command.args(["--set", value]);
+    }
+    let output = command
         .env("PATH", tool_path(root))
         .output()
         .unwrap_or_else(|e| panic!("{helm} not runnable ({e}); run `make setup`"));
@@ -44,10 +48,14 @@ fn cluster_role_rules(root: &Path) -> BTreeMap<String, BTreeSet<String>> {
         String::from_utf8_lossy(&output.stderr)
     );
     let text = String::from_utf8(output.stdout).unwrap();
-    let role = serde_yaml::Deserializer::from_str(&text)
+    serde_yaml::Deserializer::from_str(&text)
         .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
-        .find(|doc| doc["kind"] == "ClusterRole")
-        .expect("a ClusterRole");
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// A Role's or ClusterRole's rules as `group/resource -> verbs`.
+fn rules(role: &serde_yaml::Value) -> BTreeMap<String, BTreeSet<String>> {
     let mut rules = BTreeMap::new();
     for rule in role["rules"].as_sequence().unwrap() {
         let strings = |key: &str| -> Vec<String> {
@@ -67,6 +75,16 @@ fn cluster_role_rules(root: &Path) -> BTreeMap<String, BTreeSet<String>> {
         }
     }
     rules
+}
+
+/// The ClusterRole (rendered by helm) as `group/resource -> verbs`.
+fn cluster_role_rules(root: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let docs = rendered_chart(root, &[]);
+    rules(
+        docs.iter()
+            .find(|doc| doc["kind"] == "ClusterRole")
+            .expect("a ClusterRole"),
+    )
 }
 
 fn tool_path(root: &Path) -> String {
@@ -117,5 +135,40 @@ fn cluster_role_grants_exactly_what_reconcile_uses() {
             .iter()
             .any(|(r, v)| r.contains('*') || v.contains("*")),
         "no wildcards"
+    );
+}
+
+#[test]
+fn a_namespaced_install_grants_the_same_rules_per_namespace_and_nothing_cluster_wide() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let cluster_wide = cluster_role_rules(root);
+    let docs = rendered_chart(
+        root,
+        &["watchNamespaces={team-a,team-b}", "crds.install=false"],
+    );
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert!(
+        !kinds.iter().any(|k| k.starts_with("Cluster")),
+        "cluster-scoped objects in a namespaced install: {kinds:?}"
+    );
+    for namespace in ["team-a", "team-b"] {
+        let in_namespace = |kind: &str| {
+            docs.iter()
+                .find(|d| d["kind"] == kind && d["metadata"]["namespace"] == namespace)
+                .unwrap_or_else(|| panic!("no {kind} in {namespace}"))
+        };
+        assert_eq!(rules(in_namespace("Role")), cluster_wide, "{namespace}");
+        let binding = in_namespace("RoleBinding");
+        assert_eq!(binding["roleRef"]["kind"], "Role");
+        assert_eq!(binding["subjects"][0]["namespace"], "kb-system");
+    }
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        args.as_sequence()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--namespaces=team-a,team-b"),
+        "{args:?}"
     );
 }

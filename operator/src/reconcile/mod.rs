@@ -402,10 +402,7 @@ async fn cleanup(kb: &KnowledgeBase, ctx: &Context, namespace: &str) {
 
 async fn delete_claims(client: &Client, names: &Names) -> kube::Result<usize> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &names.namespace);
-    let selector = format!(
-        "app.kubernetes.io/instance={},app.kubernetes.io/managed-by={MANAGER}",
-        names.base
-    );
+    let selector = names.children_selector();
     let list = claims
         .list(&ListParams::default().labels(&selector))
         .await?;

@@ -189,10 +189,7 @@ async fn storage_status(
     names: &Names,
 ) -> Result<StorageStatus> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &names.namespace);
-    let selector = format!(
-        "app.kubernetes.io/instance={},app.kubernetes.io/managed-by={MANAGER}",
-        names.base
-    );
+    let selector = names.children_selector();
     let list = claims
         .list(&ListParams::default().labels(&selector))
         .await

@@ -121,6 +121,14 @@ impl Names {
     }
 
     /// Metadata of a child: name, namespace, labels and the controller owner reference.
+    /// Label selector of every object made for this KnowledgeBase (data claims included).
+    pub fn children_selector(&self) -> String {
+        format!(
+            "app.kubernetes.io/instance={},app.kubernetes.io/managed-by={MANAGER}",
+            self.base
+        )
+    }
+
     /// Whether `labels` mark an object as a child of this KnowledgeBase.
     pub fn is_child(&self, labels: &BTreeMap<String, String>) -> bool {
         crate::reconcile::apply::is_child_of(labels, &self.base)
