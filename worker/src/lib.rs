@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cache;
 pub mod chunk;
 pub mod cli;
+pub mod durable;
 pub mod format;
 pub mod gpu;
 pub mod host;

@@ -182,6 +182,12 @@ fn feed(
     sink: &mut impl stream::Sink,
 ) -> Result<Seq, SnapshotError> {
     for c in data.collections {
+        if c.dim == 0 || c.dim > crate::index::MAX_DIM {
+            return Err(SnapshotError::Invalid(
+                origin.to_path_buf(),
+                format!("a collection of dimension {}", c.dim),
+            ));
+        }
         if c.rows.iter().any(|r| r.vector.len() != c.dim) {
             return Err(SnapshotError::Invalid(
                 origin.to_path_buf(),
@@ -248,7 +254,7 @@ pub fn write_atomic_with(
     name: &str,
     write: impl FnOnce(&mut File, &Path) -> Result<(), SnapshotError>,
 ) -> Result<PathBuf, SnapshotError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    crate::durable::create_dir_all(dir).map_err(io_err(dir))?;
     // Unique within the process too: two writers of the same name never share a file.
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -266,9 +272,7 @@ pub fn write_atomic_with(
         let _ = fs::remove_file(&tmp);
         return Err(io_err(&path)(e));
     }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
+    crate::durable::sync_dir(dir).map_err(io_err(dir))?;
     Ok(path)
 }
 

@@ -184,12 +184,12 @@ async fn restore_from_s3(url: &S3Url, args: &RestoreArgs) -> anyhow::Result<()> 
     let installed = downloaded.and_then(|(manifest, file)| {
         let replaced = prepare_data_dir(&args.data_dir, args.force)?;
         let snapshots = args.data_dir.join("snapshots");
-        std::fs::create_dir_all(&snapshots)
+        crate::durable::create_dir_all(&snapshots)
             .with_context(|| format!("cannot create {}", snapshots.display()))?;
         let target = snapshots.join(snapshot::file_name(manifest.sequence));
         std::fs::rename(&file, &target)
             .with_context(|| format!("cannot install {}", target.display()))?;
-        std::fs::File::open(&snapshots).and_then(|d| d.sync_all())?;
+        crate::durable::sync_dir(&snapshots)?;
         Ok((manifest, target, replaced))
     });
     let _ = std::fs::remove_dir_all(&staging);
@@ -276,7 +276,7 @@ fn prepare_data_dir(data_dir: &Path, force: bool) -> anyhow::Result<Option<PathB
         );
     }
     let aside = data_dir.join(format!("replaced-{}", unix_now()));
-    std::fs::create_dir_all(&aside)
+    crate::durable::create_dir_all(&aside)
         .with_context(|| format!("cannot create {}", aside.display()))?;
     for name in DATA_SUBDIRS {
         let from = data_dir.join(name);
@@ -284,6 +284,11 @@ fn prepare_data_dir(data_dir: &Path, force: bool) -> anyhow::Result<Option<PathB
             std::fs::rename(&from, aside.join(name))
                 .with_context(|| format!("cannot move {} aside", from.display()))?;
         }
+    }
+    // Both ends of the moves: a power loss must not bring the old log back next to the
+    // restored snapshot.
+    for dir in [&aside, data_dir] {
+        crate::durable::sync_dir(dir).with_context(|| format!("cannot sync {}", dir.display()))?;
     }
     Ok(Some(aside))
 }
@@ -406,7 +411,12 @@ mod tests {
         assert!(err.to_string().contains("--force"), "{err}");
         assert!(!data.join("snapshots").exists());
 
+        crate::durable::synced::take();
         restore(restore_args(&backup, &data, true)).await.unwrap();
+        // The moves aside and the new snapshots/ are durable: their directories synced.
+        let synced = crate::durable::synced::take();
+        assert!(synced.contains(&data), "{synced:?}");
+        assert!(synced.contains(&data.join("snapshots")), "{synced:?}");
         let installed = data.join("snapshots").join(snapshot::file_name(3));
         assert_eq!(std::fs::read(installed).unwrap(), snapshot_bytes(3));
         assert!(!data.join("wal").exists());

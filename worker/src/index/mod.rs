@@ -8,6 +8,10 @@ use flat::FlatIndex;
 use std::collections::BTreeMap;
 use tch::Device;
 
+/// The largest vector dimension a collection may have (embedding models stay far below):
+/// a snapshot announcing more is corrupt or crafted, refused before anything is sized by it.
+pub const MAX_DIM: usize = 65_536;
+
 /// Errors applying a record or searching.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {

@@ -90,9 +90,7 @@ fn list_segments(dir: &Path) -> Result<Vec<(Seq, PathBuf)>, LogError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    crate::durable::sync_dir(dir).map_err(io_err(dir))
 }
 
 /// Creates (or resets) a version-2 segment holding only its header, durably.
@@ -120,15 +118,18 @@ impl FileWal {
         fsync: FsyncPolicy,
         floor: Seq,
     ) -> Result<(Self, OpenReport), LogError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        crate::durable::create_dir_all(dir).map_err(io_err(dir))?;
         let mut segments = list_segments(dir)?;
+        drop_empty_trailing_segment(dir, &mut segments)?;
         let mut report = OpenReport::default();
         let mut last_seq = floor;
         let mut current = None;
         let count = segments.len();
         let mut expected_next: Option<Seq> = None;
         for (i, (first, path)) in segments.iter().enumerate() {
-            if let Some(expected) = expected_next.filter(|e| e != first) {
+            // A gap the caller's snapshot covers is no loss (a snapshot ahead of the log
+            // starts a new segment after itself, see below).
+            if let Some(expected) = expected_next.filter(|e| e != first && *first > floor + 1) {
                 return Err(LogError::Corrupt(format!(
                     "{}: segment starts at sequence {first} but the previous one ends at {}; records are missing",
                     path.display(),
@@ -156,6 +157,19 @@ impl FileWal {
                         path.display()
                     )));
                 }
+                let last_good = first + scan.records - 1;
+                if let Some((from, to)) = later_records(path, &scan, last_good)? {
+                    return Err(LogError::Corrupt(format!(
+                        "{}: {damage} after sequence {}, yet whole records {from}..={to} follow it; \
+                         refusing to cut acknowledged records (the file is left as it is). \
+                         Restore a backup (`kb-worker restore`) or, in replicated mode, start this \
+                         replica on an empty volume so that it bootstraps from a peer; moving the \
+                         segment aside instead accepts losing records {}..={to}",
+                        path.display(),
+                        last_good,
+                        last_good + 1
+                    )));
+                }
                 let size = fs::metadata(path).map_err(io_err(path))?.len();
                 report.truncated_bytes = size - scan.valid_len;
                 tracing::warn!(segment = %path.display(), %damage, cut_bytes = report.truncated_bytes,
@@ -174,6 +188,19 @@ impl FileWal {
             if i + 1 == count {
                 current = Some((scan.format, scan.records, scan.valid_len));
             }
+        }
+        // A snapshot ahead of the log (records the log lost with `fsync: never`, say, that
+        // the snapshot holds): numbering goes on after the snapshot, in a segment named
+        // after it, so the next open finds every segment's records where they belong.
+        let next_in_log = expected_next.unwrap_or(floor + 1);
+        if next_in_log < floor + 1 {
+            tracing::warn!(log_ends_at = next_in_log - 1, snapshot = floor,
+                "the snapshot is ahead of the write-ahead log; new records start a new segment after it");
+            if current.is_some_and(|(_, records, _)| records == 0) {
+                let (_, path) = segments.pop().expect("one segment");
+                fs::remove_file(&path).map_err(io_err(&path))?;
+            }
+            current = None;
         }
         // Appends go to a version-2 segment: the newest one, reset when it holds nothing,
         // or a new one after a version-1 segment with records.
@@ -257,11 +284,36 @@ impl FileWal {
     fn rotate(&self, inner: &mut Inner) -> Result<(), LogError> {
         let first = inner.last_seq + 1;
         let path = segment_path(&self.dir, first);
-        inner.file = create_segment(&self.dir, &path)?;
+        #[cfg(test)]
+        if std::mem::take(&mut inner.faults.fail_rotate) {
+            // A disk that fills while the new segment is created: its file exists, empty.
+            File::create(&path).map_err(io_err(&path))?;
+            return Err(self.abandon_segment(&path, std::io::ErrorKind::StorageFull.into()));
+        }
+        inner.file = match create_segment(&self.dir, &path) {
+            Ok(file) => file,
+            Err(LogError::Io { source, .. }) => return Err(self.abandon_segment(&path, source)),
+            Err(e) => return Err(e),
+        };
         inner.segments.push((first, path));
         inner.records_in_current = 0;
         inner.len = HEADER as u64;
         Ok(())
+    }
+
+    /// Removes a segment whose creation failed (appends go on in the current one), so no
+    /// empty file named after a sequence the current segment goes on to hold is left.
+    fn abandon_segment(&self, path: &Path, error: std::io::Error) -> LogError {
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(segment = %path.display(), error = %e,
+                "cannot remove a segment whose creation failed; the next start ignores it"),
+        }
+        if let Err(e) = sync_dir(&self.dir) {
+            tracing::warn!(error = %e, "cannot sync the WAL directory");
+        }
+        io_err(path)(error)
     }
 
     /// The first sequence the WAL can hold (records before it were truncated away after a
@@ -423,10 +475,12 @@ mod faults {
         pub fail_sync: bool,
         /// Cutting a failed append back fails with EIO.
         pub fail_cut: bool,
+        /// The next rotation fails with ENOSPC after creating the new segment's file.
+        pub fail_rotate: bool,
     }
 }
 
 mod segment;
 #[cfg(test)]
 mod tests;
-use segment::{scan_segment, SegmentFormat};
+use segment::{drop_empty_trailing_segment, later_records, scan_segment, SegmentFormat};

@@ -31,7 +31,7 @@ pub struct Received {
 impl Incoming {
     /// Starts receiving a snapshot into `dir` (created if missing).
     pub fn create(dir: &Path) -> Result<Self, SnapshotError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        crate::durable::create_dir_all(dir).map_err(io_err(dir))?;
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!(".incoming-{n}{TEMP_MARK}{}", std::process::id()));

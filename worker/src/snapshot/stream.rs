@@ -194,8 +194,11 @@ pub(super) fn read_payload(
     for _ in 0..collections {
         let name = d.string()?;
         let dim = usize::try_from(d.varint()?).map_err(|_| d.invalid("dimension too large"))?;
-        if dim == 0 {
-            return Err(d.invalid("a collection of dimension 0"));
+        if dim == 0 || dim > crate::index::MAX_DIM {
+            return Err(d.invalid(&format!(
+                "a collection of dimension {dim} (1 to {} are possible)",
+                crate::index::MAX_DIM
+            )));
         }
         let metric = match d.varint()? {
             0 => Metric::Cosine,

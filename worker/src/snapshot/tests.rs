@@ -331,6 +331,55 @@ fn announced_counts_past_the_payload_are_refused_before_allocating() {
 }
 
 #[test]
+fn a_flipped_or_crafted_dimension_is_refused_before_anything_is_allocated() {
+    // version, seq 1, one collection "c", dimension 2^40, metric 0, no rows: a valid
+    // checksum around a payload whose collection would take 4 PiB per 1,024 rows.
+    let mut payload = vec![crate::format::VERSION, 1, 1, 1, b'c'];
+    let mut dim: u64 = 1 << 40;
+    while dim >= 0x80 {
+        payload.push((dim as u8 & 0x7f) | 0x80);
+        dim >>= 7;
+    }
+    payload.push(dim as u8);
+    payload.extend([0, 0]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(file_name(1));
+    fs::write(&path, frame(&payload)).unwrap();
+    for err in [
+        load_file(&path, Device::Cpu).err().expect("refused"),
+        verify_file(&path).expect_err("verify refuses it too"),
+    ] {
+        let msg = err.to_string();
+        assert!(matches!(err, SnapshotError::Invalid(..)), "{msg}");
+        assert!(msg.contains("dimension 1099511627776"), "{msg}");
+    }
+}
+
+#[test]
+fn a_loaded_collections_first_allocation_counts_against_the_memory_bound() {
+    use crate::host::{tests::fix, HostMemory, HEADROOM};
+    // 64 KiB free; a collection of dimension 65,536 allocates 1,024 rows (256 MiB) at once,
+    // even with no row in it.
+    let _tight = fix(HostMemory {
+        limit: Some((1 << 30) + HEADROOM + (64 << 10)),
+        working_set: 1 << 30,
+        machine_available: None,
+    });
+    let build = |dim| {
+        crate::index::flat::FlatIndex::builder(
+            dim,
+            crate::log::Metric::Cosine,
+            Device::Cpu,
+            tch::Kind::Float,
+            0,
+        )
+    };
+    let err = build(crate::index::MAX_DIM).err().expect("refused");
+    assert!(err.to_string().contains("resources.limits.memory"), "{err}");
+    assert!(build(3).is_ok());
+}
+
+#[test]
 fn a_snapshot_that_does_not_fit_is_an_error_not_a_fallback_to_an_older_one() {
     use crate::host::{tests::fix, HostMemory, HEADROOM};
     let dir = tempfile::tempdir().unwrap();

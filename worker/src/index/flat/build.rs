@@ -27,7 +27,7 @@ impl FlatIndex {
         rows: usize,
     ) -> Result<Builder, IndexError> {
         let placement = placement.into();
-        growth::check_fresh(dim, &placement, kind, rows)?;
+        growth::check_fresh(dim, &placement, kind, rows, true)?;
         let mut index = Self::with_kind(dim, metric, placement, kind)?;
         for s in 0..index.shards.len() {
             let len = index.shard_len(s, rows) as i64;

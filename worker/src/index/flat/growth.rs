@@ -24,7 +24,13 @@ impl FlatIndex {
     /// [`FlatIndex::check_growth`] for a collection not created yet: whether `rows` rows
     /// of `dim` fit on `placement` once it exists.
     pub fn check_new(dim: usize, placement: &Placement, rows: usize) -> Result<(), IndexError> {
-        check_fresh(dim, placement, storage_kind(placement.primary()), rows)
+        check_fresh(
+            dim,
+            placement,
+            storage_kind(placement.primary()),
+            rows,
+            false,
+        )
     }
 
     /// Grows shard `s` to hold `rows`; on a GPU, first checks that the new tensor fits in
@@ -90,12 +96,22 @@ pub(super) fn check_fresh(
     placement: &Placement,
     kind: Kind,
     rows: usize,
+    count_first_allocation: bool,
 ) -> Result<(), IndexError> {
     let devices = placement.devices();
+    // A new shard allocates at least MIN_CAPACITY rows. Building from a snapshot counts
+    // them too, so that a file announcing many collections of a large dimension and few
+    // rows is refused like any other that does not fit; a collection created by a write
+    // is allowed its small first allocation.
+    let cap = if count_first_allocation {
+        0
+    } else {
+        MIN_CAPACITY
+    };
     check_growths(devices.iter().enumerate().map(|(s, &device)| Growth {
         device,
-        cap: MIN_CAPACITY,
-        needed: ((rows + devices.len() - 1 - s) / devices.len()) as i64,
+        cap,
+        needed: (((rows + devices.len() - 1 - s) / devices.len()) as i64).max(MIN_CAPACITY),
         dim,
         kind,
         masked: false,

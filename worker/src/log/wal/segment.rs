@@ -1,11 +1,12 @@
 //! Reading one WAL segment: its format, then its frames in order, one in memory at a
 //! time, up to the first damaged one.
 
-use super::{io_err, LogError, Record, HEADER, MAX_FRAME, SEGMENT_MAGIC};
+use super::{io_err, sync_dir, LogError, Record, Seq, HEADER, MAX_FRAME, SEGMENT_MAGIC};
 use crate::format;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 /// The format of a segment file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,8 @@ pub(super) struct Scan {
     pub(super) valid_len: u64,
     /// Why scanning stopped before the end of the file, if it did.
     pub(super) damage: Option<String>,
+    /// Payload length of the largest valid frame.
+    pub(super) largest: usize,
 }
 
 /// A frame whose checksum holds but whose record does not decode was written whole by an
@@ -64,6 +67,7 @@ pub(super) fn scan_segment<E: From<LogError>>(
         (SegmentFormat::V1, 0)
     };
     let (mut at, mut records, mut payload) = (start as u64, 0u64, Vec::new());
+    let mut largest = 0;
     let damage = loop {
         if at == size {
             break None;
@@ -78,6 +82,11 @@ pub(super) fn scan_segment<E: From<LogError>>(
         if len > MAX_FRAME || size - at - (HEADER as u64) < len as u64 {
             break Some(format!("torn frame at offset {at} (length {len})"));
         }
+        // Zeros (a file extended but never written, after a crash): the CRC of nothing is
+        // 0, so this would otherwise pass as a whole frame that does not decode.
+        if len == 0 {
+            break Some(format!("empty frame at offset {at}"));
+        }
         payload.resize(len, 0);
         read(&mut r, &mut payload)?;
         if crc32fast::hash(&payload) != crc {
@@ -90,6 +99,7 @@ pub(super) fn scan_segment<E: From<LogError>>(
         match decoded {
             Ok(record) => {
                 records += 1;
+                largest = largest.max(len);
                 visit(record)?;
             }
             Err(e) => return Err(undecodable(path, at, &e).into()),
@@ -101,5 +111,120 @@ pub(super) fn scan_segment<E: From<LogError>>(
         records,
         valid_len: at,
         damage,
+        largest,
     })
+}
+
+/// Removes the newest segment when it holds no record (empty, or a header or part of
+/// one) and an older segment exists: what a rotation that failed midway (ENOSPC while
+/// creating the file) leaves behind, named after a sequence the older segment went on to
+/// hold. Appends continue in the older one, as they did before the restart.
+pub(super) fn drop_empty_trailing_segment(
+    dir: &Path,
+    segments: &mut Vec<(Seq, PathBuf)>,
+) -> Result<(), LogError> {
+    let [.., _, (_, last)] = segments.as_slice() else {
+        return Ok(());
+    };
+    let size = std::fs::metadata(last).map_err(io_err(last))?.len();
+    let mut head = vec![0u8; size.min(HEADER as u64) as usize];
+    File::open(last)
+        .and_then(|f| f.read_exact_at(&mut head, 0))
+        .map_err(io_err(last))?;
+    if size > HEADER as u64 || !SEGMENT_MAGIC.starts_with(&head) {
+        return Ok(());
+    }
+    tracing::warn!(segment = %last.display(), "removing an empty trailing WAL segment");
+    std::fs::remove_file(last).map_err(io_err(last))?;
+    segments.pop();
+    sync_dir(dir)
+}
+
+/// After the damaged frame that ended `scan`, looks for whole frames further on that carry
+/// records after `after`: acknowledged writes that cutting the tail would drop (a bad
+/// sector or a flipped bit in the middle of the segment, not a torn last write). Returns
+/// the first and last such sequence. Version-2 segments only.
+///
+/// Every offset is a candidate: the frame's length must fit the file (and the largest
+/// frame seen, twice over), its payload must start with the format version and a
+/// sequence after `after`; only then is the checksum computed and the record decoded.
+pub(super) fn later_records(
+    path: &Path,
+    scan: &Scan,
+    after: Seq,
+) -> Result<Option<(Seq, Seq)>, LogError> {
+    if scan.format != SegmentFormat::V2 {
+        return Ok(None);
+    }
+    let file = File::open(path).map_err(io_err(path))?;
+    let size = file.metadata().map_err(io_err(path))?.len();
+    let limit = (scan.largest.max(1 << 20) * 2).min(MAX_FRAME);
+    const WINDOW: usize = 1 << 20;
+    // Frame header, version byte, a sequence varint.
+    const PEEK: usize = HEADER + 1 + 10;
+    let mut block = Vec::new();
+    let mut base = scan.valid_len + 1;
+    while base + (HEADER as u64) < size {
+        let want = ((size - base) as usize).min(WINDOW + PEEK);
+        block.resize(want, 0);
+        file.read_exact_at(&mut block, base).map_err(io_err(path))?;
+        let offsets = want.min(WINDOW);
+        for i in 0..offsets {
+            let at = base + i as u64;
+            if !plausible_frame(&block[i..], at, size, limit, after) {
+                continue;
+            }
+            if let Some((first, len)) = frame_at(&file, at, size).filter(|(r, _)| r.seq > after) {
+                let mut last = first.seq;
+                let mut next = at + (HEADER + len) as u64;
+                while let Some((record, len)) = frame_at(&file, next, size) {
+                    last = last.max(record.seq);
+                    next += (HEADER + len) as u64;
+                }
+                return Ok(Some((first.seq, last)));
+            }
+        }
+        base += offsets as u64;
+    }
+    Ok(None)
+}
+
+/// Cheap tests on the bytes at a candidate frame start (see [`later_records`]).
+fn plausible_frame(bytes: &[u8], at: u64, size: u64, limit: usize, after: Seq) -> bool {
+    if bytes.len() < HEADER + 2 {
+        return false;
+    }
+    let len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+    if len < 2 || len > limit || at + (HEADER + len) as u64 > size {
+        return false;
+    }
+    if bytes[HEADER] != format::VERSION {
+        return false;
+    }
+    // The record's first field, its sequence, as postcard writes it (LEB128).
+    let mut seq: u64 = 0;
+    for (i, byte) in bytes[HEADER + 1..].iter().take(10).enumerate() {
+        seq |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return seq > after;
+        }
+    }
+    false
+}
+
+/// The whole, checksummed, decodable frame at `at`, and its payload length.
+fn frame_at(file: &File, at: u64, size: u64) -> Option<(Record, usize)> {
+    let mut head = [0u8; HEADER];
+    file.read_exact_at(&mut head, at).ok()?;
+    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+    if len == 0 || len > MAX_FRAME || at + (HEADER + len) as u64 > size {
+        return None;
+    }
+    let mut payload = vec![0u8; len];
+    file.read_exact_at(&mut payload, at + HEADER as u64).ok()?;
+    if crc32fast::hash(&payload) != crc {
+        return None;
+    }
+    format::decode::<Record>(&payload).ok().map(|r| (r, len))
 }

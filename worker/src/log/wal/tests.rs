@@ -249,3 +249,137 @@ fn numbering_continues_from_the_snapshot_floor() {
     let (wal, _) = FileWal::open(dir.path(), FsyncPolicy::Always, 41).unwrap();
     assert_eq!(wal.append(vec![op(1)]).unwrap()[0].seq, 42);
 }
+
+/// Appends `ops` one record per append, so each is its own frame.
+fn one_by_one(wal: &FileWal, n: usize) {
+    for i in 1..=n {
+        wal.append(vec![op(i)]).unwrap();
+    }
+}
+
+/// Offset of each frame of a version-2 segment.
+fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
+    let (mut at, mut offsets) = (HEADER, Vec::new());
+    while at < bytes.len() {
+        offsets.push(at);
+        at += HEADER + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    }
+    offsets
+}
+
+#[test]
+fn a_failed_rotation_removes_its_file_and_the_next_start_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path());
+    wal.append(vec![op(1)]).unwrap();
+    wal.faults().fail_rotate = true;
+    let err = wal.truncate_before(1).unwrap_err();
+    assert!(
+        matches!(&err, LogError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull),
+        "{err}"
+    );
+    assert_eq!(list_segments(dir.path()).unwrap().len(), 1, "no file left");
+    // Appends go on in the current segment, and survive a restart.
+    one_by_one(&wal, 2);
+    drop(wal);
+    let (wal, _) = open(dir.path());
+    assert_eq!(seqs(&wal), vec![1, 2, 3]);
+}
+
+#[test]
+fn an_empty_trailing_segment_left_by_a_crash_during_rotation_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path());
+    one_by_one(&wal, 3);
+    drop(wal);
+    // A crash while segment 2 was being created (before its header was written), after
+    // which records 2 and 3 went on in segment 1: its empty file is all that is left.
+    for leftover in [&b""[..], &SEGMENT_MAGIC[..3]] {
+        fs::write(segment_path(dir.path(), 2), leftover).unwrap();
+        let (wal, report) = open(dir.path());
+        assert_eq!(report.records, 3);
+        assert_eq!(seqs(&wal), vec![1, 2, 3]);
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
+    }
+}
+
+#[test]
+fn a_bad_frame_followed_by_later_records_refuses_to_start_and_keeps_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path());
+    one_by_one(&wal, 6);
+    drop(wal);
+    let seg = list_segments(dir.path()).unwrap()[0].1.clone();
+    let good = fs::read(&seg).unwrap();
+    let third = frame_offsets(&good)[2];
+    // A flipped payload byte (length intact), then a flipped length (no way to step over
+    // the frame: later frames must be found by scanning).
+    for (at, what) in [(third + HEADER + 3, "payload"), (third + 2, "length")] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x5a;
+        fs::write(&seg, &bad).unwrap();
+        let err = FileWal::open(dir.path(), FsyncPolicy::Always, 0)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: opened"));
+        let message = err.to_string();
+        assert!(matches!(err, LogError::Corrupt(_)), "{what}: {message}");
+        assert!(
+            message.contains("after sequence 2") && message.contains("records 4..=6"),
+            "{what}: {message}"
+        );
+        assert_eq!(fs::read(&seg).unwrap(), bad, "{what}: the file is kept");
+    }
+}
+
+#[test]
+fn zeros_after_the_last_frame_are_a_torn_tail_not_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path());
+    one_by_one(&wal, 2);
+    drop(wal);
+    let seg = list_segments(dir.path()).unwrap()[0].1.clone();
+    let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&[0u8; 4096]).unwrap();
+    drop(f);
+    let (wal, report) = open(dir.path());
+    assert_eq!(report.truncated_bytes, 4096);
+    assert_eq!(seqs(&wal), vec![1, 2]);
+}
+
+#[test]
+fn a_snapshot_ahead_of_the_log_continues_in_a_segment_after_it() {
+    // The log lost records 4..=10 (fsync: never and a power loss); the snapshot has them.
+    for empty_current in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path());
+        one_by_one(&wal, 3);
+        if empty_current {
+            wal.truncate_before(0).unwrap(); // the open segment is now an empty one
+        }
+        drop(wal);
+        let (wal, _) = FileWal::open(dir.path(), FsyncPolicy::Always, 10).unwrap();
+        assert_eq!(wal.append(vec![op(11)]).unwrap()[0].seq, 11);
+        drop(wal);
+        let (wal, report) = FileWal::open(dir.path(), FsyncPolicy::Always, 10)
+            .unwrap_or_else(|e| panic!("empty current segment {empty_current}: {e}"));
+        assert_eq!(report.records, 4);
+        let after: Vec<Seq> = wal.read_after(10).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(after, vec![11]);
+        assert_eq!(wal.append(vec![op(12)]).unwrap()[0].seq, 12);
+        // Without the snapshot the gap is a loss again.
+        drop(wal);
+        let err = FileWal::open(dir.path(), FsyncPolicy::Always, 3).err();
+        assert!(
+            err.is_some_and(|e| e.to_string().contains("records are missing")),
+            "a lower floor must not hide the gap"
+        );
+    }
+}
+
+#[test]
+fn opening_a_new_wal_directory_syncs_its_parent() {
+    let root = tempfile::tempdir().unwrap();
+    crate::durable::synced::take();
+    let _wal = open(&root.path().join("wal"));
+    assert!(crate::durable::synced::take().contains(&root.path().to_path_buf()));
+}
