@@ -85,6 +85,7 @@ fn every_alert_parses_and_the_ones_that_matter_are_there() {
         "KnowledgeBaseReplicationLag",
         "KnowledgeBaseWritesHalted",
         "KnowledgeBaseSnapshotsFailing",
+        "KnowledgeBaseApiKeysFileInvalid",
         "KnowledgeBaseEmbeddingQueueSaturated",
         "KnowledgeBaseRequestsRejected",
         "KnowledgeBaseQueryLatencyHigh",

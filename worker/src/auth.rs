@@ -92,31 +92,59 @@ fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// Parses the YAML keys file content.
-fn parse_keys(text: &str, origin: &str) -> Result<Keys, KeysFileError> {
-    let entries: Vec<KeyEntry> =
+/// The keys of a keys file, and why each entry left out was invalid.
+struct Parsed {
+    keys: Keys,
+    rejected: Vec<String>,
+}
+
+/// Parses the YAML keys file content. An invalid entry is left out and explained in
+/// `rejected`; the file itself failing to parse is an error.
+fn parse_keys(text: &str, origin: &str) -> Result<Parsed, KeysFileError> {
+    let entries: Vec<serde_yaml::Value> =
         serde_yaml::from_str(text).map_err(|e| KeysFileError::Parse(origin.into(), e))?;
-    let mut keys = Vec::with_capacity(entries.len());
-    for e in entries {
-        if e.key.len() < 16 {
-            return Err(KeysFileError::Invalid(
-                origin.into(),
-                "every key needs at least 16 characters".into(),
+    let mut parsed = Parsed {
+        keys: Vec::with_capacity(entries.len()),
+        rejected: Vec::new(),
+    };
+    for (i, entry) in entries.into_iter().enumerate() {
+        let entry = match serde_yaml::from_value::<KeyEntry>(entry) {
+            Ok(entry) => entry,
+            Err(e) => {
+                parsed.rejected.push(format!("entry {}: {e}", i + 1));
+                continue;
+            }
+        };
+        if entry.key.len() < 16 {
+            parsed.rejected.push(format!(
+                "entry {}: every key needs at least 16 characters",
+                i + 1
             ));
+            continue;
         }
-        if e.collections.is_empty() {
-            return Err(KeysFileError::Invalid(
-                origin.into(),
-                "every key needs `collections` (a list of names, or [\"*\"])".into(),
+        if entry.collections.is_empty() {
+            parsed.rejected.push(format!(
+                "entry {}: every key needs `collections` (a list of names, or [\"*\"])",
+                i + 1
             ));
+            continue;
         }
         let principal = Principal {
-            role: e.role,
-            collections: e.collections,
+            role: entry.role,
+            collections: entry.collections,
         };
-        keys.push((digest(&e.key), principal));
+        parsed.keys.push((digest(&entry.key), principal));
     }
-    Ok(keys)
+    Ok(parsed)
+}
+
+/// What a reload of a changed keys file put in force.
+#[derive(Debug, PartialEq)]
+pub struct Reloaded {
+    /// Keys now in force: the valid entries of the new file, and nothing else.
+    pub keys: usize,
+    /// Entries left out, with the reason: they grant nothing until fixed.
+    pub rejected: Vec<String>,
 }
 
 impl Auth {
@@ -130,9 +158,17 @@ impl Auth {
     }
 
     /// Parses the YAML keys file content.
+    /// At start every entry must be valid: the worker refuses to start otherwise.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, KeysFileError> {
+        let parsed = parse_keys(text, origin)?;
+        if !parsed.rejected.is_empty() {
+            return Err(KeysFileError::Invalid(
+                origin.into(),
+                parsed.rejected.join("; "),
+            ));
+        }
         Ok(Self {
-            keys: parking_lot::RwLock::new(parse_keys(text, origin)?),
+            keys: parking_lot::RwLock::new(parsed.keys),
             open: false,
             source: None,
         })
@@ -148,10 +184,14 @@ impl Auth {
         Ok(auth)
     }
 
-    /// Re-reads the keys file: `Ok(Some(n))` when its content changed and the `n` keys in
-    /// it replace the old ones, `Ok(None)` when nothing changed (or there is no file).
-    /// On an error the previous keys stay in force.
-    pub fn reload(&self) -> Result<Option<usize>, KeysFileError> {
+    /// Re-reads the keys file: `Ok(Some(_))` when its content changed and its valid keys
+    /// replace the old ones, `Ok(None)` when nothing changed (or there is no file).
+    ///
+    /// Revocation fails closed: a key absent from the new file stops working even when
+    /// another entry is invalid (the invalid entries are left out and reported in
+    /// [`Reloaded::rejected`]). Only a file that cannot be read or parsed at all keeps the
+    /// previous keys in force (there is no list of keys to go by), and is an error.
+    pub fn reload(&self) -> Result<Option<Reloaded>, KeysFileError> {
         let Some((path, loaded)) = &self.source else {
             return Ok(None);
         };
@@ -163,11 +203,14 @@ impl Auth {
         if *loaded == fingerprint {
             return Ok(None);
         }
-        let keys = parse_keys(&text, &origin)?;
-        let count = keys.len();
-        *self.keys.write() = keys;
+        let parsed = parse_keys(&text, &origin)?;
+        let keys = parsed.keys.len();
+        *self.keys.write() = parsed.keys;
         *loaded = fingerprint;
-        Ok(Some(count))
+        Ok(Some(Reloaded {
+            keys,
+            rejected: parsed.rejected,
+        }))
     }
     /// Resolves the caller from request headers.
     pub fn authenticate(&self, headers: &axum::http::HeaderMap) -> Result<Principal, AuthError> {
@@ -296,7 +339,13 @@ mod tests {
         assert_eq!(auth.reload().unwrap(), None, "unchanged file");
 
         std::fs::write(&path, file("new-key-0123456789abcdef")).unwrap();
-        assert_eq!(auth.reload().unwrap(), Some(1));
+        assert_eq!(
+            auth.reload().unwrap(),
+            Some(Reloaded {
+                keys: 1,
+                rejected: vec![]
+            })
+        );
         assert!(auth
             .authenticate(&bearer("new-key-0123456789abcdef"))
             .is_ok());
@@ -305,11 +354,46 @@ mod tests {
             Err(AuthError::Invalid)
         );
 
-        // A bad edit is refused; the keys in force stay.
-        std::fs::write(&path, "- { key: short, role: admin, collections: ['*'] }\n").unwrap();
+        // A file that does not parse at all keeps the keys in force (and is an error).
+        std::fs::write(&path, "- { key: [unclosed\n").unwrap();
         assert!(auth.reload().is_err());
         assert!(auth
             .authenticate(&bearer("new-key-0123456789abcdef"))
             .is_ok());
+    }
+
+    #[test]
+    fn revoking_a_key_works_even_when_another_entry_is_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api-keys.yaml");
+        std::fs::write(
+            &path,
+            "- { key: kept-key-0123456789, role: admin, collections: ['*'] }\n\
+             - { key: revoked-key-0123456789, role: admin, collections: ['*'] }\n",
+        )
+        .unwrap();
+        let auth = Auth::from_file(&path).unwrap();
+        // The revoked key is removed; in the same edit a new entry has a typo.
+        std::fs::write(
+            &path,
+            "- { key: kept-key-0123456789, role: admin, collections: ['*'] }\n\
+             - { key: short, role: read, collections: ['docs'] }\n\
+             - { key: other-key-0123456789, role: superuser, collections: ['*'] }\n",
+        )
+        .unwrap();
+        let reloaded = auth.reload().unwrap().expect("changed");
+        assert_eq!(reloaded.keys, 1);
+        assert_eq!(reloaded.rejected.len(), 2, "{:?}", reloaded.rejected);
+        assert!(reloaded.rejected[0].starts_with("entry 2:"), "{reloaded:?}");
+        assert_eq!(
+            auth.authenticate(&bearer("revoked-key-0123456789")),
+            Err(AuthError::Invalid)
+        );
+        assert!(auth.authenticate(&bearer("kept-key-0123456789")).is_ok());
+        assert_eq!(
+            auth.authenticate(&bearer("short")),
+            Err(AuthError::Invalid),
+            "an invalid entry grants nothing"
+        );
     }
 }

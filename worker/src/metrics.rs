@@ -79,6 +79,7 @@ pub struct Metrics {
     replication_lag: Gauge,
     redis_connected: Gauge,
     writes_halted: Gauge,
+    api_keys_reload_failed: Gauge,
     snapshot_failures: Gauge,
     snapshot_sequence: Gauge,
     snapshot_bytes: Gauge,
@@ -102,6 +103,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Whether the last reload of the API keys file left part of it out.
+    pub fn set_api_keys_reload_failed(&self, failed: bool) {
+        self.api_keys_reload_failed.set(i64::from(failed));
+    }
+
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("kb_worker");
         let m = Self {
@@ -123,6 +129,7 @@ impl Metrics {
             replication_lag: Gauge::default(),
             redis_connected: Gauge::default(),
             writes_halted: Gauge::default(),
+            api_keys_reload_failed: Gauge::default(),
             snapshot_failures: Gauge::default(),
             snapshot_sequence: Gauge::default(),
             snapshot_bytes: Gauge::default(),
@@ -214,6 +221,11 @@ impl Metrics {
             "writes_halted",
             "1 while writes are refused: a logged record could not be applied, or the WAL is poisoned by a failed fsync (restart needed)",
             m.writes_halted.clone(),
+        );
+        r.register(
+            "api_keys_reload_failed",
+            "1 while part of the API keys file on disk is not in force: invalid entries (left out, granting nothing) or a file that does not parse (the previous keys stay)",
+            m.api_keys_reload_failed.clone(),
         );
         r.register(
             "ready",

@@ -246,11 +246,20 @@ async fn reload_keys(state: SharedState) {
             _ = tick.tick() => false,
         };
         match state.auth.reload() {
-            Ok(Some(keys)) => tracing::info!(keys, "API keys reloaded"),
+            Ok(Some(reloaded)) => {
+                tracing::info!(keys = reloaded.keys, "API keys reloaded");
+                for entry in &reloaded.rejected {
+                    tracing::error!(%entry, "API keys file: invalid entry left out; it grants nothing until fixed");
+                }
+                state
+                    .metrics
+                    .set_api_keys_reload_failed(!reloaded.rejected.is_empty());
+            }
             Ok(None) if by_signal => tracing::info!("SIGHUP: API keys file unchanged"),
             Ok(None) => {}
             Err(e) => {
-                tracing::error!(error = %e, "API keys file not reloaded; the previous keys stay in force")
+                tracing::error!(error = %e, "API keys file not reloaded; the previous keys stay in force");
+                state.metrics.set_api_keys_reload_failed(true);
             }
         }
     }
