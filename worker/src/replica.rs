@@ -315,10 +315,16 @@ async fn peer_urls(cfg: &ReplicationConfig) -> Vec<String> {
     urls
 }
 
+/// Longest silence of a peer sending its snapshot.
+const BOOTSTRAP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 async fn fetch_snapshot(peer: &str, cfg: &ReplicationConfig, dir: &Path) -> anyhow::Result<Seq> {
+    // An idle timeout, not a total one: a large index takes as long as it takes, a peer
+    // that stops sending is given up on. The wait for the headers (the peer writes its
+    // snapshot first) counts as one silence.
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(600))
+        .read_timeout(BOOTSTRAP_IDLE_TIMEOUT)
         .build()?;
     let mut req = http.get(format!("{}/v1/admin/snapshot", peer.trim_end_matches('/')));
     if let Some(key) = cfg

@@ -166,7 +166,13 @@ impl SearchBatcher {
         }
     }
 
-    fn run(&self, collection: &str, filter: &Filter, batch: Vec<Pending>) {
+    fn run(&self, collection: &str, filter: &Filter, mut batch: Vec<Pending>) {
+        // Callers whose request ended (deadline, disconnect) no longer wait: skip them, and
+        // stop the search if all of them go while it runs.
+        batch.retain(|p| !p.reply.is_closed());
+        if batch.is_empty() {
+            return;
+        }
         let index = self.store.index();
         let k = batch.iter().map(|p| p.top_k).max().unwrap_or(1);
         let result = match index.get(collection) {
@@ -176,7 +182,8 @@ impl SearchBatcher {
                     self.use_threads(c.stats().chunks);
                 }
                 let vectors: Vec<Vec<f32>> = batch.iter().map(|p| p.vector.clone()).collect();
-                c.search(&vectors, k, filter)
+                let abandoned = || batch.iter().all(|p| p.reply.is_closed());
+                c.search_cancellable(&vectors, k, filter, &abandoned)
             }
         };
         let (applied, version) = (index.applied(), index.version(collection));

@@ -118,6 +118,11 @@ pub async fn snapshot(
     }
     let engine = state.engine()?;
     let store = engine.store.clone();
+    let Ok(_writing) = state.snapshot_slot.try_acquire() else {
+        return Err(ApiError::Unavailable(
+            "a snapshot for download is being written already; retry when it is done".into(),
+        ));
+    };
     // Opened as soon as it is written: retention may unlink it meanwhile, and an open
     // file stays readable. It is streamed, never held in memory.
     let (path, file) = tokio::task::spawn_blocking(move || {

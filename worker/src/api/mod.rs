@@ -100,6 +100,9 @@ pub struct AppState {
     pub limits: LimitsConfig,
     pub metrics: Arc<Metrics>,
     engine: OnceLock<Arc<Engine>>,
+    /// One snapshot for download is written at a time (`GET /v1/admin/snapshot`): each
+    /// writes the whole index to the volume.
+    pub(crate) snapshot_slot: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -109,6 +112,7 @@ impl AppState {
             limits,
             metrics,
             engine: OnceLock::new(),
+            snapshot_slot: tokio::sync::Semaphore::new(1),
         }
     }
 

@@ -321,3 +321,26 @@ async fn the_openapi_document_describes_what_is_served() {
         .unwrap();
     assert_eq!(limit["schema"]["maximum"], json!(super::browse::MAX_PAGE));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_snapshot_for_download_is_written_at_a_time() {
+    let (_tmp, state, url) = serve(|_| {}).await;
+    let doc = json!({"documents": [{"id": "d1", "text": "some text"}]});
+    assert_eq!(
+        call(&url, "POST", "/v1/collections/c/documents", Some(doc))
+            .await
+            .0,
+        200
+    );
+    // Another download is writing its snapshot: this one is told to come back.
+    let writing = state.snapshot_slot.try_acquire().unwrap();
+    let (status, body) = call(&url, "GET", "/v1/admin/snapshot", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("being written already"));
+    drop(writing);
+    let (status, _) = call(&url, "GET", "/v1/admin/snapshot", None).await;
+    assert_eq!(status, 200);
+}

@@ -27,7 +27,8 @@ pub struct ServerArgs {
     /// Attempts after the first one for connection errors, 429 and 503.
     #[arg(long, default_value_t = 5)]
     pub retries: u32,
-    /// Per-request timeout in seconds (embedding a large batch on CPU takes a while).
+    /// Per-request timeout in seconds (embedding a large batch on CPU takes a while); for
+    /// snapshot and backup downloads, the longest silence instead (no limit on the whole).
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
 }
@@ -63,6 +64,9 @@ impl ClientError {
 /// A client for one worker.
 pub struct ApiClient {
     http: reqwest::Client,
+    /// For bodies streamed to disk (snapshots, backups): `--timeout` is the longest
+    /// silence, not the longest transfer, so a large knowledge base can be downloaded.
+    streaming: reqwest::Client,
     base: String,
     api_key: Option<String>,
     retries: u32,
@@ -71,12 +75,18 @@ pub struct ApiClient {
 impl ApiClient {
     /// Builds a client from the shared flags.
     pub fn new(args: &ServerArgs) -> anyhow::Result<Self> {
+        let timeout = Duration::from_secs(args.timeout.max(1));
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(args.timeout.max(1)))
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        let streaming = reqwest::Client::builder()
+            .read_timeout(timeout)
             .connect_timeout(Duration::from_secs(10))
             .build()?;
         Ok(Self {
             http,
+            streaming,
             base: args.url.trim_end_matches('/').to_string(),
             api_key: args.api_key.clone().filter(|k| !k.is_empty()),
             retries: args.retries,
@@ -114,16 +124,26 @@ impl ApiClient {
     }
 
     /// `GET path`, returning the response for the caller to stream its body.
+    ///
+    /// The body is meant to be streamed: the request has an idle timeout (`--timeout`
+    /// seconds without a byte, the wait for the headers included) and no total one.
     pub async fn get_response(&self, path: &str) -> Result<reqwest::Response, ClientError> {
-        self.send(Method::GET, path, None::<&()>).await
+        self.send_with(&self.streaming, Method::GET, path, None::<&()>)
+            .await
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    fn request<B: Serialize>(&self, method: Method, url: &str, body: Option<&B>) -> RequestBuilder {
-        let mut request = self.http.request(method, url);
+    fn request<B: Serialize>(
+        &self,
+        http: &reqwest::Client,
+        method: Method,
+        url: &str,
+        body: Option<&B>,
+    ) -> RequestBuilder {
+        let mut request = http.request(method, url);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
@@ -140,10 +160,20 @@ impl ApiClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<Response, ClientError> {
+        self.send_with(&self.http, method, path, body).await
+    }
+
+    async fn send_with<B: Serialize>(
+        &self,
+        http: &reqwest::Client,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Response, ClientError> {
         let url = self.url(path);
         let mut attempt = 0;
         loop {
-            let result = self.request(method.clone(), &url, body).send().await;
+            let result = self.request(http, method.clone(), &url, body).send().await;
             let (error, retry_after) = match result {
                 Ok(response) if response.status().is_success() => return Ok(response),
                 Ok(response) => {
@@ -369,5 +399,65 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.status(), Some(StatusCode::TOO_MANY_REQUESTS));
         assert!(err.to_string().contains("queue full"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod streaming_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that sends a 200 with a chunked body of `parts` single bytes, one every
+    /// `gap`.
+    async fn trickling_server(parts: usize, gap: Duration) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await.unwrap();
+            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.unwrap();
+            for _ in 0..parts {
+                tokio::time::sleep(gap).await;
+                if stream.write_all(b"1\r\nx\r\n").await.is_err() {
+                    return;
+                }
+            }
+            let _ = stream.write_all(b"0\r\n\r\n").await;
+        });
+        format!("http://{addr}")
+    }
+
+    async fn download(url: String) -> Result<usize, String> {
+        let client = ApiClient::new(&ServerArgs {
+            url,
+            api_key: None,
+            retries: 0,
+            timeout: 1,
+        })
+        .unwrap();
+        let mut response = client
+            .get_response("/v1/admin/snapshot")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut bytes = 0;
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            bytes += chunk.len();
+        }
+        Ok(bytes)
+    }
+
+    #[tokio::test]
+    async fn a_download_longer_than_the_timeout_completes_while_bytes_keep_coming() {
+        // 2.4 s in all with --timeout 1: a total timeout would cut it.
+        let url = trickling_server(8, Duration::from_millis(300)).await;
+        assert_eq!(download(url).await, Ok(8));
+    }
+
+    #[tokio::test]
+    async fn a_download_that_goes_silent_for_longer_than_the_timeout_fails() {
+        let url = trickling_server(2, Duration::from_millis(2500)).await;
+        assert!(download(url).await.is_err());
     }
 }

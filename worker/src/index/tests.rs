@@ -390,3 +390,37 @@ fn compaction_waits_for_host_memory_instead_of_outgrowing_the_pod() {
         .unwrap()[0];
     assert_matches_reference(hits, &reference(&db, q, 5, Metric::Cosine, |i| i > 1000));
 }
+
+#[test]
+fn a_cancelled_search_stops_between_tiles_and_filter_blocks() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let db = random_vectors(&mut rng, 40_000, 8);
+    let idx = index_with(&db, Metric::Cosine);
+    let queries = random_vectors(&mut rng, 2, 8);
+    let looks = std::cell::Cell::new(0);
+    // Gone after the third look.
+    let cancelled = || {
+        looks.set(looks.get() + 1);
+        looks.get() > 3
+    };
+    for filter in [
+        Filter::default(),
+        Filter::parse(&json!({"tag": "a"})).unwrap(),
+    ] {
+        looks.set(0);
+        let err = idx
+            .search_in_tiles(&queries, 5, &filter, 1024, &cancelled)
+            .unwrap_err();
+        assert!(matches!(err, IndexError::Aborted(_)), "{err}");
+        assert_eq!(
+            looks.get(),
+            4,
+            "it stopped at the first look after the callers left"
+        );
+        // Not cancelled: the same search answers.
+        let hits = idx
+            .search_in_tiles(&queries, 5, &filter, 1024, &|| false)
+            .unwrap();
+        assert_eq!(hits[0].len(), 5);
+    }
+}

@@ -167,8 +167,12 @@ mod tests {
     /// product), and the same rows except where two scores are that close.
     fn same_answers(a: &FlatIndex, b: &FlatIndex, queries: &[Vec<f32>], k: usize, tile: usize) {
         let filter = Filter::default();
-        let got = a.search_in_tiles(queries, k, &filter, tile).unwrap();
-        let want = b.search_in_tiles(queries, k, &filter, tile).unwrap();
+        let got = a
+            .search_in_tiles(queries, k, &filter, tile, &|| false)
+            .unwrap();
+        let want = b
+            .search_in_tiles(queries, k, &filter, tile, &|| false)
+            .unwrap();
         for (q, (got, want)) in got.iter().zip(&want).enumerate() {
             assert_eq!(got.len(), want.len());
             for (rank, (g, w)) in got.iter().zip(want).enumerate() {

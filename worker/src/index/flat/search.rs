@@ -19,6 +19,18 @@ use tch::{Device, Kind, Tensor};
 /// Scores computed at once per shard: 32M (128 MiB in fp32).
 const TILE_SCORES: usize = 1 << 25;
 
+/// Rows whose metadata a filtered search evaluates between two looks at its cancellation.
+const CHECK_EVERY_ROWS: usize = 16_384;
+
+fn stop_if(cancelled: &dyn Fn() -> bool) -> Result<(), IndexError> {
+    match cancelled() {
+        true => Err(IndexError::Aborted(
+            "the search was cancelled: every caller waiting for it has gone (deadline)".into(),
+        )),
+        false => Ok(()),
+    }
+}
+
 /// Rows per tile for `queries` queries.
 fn tile_rows(queries: usize) -> usize {
     (TILE_SCORES / queries.max(1)).max(1024)
@@ -40,16 +52,31 @@ impl FlatIndex {
         k: usize,
         filter: &Filter,
     ) -> Result<Vec<Vec<Hit>>, IndexError> {
-        self.search_in_tiles(queries, k, filter, tile_rows(queries.len()))
+        self.search_in_tiles(queries, k, filter, tile_rows(queries.len()), &|| false)
     }
 
-    /// [`FlatIndex::search`] with tiles of `tile_rows` rows.
+    /// [`FlatIndex::search`] that gives up ([`IndexError::Aborted`]) once `cancelled`
+    /// says so, checked between tiles and every few thousand filtered rows: a search
+    /// whose callers are gone (their deadline passed) stops using the CPU and stops
+    /// holding the index read lock that writers wait for.
+    pub fn search_cancellable(
+        &self,
+        queries: &[Vec<f32>],
+        k: usize,
+        filter: &Filter,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Vec<Vec<Hit>>, IndexError> {
+        self.search_in_tiles(queries, k, filter, tile_rows(queries.len()), cancelled)
+    }
+
+    /// [`FlatIndex::search_cancellable`] with tiles of `tile_rows` rows.
     pub(crate) fn search_in_tiles(
         &self,
         queries: &[Vec<f32>],
         k: usize,
         filter: &Filter,
         tile_rows: usize,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<Vec<Vec<Hit>>, IndexError> {
         if let Some(bad) = queries.iter().find(|q| q.len() != self.dim) {
             return Err(IndexError::Dimension {
@@ -60,12 +87,20 @@ impl FlatIndex {
         let total = self.rows.len();
         // Only a metadata filter (or a failed mask update) needs the host to look at rows.
         let on_host = !filter.is_empty() || (self.dead > 0 && !self.masks_ok);
-        let allowed: Option<Vec<bool>> = on_host.then(|| {
-            self.rows
-                .iter()
-                .map(|r| r.as_ref().is_some_and(|r| filter.matches(&r.metadata)))
-                .collect()
-        });
+        let allowed: Option<Vec<bool>> = match on_host {
+            false => None,
+            true => {
+                let mut allowed = Vec::with_capacity(total);
+                for rows in self.rows.chunks(CHECK_EVERY_ROWS) {
+                    stop_if(cancelled)?;
+                    allowed.extend(
+                        rows.iter()
+                            .map(|r| r.as_ref().is_some_and(|r| filter.matches(&r.metadata))),
+                    );
+                }
+                Some(allowed)
+            }
+        };
         let candidates = allowed
             .as_ref()
             .map_or(total - self.dead, |a| a.iter().filter(|x| **x).count());
@@ -82,7 +117,9 @@ impl FlatIndex {
         // the same time.
         let mut launched = Vec::with_capacity(self.shards.len());
         for s in 0..self.shards.len() {
-            if let Some(c) = self.shard_candidates(s, &q, k, allowed.as_deref(), tile_rows)? {
+            let shard =
+                self.shard_candidates(s, &q, k, allowed.as_deref(), tile_rows, cancelled)?;
+            if let Some(c) = shard {
                 launched.push(c);
             }
         }
@@ -98,6 +135,7 @@ impl FlatIndex {
         k: usize,
         allowed: Option<&[bool]>,
         tile_rows: usize,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<Option<Candidates>, IndexError> {
         let n = self.shards.len();
         let shard = &self.shards[s];
@@ -144,6 +182,7 @@ impl FlatIndex {
         let mut indices = Vec::new();
         let tile = tile_rows.max(1);
         for start in (0..len).step_by(tile) {
+            stop_if(cancelled)?;
             let rows = tile.min(len - start);
             let (at, count) = (start as i64, rows as i64);
             let db = shard.vectors.0.f_narrow(0, at, count)?;
@@ -306,10 +345,10 @@ mod tests {
             vec![0.2; 8],
         ];
         let whole = index
-            .search_in_tiles(&queries, 10, &Filter::default(), usize::MAX)
+            .search_in_tiles(&queries, 10, &Filter::default(), usize::MAX, &|| false)
             .unwrap();
         let tiled = index
-            .search_in_tiles(&queries, 10, &Filter::default(), 7)
+            .search_in_tiles(&queries, 10, &Filter::default(), 7, &|| false)
             .unwrap();
         for (a, b) in whole.iter().zip(&tiled) {
             assert_eq!(ids(a), ids(b));
