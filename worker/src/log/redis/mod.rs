@@ -359,27 +359,15 @@ mod tests {
     }
 
     fn server() -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed: run `make setup`");
-        let server = Server(child, port);
+        let server = redis_on(free_port(), &[]);
+        wait_for(&server);
+        server
+    }
+
+    fn wait_for(server: &Server) {
         for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
+            if std::net::TcpStream::connect(("127.0.0.1", server.1)).is_ok() {
+                return;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -402,7 +390,8 @@ mod tests {
         listener.local_addr().unwrap().port()
     }
 
-    fn redis_on(port: u16, password: &str) -> Server {
+    /// A redis-server on `port` started with `extra` arguments (not waited for).
+    fn redis_on(port: u16, extra: &[&str]) -> Server {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -412,7 +401,7 @@ mod tests {
                 "--save",
                 "",
             ])
-            .args(["--requirepass", password])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is not installed: run `make setup`");
@@ -435,7 +424,7 @@ mod tests {
         let port = free_port();
         let starter = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(1500));
-            redis_on(port, "secret")
+            redis_on(port, &["--requirepass", "secret"])
         });
         let log =
             RedisLog::connect_patiently(&patient(port, "KB_TEST_LATE_REDIS_PASSWORD", 30_000))
@@ -451,13 +440,8 @@ mod tests {
         // a rotation.
         std::env::set_var("KB_TEST_ROTATED_PASSWORD", "new-password");
         let port = free_port();
-        let server = redis_on(port, "old-password");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        let server = redis_on(port, &["--requirepass", "old-password"]);
+        wait_for(&server);
         let impatient =
             RedisLog::connect_patiently(&patient(port, "KB_TEST_ROTATED_PASSWORD", 0)).await;
         assert!(impatient.is_err(), "the old password is still in force");
