@@ -1,17 +1,18 @@
 //! Reconcile against an in-memory API server: convergence, idempotence, drift repair,
-//! cleanup of disabled features, status from child state, and fault tolerance.
+//! cleanup of disabled features, status from child state, and fault tolerance. Pausing
+//! is in pause.rs.
 
 mod common;
 
 use common::{
-    cluster, context, converge, create, get, inventory, kb, reconcile_once, set_ready_replicas,
-    set_rollout, Faults,
+    cluster, condition, context, converge, create, get, inventory, kb, reconcile_once,
+    set_ready_replicas, set_rollout, Faults,
 };
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kb_operator::crd::{ConditionType, KnowledgeBase};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::Api;
 use serde_json::json;
 
 const MINIMAL: &str = "embedding:\n  device: cpu\n";
@@ -28,15 +29,6 @@ fn minimal_children() -> Vec<&'static str> {
         "ServiceAccount/docs-worker",
         "StatefulSet/docs-worker",
     ]
-}
-
-async fn condition(client: &Client, kind: ConditionType) -> (String, String) {
-    let kb: KnowledgeBase = get(client, "docs").await.unwrap();
-    let status = kb.status.expect("status written");
-    let c = status
-        .condition(kind)
-        .unwrap_or_else(|| panic!("no {kind:?} condition"));
-    (c.status.clone(), c.reason.clone())
 }
 
 #[tokio::test]
@@ -261,87 +253,6 @@ async fn missing_referenced_secret_is_degraded() {
         condition(&client, ConditionType::Degraded).await,
         ("True".into(), "SecretNotFound".into())
     );
-}
-
-#[tokio::test]
-async fn paused_knowledge_base_is_left_alone() {
-    let (client, writes) = cluster(None).await;
-    create(&client, &kb("docs", MINIMAL)).await;
-    let ctx = context(client.clone());
-    converge(&ctx, &writes, "docs").await;
-    let api: Api<KnowledgeBase> = Api::namespaced(client.clone(), "default");
-    api.patch(
-        "docs",
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"paused": true}})),
-    )
-    .await
-    .unwrap();
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    config_maps
-        .delete("docs-worker", &DeleteParams::default())
-        .await
-        .unwrap();
-    converge(&ctx, &writes, "docs").await;
-    assert!(get::<ConfigMap>(&client, "docs-worker").await.is_none());
-    assert_eq!(
-        condition(&client, ConditionType::Progressing).await,
-        ("False".into(), "Paused".into())
-    );
-}
-
-#[tokio::test]
-async fn pausing_suspends_backups_and_pins_the_autoscaler_until_unpaused() {
-    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-    use k8s_openapi::api::batch::v1::CronJob;
-    let (client, writes) = cluster(None).await;
-    create(&client, &kb("docs", FULL)).await;
-    let ctx = context(client.clone());
-    converge(&ctx, &writes, "docs").await;
-    set_ready_replicas(&client, "docs-redis", 1).await;
-    converge(&ctx, &writes, "docs").await;
-    // The autoscaler runs 3 replicas now.
-    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
-    sts.patch(
-        "docs-worker",
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"replicas": 3}})),
-    )
-    .await
-    .unwrap();
-    let pause = |paused: bool| {
-        let api: Api<KnowledgeBase> = Api::namespaced(client.clone(), "default");
-        async move {
-            api.patch(
-                "docs",
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"spec": {"paused": paused}})),
-            )
-            .await
-            .unwrap();
-        }
-    };
-    let state = || async {
-        let cron: CronJob = get(&client, "docs-backup").await.unwrap();
-        let hpa: HorizontalPodAutoscaler = get(&client, "docs-worker").await.unwrap();
-        let hpa = hpa.spec.unwrap();
-        (
-            cron.spec.unwrap().suspend,
-            hpa.min_replicas,
-            hpa.max_replicas,
-        )
-    };
-    assert_eq!(state().await, (Some(false), Some(2), 4));
-    pause(true).await;
-    converge(&ctx, &writes, "docs").await;
-    assert_eq!(
-        state().await,
-        (Some(true), Some(3), 3),
-        "suspended and pinned"
-    );
-    pause(false).await;
-    converge(&ctx, &writes, "docs").await;
-    assert_eq!(state().await, (Some(false), Some(2), 4), "restored");
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kb_operator::crd::KnowledgeBase;
+use kb_operator::crd::{ConditionType, KnowledgeBase};
 use kb_operator::metrics::Metrics;
 use kb_operator::reconcile::{reconcile, Context};
 use kube::api::{Patch, PatchParams};
@@ -301,4 +301,14 @@ pub async fn set_rollout(client: &Client, name: &str, ready: i32, updated: i32, 
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .unwrap();
+}
+
+/// Status and reason of the condition `kind` of the KnowledgeBase `docs`.
+pub async fn condition(client: &Client, kind: ConditionType) -> (String, String) {
+    let kb: KnowledgeBase = get(client, "docs").await.unwrap();
+    let status = kb.status.expect("status written");
+    let c = status
+        .condition(kind)
+        .unwrap_or_else(|| panic!("no {kind:?} condition"));
+    (c.status.clone(), c.reason.clone())
 }
