@@ -199,7 +199,7 @@ pub enum RedisMode {
     Cluster,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     pub mode: RedisMode,
@@ -222,6 +222,31 @@ pub struct RedisConfig {
     /// password for a moment during a rotation) with backoff before it gives up; 0: fail
     /// at once. The operator sets 300000 (5 minutes).
     pub start_wait_ms: u64,
+    /// Acknowledge a write only once this many Redis replicas hold it (`WAIT`), so a
+    /// Redis failover cannot lose it; 0 (the default): once the Redis primary holds it.
+    /// For external Redis with replicas (Sentinel or a managed service).
+    pub min_replicas_to_ack: u32,
+    /// How long a write waits for `min_replicas_to_ack`; on expiry it answers 503 (the
+    /// write is logged and may still survive).
+    pub replica_ack_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            mode: RedisMode::default(),
+            url: None,
+            nodes: Vec::new(),
+            sentinel_service: None,
+            password_env: None,
+            tls: false,
+            tls_ca_file: None,
+            key_prefix: String::new(),
+            start_wait_ms: 0,
+            min_replicas_to_ack: 0,
+            replica_ack_timeout_ms: 1_000,
+        }
+    }
 }
 
 /// Replicated mode: peers for snapshot bootstrap, readiness and read-your-writes waits.
@@ -486,7 +511,20 @@ impl WorkerConfig {
                         "redis cluster mode needs redis.nodes".into(),
                     ))
                 }
+                // WAIT counts the replicas of the node it reaches: in a cluster that is not
+                // necessarily the stream's shard.
+                RedisMode::Cluster if redis.min_replicas_to_ack > 0 => {
+                    return Err(ConfigError::Invalid(
+                        "redis.min_replicas_to_ack is supported in standalone and sentinel mode, not cluster".into(),
+                    ))
+                }
                 _ => {}
+            }
+            if redis.min_replicas_to_ack > 0 && redis.replica_ack_timeout_ms == 0 {
+                // WAIT with timeout 0 blocks forever.
+                return Err(ConfigError::Invalid(
+                    "redis.replica_ack_timeout_ms must be > 0 with min_replicas_to_ack".into(),
+                ));
             }
         }
         Ok(())

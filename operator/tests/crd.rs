@@ -249,6 +249,16 @@ fn external_redis_needs_an_address_for_its_mode() {
         external(json!({"mode": "sentinel", "nodes": ["s:26379"]})),
         "sentinelService is required",
     );
+    // WAIT is answered by the node it reaches, not necessarily the stream's shard.
+    assert_rejected(
+        external(json!({"mode": "cluster", "nodes": ["r:7000"], "minReplicasToAck": 1})),
+        "minReplicasToAck is supported in standalone and sentinel mode",
+    );
+    assert_eq!(
+        cel_errors(external(json!({"mode": "sentinel", "nodes": ["s:26379"],
+            "sentinelService": "m", "minReplicasToAck": 1}))),
+        Vec::<String>::new()
+    );
 }
 
 #[test]

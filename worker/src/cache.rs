@@ -99,10 +99,12 @@ impl QueryCache {
         hex::encode(Sha256::digest(request.to_string().as_bytes()))
     }
 
-    /// The key of a query's result in `collection` at `version`.
-    pub fn result_key(&self, collection: &str, version: Seq, digest: &str) -> String {
+    /// The key of a query's result in `collection` at `version` of the log's `epoch`
+    /// (replicated mode; a re-seeded stream numbers from a sequence another history
+    /// also had).
+    pub fn result_key(&self, collection: &str, epoch: &str, version: Seq, digest: &str) -> String {
         format!(
-            "{}:cache:r:{collection}:{version}:{digest}",
+            "{}:cache:r:{collection}:{epoch}:{version}:{digest}",
             self.prefix_or_local()
         )
     }
@@ -263,13 +265,18 @@ mod tests {
         let cache = local(8, 60);
         let digest = |v: Value| QueryCache::request_digest(&v);
         let req = digest(json!({"query": "q", "top_k": 3}));
-        let key = cache.result_key("c", 7, &req);
+        let key = cache.result_key("c", "", 7, &req);
         let reordered = digest(json!({"top_k": 3, "query": "q"}));
-        assert_eq!(key, cache.result_key("c", 7, &reordered));
-        assert_ne!(key, cache.result_key("c", 8, &req));
-        assert_ne!(key, cache.result_key("d", 7, &req));
+        assert_eq!(key, cache.result_key("c", "", 7, &reordered));
+        assert_ne!(key, cache.result_key("c", "", 8, &req));
+        assert_ne!(key, cache.result_key("d", "", 7, &req));
+        assert_ne!(
+            key,
+            cache.result_key("c", "e2", 7, &req),
+            "another epoch's sequence 7"
+        );
         let other = digest(json!({"query": "q", "top_k": 4}));
-        assert_ne!(key, cache.result_key("c", 7, &other));
+        assert_ne!(key, cache.result_key("c", "", 7, &other));
         assert!(cache.result::<Value>(&key).await.is_none());
         let hits = json!([{"document_id": "a", "score": 0.5}]);
         cache.put_result(key.clone(), &hits);

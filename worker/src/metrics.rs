@@ -78,6 +78,7 @@ pub struct Metrics {
     applied_sequence: Gauge,
     replication_lag: Gauge,
     redis_connected: Gauge,
+    replication_regressed: Gauge,
     writes_halted: Gauge,
     api_keys_reload_failed: Gauge,
     snapshot_failures: Gauge,
@@ -128,6 +129,7 @@ impl Metrics {
             applied_sequence: Gauge::default(),
             replication_lag: Gauge::default(),
             redis_connected: Gauge::default(),
+            replication_regressed: Gauge::default(),
             writes_halted: Gauge::default(),
             api_keys_reload_failed: Gauge::default(),
             snapshot_failures: Gauge::default(),
@@ -216,6 +218,11 @@ impl Metrics {
             "redis_connected",
             "1 while this replica reaches Redis (replicated mode)",
             m.redis_connected.clone(),
+        );
+        r.register(
+            "replication_regressed",
+            "1 while writes are refused because Redis went behind what replicas applied (failover, lost data) or the stream was re-seeded past this replica",
+            m.replication_regressed.clone(),
         );
         r.register(
             "writes_halted",
@@ -379,6 +386,8 @@ impl Metrics {
                 let status = replicator.status();
                 self.replication_lag.set(status.lag as i64);
                 self.redis_connected.set(i64::from(status.redis_connected));
+                self.replication_regressed
+                    .set(i64::from(status.regressed.is_some()));
             }
             let caught_up = engine.replicator.as_ref().is_none_or(|r| r.is_caught_up());
             self.ready

@@ -4,9 +4,21 @@
 //! A new replica with an empty volume first downloads a snapshot from a ready peer, checks
 //! it, and replays the stream after the snapshot's sequence. Replicas register their oldest
 //! snapshot sequence with a TTL; the stream is trimmed only below the oldest of them.
+//!
+//! Redis can go back in time: a failover to a replica that missed the last writes, a lost
+//! volume, `FLUSHALL` or an evicted counter. Numbering writes from there would reuse
+//! sequences replicas already applied, so every append carries the writer's floor and
+//! epoch and Redis refuses it (see [`crate::log::redis::Regression`]); the heartbeat
+//! notices the same from the counter and the epoch. A regressed replica refuses writes
+//! (503 with the reason), stops applying, and reports it in `/readyz` and
+//! `kb_worker_replication_regressed`. The most advanced live replica then re-seeds the
+//! stream after its own sequence in a new epoch; replicas at that sequence continue in
+//! it, replicas behind it or with other records need a peer snapshot (restart them with
+//! an empty data volume). Records are applied a whole batch at a time: readers and
+//! snapshots never see part of a multi-record write.
 
 use crate::index::IndexError;
-use crate::log::redis::{RedisLog, RedisLogError};
+use crate::log::redis::{Entry, Epoch, Guard, RedisLog, RedisLogError, Regression};
 use crate::log::{Op, Seq};
 use crate::snapshot;
 use crate::store::Store;
@@ -24,6 +36,9 @@ const READ_BATCH: u64 = 512;
 const TAIL_BLOCK: Duration = Duration::from_millis(500);
 /// Heartbeat period; a registration lives for four periods.
 const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long a regressed replica waits before re-seeding: one registration lifetime, so
+/// every live replica has registered what it applied since Redis went back.
+const RESEED_AFTER: Duration = Duration::from_secs(8);
 
 /// Errors of replicated writes and waits.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +59,8 @@ pub enum ReplicaError {
     },
     #[error("checking the write against the index failed: {0}")]
     Internal(String),
+    #[error("writes are refused until the replicated log is repaired: {0}")]
+    Regressed(String),
 }
 
 /// The replication state of one worker.
@@ -54,8 +71,20 @@ pub struct Replicator {
     log_seq: AtomicU64,
     redis_up: AtomicBool,
     stalled: Mutex<Option<String>>,
+    /// The epoch id this replica follows (`None` until it learns one).
+    epoch: Mutex<Option<String>>,
+    regressed: Mutex<Option<Regressed>>,
     id: String,
     cfg: ReplicationConfig,
+}
+
+/// Why and since when writes are refused.
+#[derive(Debug, Clone)]
+struct Regressed {
+    reason: String,
+    since: std::time::Instant,
+    /// This replica's data no longer continues the stream: only a peer snapshot helps.
+    needs_snapshot: bool,
 }
 
 /// A point-in-time view for `/readyz` and metrics.
@@ -69,6 +98,12 @@ pub struct ReplicaStatus {
     pub lag: u64,
     pub redis_connected: bool,
     pub stalled: Option<String>,
+    /// Why writes are refused: Redis went behind what replicas applied, or was re-seeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regressed: Option<String>,
+    /// The stream epoch this replica follows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 impl Replicator {
@@ -83,6 +118,8 @@ impl Replicator {
             log_seq: AtomicU64::new(applied),
             redis_up: AtomicBool::new(true),
             stalled: Mutex::new(None),
+            epoch: Mutex::new(None),
+            regressed: Mutex::new(None),
             id,
             cfg,
         })
@@ -99,9 +136,19 @@ impl Replicator {
         tokio::spawn(self.clone().heartbeat());
     }
 
+    /// The epoch id this replica follows ('' before it learned one): part of shared cache
+    /// keys, so equal sequences of two histories never share an entry.
+    pub fn epoch_id(&self) -> String {
+        self.epoch.lock().clone().unwrap_or_default()
+    }
+
     /// Checks `ops` against this replica's index and appends them to the stream; returns
-    /// the sequence of the last one. Fails fast when Redis is unreachable.
+    /// the sequence of the last one. Fails fast when Redis is unreachable, and refuses
+    /// while the log is regressed.
     pub async fn write(&self, ops: Vec<Op>) -> Result<Seq, ReplicaError> {
+        if let Some(r) = self.regressed.lock().as_ref() {
+            return Err(ReplicaError::Regressed(r.reason.clone()));
+        }
         // Checking reads the index: off the async threads, where a long search or apply
         // holding its lock would stall every task of this thread.
         let store = Arc::clone(&self.store);
@@ -109,10 +156,50 @@ impl Replicator {
             tokio::task::spawn_blocking(move || store.index().check_batch(&ops).map(|()| ops))
                 .await
                 .map_err(|e| ReplicaError::Internal(e.to_string()))??;
-        let records = self.log.append(ops).await?;
+        let guard = Guard {
+            epoch: self.epoch.lock().clone(),
+            floor: self.log_seq(),
+        };
+        let (records, epoch) = match self.log.append(ops, &guard).await {
+            Ok(appended) => appended,
+            Err(RedisLogError::Regressed(regression)) => {
+                let reason = self.regress(&regression, false);
+                return Err(ReplicaError::Regressed(reason));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.epoch.lock().get_or_insert(epoch.id);
         let last = records.last().map_or(0, |r| r.seq);
         self.log_seq.fetch_max(last, Ordering::Relaxed);
+        self.log.await_replicas(last).await?;
         Ok(last)
+    }
+
+    /// Marks writes refused (logged once); returns the reason.
+    fn regress(&self, regression: &Regression, needs_snapshot: bool) -> String {
+        let reason = match regression {
+            Regression::EpochChanged { found, .. } => format!(
+                "the stream was re-seeded (epoch {found}) by another replica; this replica follows {:?}",
+                self.epoch_id()
+            ),
+            other => other.to_string(),
+        };
+        let mut slot = self.regressed.lock();
+        match slot.as_mut() {
+            Some(r) => {
+                r.needs_snapshot |= needs_snapshot;
+                r.reason.clone()
+            }
+            None => {
+                tracing::error!(%reason, needs_snapshot, "replicated log regressed: writes refused");
+                *slot = Some(Regressed {
+                    reason: reason.clone(),
+                    since: std::time::Instant::now(),
+                    needs_snapshot,
+                });
+                reason
+            }
+        }
     }
 
     /// Waits (bounded by `replication.wait_timeout_ms`) until this replica applied `seq`.
@@ -156,13 +243,27 @@ impl Replicator {
             lag: log_sequence.saturating_sub(applied),
             redis_connected: self.redis_up.load(Ordering::Relaxed),
             stalled: self.stalled.lock().clone(),
+            regressed: self.regressed.lock().as_ref().map(|r| r.reason.clone()),
+            epoch: self.epoch.lock().clone(),
         }
     }
 
-    /// Ready to serve: caught up within `replication.max_ready_lag` and not stalled.
+    /// Ready to serve: caught up within `replication.max_ready_lag`, not stalled, and not
+    /// cut off the stream by a re-seed (a regressed replica that may re-seed keeps serving
+    /// reads: its data is what was acknowledged).
     pub fn is_caught_up(&self) -> bool {
         let s = self.status();
-        s.stalled.is_none() && s.lag <= self.cfg.max_ready_lag
+        let cut_off = self
+            .regressed
+            .lock()
+            .as_ref()
+            .is_some_and(|r| r.needs_snapshot);
+        s.stalled.is_none() && !cut_off && s.lag <= self.cfg.max_ready_lag
+    }
+
+    /// Writes are refused because the log regressed.
+    pub fn is_regressed(&self) -> bool {
+        self.regressed.lock().is_some()
     }
 
     /// Deregisters this replica and closes the connections (clean shutdown).
@@ -176,15 +277,23 @@ impl Replicator {
     async fn tail(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(100);
         loop {
+            if self.is_regressed() {
+                // Nothing after a regression is trusted until the stream is re-seeded.
+                tokio::time::sleep(TAIL_BLOCK).await;
+                continue;
+            }
             let after = *self.applied.borrow();
-            match self
-                .log
-                .read_after(after, READ_BATCH, Some(TAIL_BLOCK))
-                .await
-            {
-                Ok(records) => {
+            match self.read_whole_batches(after).await {
+                Ok(entries) => {
                     self.redis_up.store(true, Ordering::Relaxed);
                     backoff = Duration::from_millis(100);
+                    let records = match self.check_epochs(entries).await {
+                        Ok(records) => records,
+                        Err(e) => {
+                            self.stall(&e.to_string()).await;
+                            continue;
+                        }
+                    };
                     let Some(last) = records.last().map(|r| r.seq) else {
                         continue;
                     };
@@ -215,6 +324,184 @@ impl Replicator {
         }
     }
 
+    /// Reads entries after `after`, continuing until the last one ends its batch: a
+    /// multi-record write is applied (and published, and snapshotted) all at once.
+    async fn read_whole_batches(&self, after: Seq) -> Result<Vec<Entry>, RedisLogError> {
+        let mut entries = self
+            .log
+            .read_entries_after(after, READ_BATCH, Some(TAIL_BLOCK))
+            .await?;
+        while let Some(last) = entries.last() {
+            let (seq, end) = (last.record.seq, last.batch_end);
+            if end <= seq {
+                break;
+            }
+            let more = self.log.read_entries_after(seq, end - seq, None).await?;
+            if more.is_empty() {
+                // Appends are atomic: a batch's entries are all there or none are.
+                return Err(RedisLogError::Trimmed {
+                    after: seq,
+                    first: end,
+                });
+            }
+            entries.extend(more);
+        }
+        Ok(entries)
+    }
+
+    /// Keeps the entries of the epoch this replica follows. At another epoch: adopts it
+    /// when it continues this replica's epoch exactly at its applied sequence (a re-seed
+    /// by a peer at the same point), otherwise marks the replica cut off (it needs a peer
+    /// snapshot) and keeps nothing.
+    async fn check_epochs(
+        &self,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<crate::log::Record>, RedisLogError> {
+        let mut records = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if let Some(epoch) = &entry.epoch {
+                let followed = self.epoch.lock().clone();
+                match followed {
+                    None => *self.epoch.lock() = Some(epoch.clone()),
+                    Some(f) if f == *epoch => {}
+                    Some(_) if !records.is_empty() => break,
+                    Some(_) => {
+                        self.follow_current_epoch().await?;
+                        if self.is_regressed() {
+                            return Ok(Vec::new());
+                        }
+                    }
+                }
+            }
+            records.push(entry.record);
+        }
+        Ok(records)
+    }
+
+    /// Reads the stream's epoch and follows it when it continues this replica's history
+    /// at its applied sequence; marks the replica cut off when it does not.
+    async fn follow_current_epoch(&self) -> Result<(), RedisLogError> {
+        let Some(current) = self.log.epoch().await? else {
+            return Ok(());
+        };
+        let followed = self.epoch.lock().clone();
+        let applied = *self.applied.borrow();
+        match followed {
+            Some(f) if f == current.id => {}
+            None => *self.epoch.lock() = Some(current.id),
+            Some(f) if current.parent == f && current.base == applied => {
+                tracing::info!(epoch = %current.id, base = current.base, "following the re-seeded stream");
+                *self.epoch.lock() = Some(current.id);
+                if let Some(r) = self.regressed.lock().take() {
+                    tracing::info!(reason = %r.reason, "writes accepted again");
+                }
+            }
+            Some(f) => {
+                self.regress(
+                    &Regression::EpochChanged {
+                        expected: f,
+                        found: format!("{} from sequence {}", current.id, current.base),
+                    },
+                    true,
+                );
+                self.note_cut_off(applied, &current);
+            }
+        }
+        Ok(())
+    }
+
+    fn note_cut_off(&self, applied: Seq, current: &Epoch) {
+        let mut slot = self.regressed.lock();
+        if let Some(r) = slot.as_mut() {
+            r.needs_snapshot = true;
+            r.reason = format!(
+                "the stream was re-seeded after sequence {} (epoch {}) and this replica, at {applied}, does not continue it: restart it with an empty data volume to bootstrap from a peer snapshot",
+                current.base, current.id
+            );
+        }
+    }
+
+    /// One heartbeat's look at Redis: the counter or the epoch gone behind what this
+    /// replica applied marks it regressed; a regressed replica that is the most advanced
+    /// of the live ones re-seeds the stream once every replica had time to register.
+    async fn watch_regression(&self, last: Seq) -> Result<(), RedisLogError> {
+        let applied = *self.applied.borrow();
+        let current = self.log.epoch().await?;
+        let followed = self.epoch.lock().clone();
+        match (&current, &followed) {
+            (None, _) if applied > 0 && last == 0 && self.log.top_seq().await? == 0 => {
+                self.regress(&Regression::Lost { floor: applied }, false);
+            }
+            (Some(c), Some(f)) if c.id != *f => self.follow_current_epoch().await?,
+            (Some(c), None) => *self.epoch.lock() = Some(c.id.clone()),
+            _ if last < applied => {
+                let top = self.log.top_seq().await?;
+                self.regress(
+                    &Regression::Behind {
+                        counter: last,
+                        top,
+                        floor: applied,
+                    },
+                    false,
+                );
+            }
+            _ => {}
+        }
+        let due = self
+            .regressed
+            .lock()
+            .as_ref()
+            .is_some_and(|r| !r.needs_snapshot && r.since.elapsed() >= RESEED_AFTER);
+        if due {
+            self.try_reseed(applied).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-seeds the stream after `applied` when no live replica applied more and the
+    /// stream holds nothing beyond it.
+    async fn try_reseed(&self, applied: Seq) -> Result<(), RedisLogError> {
+        let others = self.log.applied_by_replica().await?;
+        let most = others
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(_, seq)| *seq)
+            .max()
+            .unwrap_or(0);
+        let (last, top) = (self.log.last_seq().await?, self.log.top_seq().await?);
+        if most > applied || last > applied || top > applied {
+            tracing::warn!(
+                applied,
+                most,
+                last,
+                top,
+                "not re-seeding: another replica or the stream is ahead of this one"
+            );
+            return Ok(());
+        }
+        let parent = self.epoch_id();
+        match self.log.reseed(applied, &parent).await {
+            Ok(epoch) => {
+                tracing::warn!(epoch = %epoch.id, base = applied, "re-seeded the replicated log after this replica's sequence");
+                *self.epoch.lock() = Some(epoch.id);
+                self.log_seq.store(applied, Ordering::Relaxed);
+                if let Some(r) = self.regressed.lock().take() {
+                    tracing::info!(reason = %r.reason, "writes accepted again");
+                }
+                Ok(())
+            }
+            // Another replica re-seeded first: follow it if it continues from here.
+            Err(RedisLogError::Regressed(Regression::EpochChanged { .. })) => {
+                self.follow_current_epoch().await
+            }
+            Err(RedisLogError::Regressed(r)) => {
+                tracing::warn!(reason = %r, "not re-seeding");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn stall(&self, reason: &str) {
         let first = self.stalled.lock().replace(reason.to_string()).is_none();
         if first {
@@ -227,9 +514,15 @@ impl Replicator {
         loop {
             let result = async {
                 let last = self.log.last_seq().await?;
-                self.log_seq.fetch_max(last, Ordering::Relaxed);
+                self.watch_regression(last).await?;
+                if !self.is_regressed() {
+                    self.log_seq.fetch_max(last, Ordering::Relaxed);
+                }
                 let oldest = self.store.oldest_snapshot_seq();
-                self.log.heartbeat(&self.id, oldest, HEARTBEAT * 4).await?;
+                let applied = *self.applied.borrow();
+                self.log
+                    .heartbeat(&self.id, oldest, applied, HEARTBEAT * 4)
+                    .await?;
                 self.log.trim().await
             }
             .await;
@@ -349,3 +642,6 @@ async fn fetch_snapshot(peer: &str, cfg: &ReplicationConfig, dir: &Path) -> anyh
     let (checked, _) = incoming.finish(|c| snapshot::file_name(c.sequence))?;
     Ok(checked.sequence)
 }
+
+#[cfg(test)]
+mod tests;

@@ -56,6 +56,7 @@ fn default_redis_size() -> Quantity {
     validation = Rule::new("self.mode != 'standalone' || has(self.url)").message("redis.external.url is required in standalone mode"),
     validation = Rule::new("self.mode == 'standalone' || size(self.nodes) > 0").message("redis.external.nodes is required in cluster and sentinel mode"),
     validation = Rule::new("self.mode != 'sentinel' || has(self.sentinelService)").message("redis.external.sentinelService is required in sentinel mode"),
+    validation = Rule::new("self.mode != 'cluster' || !has(self.minReplicasToAck) || self.minReplicasToAck == 0").message("redis.external.minReplicasToAck is supported in standalone and sentinel mode, not cluster"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalRedis {
@@ -89,6 +90,21 @@ pub struct ExternalRedis {
     /// instead of the system roots. Implies TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca_secret_ref: Option<CaSecretRef>,
+    /// Acknowledge a write only once this many Redis replicas hold it (Redis `WAIT`), so
+    /// a Redis failover cannot lose an acknowledged write. 0 (the default): once the
+    /// primary holds it. Writes answer 503 when fewer replicas confirm within
+    /// `replicaAckTimeoutMs` (the write is logged and may still survive).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(max = 16))]
+    pub min_replicas_to_ack: u32,
+    /// How long a write waits for `minReplicasToAck` Redis replicas (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 60000))]
+    pub replica_ack_timeout_ms: Option<u64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A key of a Secret holding PEM certificates.

@@ -236,6 +236,11 @@ async fn run_query(
         .map(Value::to_string)
         .unwrap_or_default();
     let cache = engine.cache.as_ref();
+    let epoch = engine
+        .replicator
+        .as_ref()
+        .map(|r| r.epoch_id())
+        .unwrap_or_default();
     // Everything that shapes the answer; the collection's version joins it in the key.
     let digest = cache.map(|_| {
         QueryCache::request_digest(&json!({
@@ -244,7 +249,7 @@ async fn run_query(
         }))
     });
     if let (Some(cache), Some(digest)) = (cache, &digest) {
-        let key = cache.result_key(collection, version, digest);
+        let key = cache.result_key(collection, &epoch, version, digest);
         if let Some((hits, level)) = cache.result(&key).await {
             return Ok(QueryAnswer {
                 hits,
@@ -285,7 +290,7 @@ async fn run_query(
         })
         .collect();
     if let (Some(cache), Some(digest)) = (cache, &digest) {
-        cache.put_result(cache.result_key(collection, version, digest), &hits);
+        cache.put_result(cache.result_key(collection, &epoch, version, digest), &hits);
     }
     Ok(QueryAnswer {
         hits,

@@ -192,6 +192,10 @@ fn redis_config(spec: &KnowledgeBaseSpec, names: &Names) -> Option<RedisConfig> 
             .map(|_| PathBuf::from(format!("{REDIS_CA_DIR}/{REDIS_CA_FILE}"))),
         key_prefix,
         start_wait_ms: REDIS_START_WAIT_MS,
+        min_replicas_to_ack: external.min_replicas_to_ack,
+        replica_ack_timeout_ms: external
+            .replica_ack_timeout_ms
+            .unwrap_or(RedisConfig::default().replica_ack_timeout_ms),
     })
 }
 

@@ -63,6 +63,8 @@ pub fn external_cluster_redis() -> Redis {
             }),
             tls: true,
             tls_ca_secret_ref: None,
+            min_replicas_to_ack: 0,
+            replica_ack_timeout_ms: None,
         }),
     }
 }

@@ -281,6 +281,8 @@ mod tests {
             password_secret_ref: None,
             tls: false,
             tls_ca_secret_ref: None,
+            min_replicas_to_ack: 0,
+            replica_ack_timeout_ms: None,
         };
         assert_eq!(external_redis_ports(&external), vec![7000, 7001]);
     }
@@ -296,6 +298,8 @@ mod tests {
             password_secret_ref: None,
             tls: false,
             tls_ca_secret_ref: None,
+            min_replicas_to_ack: 0,
+            replica_ack_timeout_ms: None,
         };
         assert_eq!(external_redis_ports(&external), vec![6379, 26379]);
         external.data_ports = vec![6380];

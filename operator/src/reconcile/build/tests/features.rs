@@ -282,6 +282,7 @@ fn external_redis_cluster_is_configured_and_reachable() {
     assert_eq!(redis.mode, kb_config::RedisMode::Cluster);
     assert_eq!(redis.nodes.len(), 2);
     assert!(redis.tls);
+    assert_eq!(redis.min_replicas_to_ack, 0);
     assert_eq!(secret_env(&plan, "KB_REDIS_PASSWORD").0, "redis-auth");
     assert!(pruned(&plan, ChildKind::StatefulSet, "docs-redis"));
     let policy = json(&plan, ChildKind::NetworkPolicy, "docs-worker");
