@@ -110,7 +110,7 @@ impl Replicator {
     /// Wraps a store opened with [`Store::open_replicated`].
     pub fn new(log: RedisLog, store: Arc<Store>, cfg: ReplicationConfig) -> Arc<Self> {
         let applied = store.index().applied();
-        let id = cfg.replica_id.clone().unwrap_or_else(default_replica_id);
+        let id = replica_id(&cfg);
         Arc::new(Self {
             log,
             store,
@@ -519,7 +519,14 @@ impl Replicator {
                     self.log_seq.fetch_max(last, Ordering::Relaxed);
                 }
                 let oldest = self.store.oldest_snapshot_seq();
-                let applied = *self.applied.borrow();
+                // A replica cut off the stream registers no floor: its sequence belongs
+                // to a history the stream no longer continues.
+                let cut_off = self
+                    .regressed
+                    .lock()
+                    .as_ref()
+                    .is_some_and(|r| r.needs_snapshot);
+                let applied = if cut_off { 0 } else { *self.applied.borrow() };
                 self.log
                     .heartbeat(&self.id, oldest, applied, HEARTBEAT * 4)
                     .await?;
@@ -541,6 +548,34 @@ impl Replicator {
             tokio::time::sleep(HEARTBEAT).await;
         }
     }
+}
+
+/// This replica's name in the registries: `replication.replica_id`, else pod name + pid.
+pub fn replica_id(cfg: &ReplicationConfig) -> String {
+    cfg.replica_id.clone().unwrap_or_else(default_replica_id)
+}
+
+/// Registers a starting replica before its model and data are loaded (which can take
+/// minutes), so that the stream is not trimmed past what it will need: its oldest local
+/// snapshot (0, which holds back all trimming, while it has none), re-read every period
+/// since a bootstrap may install one. It registers no applied sequence yet (its data may
+/// belong to another history until checked). Abort the task once the [`Replicator`] runs.
+pub fn heartbeat_while_starting(
+    log: RedisLog,
+    id: String,
+    data_dir: &Path,
+) -> tokio::task::JoinHandle<()> {
+    let snapshots = data_dir.join("snapshots");
+    tokio::spawn(async move {
+        loop {
+            let local = snapshot::list(&snapshots).unwrap_or_default();
+            let oldest = local.last().map_or(0, |(seq, _)| *seq);
+            if let Err(e) = log.heartbeat(&id, oldest, 0, HEARTBEAT * 4).await {
+                tracing::debug!(error = %e, "start-up heartbeat failed");
+            }
+            tokio::time::sleep(HEARTBEAT).await;
+        }
+    })
 }
 
 fn default_replica_id() -> String {

@@ -229,22 +229,47 @@ pub async fn delete_matching(
     let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
     let body: DeleteBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
-    let ids = match (body.filter, body.ids) {
+    let op = match (body.filter, body.ids) {
         (Some(filter), None) => {
-            let filter = Filter::parse(&filter).map_err(ApiError::BadRequest)?;
-            if filter.is_empty() {
+            let parsed = Filter::parse(&filter).map_err(ApiError::BadRequest)?;
+            if parsed.is_empty() {
                 return Err(ApiError::BadRequest(
                     "an empty filter would delete every document; drop the collection instead"
                         .into(),
                 ));
             }
-            with_collection(&engine, &collection, move |c| c.matching(&filter)).await?
+            with_collection(&engine, &collection, |_| ()).await?;
+            // Logged as the filter, evaluated when applied: every replica deletes what
+            // matches after every earlier write, never what a lagging replica saw.
+            Op::DeleteMatching {
+                collection: collection.clone(),
+                filter: filter.to_string(),
+            }
         }
         (None, Some(ids)) => {
-            with_collection(&engine, &collection, move |c| {
-                ids.into_iter().filter(|id| c.contains(id)).collect()
+            let ids = with_collection(&engine, &collection, move |c| {
+                ids.into_iter()
+                    .filter(|id| c.contains(id))
+                    .collect::<Vec<_>>()
             })
-            .await?
+            .await?;
+            if ids.is_empty() {
+                return Ok(Json(DeletedMatching {
+                    deleted: 0,
+                    sequence: engine.store.view().applied,
+                }));
+            }
+            let deleted = ids.len();
+            let ops = ids
+                .into_iter()
+                .map(|doc_id| Op::Delete {
+                    collection: collection.clone(),
+                    doc_id,
+                })
+                .collect();
+            // One write: every listed document goes, or none does.
+            let sequence = engine.write(ops, Wait::Applied).await?;
+            return Ok(Json(DeletedMatching { deleted, sequence }));
         }
         _ => {
             return Err(ApiError::BadRequest(
@@ -252,21 +277,11 @@ pub async fn delete_matching(
             ))
         }
     };
-    if ids.is_empty() {
-        return Ok(Json(DeletedMatching {
-            deleted: 0,
-            sequence: engine.store.view().applied,
-        }));
-    }
-    let deleted = ids.len();
-    let ops = ids
-        .into_iter()
-        .map(|doc_id| Op::Delete {
-            collection: collection.clone(),
-            doc_id,
-        })
-        .collect();
-    // One write: every matching document goes, or none does.
-    let sequence = engine.write(ops, Wait::Applied).await?;
+    let sequence = engine.write(vec![op], Wait::Applied).await?;
+    let store = Arc::clone(&engine.store);
+    let deleted = tokio::task::spawn_blocking(move || store.index().deleted_by(sequence))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .unwrap_or(0);
     Ok(Json(DeletedMatching { deleted, sequence }))
 }

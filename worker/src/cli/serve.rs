@@ -187,14 +187,21 @@ pub(crate) fn load_engine(
 }
 
 /// Replicated mode: connects to Redis and, when this replica's data is missing or the
-/// stream no longer covers it, installs a peer's snapshot first.
-async fn connect_replica(cfg: &WorkerConfig) -> anyhow::Result<Option<RedisLog>> {
+/// stream no longer covers it, installs a peer's snapshot first. Registers the replica
+/// from the moment it is connected (the returned task; abort it once the replicator
+/// runs), so that the stream is not trimmed past what it will replay while it
+/// bootstraps and loads.
+async fn connect_replica(
+    cfg: &WorkerConfig,
+) -> anyhow::Result<Option<(RedisLog, tokio::task::JoinHandle<()>)>> {
     let Some(redis) = &cfg.redis else {
         return Ok(None);
     };
     let log = RedisLog::connect_patiently(redis)
         .await
         .context("connecting to Redis (redis.url / redis.nodes, redis.start_wait_ms)")?;
+    let id = replica::replica_id(&cfg.replication);
+    let starting = replica::heartbeat_while_starting(log.clone(), id, &cfg.data_dir);
     replica::bootstrap(&log, &cfg.replication, &cfg.data_dir).await?;
     // A data directory ahead of the stream (restored from a backup into a new knowledge
     // base, or Redis lost its data) continues the stream after its sequence.
@@ -217,7 +224,7 @@ async fn connect_replica(cfg: &WorkerConfig) -> anyhow::Result<Option<RedisLog>>
             "the stream continues after this data directory's snapshot"
         );
     }
-    Ok(Some(log))
+    Ok(Some((log, starting)))
 }
 
 /// How often the API-keys file is checked for a new version (a rotated Secret).
@@ -305,11 +312,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(reload_keys(state.clone()));
     let loader_state = state.clone();
     let loader = tokio::spawn(async move {
-        let log = connect_replica(&cfg).await?;
+        let (log, starting) = connect_replica(&cfg).await?.unzip();
         let metrics = loader_state.metrics.clone();
         let engine = tokio::task::spawn_blocking(move || load_engine(&cfg, log, metrics)).await??;
         if let Some(replicator) = &engine.replicator {
             replicator.start();
+        }
+        if let Some(task) = starting {
+            task.abort();
         }
         loader_state.set_engine(Arc::new(engine));
         tracing::info!("model loaded and data opened");

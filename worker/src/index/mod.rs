@@ -31,6 +31,8 @@ pub enum IndexError {
     Aborted(String),
     #[error("not enough memory: {0}")]
     Capacity(String),
+    #[error("invalid filter: {0}")]
+    Filter(String),
 }
 
 impl IndexError {
@@ -108,7 +110,13 @@ pub struct Index {
     changed: BTreeMap<String, Seq>,
     /// Sequence of the snapshot this index was loaded from (0: built from the log).
     loaded_at: Seq,
+    /// Documents removed by the latest [`Op::DeleteMatching`] records, by sequence
+    /// (the newest [`MATCHED_KEPT`]), for the answer of the request that logged them.
+    matched: std::collections::VecDeque<(Seq, usize)>,
 }
+
+/// How many [`Op::DeleteMatching`] outcomes an index remembers.
+const MATCHED_KEPT: usize = 256;
 
 impl Index {
     /// An empty index whose vectors live on `placement` (a device or a list of them).
@@ -119,7 +127,17 @@ impl Index {
             applied: 0,
             changed: BTreeMap::new(),
             loaded_at: 0,
+            matched: std::collections::VecDeque::new(),
         }
+    }
+
+    /// How many documents the [`Op::DeleteMatching`] record at `seq` removed (`None`
+    /// when `seq` is no such record, or too old).
+    pub fn deleted_by(&self, seq: Seq) -> Option<usize> {
+        self.matched
+            .iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, n)| *n)
     }
 
     /// The sequence of the last applied record.
@@ -187,6 +205,7 @@ impl Index {
                 }
             }
             Op::Delete { .. } | Op::DropCollection { .. } => Ok(()),
+            Op::DeleteMatching { filter, .. } => parse_filter(filter).map(|_| ()),
         }
     }
 
@@ -248,15 +267,23 @@ impl Index {
         // untouched and the sequence where it was, so the caller can stop and retry.
         let result = self.apply_op(&record.op);
         if result.as_ref().is_err_and(IndexError::is_resource) {
-            return result;
+            return result.map(|_| ());
         }
+        if let (Op::DeleteMatching { .. }, Ok(removed)) = (&record.op, &result) {
+            if self.matched.len() == MATCHED_KEPT {
+                self.matched.pop_front();
+            }
+            self.matched.push_back((record.seq, *removed));
+        }
+        let result = result.map(|_| ());
         self.applied = record.seq;
         self.changed
             .insert(record.op.collection().to_string(), record.seq);
         result
     }
 
-    fn apply_op(&mut self, op: &Op) -> Result<(), IndexError> {
+    /// Applies `op`; returns how many documents it removed by filter.
+    fn apply_op(&mut self, op: &Op) -> Result<usize, IndexError> {
         match op {
             Op::CreateCollection {
                 collection,
@@ -288,8 +315,19 @@ impl Index {
             Op::DropCollection { collection } => {
                 self.collections.remove(collection);
             }
+            Op::DeleteMatching { collection, filter } => {
+                let filter = parse_filter(filter)?;
+                let Some(c) = self.collections.get_mut(collection) else {
+                    return Ok(0);
+                };
+                let ids = c.matching(&filter);
+                for id in &ids {
+                    c.delete(id);
+                }
+                return Ok(ids.len());
+            }
         }
-        Ok(())
+        Ok(0)
     }
 
     /// Inserts a loaded collection (snapshot restore).
@@ -300,3 +338,12 @@ impl Index {
 
 #[cfg(test)]
 mod tests;
+
+/// The filter of an [`Op::DeleteMatching`] record; one that does not parse (never logged
+/// by this build) applies as a no-op on every replica alike.
+fn parse_filter(text: &str) -> Result<filter::Filter, IndexError> {
+    serde_json::from_str(text)
+        .map_err(|e| e.to_string())
+        .and_then(|value| filter::Filter::parse(&value))
+        .map_err(IndexError::Filter)
+}

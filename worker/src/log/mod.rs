@@ -73,6 +73,10 @@ pub enum Op {
     Delete { collection: String, doc_id: String },
     /// Removes the collection and all its chunks.
     DropCollection { collection: String },
+    /// Removes every document whose metadata matches `filter` (the JSON text of a
+    /// [`crate::index::filter::Filter`]) when the record is applied: every replica
+    /// evaluates it against the same state, after every earlier record.
+    DeleteMatching { collection: String, filter: String },
 }
 
 impl Op {
@@ -82,7 +86,8 @@ impl Op {
             Op::CreateCollection { collection, .. }
             | Op::Upsert { collection, .. }
             | Op::Delete { collection, .. }
-            | Op::DropCollection { collection } => collection,
+            | Op::DropCollection { collection }
+            | Op::DeleteMatching { collection, .. } => collection,
         }
     }
 }

@@ -28,6 +28,25 @@ fn upsert(doc: &str) -> Op {
     }
 }
 
+fn tagged(doc: &str, tag: &str) -> Op {
+    let Op::Upsert {
+        collection,
+        doc_id,
+        mut chunks,
+    } = upsert(doc)
+    else {
+        unreachable!()
+    };
+    chunks[0]
+        .metadata
+        .insert("tag".into(), serde_json::json!(tag));
+    Op::Upsert {
+        collection,
+        doc_id,
+        chunks,
+    }
+}
+
 fn delete(doc: &str) -> Op {
     Op::Delete {
         collection: "c".into(),
@@ -37,6 +56,13 @@ fn delete(doc: &str) -> Op {
 
 /// A replicator on its own data directory, started.
 async fn replica(log: RedisLog, dir: &Path, id: &str) -> Arc<Replicator> {
+    let replicator = stopped_replica(log, dir, id);
+    replicator.start();
+    replicator
+}
+
+/// A replicator whose tailer and heartbeat are not started: a replica lagging behind.
+fn stopped_replica(log: RedisLog, dir: &Path, id: &str) -> Arc<Replicator> {
     let mut cfg = WorkerConfig::default();
     cfg.snapshot.every_records = 1_000_000;
     let store = Arc::new(Store::open_replicated(dir, &cfg, Device::Cpu).unwrap());
@@ -44,9 +70,7 @@ async fn replica(log: RedisLog, dir: &Path, id: &str) -> Arc<Replicator> {
         replica_id: Some(id.into()),
         ..ReplicationConfig::default()
     };
-    let replicator = Replicator::new(log, store, replication);
-    replicator.start();
-    replicator
+    Replicator::new(log, store, replication)
 }
 
 fn documents(r: &Replicator) -> Vec<String> {
@@ -100,10 +124,11 @@ async fn a_batch_longer_than_one_read_is_applied_and_published_at_once() {
         let watching = watching.clone();
         std::thread::spawn(move || {
             let mut seen = std::collections::BTreeSet::new();
+            let documents = || store.view().collections.get("c").map_or(0, |c| c.documents);
             while watching.load(Ordering::Relaxed) {
-                let view = store.view();
-                seen.insert(view.collections.get("c").map_or(0, |c| c.documents));
+                seen.insert(documents());
             }
+            seen.insert(documents());
             seen
         })
     };
@@ -114,7 +139,10 @@ async fn a_batch_longer_than_one_read_is_applied_and_published_at_once() {
     reader.wait_applied(deleted).await.unwrap();
     watching.store(false, Ordering::Relaxed);
     let seen = seen.join().unwrap();
-    assert_eq!(seen, [0, 800].into(), "a reader saw part of the delete");
+    assert!(
+        seen.iter().all(|n| [0, 800].contains(n)) && seen.contains(&0),
+        "a reader saw part of the delete: {seen:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,6 +199,8 @@ async fn flushall_during_ingestion_loses_no_acknowledged_write_and_replicas_agre
     let b = replica(log(&server).await, &dir.path().join("b"), "b").await;
     a.write(vec![create()]).await.unwrap();
     let mut acknowledged = Vec::new();
+    // Writes whose outcome is unknown (Redis did not answer in time on a loaded machine).
+    let mut unknown = Vec::new();
     let mut refused = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     let mut i = 0;
@@ -189,6 +219,10 @@ async fn flushall_during_ingestion_loses_no_acknowledged_write_and_replicas_agre
                 acknowledged.push(doc);
             }
             Err(ReplicaError::Regressed(_)) => refused += 1,
+            Err(ReplicaError::Redis(e)) => {
+                eprintln!("{doc}: outcome unknown: {e}");
+                unknown.push(doc);
+            }
             Err(e) => panic!("unexpected error: {e}"),
         }
         if i == 20 {
@@ -200,14 +234,93 @@ async fn flushall_during_ingestion_loses_no_acknowledged_write_and_replicas_agre
     assert!(refused > 0, "writes were refused while the log was lost");
     let last = acknowledged.len();
     until("both replicas applied everything", || {
-        a.status().applied_sequence == b.status().applied_sequence && documents(&a).len() == last
+        a.status().applied_sequence == b.status().applied_sequence && documents(&a).len() >= last
     })
     .await;
-    acknowledged.sort();
+    let found = documents(&a);
+    assert_eq!(documents(&b), found, "the replicas agree");
+    for doc in &acknowledged {
+        assert!(found.contains(doc), "acknowledged {doc} is lost");
+    }
+    for doc in &found {
+        assert!(
+            acknowledged.contains(doc) || unknown.contains(doc),
+            "{doc} was never written"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_by_filter_sent_to_a_lagging_replica_spares_a_document_reingested_elsewhere() {
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(log(&server).await, &dir.path().join("a"), "a").await;
+    let first = a
+        .write(vec![create(), tagged("keep", "old"), tagged("gone", "old")])
+        .await
+        .unwrap();
+    let b = stopped_replica(log(&server).await, &dir.path().join("b"), "b");
+    let applied = b
+        .store
+        .apply_replicated(&log(&server).await.read_after(0, 10, None).await.unwrap())
+        .unwrap();
+    assert_eq!(applied, first);
+    // The replicator starts from what its store applied.
+    let b = Replicator::new(b.log.clone(), b.store.clone(), b.cfg.clone());
+    // "keep" is re-ingested through A with a new tag and acknowledged...
+    let reingested = a.write(vec![tagged("keep", "new")]).await.unwrap();
+    a.wait_applied(reingested).await.unwrap();
+    // ...then B, which has not applied that yet, takes a delete of everything tagged old.
+    let filter = serde_json::json!({"tag": "old"}).to_string();
+    let deleted = b
+        .write(vec![Op::DeleteMatching {
+            collection: "c".into(),
+            filter,
+        }])
+        .await
+        .unwrap();
+    b.start();
+    a.wait_applied(deleted).await.unwrap();
+    b.wait_applied(deleted).await.unwrap();
     assert_eq!(
         documents(&a),
-        acknowledged,
-        "every acknowledged write is there"
+        ["keep"],
+        "the acknowledged re-ingest survives"
     );
-    assert_eq!(documents(&b), acknowledged);
+    assert_eq!(documents(&b), ["keep"]);
+    assert_eq!(a.store.index().deleted_by(deleted), Some(1));
+    assert_eq!(b.store.index().deleted_by(deleted), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_replica_holds_back_trimming_before_its_model_is_loaded() {
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(log(&server).await, &dir.path().join("a"), "a").await;
+    let mut ops = vec![create()];
+    ops.extend((0..9).map(|i| upsert(&format!("d{i}"))));
+    a.write(ops).await.unwrap();
+    // A replica restarting with a snapshot at 4 registers before anything is loaded.
+    let starting_dir = dir.path().join("starting");
+    let mut index = crate::index::Index::new(Device::Cpu);
+    for record in log(&server).await.read_after(0, 4, None).await.unwrap() {
+        index.apply(&record).unwrap();
+    }
+    let snapshots = starting_dir.join("snapshots");
+    std::fs::create_dir_all(&snapshots).unwrap();
+    crate::snapshot::save(&index, &snapshots, 2).unwrap();
+    let task = heartbeat_while_starting(log(&server).await, "starting".into(), &starting_dir);
+    let registry = log(&server).await;
+    until("the starting replica is registered", || {
+        cli(&server, &["HEXISTS", "{t}:replicas", "starting"]) == "1"
+    })
+    .await;
+    // A's snapshots are past 4; trimming keeps what the starting replica will replay.
+    registry
+        .heartbeat("a", 10, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(registry.trim().await.unwrap(), 4);
+    assert_eq!(registry.read_after(4, 100, None).await.unwrap().len(), 6);
+    task.abort();
 }
