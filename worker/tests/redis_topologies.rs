@@ -224,3 +224,146 @@ async fn tls_with_a_private_ca_and_a_password_replicates() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), seq.to_string());
 }
+
+/// A TCP proxy whose forwarding can be cut: data sent after the cut is dropped, as a
+/// replication link that loses its last writes.
+struct Proxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(forward(client_read, server_write, flag.clone()));
+                tokio::spawn(forward(server_read, client_write, flag.clone()));
+            }
+        });
+        Proxy { port, cut }
+    }
+}
+
+/// Copies `from` to `to` until either closes, dropping what arrives while `cut` is set.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        if !cut.load(std::sync::atomic::Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// A Sentinel failover to a Redis replica that missed the last acknowledged writes: the
+/// new primary's counter is behind what the workers applied. Writes are refused (503
+/// naming the cause), never numbered below it; the workers re-seed the stream after what
+/// they applied and writes resume, with nothing acknowledged lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sentinel_failover_to_a_replica_that_missed_writes_never_reuses_sequences() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut primary = Redis::start(&tmp.path().join("primary"), free_port());
+    let link = Proxy::start(primary.port).await;
+    let replica_port = free_port();
+    let replica = Redis::start_with(
+        &tmp.path().join("replica"),
+        replica_port,
+        &["--replicaof", "127.0.0.1", &link.port.to_string()],
+    );
+    let sentinel_port = free_port();
+    let sentinel_conf = tmp.path().join("sentinel.conf");
+    std::fs::write(
+        &sentinel_conf,
+        format!(
+            "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor kbmaster 127.0.0.1 {} 1\n\
+             sentinel down-after-milliseconds kbmaster 1000\nsentinel failover-timeout kbmaster 10000\n",
+            primary.port
+        ),
+    )
+    .unwrap();
+    let mut sentinel = Command::new("redis-sentinel")
+        .arg(&sentinel_conf)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-sentinel is not installed: run `make setup`");
+    wait_for_port(sentinel_port);
+    let cfg = format!(
+        "redis:\n  mode: sentinel\n  nodes: [\"127.0.0.1:{sentinel_port}\"]\n  sentinel_service: kbmaster\n  key_prefix: kb:failover\nreplication:\n  max_ready_lag: 0\n  wait_timeout_ms: 20000\n"
+    );
+    let a = Worker::start(&tmp.path().join("a"), &cfg, &["--open"]).await;
+    let b = Worker::start(&tmp.path().join("b"), &cfg, &["--open"]).await;
+    let first = ingest_ok(&a.url, docs("before", 3)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while replica.cli(&["GET", "{kb:failover}:seq"]) != first.to_string() {
+        assert!(Instant::now() < deadline, "the Redis replica never synced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The replication link loses what follows; the primary acknowledges it and dies.
+    link.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    let missed = ingest_ok(&a.url, docs("missed", 3)).await;
+    assert_eq!(find(&b.url, "missed", 2, missed).await, "missed-2");
+    primary.kill();
+    // Sentinel promotes the replica, whose counter is at `first`.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !replica.cli(&["ROLE"]).starts_with("master") {
+        assert!(
+            Instant::now() < deadline,
+            "Sentinel never promoted the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        replica.cli(&["GET", "{kb:failover}:seq"]),
+        first.to_string()
+    );
+    // Writes are refused with the cause, or (once re-seeded) numbered after `missed`.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut refusals = 0;
+    let after = loop {
+        assert!(Instant::now() < deadline, "writes never resumed");
+        let resp = ingest(&b.url, docs("after", 2)).await;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        match status.as_u16() {
+            200 => break body["sequence"].as_u64().unwrap(),
+            503 => {
+                let message = body["error"]["message"].as_str().unwrap_or_default();
+                if message.contains("repaired") {
+                    refusals += 1;
+                }
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(refusals > 0, "writes were refused while Redis was behind");
+    assert!(
+        after > missed,
+        "sequence {after} reuses one at or below {missed}"
+    );
+    for url in [&a.url, &b.url] {
+        assert_eq!(find(url, "missed", 2, after).await, "missed-2");
+        assert_eq!(find(url, "after", 1, after).await, "after-1");
+        assert_eq!(documents(url).await, 8);
+    }
+    let _ = sentinel.kill();
+    let _ = sentinel.wait();
+}

@@ -197,7 +197,9 @@ async fn flushall_during_ingestion_loses_no_acknowledged_write_and_replicas_agre
     let dir = tempfile::tempdir().unwrap();
     let a = replica(log(&server).await, &dir.path().join("a"), "a").await;
     let b = replica(log(&server).await, &dir.path().join("b"), "b").await;
-    a.write(vec![create()]).await.unwrap();
+    let created = a.write(vec![create()]).await.unwrap();
+    a.wait_applied(created).await.unwrap();
+    b.wait_applied(created).await.unwrap();
     let mut acknowledged = Vec::new();
     // Writes whose outcome is unknown (Redis did not answer in time on a loaded machine).
     let mut unknown = Vec::new();
