@@ -9,7 +9,7 @@ use crate::executor::{Dispatcher, ReplicaSpec};
 use crate::model_config::ModelSpec;
 use crate::stats::{Counters, EngineStats};
 use crate::tokenize::{SpecialTokens, TextTokenizer};
-use crate::{EmbedError, Embedded, EmbeddingConfig};
+use crate::{EmbedError, Embedded, EmbeddingConfig, Precision};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -35,14 +35,26 @@ struct Inner {
     queue: Arc<RequestQueue>,
     counters: Arc<Counters>,
     scheduler: Mutex<Option<JoinHandle<()>>>,
+    calibration: Option<crate::calibrate::Calibration>,
 }
 
 impl Embedder {
     /// Loads model + tokenizer and starts one executor thread per device (`cfg.device`:
     /// "cpu", "cuda", "cuda:0,1", "auto" = cuda if available else cpu; precision Auto =
-    /// fp16 on CUDA, bf16 on CPUs with native bf16, else fp32). Returns once every replica
-    /// is loaded.
+    /// fp16 on CUDA, on the CPU measured by [`Embedder::load_calibrated`] without a
+    /// cache). Returns once every replica is loaded.
     pub fn load(model_dir: &Path, cfg: &EmbeddingConfig) -> Result<Embedder, EmbedError> {
+        Self::load_calibrated(model_dir, cfg, None)
+    }
+
+    /// [`Embedder::load`]; with `precision: auto` on the CPU the precision is measured
+    /// ([`crate::calibrate`]), and the measurement is cached in `cache_dir` (the data
+    /// directory) when given.
+    pub fn load_calibrated(
+        model_dir: &Path,
+        cfg: &EmbeddingConfig,
+        cache_dir: Option<&Path>,
+    ) -> Result<Embedder, EmbedError> {
         let model = ModelSpec::read(model_dir)?;
         let max_seq_len = cfg.max_seq_len.min(model.max_seq_len);
         if max_seq_len < 3 {
@@ -54,18 +66,32 @@ impl Embedder {
         let cuda_count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
         let devices = parse_devices(&cfg.device, cuda_count)?;
         let names: Vec<String> = devices.iter().map(|&d| device_name(d)).collect();
-        let kind = resolve_kind(cfg.precision, devices[0]);
         let cores = cfg
             .cpu_cores
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         let executors = executors(&devices, cfg.cpu_executors, cores);
+        let weights = model_dir.join("model.safetensors");
+        let calibration = match executors.iter().find(|e| e.device == Device::Cpu) {
+            Some(cpu) if cfg.precision == Precision::Auto => Some(calibrate_cpu(
+                &weights,
+                &model,
+                cpu.threads.unwrap_or(1),
+                max_seq_len,
+                cache_dir,
+            )?),
+            _ => None,
+        };
+        let kind_on = |device: Device| match (&calibration, device) {
+            (Some(c), Device::Cpu) => c.kind(),
+            _ => resolve_kind(cfg.precision, device),
+        };
+        let kind = kind_on(devices[0]);
         let counters = Arc::new(Counters::new(
             executors.iter().map(|e| e.name.clone()).collect(),
         ));
-        let weights = model_dir.join("model.safetensors");
         // CPU executors share one copy of the weights (each would otherwise hold its own).
         let cpu_weights = if executors.iter().filter(|e| e.device == Device::Cpu).count() > 1 {
-            let kind = resolve_kind(cfg.precision, Device::Cpu);
+            let kind = kind_on(Device::Cpu);
             Some(BertEncoder::load(&weights, &model.bert, Device::Cpu, kind)?)
         } else {
             None
@@ -77,7 +103,7 @@ impl Embedder {
                 weights: weights.clone(),
                 model: model.clone(),
                 device: e.device,
-                kind: resolve_kind(cfg.precision, e.device),
+                kind: kind_on(e.device),
                 index,
                 threads: e.threads,
                 shared: match (&cpu_weights, e.device) {
@@ -120,6 +146,7 @@ impl Embedder {
                 queue,
                 counters,
                 scheduler: Mutex::new(Some(scheduler)),
+                calibration,
             }),
         })
     }
@@ -147,6 +174,11 @@ impl Embedder {
     /// The devices running replicas, e.g. `["cpu"]` or `["cuda:0", "cuda:1"]`.
     pub fn devices(&self) -> Vec<String> {
         self.inner.devices.clone()
+    }
+
+    /// How `precision: auto` was decided on the CPU (measured or cached), if it was.
+    pub fn calibration(&self) -> Option<&crate::calibrate::Calibration> {
+        self.inner.calibration.as_ref()
     }
 
     /// Precision of the replicas: `fp32`, `fp16` or `bf16`.
@@ -215,6 +247,32 @@ impl Embedder {
         self.inner.queue.submit(lane, inputs, reply)?;
         Ok(answer)
     }
+}
+
+/// The CPU precision of `precision: auto`: cached for this CPU, libtorch, model and
+/// thread count in `cache_dir`, else measured (and cached). Logged either way.
+fn calibrate_cpu(
+    weights: &Path,
+    model: &ModelSpec,
+    threads: i32,
+    max_seq_len: usize,
+    cache_dir: Option<&Path>,
+) -> Result<crate::calibrate::Calibration, EmbedError> {
+    use crate::calibrate;
+    let key = calibrate::key(&model.bert, threads);
+    if let Some(found) = cache_dir.and_then(|dir| calibrate::cached(dir, &key)) {
+        tracing::info!(chosen = %found.chosen, trials = ?found.trials, "CPU precision from the cached calibration");
+        return Ok(found);
+    }
+    let started = std::time::Instant::now();
+    let measured = calibrate::measure(weights, &model.bert, threads, max_seq_len)?;
+    tracing::info!(chosen = %measured.chosen, trials = ?measured.trials, took_ms = started.elapsed().as_millis() as u64, %key, "CPU precision measured (precision: auto)");
+    if let Some(dir) = cache_dir {
+        if let Err(e) = calibrate::store(dir, &measured) {
+            tracing::warn!(error = %e, "could not cache the CPU calibration; it runs again at the next start");
+        }
+    }
+    Ok(measured)
 }
 
 /// Texts taken from the bulk lane at a time: enough to sort into well-packed batches,

@@ -20,6 +20,7 @@
 
 mod batcher;
 mod bert;
+mod calibrate;
 #[allow(unsafe_code)]
 pub mod cuda_alloc;
 mod device;
@@ -34,6 +35,7 @@ mod stats;
 mod tokenize;
 
 pub use batcher::Lane;
+pub use calibrate::{Calibration, Trial};
 pub use device::cpu_has_native_bf16;
 pub use engine::Embedder;
 pub use error::EmbedError;

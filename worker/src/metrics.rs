@@ -47,6 +47,11 @@ struct EngineLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PrecisionLabels {
+    precision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LaneLabels {
     lane: &'static str,
 }
@@ -72,6 +77,8 @@ pub struct Metrics {
     embed_queue_depth: Family<LaneLabels, Gauge>,
     embed_rejected: Family<LaneLabels, Gauge>,
     embed_device_info: Family<EngineLabels, Gauge>,
+    embed_calibration_seconds: Family<PrecisionLabels, FloatGauge>,
+    embed_calibration_min_cosine: Family<PrecisionLabels, FloatGauge>,
     embed_busy_seconds: FloatGauge,
     index_chunks: Family<CollectionLabels, Gauge>,
     log_sequence: Gauge,
@@ -123,6 +130,8 @@ impl Metrics {
             embed_queue_depth: Family::default(),
             embed_rejected: Family::default(),
             embed_device_info: Family::default(),
+            embed_calibration_seconds: Family::default(),
+            embed_calibration_min_cosine: Family::default(),
             embed_busy_seconds: FloatGauge::default(),
             index_chunks: Family::default(),
             log_sequence: Gauge::default(),
@@ -183,6 +192,16 @@ impl Metrics {
             "embed_device_info",
             "1 for each device the embedding engine runs on, with the precision chosen (what `auto` resolved to)",
             m.embed_device_info.clone(),
+        );
+        r.register(
+            "embed_calibration_seconds",
+            "precision: auto on a CPU: median seconds of the calibration batches (a 16 x 128-token passage batch and a 32 x 16-token query batch) per candidate precision, measured at start or read from the data directory's cache",
+            m.embed_calibration_seconds.clone(),
+        );
+        r.register(
+            "embed_calibration_min_cosine",
+            "precision: auto on a CPU: worst cosine of each candidate precision's calibration vectors to fp32's (0.999 needed to be chosen)",
+            m.embed_calibration_min_cosine.clone(),
         );
         r.register(
             "embed_rejected",
@@ -349,6 +368,21 @@ impl Metrics {
                         precision: engine.embedder.precision(),
                     })
                     .set(1);
+            }
+            for trial in engine
+                .embedder
+                .calibration()
+                .map_or(&[][..], |c| c.trials.as_slice())
+            {
+                let labels = PrecisionLabels {
+                    precision: trial.precision.clone(),
+                };
+                self.embed_calibration_seconds
+                    .get_or_create(&labels)
+                    .set(trial.seconds);
+                self.embed_calibration_min_cosine
+                    .get_or_create(&labels)
+                    .set(f64::from(trial.min_cosine));
             }
             for lane in &s.lanes {
                 let labels = LaneLabels { lane: lane.lane };

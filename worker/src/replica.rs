@@ -13,8 +13,8 @@
 //! (503 with the reason), stops applying, and reports it in `/readyz` and
 //! `kb_worker_replication_regressed`. The most advanced live replica then re-seeds the
 //! stream after its own sequence in a new epoch; replicas at that sequence continue in
-//! it, replicas behind it or with other records need a peer snapshot (restart them with
-//! an empty data volume). Records are applied a whole batch at a time: readers and
+//! it, replicas behind it or with other records need a peer snapshot (restart them: at
+//! start a replica whose data the stream does not continue installs a peer's snapshot). Records are applied a whole batch at a time: readers and
 //! snapshots never see part of a multi-record write.
 
 use crate::index::IndexError;
@@ -415,7 +415,7 @@ impl Replicator {
         if let Some(r) = slot.as_mut() {
             r.needs_snapshot = true;
             r.reason = format!(
-                "the stream was re-seeded after sequence {} (epoch {}) and this replica, at {applied}, does not continue it: restart it with an empty data volume to bootstrap from a peer snapshot",
+                "the stream was re-seeded after sequence {} (epoch {}) and this replica, at {applied}, does not continue it: restart it (at start it installs a peer's snapshot and continues from there)",
                 current.base, current.id
             );
         }

@@ -1,4 +1,5 @@
 //! Shared by the integration tests: finding the bundled model and building engines.
+#![allow(dead_code)]
 
 use kb_embed::{Embedder, EmbeddingConfig};
 use std::path::PathBuf;

@@ -131,7 +131,9 @@ pub(crate) fn load_engine(
         .model
         .as_ref()
         .context("no model: pass --model DIR (a sentence-transformers directory) or set `model` in the config")?;
-    let embedder = Embedder::load(model, &cfg.embedding)
+    // `precision: auto` on a CPU is measured once per CPU, libtorch and model; the
+    // result is cached in the data directory.
+    let embedder = Embedder::load_calibrated(model, &cfg.embedding, Some(&cfg.data_dir))
         .map_err(|e| match e {
             // Never a silent CPU fallback: say what the driver and libtorch each see.
             kb_embed::EmbedError::Device(m) if cfg.embedding.device.trim() != "cpu" => {

@@ -1,0 +1,310 @@
+//! `precision: auto` on a CPU, decided by measurement: a CPU flag says whether bf16 dot
+//! products exist, not whether libtorch's bf16 matrix products beat its fp32 ones on that
+//! CPU (on a 2-core Xeon with AVX512-BF16 but no AMX, bf16 embedded 95 passages/s and
+//! fp32 133; with AMX bf16 is 1.6x fp32). So at start the engine times one executor's
+//! forward passes in each candidate precision on representative batches (passages of
+//! 128 tokens and queries of 16), checks every candidate's vectors against fp32's, and
+//! runs the fastest one within [`MIN_COSINE`] of fp32. The result is logged, exported
+//! as metrics, and cached in the data directory keyed by the CPU, libtorch, the model and
+//! the executor's threads, so later starts skip the measurement. An explicit `precision`
+//! (`fp32`, `bf16`) overrides it.
+
+use crate::bert::BertEncoder;
+use crate::model_config::BertConfig;
+use crate::packing::PackedBatch;
+use crate::pooling::mean_pool_normalized;
+use crate::EmbedError;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// A candidate's worst cosine to fp32's vector of the same text must reach this.
+pub const MIN_COSINE: f32 = 0.999;
+
+/// The libtorch this build links: torch-sys 0.24 refuses to build against any other.
+const LIBTORCH: &str = "2.11";
+
+/// Timed runs per batch and precision (after one warm-up); the median counts.
+const RUNS: usize = 3;
+
+/// One candidate precision, measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    /// `fp32` or `bf16`.
+    pub precision: String,
+    /// Median seconds of one passage batch plus one query batch.
+    pub seconds: f64,
+    /// Worst cosine between its vectors and fp32's.
+    pub min_cosine: f32,
+}
+
+/// What the measurement chose, and from what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// What it was measured for (CPU, libtorch, model, threads); a cache of another key
+    /// is measured again.
+    pub key: String,
+    /// The precision chosen.
+    pub chosen: String,
+    /// Every candidate.
+    pub trials: Vec<Trial>,
+    /// Read from the cache rather than measured at this start.
+    #[serde(skip)]
+    pub cached: bool,
+}
+
+impl Calibration {
+    /// The chosen precision as a tensor kind.
+    pub fn kind(&self) -> Kind {
+        kind_of(&self.chosen)
+    }
+}
+
+fn kind_of(name: &str) -> Kind {
+    match name {
+        "bf16" => Kind::BFloat16,
+        _ => Kind::Float,
+    }
+}
+
+/// The fastest trial whose vectors stay within [`MIN_COSINE`] of fp32's; fp32 when none
+/// qualifies (or nothing was measured).
+pub fn choose(trials: &[Trial]) -> String {
+    trials
+        .iter()
+        .filter(|t| t.precision == "fp32" || t.min_cosine >= MIN_COSINE)
+        .min_by(|a, b| a.seconds.total_cmp(&b.seconds))
+        .map_or_else(|| "fp32".to_string(), |t| t.precision.clone())
+}
+
+/// The cache key: the CPU's model name and the flags that decide bf16 speed, libtorch,
+/// the model's shape and the executor's threads.
+pub fn key(cfg: &BertConfig, threads: i32) -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map_or("", |(_, v)| v.trim())
+            .to_string()
+    };
+    let flags = field("flags");
+    let relevant: Vec<&str> = flags
+        .split_whitespace()
+        .filter(|f| f.contains("bf16") || f.starts_with("amx") || *f == "avx512f" || *f == "avx2")
+        .collect();
+    format!(
+        "cpu={} [{}]; libtorch {LIBTORCH}; bert {}x{}x{}; threads {threads}",
+        field("model name"),
+        relevant.join(" "),
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads
+    )
+}
+
+/// The cached calibration in `dir` for `key`, if any.
+pub fn cached(dir: &Path, key: &str) -> Option<Calibration> {
+    let text = std::fs::read_to_string(dir.join(CACHE_FILE)).ok()?;
+    let mut calibration: Calibration = serde_json::from_str(&text).ok()?;
+    (calibration.key == key).then(|| {
+        calibration.cached = true;
+        calibration
+    })
+}
+
+/// Writes `calibration` to `dir` (atomically: a temporary file renamed).
+pub fn store(dir: &Path, calibration: &Calibration) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{CACHE_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(calibration)?)?;
+    std::fs::rename(tmp, dir.join(CACHE_FILE))
+}
+
+/// The cache's file name in the data directory.
+pub const CACHE_FILE: &str = "cpu-calibration.json";
+
+/// Measures fp32 and bf16 forward passes of the encoder in `weights` on the CPU with
+/// `threads` libtorch threads (on a thread of its own, as an executor runs).
+pub fn measure(
+    weights: &Path,
+    cfg: &BertConfig,
+    threads: i32,
+    max_seq_len: usize,
+) -> Result<Calibration, EmbedError> {
+    let (weights, cfg2) = (weights.to_path_buf(), cfg.clone());
+    let trials = std::thread::spawn(move || -> Result<Vec<Trial>, EmbedError> {
+        tch::set_num_threads(threads);
+        let _no_grad = tch::no_grad_guard();
+        let batches = sample_batches(cfg2.vocab_size, max_seq_len);
+        let mut reference: Option<Vec<Tensor>> = None;
+        let mut trials = Vec::new();
+        for (name, kind) in [("fp32", Kind::Float), ("bf16", Kind::BFloat16)] {
+            let encoder = BertEncoder::load(&weights, &cfg2, Device::Cpu, kind)?;
+            let (seconds, vectors) = time(&encoder, &batches)?;
+            let min_cosine = match &reference {
+                None => 1.0,
+                Some(fp32) => worst_cosine(fp32, &vectors)?,
+            };
+            reference.get_or_insert(vectors);
+            trials.push(Trial {
+                precision: name.into(),
+                seconds,
+                min_cosine,
+            });
+        }
+        Ok(trials)
+    })
+    .join()
+    .map_err(|_| EmbedError::ModelLoad("the precision calibration thread panicked".into()))??;
+    Ok(Calibration {
+        key: key(cfg, threads),
+        chosen: choose(&trials),
+        trials,
+        cached: false,
+    })
+}
+
+/// A passage batch (16 x 128 tokens) and a query batch (32 x 16), of token ids spread
+/// over the vocabulary (deterministic), wrapped in [CLS] ... [SEP] as real inputs are.
+fn sample_batches(vocab: i64, max_seq_len: usize) -> Vec<Vec<Vec<i64>>> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        // Ordinary word pieces: past the special and unused ids at the start.
+        1_000 + (state % (vocab.max(1_001) as u64 - 1_000)) as i64
+    };
+    let vocab = vocab.max(1);
+    let mut row = |len: usize| {
+        let len = len.min(max_seq_len).max(3);
+        let mut ids = vec![101];
+        ids.extend((0..len - 2).map(|_| next()));
+        ids.push(102);
+        // Any id stays inside a small test vocabulary.
+        ids.iter_mut().for_each(|id| *id %= vocab);
+        ids
+    };
+    vec![
+        (0..16).map(|_| row(128)).collect(),
+        (0..32).map(|_| row(16)).collect(),
+    ]
+}
+
+/// Median seconds of the batches together over [`RUNS`] runs after a warm-up, and the
+/// vectors of the last run.
+fn time(
+    encoder: &BertEncoder,
+    batches: &[Vec<Vec<i64>>],
+) -> Result<(f64, Vec<Tensor>), EmbedError> {
+    let run = || -> Result<Vec<Tensor>, EmbedError> {
+        batches
+            .iter()
+            .map(|rows| {
+                let ids: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
+                let batch = PackedBatch::new(&ids, Device::Cpu)?;
+                let hidden = encoder.forward(&batch)?;
+                Ok(mean_pool_normalized(
+                    &hidden,
+                    &batch.row_of_token,
+                    &batch.lengths,
+                )?)
+            })
+            .collect()
+    };
+    run()?;
+    let mut seconds = Vec::with_capacity(RUNS);
+    let mut vectors = Vec::new();
+    for _ in 0..RUNS {
+        let start = Instant::now();
+        vectors = run()?;
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    seconds.sort_by(f64::total_cmp);
+    Ok((seconds[RUNS / 2], vectors))
+}
+
+/// The smallest row-wise dot product of unit vectors `a` and `b` (their cosine).
+fn worst_cosine(a: &[Tensor], b: &[Tensor]) -> Result<f32, EmbedError> {
+    let mut worst = 1.0f32;
+    for (x, y) in a.iter().zip(b) {
+        let cos = x
+            .f_mul(y)?
+            .f_sum_dim_intlist(1, false, Kind::Float)?
+            .f_min()?;
+        worst = worst.min(cos.double_value(&[]) as f32);
+    }
+    Ok(worst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trial(precision: &str, seconds: f64, min_cosine: f32) -> Trial {
+        Trial {
+            precision: precision.into(),
+            seconds,
+            min_cosine,
+        }
+    }
+
+    #[test]
+    fn the_fastest_accurate_precision_wins_whatever_the_cpu_flags_say() {
+        // A Xeon with AVX512-BF16 but no AMX: fp32 is faster.
+        assert_eq!(
+            choose(&[trial("fp32", 0.100, 1.0), trial("bf16", 0.140, 0.9999)]),
+            "fp32"
+        );
+        // With AMX: bf16 is faster and accurate.
+        assert_eq!(
+            choose(&[trial("fp32", 0.100, 1.0), trial("bf16", 0.060, 0.9999)]),
+            "bf16"
+        );
+        // Faster but not accurate enough: fp32.
+        assert_eq!(
+            choose(&[trial("fp32", 0.100, 1.0), trial("bf16", 0.060, 0.99)]),
+            "fp32"
+        );
+        assert_eq!(choose(&[]), "fp32");
+    }
+
+    #[test]
+    fn a_cached_calibration_is_used_only_for_its_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let calibration = Calibration {
+            key: "cpu=x; libtorch 2.11; threads 1".into(),
+            chosen: "bf16".into(),
+            trials: vec![trial("fp32", 0.1, 1.0), trial("bf16", 0.05, 0.9999)],
+            cached: false,
+        };
+        store(dir.path(), &calibration).unwrap();
+        let read = cached(dir.path(), &calibration.key).unwrap();
+        assert!(read.cached);
+        assert_eq!(read.kind(), Kind::BFloat16);
+        assert_eq!(read.trials, calibration.trials);
+        assert!(cached(dir.path(), "cpu=x; libtorch 2.11; threads 2").is_none());
+        std::fs::write(dir.path().join(CACHE_FILE), "not json").unwrap();
+        assert!(
+            cached(dir.path(), &calibration.key).is_none(),
+            "a damaged cache is measured again"
+        );
+    }
+
+    #[test]
+    fn sample_batches_are_wrapped_and_bounded_by_the_model_length() {
+        let batches = sample_batches(30_522, 64);
+        assert_eq!(batches[0].len(), 16);
+        assert!(batches[0]
+            .iter()
+            .all(|r| r.len() == 64 && r[0] == 101 && r[63] == 102));
+        assert!(batches[1].iter().all(|r| r.len() == 16));
+        assert!(batches
+            .iter()
+            .flatten()
+            .flatten()
+            .all(|&id| id == 101 || id == 102 || (1_000..30_522).contains(&id)));
+    }
+}
