@@ -166,7 +166,7 @@ pub fn measure(
     })
 }
 
-/// A passage batch (16 x 128 tokens) and a query batch (32 x 16), of token ids spread
+/// A passage batch (8 x 128 tokens) and a query batch (16 x 16), of token ids spread
 /// over the vocabulary (deterministic), wrapped in [CLS] ... [SEP] as real inputs are.
 fn sample_batches(vocab: i64, max_seq_len: usize) -> Vec<Vec<Vec<i64>>> {
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
@@ -188,8 +188,8 @@ fn sample_batches(vocab: i64, max_seq_len: usize) -> Vec<Vec<Vec<i64>>> {
         ids
     };
     vec![
-        (0..16).map(|_| row(128)).collect(),
-        (0..32).map(|_| row(16)).collect(),
+        (0..8).map(|_| row(128)).collect(),
+        (0..16).map(|_| row(16)).collect(),
     ]
 }
 
@@ -296,7 +296,7 @@ mod tests {
     #[test]
     fn sample_batches_are_wrapped_and_bounded_by_the_model_length() {
         let batches = sample_batches(30_522, 64);
-        assert_eq!(batches[0].len(), 16);
+        assert_eq!(batches[0].len(), 8);
         assert!(batches[0]
             .iter()
             .all(|r| r.len() == 64 && r[0] == 101 && r[63] == 102));

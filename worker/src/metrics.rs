@@ -195,7 +195,7 @@ impl Metrics {
         );
         r.register(
             "embed_calibration_seconds",
-            "precision: auto on a CPU: median seconds of the calibration batches (a 16 x 128-token passage batch and a 32 x 16-token query batch) per candidate precision, measured at start or read from the data directory's cache",
+            "precision: auto on a CPU: median seconds of the calibration batches (an 8 x 128-token passage batch and a 16 x 16-token query batch) per candidate precision, measured at start or read from the data directory's cache",
             m.embed_calibration_seconds.clone(),
         );
         r.register(

@@ -11,26 +11,30 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A `redis-sentinel` monitoring the primary on `primary_port` as `kbmaster` (quorum 1),
+/// with `extra` configuration lines; returns it and its port.
+fn start_sentinel(dir: &Path, primary_port: u16, extra: &str) -> (std::process::Child, u16) {
+    let port = free_port();
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!("port {port}\nbind 127.0.0.1\nsentinel monitor kbmaster 127.0.0.1 {primary_port} 1\n{extra}"),
+    )
+    .unwrap();
+    let sentinel = Command::new("redis-sentinel")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-sentinel is not installed: run `make setup`");
+    wait_for_port(port);
+    (sentinel, port)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sentinel_topology_replicates() {
     let tmp = tempfile::tempdir().unwrap();
     let redis = Redis::start(&tmp.path().join("redis"), free_port());
-    let sentinel_port = free_port();
-    let sentinel_conf = tmp.path().join("sentinel.conf");
-    std::fs::write(
-        &sentinel_conf,
-        format!(
-            "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor kbmaster 127.0.0.1 {} 1\n",
-            redis.port
-        ),
-    )
-    .unwrap();
-    let mut sentinel = Command::new("redis-sentinel")
-        .arg(&sentinel_conf)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-sentinel is not installed: run `make setup`");
-    wait_for_port(sentinel_port);
+    let (mut sentinel, sentinel_port) = start_sentinel(tmp.path(), redis.port, "");
     let cfg = format!(
         "redis:\n  mode: sentinel\n  nodes: [\"127.0.0.1:{sentinel_port}\"]\n  sentinel_service: kbmaster\n  key_prefix: kb:sentinel\nreplication:\n  max_ready_lag: 0\n"
     );
@@ -288,23 +292,8 @@ async fn a_sentinel_failover_to_a_replica_that_missed_writes_never_reuses_sequen
         replica_port,
         &["--replicaof", "127.0.0.1", &link.port.to_string()],
     );
-    let sentinel_port = free_port();
-    let sentinel_conf = tmp.path().join("sentinel.conf");
-    std::fs::write(
-        &sentinel_conf,
-        format!(
-            "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor kbmaster 127.0.0.1 {} 1\n\
-             sentinel down-after-milliseconds kbmaster 1000\nsentinel failover-timeout kbmaster 10000\n",
-            primary.port
-        ),
-    )
-    .unwrap();
-    let mut sentinel = Command::new("redis-sentinel")
-        .arg(&sentinel_conf)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-sentinel is not installed: run `make setup`");
-    wait_for_port(sentinel_port);
+    let fast = "sentinel down-after-milliseconds kbmaster 1000\nsentinel failover-timeout kbmaster 10000\n";
+    let (mut sentinel, sentinel_port) = start_sentinel(tmp.path(), primary.port, fast);
     let cfg = format!(
         "redis:\n  mode: sentinel\n  nodes: [\"127.0.0.1:{sentinel_port}\"]\n  sentinel_service: kbmaster\n  key_prefix: kb:failover\nreplication:\n  max_ready_lag: 0\n  wait_timeout_ms: 20000\n"
     );

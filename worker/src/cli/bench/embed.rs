@@ -21,7 +21,7 @@ pub struct BenchEmbedArgs {
     /// `cpu`, `cuda`, `cuda:0,1` or `auto`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// `auto` (fp16 on CUDA; on CPU bf16 with native bf16, else fp32), `fp32`, `fp16` or `bf16`.
+    /// `auto` (fp16 on CUDA; on CPU the faster of fp32 and bf16, measured at start), `fp32`, `fp16` or `bf16`.
     #[arg(long, default_value = "auto", value_parser = parse_precision)]
     pub precision: Precision,
     /// Passages to embed (the first N of the corpus).
