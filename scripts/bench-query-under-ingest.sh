@@ -87,3 +87,32 @@ wait "$ingest"
 t1=$(date +%s.%N)
 python3 -c "print('{\"bench\": \"ingest\", \"passages\": $passages, \"seconds\": %.1f, \"documents_when_queries_ended\": $docs_at_end, \"passages_per_s\": %.1f}' % ($t1 - $t0, $passages / ($t1 - $t0)))"
 curl -fs "http://127.0.0.1:$mport/metrics" | grep -E '^kb_worker_(embed_rejected|http_requests_total\{.*status="(429|503)")' || true
+# Where the time went, per stage (kb_worker_stage_seconds; quantiles are bucket upper bounds).
+curl -fs "http://127.0.0.1:$mport/metrics" | python3 -c '
+import json, re, sys
+buckets, sums, counts = {}, {}, {}
+for line in sys.stdin:
+    m = re.match(r"kb_worker_stage_seconds_(bucket|sum|count)\{stage=\"(\w+)\"(?:,le=\"([^\"]+)\")?\} (\S+)", line)
+    if not m:
+        continue
+    kind, stage, le, value = m.groups()
+    if kind == "bucket":
+        buckets.setdefault(stage, []).append((float(le), float(value)))
+    elif kind == "sum":
+        sums[stage] = float(value)
+    else:
+        counts[stage] = float(value)
+def quantile(stage, q):
+    total = counts[stage]
+    for le, n in sorted(buckets[stage]):
+        if n >= q * total:
+            return le
+for stage in sorted(counts):
+    if counts[stage] == 0:
+        continue
+    print(json.dumps({"bench": "stage", "stage": stage, "count": int(counts[stage]),
+        "mean_ms": round(1000 * sums[stage] / counts[stage], 3),
+        "p50_ms_at_most": round(1000 * quantile(stage, 0.5), 3),
+        "p99_ms_at_most": round(1000 * quantile(stage, 0.99), 3)}))
+'
+

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod replica;
 pub mod search;
 pub mod snapshot;
+pub mod stages;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod test_support;

@@ -189,6 +189,11 @@ impl Metrics {
             m.embed_queue_depth.clone(),
         );
         r.register(
+            "stage_seconds",
+            "Seconds per stage of the query and ingestion paths: query_parse, embed_query (interactive lane), search (batcher wait and scan), ingest_parse, chunk, embed_ingest (bulk lane), index_lock_wait (a write waiting for readers), apply (a write holding the index)",
+            crate::stages::family(),
+        );
+        r.register(
             "embed_device_info",
             "1 for each device the embedding engine runs on, with the precision chosen (what `auto` resolved to)",
             m.embed_device_info.clone(),

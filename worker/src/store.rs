@@ -15,12 +15,13 @@ use crate::index::{Index, IndexError, Placement};
 use crate::log::wal::FileWal;
 use crate::log::{Log, LogError, Op, Record, Seq};
 use crate::snapshot::{self, SnapshotError};
+use crate::stages::{self, Stage};
 use kb_config::WorkerConfig;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// First wait after a failed automatic snapshot; doubles per failure up to the maximum.
 const SNAPSHOT_BACKOFF: Duration = Duration::from_secs(1);
@@ -244,7 +245,7 @@ impl Store {
         let mut writer = self.writer.lock();
         let mut applied_now = 0u64;
         let outcome = {
-            let mut index = self.index.write();
+            let mut index = self.index_for_write();
             let mut outcome = Ok(());
             for record in records {
                 let applied = index.applied();
@@ -283,6 +284,16 @@ impl Store {
         self.snapshot_failures
             .store(writer.snapshot_failures, Ordering::Relaxed);
         outcome
+    }
+
+    /// The index's write lock for applying records: the wait for it is timed as
+    /// [`Stage::IndexLockWait`], the time it is held as [`Stage::Apply`].
+    fn index_for_write(&self) -> TimedWrite<'_> {
+        let asked = Instant::now();
+        let guard = self.index.write();
+        let acquired = Instant::now();
+        stages::observe(Stage::IndexLockWait, acquired - asked);
+        TimedWrite { guard, acquired }
     }
 
     /// Read access to the index. Blocks while a write applies: async handlers use
@@ -384,7 +395,7 @@ impl Store {
     /// Applies records that are already in the log; any failure (or panic) halts.
     fn apply_logged(&self, records: &[Record]) -> Result<(), StoreError> {
         let failure = {
-            let mut index = self.index.write();
+            let mut index = self.index_for_write();
             let apply = std::panic::AssertUnwindSafe(|| {
                 for record in records {
                     if let Err(e) = index.apply(record) {
@@ -426,3 +437,28 @@ mod writer;
 pub use snapshots::SnapshotWritten;
 pub use view::{CollectionView, IndexView};
 use writer::Writer;
+
+/// The index's write lock, timed while held (see [`Store::index_for_write`]).
+struct TimedWrite<'a> {
+    guard: parking_lot::RwLockWriteGuard<'a, Index>,
+    acquired: Instant,
+}
+
+impl std::ops::Deref for TimedWrite<'_> {
+    type Target = Index;
+    fn deref(&self) -> &Index {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for TimedWrite<'_> {
+    fn deref_mut(&mut self) -> &mut Index {
+        &mut self.guard
+    }
+}
+
+impl Drop for TimedWrite<'_> {
+    fn drop(&mut self) {
+        stages::observe(Stage::Apply, self.acquired.elapsed());
+    }
+}

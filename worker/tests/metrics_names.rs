@@ -71,3 +71,47 @@ async fn every_worker_series_that_alerts_dashboard_and_adapter_read_is_exported(
         );
     }
 }
+
+#[tokio::test]
+async fn an_ingest_and_a_query_are_timed_per_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let worker = Worker::start(&tmp.path().join("data"), "", &["--open"]).await;
+    let client = reqwest::Client::new();
+    let ingest = client
+        .post(format!("{}/v1/collections/c/documents", worker.url))
+        .json(&serde_json::json!({"documents": [{"id": "d", "text": "stages of a request"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(ingest.status().is_success());
+    let query = client
+        .post(format!("{}/v1/collections/c/query", worker.url))
+        .json(&serde_json::json!({"query": "which stages", "top_k": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(query.status().is_success());
+    let text = reqwest::get(format!("{}/metrics", worker.metrics_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for stage in [
+        "ingest_parse",
+        "chunk",
+        "embed_ingest",
+        "index_lock_wait",
+        "apply",
+        "query_parse",
+        "embed_query",
+        "search",
+    ] {
+        let series = format!("kb_worker_stage_seconds_count{{stage=\"{stage}\"}} ");
+        let count: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.parse().ok())
+            .unwrap_or(0);
+        assert!(count >= 1, "no {stage} sample:\n{text}");
+    }
+}

@@ -7,6 +7,7 @@ use super::openapi::{CollectionErrors, CollectionParam, DocumentParams, UploadFo
 use super::{check_collection_name, Engine, SharedState, Wait};
 use crate::auth::Role;
 use crate::log::{ChunkRecord, Metadata, Metric, Op};
+use crate::stages::{self, Stage};
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::header::CONTENT_TYPE;
@@ -118,7 +119,7 @@ pub async fn ingest(
         read_multipart(req, &state).await?
     } else {
         let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
-        let body: IngestBody = serde_json::from_slice(&bytes)
+        let body: IngestBody = stages::time(Stage::IngestParse, || serde_json::from_slice(&bytes))
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
         body.documents
     };
@@ -248,15 +249,17 @@ pub async fn ingest_documents(
     }
     let chunking = engine.clone();
     let docs = tokio::task::spawn_blocking(move || {
-        docs.into_iter()
-            .map(|d| {
-                let chunks = match &d.vector {
-                    Some(_) => vec![chunking.chunker.whole(&d.id, &d.text)],
-                    None => chunking.chunker.chunk(&d.id, &d.text),
-                };
-                (d, chunks)
-            })
-            .collect::<Vec<_>>()
+        stages::time(Stage::Chunk, || {
+            docs.into_iter()
+                .map(|d| {
+                    let chunks = match &d.vector {
+                        Some(_) => vec![chunking.chunker.whole(&d.id, &d.text)],
+                        None => chunking.chunker.chunk(&d.id, &d.text),
+                    };
+                    (d, chunks)
+                })
+                .collect::<Vec<_>>()
+        })
     })
     .await?;
     if let Some((d, _)) = docs.iter().find(|(_, chunks)| chunks.is_empty()) {
@@ -278,7 +281,10 @@ pub async fn ingest_documents(
             truncated: Vec::new(),
         }
     } else {
-        engine.embedder.embed(Lane::Bulk, texts).await?
+        let started = std::time::Instant::now();
+        let embedded = engine.embedder.embed(Lane::Bulk, texts).await?;
+        stages::observe(Stage::EmbedIngest, started.elapsed());
+        embedded
     };
     let truncated = embedded.truncated.iter().filter(|t| **t).count();
     let mut vectors = embedded.vectors.into_iter();

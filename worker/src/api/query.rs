@@ -10,6 +10,7 @@ use crate::cache::Level;
 use crate::cache::QueryCache;
 use crate::index::filter::Filter;
 use crate::log::Metadata;
+use crate::stages::{self, Stage};
 use axum::extract::{Request, State};
 use axum::Json;
 use kb_embed::Lane;
@@ -174,7 +175,7 @@ async fn read_request<T: serde::de::DeserializeOwned>(
 ) -> Result<(Arc<Engine>, T), ApiError> {
     let engine = state.engine_for(req.headers(), Role::Read, collection)?;
     let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
-    let body = serde_json::from_slice(&bytes)
+    let body = stages::time(Stage::QueryParse, || serde_json::from_slice(&bytes))
         .map_err(|e| ApiError::BadRequest(format!("invalid {what}: {e}")))?;
     Ok((engine, body))
 }
@@ -271,11 +272,13 @@ async fn run_query(
             vector.len()
         )));
     }
+    let started = std::time::Instant::now();
     let answer = engine
         .searches
         .search(collection, filter_key, filter, vector, top_k)
         .await
         .map_err(|e| ApiError::from(&*e))?;
+    stages::observe(Stage::Search, started.elapsed());
     let (hits, sequence, version) = (answer.hits, answer.applied, answer.version);
     let hits: Vec<HitOut> = hits
         .into_iter()
@@ -310,23 +313,21 @@ enum Query {
 /// The query's embedding, from the cache when this text was embedded before.
 async fn embed_query(engine: &Engine, text: String) -> Result<Vec<f32>, ApiError> {
     let Some(cache) = &engine.cache else {
-        return Ok(engine
-            .embedder
-            .embed(Lane::Interactive, vec![text])
-            .await?
-            .vectors
-            .remove(0));
+        return embed_one(engine, text).await;
     };
     let key = cache.embedding_key(&text);
     if let Some(v) = cache.embedding(&key).await {
         return Ok(v);
     }
-    let vector = engine
-        .embedder
-        .embed(Lane::Interactive, vec![text])
-        .await?
-        .vectors
-        .remove(0);
+    let vector = embed_one(engine, text).await?;
     cache.put_embedding(key, &vector);
     Ok(vector)
+}
+
+/// One text through the interactive lane, timed as [`Stage::EmbedQuery`].
+async fn embed_one(engine: &Engine, text: String) -> Result<Vec<f32>, ApiError> {
+    let started = std::time::Instant::now();
+    let mut embedded = engine.embedder.embed(Lane::Interactive, vec![text]).await?;
+    stages::observe(Stage::EmbedQuery, started.elapsed());
+    Ok(embedded.vectors.remove(0))
 }
