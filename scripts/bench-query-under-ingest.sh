@@ -62,6 +62,7 @@ until [ "$(curl -fs "$url/v1/collections/bulk" | python3 -c 'import json,sys; pr
     sleep 0.5
 done
 echo "{\"phase\": \"during ingest\"}"
+curl -fs "http://127.0.0.1:$mport/metrics" > "$dir/stages.before"
 # Probe latency while the worker ingests and answers queries: /readyz and /metrics every
 # 50 ms until the queries end.
 python3 - "$url" "http://127.0.0.1:$mport" "$dir/probe.stop" <<'PY' &
@@ -87,32 +88,29 @@ wait "$ingest"
 t1=$(date +%s.%N)
 python3 -c "print('{\"bench\": \"ingest\", \"passages\": $passages, \"seconds\": %.1f, \"documents_when_queries_ended\": $docs_at_end, \"passages_per_s\": %.1f}' % ($t1 - $t0, $passages / ($t1 - $t0)))"
 curl -fs "http://127.0.0.1:$mport/metrics" | grep -E '^kb_worker_(embed_rejected|http_requests_total\{.*status="(429|503)")' || true
-# Where the time went, per stage (kb_worker_stage_seconds; quantiles are bucket upper bounds).
+# Where the time went during the ingest phase, per stage (kb_worker_stage_seconds, less
+# what it held when the phase began; quantiles are bucket upper bounds).
 curl -fs "http://127.0.0.1:$mport/metrics" | python3 -c '
 import json, re, sys
-buckets, sums, counts = {}, {}, {}
-for line in sys.stdin:
-    m = re.match(r"kb_worker_stage_seconds_(bucket|sum|count)\{stage=\"(\w+)\"(?:,le=\"([^\"]+)\")?\} (\S+)", line)
-    if not m:
+def parse(lines):
+    series = {}
+    for line in lines:
+        m = re.match(r"kb_worker_stage_seconds_(bucket|sum|count)\{([^}]*)\} (\S+)", line)
+        if m:
+            kind, labels, value = m.groups()
+            stage = re.search(r"stage=\"(\w+)\"", labels).group(1)
+            le = (re.search(r"le=\"([^\"]+)\"", labels) or [None, None])[1]
+            series[(kind, stage, le)] = float(value)
+    return series
+now, before = parse(sys.stdin), parse(open(sys.argv[1]))
+delta = {k: v - before.get(k, 0.0) for k, v in now.items()}
+for stage in sorted({s for (_, s, _) in delta}):
+    count = delta.get(("count", stage, None), 0)
+    if count <= 0:
         continue
-    kind, stage, le, value = m.groups()
-    if kind == "bucket":
-        buckets.setdefault(stage, []).append((float(le), float(value)))
-    elif kind == "sum":
-        sums[stage] = float(value)
-    else:
-        counts[stage] = float(value)
-def quantile(stage, q):
-    total = counts[stage]
-    for le, n in sorted(buckets[stage]):
-        if n >= q * total:
-            return le
-for stage in sorted(counts):
-    if counts[stage] == 0:
-        continue
-    print(json.dumps({"bench": "stage", "stage": stage, "count": int(counts[stage]),
-        "mean_ms": round(1000 * sums[stage] / counts[stage], 3),
-        "p50_ms_at_most": round(1000 * quantile(stage, 0.5), 3),
-        "p99_ms_at_most": round(1000 * quantile(stage, 0.99), 3)}))
-'
-
+    buckets = sorted((float(le), n) for (kind, s, le), n in delta.items() if kind == "bucket" and s == stage)
+    quantile = lambda q: next(le for le, n in buckets if n >= q * count)
+    print(json.dumps({"bench": "stage", "phase": "during ingest", "stage": stage, "count": int(count),
+        "mean_ms": round(1000 * delta[("sum", stage, None)] / count, 3),
+        "p50_ms_at_most": round(1000 * quantile(0.5), 3), "p99_ms_at_most": round(1000 * quantile(0.99), 3)}))
+' "$dir/stages.before"
