@@ -124,7 +124,13 @@ struct QueueState {
     executor_freed: bool,
     /// When bulk work was last handed out (or the bulk lane last became non-empty).
     bulk_served_at: Instant,
+    /// When an interactive request last arrived.
+    interactive_seen_at: Option<Instant>,
 }
+
+/// While interactive requests arrived this recently, bulk work leaves executors free for
+/// them (see [`RequestQueue::next_work_reserving`]).
+const INTERACTIVE_RECENT: Duration = Duration::from_millis(500);
 
 /// Interactive texts that make a round worth forming while every executor is busy: about
 /// one batch at the default token budget (16,384 tokens of 64-token queries). Fewer wait
@@ -161,6 +167,7 @@ impl RequestQueue {
                 closed: false,
                 executor_freed: false,
                 bulk_served_at: Instant::now(),
+                interactive_seen_at: None,
             }),
             wake: Condvar::new(),
             capacity,
@@ -202,6 +209,9 @@ impl RequestQueue {
         if lane == Lane::Bulk && state.lanes[lane.index()].is_empty() {
             state.bulk_served_at = Instant::now();
         }
+        if lane == Lane::Interactive {
+            state.interactive_seen_at = Some(Instant::now());
+        }
         state.lanes[lane.index()].push_back(QueuedRequest {
             inputs,
             offset: 0,
@@ -221,11 +231,46 @@ impl RequestQueue {
     /// interactive requests (all of them; also when busy once a full round waits), else
     /// prepared bulk batches or a window of bulk texts. `None` once closed; requests still
     /// queued then are dropped, which answers them `ShuttingDown`.
+    #[cfg(test)]
     fn next_work(
         &self,
         have_prepared_bulk: bool,
         bulk_window: usize,
         executor_idle: impl Fn() -> bool,
+    ) -> Option<Work> {
+        self.next_work_reserving(
+            have_prepared_bulk,
+            bulk_window,
+            || usize::from(executor_idle()),
+            0,
+        )
+    }
+
+    /// Executors bulk work must leave idle now: `reserve` while interactive requests
+    /// arrived within [`INTERACTIVE_RECENT`], else none.
+    pub(crate) fn bulk_reserve(&self, reserve: usize) -> usize {
+        let recent = self
+            .lock()
+            .interactive_seen_at
+            .is_some_and(|t| t.elapsed() < INTERACTIVE_RECENT);
+        if recent {
+            reserve
+        } else {
+            0
+        }
+    }
+
+    /// [`RequestQueue::next_work`] with `idle_executors` counting the idle executors and
+    /// bulk work leaving `reserve` of them idle while queries keep arriving, so that a
+    /// query does not wait for a bulk batch to finish: on two CPU executors, a query
+    /// during a bulk ingest then takes about as long as on an idle worker, and the ingest
+    /// runs on the other executor (and on both once queries stop for a moment).
+    fn next_work_reserving(
+        &self,
+        have_prepared_bulk: bool,
+        bulk_window: usize,
+        idle_executors: impl Fn() -> usize,
+        reserve: usize,
     ) -> Option<Work> {
         let mut state = self.lock();
         loop {
@@ -234,8 +279,18 @@ impl RequestQueue {
                 return None;
             }
             let bulk_waiting = have_prepared_bulk || !state.lanes[Lane::Bulk.index()].is_empty();
+            let idle_count = idle_executors();
+            let idle = idle_count > 0;
+            let reserved = if state
+                .interactive_seen_at
+                .is_some_and(|t| t.elapsed() < INTERACTIVE_RECENT)
+            {
+                reserve
+            } else {
+                0
+            };
+            let bulk_idle = idle_count > reserved;
             // Starving bulk work with an idle device goes first, once.
-            let idle = executor_idle();
             let bulk_first =
                 bulk_waiting && state.bulk_served_at.elapsed() >= BULK_MAX_WAIT && idle;
             let interactive = &mut state.lanes[Lane::Interactive.index()];
@@ -246,7 +301,7 @@ impl RequestQueue {
                 return Some(Work::Interactive(parts));
             }
             state.executor_freed = false;
-            if bulk_waiting && idle {
+            if bulk_waiting && (bulk_idle || bulk_first) {
                 state.bulk_served_at = Instant::now();
                 if have_prepared_bulk {
                     return Some(Work::PreparedBulk);
@@ -336,10 +391,15 @@ pub(crate) fn run_scheduler(
     budgets: Budgets,
 ) {
     let mut prepared: VecDeque<Batch> = VecDeque::new();
+    // With two or more executors, one stays free for queries while they keep coming.
+    let reserve = usize::from(dispatcher.executors() >= 2);
     loop {
-        let work = queue.next_work(!prepared.is_empty(), budgets.bulk_window, || {
-            dispatcher.idle_executor().is_some()
-        });
+        let work = queue.next_work_reserving(
+            !prepared.is_empty(),
+            budgets.bulk_window,
+            || dispatcher.idle_executors(),
+            reserve,
+        );
         match work {
             None => break,
             Some(Work::Interactive(parts)) => {
@@ -349,18 +409,26 @@ pub(crate) fn run_scheduler(
             }
             Some(Work::Bulk(parts)) => {
                 prepared.extend(into_batches(&tokenizer, parts, budgets.bulk_tokens));
-                dispatch_bulk(&dispatcher, &mut prepared);
+                dispatch_bulk(&dispatcher, &mut prepared, queue.bulk_reserve(reserve));
             }
-            Some(Work::PreparedBulk) => dispatch_bulk(&dispatcher, &mut prepared),
+            Some(Work::PreparedBulk) => {
+                dispatch_bulk(&dispatcher, &mut prepared, queue.bulk_reserve(reserve));
+            }
         }
     }
     dispatcher.shutdown();
 }
 
 /// Sends prepared bulk batches to idle executors only, so that a bulk batch never waits in
-/// an executor's channel where it would hold up an interactive one.
-fn dispatch_bulk(dispatcher: &Dispatcher, prepared: &mut VecDeque<Batch>) {
+/// an executor's channel where it would hold up an interactive one, and leaves `reserve`
+/// executors idle (one is always used, so that bulk work cannot stall).
+fn dispatch_bulk(dispatcher: &Dispatcher, prepared: &mut VecDeque<Batch>, reserve: usize) {
+    let mut sent = 0;
     while let Some(executor) = dispatcher.idle_executor() {
+        if sent > 0 && dispatcher.idle_executors() <= reserve {
+            return;
+        }
+        sent += 1;
         let Some(batch) = prepared.pop_front() else {
             return;
         };

@@ -118,6 +118,19 @@ impl Dispatcher {
         Ok(dispatcher)
     }
 
+    /// How many executors there are.
+    pub(crate) fn executors(&self) -> usize {
+        self.executors.len()
+    }
+
+    /// How many executors have nothing running and nothing waiting.
+    pub(crate) fn idle_executors(&self) -> usize {
+        self.executors
+            .iter()
+            .filter(|e| e.queued_tokens.load(Relaxed) == 0)
+            .count()
+    }
+
     /// An executor with nothing running and nothing waiting, if any.
     pub(crate) fn idle_executor(&self) -> Option<usize> {
         self.executors

@@ -215,3 +215,45 @@ fn a_full_round_of_queries_is_formed_while_the_executors_are_busy() {
     let work = queue.next_work(false, 8, || false);
     assert!(matches!(work, Some(Work::Interactive(ref p)) if p.len() == 1));
 }
+
+#[test]
+fn while_queries_keep_coming_bulk_work_leaves_an_executor_free_for_them() {
+    let (_, queue) = queue([16, 16]);
+    let queue = Arc::new(queue);
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    queue.submit(Lane::Interactive, texts(1), tx).unwrap();
+    assert!(matches!(
+        queue.next_work_reserving(false, 8, || 2, 1),
+        Some(Work::Interactive(_))
+    ));
+    let (tx, _bulk) = tokio::sync::oneshot::channel();
+    queue.submit(Lane::Bulk, texts(2), tx).unwrap();
+    // Two idle executors: bulk work may take one of them.
+    assert_eq!(queue.bulk_reserve(1), 1);
+    let (tx, _more) = tokio::sync::oneshot::channel();
+    queue.submit(Lane::Bulk, texts(2), tx).unwrap();
+    assert!(matches!(
+        queue.next_work_reserving(false, 2, || 2, 1),
+        Some(Work::Bulk(_))
+    ));
+    // One idle executor, a query just seen: the bulk work waits for it...
+    let waiting = Arc::clone(&queue);
+    let waiter = std::thread::spawn(move || {
+        matches!(
+            waiting.next_work_reserving(false, 2, || 1, 1),
+            Some(Work::Bulk(_))
+        )
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !waiter.is_finished(),
+        "bulk work took the last idle executor while queries were arriving"
+    );
+    // ...until queries stop for a moment (or bulk work starves: BULK_MAX_WAIT).
+    assert!(waiter.join().unwrap());
+    assert_eq!(
+        queue.bulk_reserve(1),
+        0,
+        "no query for a while: nothing reserved"
+    );
+}
