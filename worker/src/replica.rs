@@ -18,13 +18,11 @@
 //! snapshots never see part of a multi-record write.
 
 use crate::index::IndexError;
-use crate::log::redis::{Entry, Epoch, Guard, RedisLog, RedisLogError, Regression};
+use crate::log::redis::{Entry, Guard, RedisLog, RedisLogError};
 use crate::log::{Op, Seq};
-use crate::snapshot;
 use crate::store::Store;
 use kb_config::ReplicationConfig;
 use parking_lot::Mutex;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,33 +173,6 @@ impl Replicator {
         Ok(last)
     }
 
-    /// Marks writes refused (logged once); returns the reason.
-    fn regress(&self, regression: &Regression, needs_snapshot: bool) -> String {
-        let reason = match regression {
-            Regression::EpochChanged { found, .. } => format!(
-                "the stream was re-seeded (epoch {found}) by another replica; this replica follows {:?}",
-                self.epoch_id()
-            ),
-            other => other.to_string(),
-        };
-        let mut slot = self.regressed.lock();
-        match slot.as_mut() {
-            Some(r) => {
-                r.needs_snapshot |= needs_snapshot;
-                r.reason.clone()
-            }
-            None => {
-                tracing::error!(%reason, needs_snapshot, "replicated log regressed: writes refused");
-                *slot = Some(Regressed {
-                    reason: reason.clone(),
-                    since: std::time::Instant::now(),
-                    needs_snapshot,
-                });
-                reason
-            }
-        }
-    }
-
     /// Waits (bounded by `replication.wait_timeout_ms`) until this replica applied `seq`.
     pub async fn wait_applied(&self, seq: Seq) -> Result<(), ReplicaError> {
         let waited = Duration::from_millis(self.cfg.wait_timeout_ms);
@@ -349,159 +320,6 @@ impl Replicator {
         Ok(entries)
     }
 
-    /// Keeps the entries of the epoch this replica follows. At another epoch: adopts it
-    /// when it continues this replica's epoch exactly at its applied sequence (a re-seed
-    /// by a peer at the same point), otherwise marks the replica cut off (it needs a peer
-    /// snapshot) and keeps nothing.
-    async fn check_epochs(
-        &self,
-        entries: Vec<Entry>,
-    ) -> Result<Vec<crate::log::Record>, RedisLogError> {
-        let mut records = Vec::with_capacity(entries.len());
-        for entry in entries {
-            if let Some(epoch) = &entry.epoch {
-                let followed = self.epoch.lock().clone();
-                match followed {
-                    None => *self.epoch.lock() = Some(epoch.clone()),
-                    Some(f) if f == *epoch => {}
-                    Some(_) if !records.is_empty() => break,
-                    Some(_) => {
-                        self.follow_current_epoch().await?;
-                        if self.is_regressed() {
-                            return Ok(Vec::new());
-                        }
-                    }
-                }
-            }
-            records.push(entry.record);
-        }
-        Ok(records)
-    }
-
-    /// Reads the stream's epoch and follows it when it continues this replica's history
-    /// at its applied sequence; marks the replica cut off when it does not.
-    async fn follow_current_epoch(&self) -> Result<(), RedisLogError> {
-        let Some(current) = self.log.epoch().await? else {
-            return Ok(());
-        };
-        let followed = self.epoch.lock().clone();
-        let applied = *self.applied.borrow();
-        match followed {
-            Some(f) if f == current.id => {}
-            None => *self.epoch.lock() = Some(current.id),
-            Some(f) if current.parent == f && current.base == applied => {
-                tracing::info!(epoch = %current.id, base = current.base, "following the re-seeded stream");
-                *self.epoch.lock() = Some(current.id);
-                if let Some(r) = self.regressed.lock().take() {
-                    tracing::info!(reason = %r.reason, "writes accepted again");
-                }
-            }
-            Some(f) => {
-                self.regress(
-                    &Regression::EpochChanged {
-                        expected: f,
-                        found: format!("{} from sequence {}", current.id, current.base),
-                    },
-                    true,
-                );
-                self.note_cut_off(applied, &current);
-            }
-        }
-        Ok(())
-    }
-
-    fn note_cut_off(&self, applied: Seq, current: &Epoch) {
-        let mut slot = self.regressed.lock();
-        if let Some(r) = slot.as_mut() {
-            r.needs_snapshot = true;
-            r.reason = format!(
-                "the stream was re-seeded after sequence {} (epoch {}) and this replica, at {applied}, does not continue it: restart it (at start it installs a peer's snapshot and continues from there)",
-                current.base, current.id
-            );
-        }
-    }
-
-    /// One heartbeat's look at Redis: the counter or the epoch gone behind what this
-    /// replica applied marks it regressed; a regressed replica that is the most advanced
-    /// of the live ones re-seeds the stream once every replica had time to register.
-    async fn watch_regression(&self, last: Seq) -> Result<(), RedisLogError> {
-        let applied = *self.applied.borrow();
-        let current = self.log.epoch().await?;
-        let followed = self.epoch.lock().clone();
-        match (&current, &followed) {
-            (None, _) if applied > 0 && last == 0 && self.log.top_seq().await? == 0 => {
-                self.regress(&Regression::Lost { floor: applied }, false);
-            }
-            (Some(c), Some(f)) if c.id != *f => self.follow_current_epoch().await?,
-            (Some(c), None) => *self.epoch.lock() = Some(c.id.clone()),
-            _ if last < applied => {
-                let top = self.log.top_seq().await?;
-                self.regress(
-                    &Regression::Behind {
-                        counter: last,
-                        top,
-                        floor: applied,
-                    },
-                    false,
-                );
-            }
-            _ => {}
-        }
-        let due = self
-            .regressed
-            .lock()
-            .as_ref()
-            .is_some_and(|r| !r.needs_snapshot && r.since.elapsed() >= RESEED_AFTER);
-        if due {
-            self.try_reseed(applied).await?;
-        }
-        Ok(())
-    }
-
-    /// Re-seeds the stream after `applied` when no live replica applied more and the
-    /// stream holds nothing beyond it.
-    async fn try_reseed(&self, applied: Seq) -> Result<(), RedisLogError> {
-        let others = self.log.applied_by_replica().await?;
-        let most = others
-            .iter()
-            .filter(|(id, _)| **id != self.id)
-            .map(|(_, seq)| *seq)
-            .max()
-            .unwrap_or(0);
-        let (last, top) = (self.log.last_seq().await?, self.log.top_seq().await?);
-        if most > applied || last > applied || top > applied {
-            tracing::warn!(
-                applied,
-                most,
-                last,
-                top,
-                "not re-seeding: another replica or the stream is ahead of this one"
-            );
-            return Ok(());
-        }
-        let parent = self.epoch_id();
-        match self.log.reseed(applied, &parent).await {
-            Ok(epoch) => {
-                tracing::warn!(epoch = %epoch.id, base = applied, "re-seeded the replicated log after this replica's sequence");
-                *self.epoch.lock() = Some(epoch.id);
-                self.log_seq.store(applied, Ordering::Relaxed);
-                if let Some(r) = self.regressed.lock().take() {
-                    tracing::info!(reason = %r.reason, "writes accepted again");
-                }
-                Ok(())
-            }
-            // Another replica re-seeded first: follow it if it continues from here.
-            Err(RedisLogError::Regressed(Regression::EpochChanged { .. })) => {
-                self.follow_current_epoch().await
-            }
-            Err(RedisLogError::Regressed(r)) => {
-                tracing::warn!(reason = %r, "not re-seeding");
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
     async fn stall(&self, reason: &str) {
         let first = self.stalled.lock().replace(reason.to_string()).is_none();
         if first {
@@ -555,29 +373,6 @@ pub fn replica_id(cfg: &ReplicationConfig) -> String {
     cfg.replica_id.clone().unwrap_or_else(default_replica_id)
 }
 
-/// Registers a starting replica before its model and data are loaded (which can take
-/// minutes), so that the stream is not trimmed past what it will need: its oldest local
-/// snapshot (0, which holds back all trimming, while it has none), re-read every period
-/// since a bootstrap may install one. It registers no applied sequence yet (its data may
-/// belong to another history until checked). Abort the task once the [`Replicator`] runs.
-pub fn heartbeat_while_starting(
-    log: RedisLog,
-    id: String,
-    data_dir: &Path,
-) -> tokio::task::JoinHandle<()> {
-    let snapshots = data_dir.join("snapshots");
-    tokio::spawn(async move {
-        loop {
-            let local = snapshot::list(&snapshots).unwrap_or_default();
-            let oldest = local.last().map_or(0, |(seq, _)| *seq);
-            if let Err(e) = log.heartbeat(&id, oldest, 0, HEARTBEAT * 4).await {
-                tracing::debug!(error = %e, "start-up heartbeat failed");
-            }
-            tokio::time::sleep(HEARTBEAT).await;
-        }
-    })
-}
-
 fn default_replica_id() -> String {
     std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
@@ -585,98 +380,9 @@ fn default_replica_id() -> String {
         .unwrap_or_else(|_| format!("pid-{}", std::process::id()))
 }
 
-/// Prepares the data directory of a replica: when it holds no snapshot and the stream
-/// cannot be replayed from the start (or a peer is faster), downloads a snapshot from a
-/// ready peer. Returns the sequence of the snapshot it installed, if any.
-pub async fn bootstrap(
-    log: &RedisLog,
-    cfg: &ReplicationConfig,
-    data_dir: &Path,
-) -> anyhow::Result<Option<Seq>> {
-    let snapshots = data_dir.join("snapshots");
-    let local = snapshot::list(&snapshots)?.first().map(|(s, _)| *s);
-    let after = local.unwrap_or(0);
-    let stream_complete = match log.read_after(after, 1, None).await {
-        Ok(_) => true,
-        Err(RedisLogError::Trimmed { .. }) => false,
-        Err(e) => return Err(e.into()),
-    };
-    let last = log.last_seq().await?;
-    if last == after || (local.is_some() && stream_complete) {
-        return Ok(None);
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.bootstrap_timeout_ms);
-    loop {
-        for peer in peer_urls(cfg).await {
-            match fetch_snapshot(&peer, cfg, &snapshots).await {
-                Ok(seq) if seq > after => {
-                    tracing::info!(%peer, seq, "bootstrapped from a peer snapshot");
-                    return Ok(Some(seq));
-                }
-                Ok(_) => {}
-                Err(e) => tracing::info!(%peer, error = %e, "peer snapshot unavailable"),
-            }
-        }
-        if stream_complete {
-            tracing::info!(after, last, "no peer snapshot; replaying the stream");
-            return Ok(None);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!(
-                "the stream was trimmed past this replica's data (sequence {after}) and no peer served a snapshot within {} ms: check replication.peers / replication.peer_service",
-                cfg.bootstrap_timeout_ms
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// Base URLs of peers: the configured ones plus every address of `peer_service`.
-async fn peer_urls(cfg: &ReplicationConfig) -> Vec<String> {
-    let mut urls = cfg.peers.clone();
-    if let Some(service) = &cfg.peer_service {
-        match tokio::net::lookup_host(service.as_str()).await {
-            Ok(addrs) => urls.extend(addrs.map(|a| format!("http://{a}"))),
-            Err(e) => tracing::info!(service, error = %e, "peer service did not resolve"),
-        }
-    }
-    urls
-}
-
-/// Longest silence of a peer sending its snapshot.
-const BOOTSTRAP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-async fn fetch_snapshot(peer: &str, cfg: &ReplicationConfig, dir: &Path) -> anyhow::Result<Seq> {
-    // An idle timeout, not a total one: a large index takes as long as it takes, a peer
-    // that stops sending is given up on. The wait for the headers (the peer writes its
-    // snapshot first) counts as one silence.
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(2))
-        .read_timeout(BOOTSTRAP_IDLE_TIMEOUT)
-        .build()?;
-    let mut req = http.get(format!("{}/v1/admin/snapshot", peer.trim_end_matches('/')));
-    if let Some(key) = cfg
-        .peer_api_key_env
-        .as_deref()
-        .and_then(|var| std::env::var(var).ok())
-    {
-        req = req.bearer_auth(key);
-    }
-    let resp = req.send().await?;
-    if !resp.status().is_success() {
-        anyhow::bail!("HTTP {}", resp.status());
-    }
-    // Streamed to a temporary file, then verified from it (magic, length, checksum and
-    // every row): the snapshot is never held in memory, and it gets its name only once
-    // it is whole and valid.
-    let mut incoming = snapshot::Incoming::create(dir)?;
-    let mut resp = resp;
-    while let Some(chunk) = resp.chunk().await? {
-        incoming.write(&chunk)?;
-    }
-    let (checked, _) = incoming.finish(|c| snapshot::file_name(c.sequence))?;
-    Ok(checked.sequence)
-}
+mod bootstrap;
+mod epoch;
+pub use bootstrap::{bootstrap, heartbeat_while_starting};
 
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@ use super::*;
 use crate::log::redis::tests::{cli, log, server};
 use crate::log::{ChunkRecord, Metadata, Metric};
 use kb_config::WorkerConfig;
+use std::path::Path;
 use tch::Device;
 
 fn create() -> Op {
