@@ -110,8 +110,13 @@ impl Replicator {
     /// One heartbeat's look at Redis: the counter or the epoch gone behind what this
     /// replica applied marks it regressed; a regressed replica that is the most advanced
     /// of the live ones re-seeds the stream once every replica had time to register.
-    pub(super) async fn watch_regression(&self, last: Seq) -> Result<(), RedisLogError> {
-        let applied = *self.applied.borrow();
+    /// `applied` must have been read before `last` (the counter): the counter only grows,
+    /// so in a healthy Redis it is never behind what was applied before it was read.
+    pub(super) async fn watch_regression(
+        &self,
+        last: Seq,
+        applied: Seq,
+    ) -> Result<(), RedisLogError> {
         let current = self.log.epoch().await?;
         let followed = self.epoch.lock().clone();
         match (&current, &followed) {

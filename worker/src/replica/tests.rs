@@ -333,3 +333,39 @@ async fn a_starting_replica_holds_back_trimming_before_its_model_is_loaded() {
     assert_eq!(registry.read_after(4, 100, None).await.unwrap().len(), 6);
     task.abort();
 }
+
+/// Milliseconds the heartbeat pauses after reading the counter (widens the window in
+/// which records are applied after it).
+static COUNTER_READ_PAUSE_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub(super) async fn pause_after_counter_read() {
+    let ms = COUNTER_READ_PAUSE_MS.load(Ordering::Relaxed);
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_redis_under_continuous_writes_is_never_taken_for_a_regression() {
+    // The heartbeat reads the counter while records keep being applied: a record applied
+    // after that read must not look like Redis going behind.
+    COUNTER_READ_PAUSE_MS.store(300, Ordering::Relaxed);
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(log(&server).await, &dir.path().join("a"), "a").await;
+    let b = replica(log(&server).await, &dir.path().join("b"), "b").await;
+    let created = a.write(vec![create()]).await.unwrap();
+    b.wait_applied(created).await.unwrap();
+    let deadline = tokio::time::Instant::now() + HEARTBEAT * 3;
+    let mut i = 0;
+    while tokio::time::Instant::now() < deadline {
+        let writer = if i % 2 == 0 { &a } else { &b };
+        match writer.write(vec![upsert(&format!("d{i}"))]).await {
+            Ok(_) | Err(ReplicaError::Redis(_)) => {}
+            Err(e) => panic!("write {i} refused: {e}"),
+        }
+        assert!(a.status().regressed.is_none() && b.status().regressed.is_none());
+        i += 1;
+    }
+    COUNTER_READ_PAUSE_MS.store(0, Ordering::Relaxed);
+}
