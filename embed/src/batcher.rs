@@ -128,6 +128,20 @@ struct QueueState {
     interactive_seen_at: Option<Instant>,
 }
 
+impl QueueState {
+    /// `reserve` while interactive requests arrived within [`INTERACTIVE_RECENT`], else 0.
+    fn reserved(&self, reserve: usize) -> usize {
+        let recent = self
+            .interactive_seen_at
+            .is_some_and(|t| t.elapsed() < INTERACTIVE_RECENT);
+        if recent {
+            reserve
+        } else {
+            0
+        }
+    }
+}
+
 /// While interactive requests arrived this recently, bulk work leaves executors free for
 /// them (see [`RequestQueue::next_work_reserving`]).
 const INTERACTIVE_RECENT: Duration = Duration::from_millis(500);
@@ -249,15 +263,7 @@ impl RequestQueue {
     /// Executors bulk work must leave idle now: `reserve` while interactive requests
     /// arrived within [`INTERACTIVE_RECENT`], else none.
     pub(crate) fn bulk_reserve(&self, reserve: usize) -> usize {
-        let recent = self
-            .lock()
-            .interactive_seen_at
-            .is_some_and(|t| t.elapsed() < INTERACTIVE_RECENT);
-        if recent {
-            reserve
-        } else {
-            0
-        }
+        self.lock().reserved(reserve)
     }
 
     /// [`RequestQueue::next_work`] with `idle_executors` counting the idle executors and
@@ -281,15 +287,7 @@ impl RequestQueue {
             let bulk_waiting = have_prepared_bulk || !state.lanes[Lane::Bulk.index()].is_empty();
             let idle_count = idle_executors();
             let idle = idle_count > 0;
-            let reserved = if state
-                .interactive_seen_at
-                .is_some_and(|t| t.elapsed() < INTERACTIVE_RECENT)
-            {
-                reserve
-            } else {
-                0
-            };
-            let bulk_idle = idle_count > reserved;
+            let bulk_idle = idle_count > state.reserved(reserve);
             // Starving bulk work with an idle device goes first, once.
             let bulk_first =
                 bulk_waiting && state.bulk_served_at.elapsed() >= BULK_MAX_WAIT && idle;

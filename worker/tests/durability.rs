@@ -26,15 +26,12 @@ async fn ingest_until_killed(url: String, first: u64, acked: Arc<Mutex<Vec<u64>>
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn acknowledged_documents_survive_sigkill_mid_ingestion() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    // Frequent snapshots so recovery exercises snapshot + WAL replay together.
-    let config = "snapshot:\n  every_records: 25\n";
-    let mut worker = Worker::start(&data, config, &["--open"]).await;
+/// Ingests with `writers` concurrent clients until at least `acknowledged` documents are
+/// acknowledged, SIGKILLs the worker with requests in flight, and returns the
+/// acknowledged document numbers.
+async fn ingest_then_kill(worker: &mut Worker, writers: u64, acknowledged: usize) -> Vec<u64> {
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let writers: Vec<_> = (0..3)
+    let clients: Vec<_> = (0..writers)
         .map(|w| {
             tokio::spawn(ingest_until_killed(
                 worker.url.clone(),
@@ -43,14 +40,25 @@ async fn acknowledged_documents_survive_sigkill_mid_ingestion() {
             ))
         })
         .collect();
-    while acked.lock().unwrap().len() < 60 {
+    while acked.lock().unwrap().len() < acknowledged {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     worker.kill();
-    for w in writers {
-        w.await.unwrap();
+    for c in clients {
+        c.await.unwrap();
     }
-    let acked: Vec<u64> = acked.lock().unwrap().clone();
+    let acked = acked.lock().unwrap().clone();
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_documents_survive_sigkill_mid_ingestion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Frequent snapshots so recovery exercises snapshot + WAL replay together.
+    let config = "snapshot:\n  every_records: 25\n";
+    let mut worker = Worker::start(&data, config, &["--open"]).await;
+    let acked = ingest_then_kill(&mut worker, 3, 60).await;
     let worker = Worker::start(&data, config, &["--open"]).await;
     let client = reqwest::Client::new();
     for i in acked {
@@ -132,26 +140,9 @@ async fn crash_dropping_unsynced_writes(fsync: &str) -> (usize, usize) {
         ("KB_SYNC_JOURNAL", journal.to_str().unwrap()),
     ];
     let mut worker = Worker::start_with_env(&data, &config, &["--open"], &env).await;
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let writers: Vec<_> = (0..2)
-        .map(|w| {
-            tokio::spawn(ingest_until_killed(
-                worker.url.clone(),
-                w * 1_000_000,
-                acked.clone(),
-            ))
-        })
-        .collect();
-    while acked.lock().unwrap().len() < 40 {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    worker.kill();
-    for w in writers {
-        w.await.unwrap();
-    }
+    let acked = ingest_then_kill(&mut worker, 2, 40).await;
     let dropped = drop_unsynced_writes(&data, &journal);
     eprintln!("log.fsync {fsync}: dropped {dropped} unsynced bytes");
-    let acked: Vec<u64> = acked.lock().unwrap().clone();
     let worker = Worker::start(&data, &config, &["--open"]).await;
     let client = reqwest::Client::new();
     let mut missing = 0;
