@@ -38,28 +38,86 @@ pub enum Scalar {
 #[allow(dead_code)]
 pub struct Metadata(BTreeMap<String, MetadataValue>);
 
-/// A metadata filter: every key must match. A plain value is equality (a list-valued
-/// field matches when one of its elements is equal); `{"$in": [...]}` is membership.
+/// A metadata filter (docs/worker.md, "Filters"): every entry must match. An entry is a
+/// metadata key with its condition, or a logical operator: `$and` / `$or` take a
+/// non-empty list of filters, `$not` one filter; they nest. A condition is a plain value
+/// (equality; a list-valued field matches when one of its elements is equal) or an object
+/// of field operators, all of which must match, e.g.
+/// `{"lang": "en", "year": {"$gte": 2020, "$lt": 2024}, "$or": [{"tag": "a"}, {"tag": {"$exists": false}}]}`.
+/// `$ne`, `$nin` and `$not` match a missing key; a list matches `$ne` only when no element
+/// is equal. A string operand that is an RFC 3339 date-time compares as an instant with
+/// metadata strings that are date-times. At most 64 entries per filter object, 8 levels
+/// of nesting, 256 operators and 4096 values per `$in`/`$nin` list.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct Filter(BTreeMap<String, Condition>);
 
-/// One key's condition in a [`Filter`].
+/// One entry's value in a [`Filter`]: a metadata key's condition, or the operand of
+/// `$and`/`$or` (a list of filters) or `$not` (a filter).
 #[derive(ToSchema)]
 #[serde(untagged)]
 #[allow(dead_code)]
 pub enum Condition {
+    /// Equality with this value.
     Equals(Scalar),
-    In(InList),
+    /// Field operators, all of which must match (under `$not`, a whole filter).
+    Operators(FieldOperators),
+    /// The filters of `$and` or `$or`.
+    #[schema(value_type = Vec<Object>)]
+    Filters(Vec<BTreeMap<String, Condition>>),
 }
 
-/// `{"$in": [values]}`: any of the values.
+/// Field operators on one metadata key; several in one object must all match. Any key
+/// outside these is refused (under a top-level `$not`, the object is a filter instead).
 #[derive(ToSchema)]
-#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
-pub struct InList {
-    #[serde(rename = "$in")]
-    values: Vec<Scalar>,
+pub struct FieldOperators {
+    /// Equal to the value (on a list: some element is).
+    #[serde(rename = "$eq", default)]
+    eq: Scalar,
+    /// Not equal: the key is missing, or no element equals the value.
+    #[serde(rename = "$ne", default)]
+    ne: Scalar,
+    /// Equal to one of the values.
+    #[serde(rename = "$in", default)]
+    #[schema(max_items = 4096)]
+    r#in: Vec<Scalar>,
+    /// Equal to none of the values (the key may be missing).
+    #[serde(rename = "$nin", default)]
+    #[schema(max_items = 4096)]
+    nin: Vec<Scalar>,
+    /// Greater than.
+    #[serde(rename = "$gt", default)]
+    gt: Bound,
+    /// Greater than or equal.
+    #[serde(rename = "$gte", default)]
+    gte: Bound,
+    /// Less than.
+    #[serde(rename = "$lt", default)]
+    lt: Bound,
+    /// Less than or equal.
+    #[serde(rename = "$lte", default)]
+    lte: Bound,
+    /// `true`: the key is present (whatever its value); `false`: it is absent.
+    #[serde(rename = "$exists", default)]
+    exists: bool,
+    /// Field operators that must not match: `{"$not": {"$gt": 3}}` matches 3 or less,
+    /// anything that is not a number, and a missing key.
+    #[serde(rename = "$not", default)]
+    #[schema(value_type = Object)]
+    not: BTreeMap<String, Condition>,
+}
+
+/// A `$gt`/`$gte`/`$lt`/`$lte` operand: a number (compares with numbers) or a string
+/// (with strings, by Unicode code points; an RFC 3339 date-time such as
+/// `2024-05-01T12:00:00+02:00` compares as an instant with metadata strings that are
+/// date-times). Booleans have no order.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum Bound {
+    Number(f64),
+    String(String),
 }
 
 /// The collection named in the path.
@@ -178,4 +236,48 @@ pub fn document() -> &'static str {
     responses((status = 200, description = "this document", content_type = "application/json")))]
 pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    /// The schema's filter operators are the ones the engine takes, and its limits the
+    /// engine's.
+    #[test]
+    fn the_filter_schema_names_every_operator_the_engine_takes() {
+        use crate::index::filter::{Filter, MAX_IN_VALUES};
+        let doc: Value = serde_json::from_str(super::document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let ops = schemas["FieldOperators"]["properties"].as_object().unwrap();
+        let mut names: Vec<&str> = ops.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["$eq", "$exists", "$gt", "$gte", "$in", "$lt", "$lte", "$ne", "$nin", "$not"]
+        );
+        for name in names {
+            let operand = match name {
+                "$in" | "$nin" => json!([1]),
+                "$exists" => json!(true),
+                "$not" => json!({"$eq": 1}),
+                _ => json!(1),
+            };
+            assert!(
+                Filter::parse(&json!({"k": {name: operand}})).is_ok(),
+                "{name}"
+            );
+        }
+        assert_eq!(ops["$in"]["maxItems"], json!(MAX_IN_VALUES));
+        assert!(schemas["FieldOperators"]["required"].is_null());
+        let description = schemas["Filter"]["description"].as_str().unwrap();
+        for limit in [
+            crate::index::filter::MAX_KEYS,
+            crate::index::filter::MAX_DEPTH,
+            crate::index::filter::MAX_CLAUSES,
+            MAX_IN_VALUES,
+        ] {
+            assert!(description.contains(&limit.to_string()), "{limit}");
+        }
+    }
 }

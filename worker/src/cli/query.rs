@@ -20,7 +20,10 @@ pub struct QueryArgs {
     /// Number of hits.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub top_k: u32,
-    /// Metadata filter as JSON, e.g. '{"ext":"md"}' or '{"ext":{"$in":["md","txt"]}}'.
+    /// Metadata filter as JSON, e.g. '{"ext":"md"}', '{"ext":{"$in":["md","txt"]}}' or
+    /// '{"year":{"$gte":2020,"$lt":2024},"$or":[{"team":"search"},{"draft":{"$ne":true}}]}'
+    /// (operators: $eq $ne $in $nin $gt $gte $lt $lte $exists $not $and $or; see
+    /// docs/worker.md, "Filters").
     #[arg(long)]
     pub filter: Option<String>,
     /// Print the worker's JSON answer instead of a table.
@@ -141,6 +144,7 @@ mod tests {
     #[test]
     fn filter_must_be_a_json_object() {
         assert!(parse_filter(r#"{"ext":{"$in":["md"]}}"#).is_ok());
+        assert!(parse_filter(r#"{"year":{"$gte":2020},"$or":[{"a":1}]}"#).is_ok());
         assert!(parse_filter("[1]").is_err());
         assert!(parse_filter("ext=md").is_err());
     }
