@@ -314,11 +314,28 @@ pub enum CpuScreen {
     Bf16,
 }
 
+/// Whether collections keep a lexical (BM25) index of their chunk texts, and how text
+/// becomes terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Lexical {
+    /// No lexical index: `lexical` and `hybrid` queries are refused.
+    Off,
+    /// Lowercased words, identifiers kept whole and split into their parts.
+    #[default]
+    Standard,
+    /// `standard` plus English stop words dropped and words stemmed.
+    English,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct IndexConfig {
     /// Batches of 4 or more queries on CPU shards: `none` (fp32) or `bf16` (screened).
     pub cpu_screen: CpuScreen,
+    /// The lexical index of every collection (`off`, `standard` or `english`), for
+    /// `lexical` and `hybrid` queries.
+    pub lexical: Lexical,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

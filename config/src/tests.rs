@@ -95,3 +95,18 @@ fn the_cpu_screen_is_none_or_bf16() {
     let err = WorkerConfig::from_yaml("index:\n  cpu_screen: fp8\n").unwrap_err();
     assert!(err.to_string().contains("none"), "{err}");
 }
+
+#[test]
+fn the_lexical_index_is_standard_unless_set() {
+    assert_eq!(WorkerConfig::default().index.lexical, Lexical::Standard);
+    for (text, want) in [
+        ("off", Lexical::Off),
+        ("standard", Lexical::Standard),
+        ("english", Lexical::English),
+    ] {
+        let config = WorkerConfig::from_yaml(&format!("index:\n  lexical: {text}\n")).unwrap();
+        assert_eq!(config.index.lexical, want);
+    }
+    let err = WorkerConfig::from_yaml("index:\n  lexical: french\n").unwrap_err();
+    assert!(err.to_string().contains("french"), "{err}");
+}

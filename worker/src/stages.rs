@@ -18,6 +18,8 @@ pub enum Stage {
     EmbedQuery,
     /// Waiting for and running a search (the search batcher's queue and the index scan).
     Search,
+    /// A lexical search, or the lexical half of a hybrid one (BM25 and fusion).
+    Lexical,
     /// Decoding an ingestion request's JSON body.
     IngestParse,
     /// Splitting an ingestion request's documents into chunks.
@@ -36,6 +38,7 @@ impl Stage {
             Stage::QueryParse => "query_parse",
             Stage::EmbedQuery => "embed_query",
             Stage::Search => "search",
+            Stage::Lexical => "lexical",
             Stage::IngestParse => "ingest_parse",
             Stage::Chunk => "chunk",
             Stage::EmbedIngest => "embed_ingest",

@@ -13,6 +13,24 @@ pub struct Index {
     /// on GPUs store fp16 vectors and ignore it.
     #[serde(default)]
     pub cpu_screen: CpuScreen,
+    /// The lexical (BM25) index each collection keeps next to its vectors, for `lexical`
+    /// and `hybrid` queries: `standard` (lowercased words; code identifiers kept whole and
+    /// split into their parts), `english` (also drops English stop words and stems), or
+    /// `off` (those queries answer 400; saves the memory of the postings).
+    #[serde(default)]
+    pub lexical: Lexical,
+}
+
+/// See [`Index::lexical`].
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Lexical {
+    Off,
+    #[default]
+    Standard,
+    English,
 }
 
 /// See [`Index::cpu_screen`].

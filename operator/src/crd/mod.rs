@@ -17,7 +17,7 @@ mod storage;
 pub use autoscaling::{Autoscaling, ScalingBehavior, ScalingRules};
 pub use backup::{Backup, BackupDestination, Bootstrap, FromBackup, PvcDestination, S3Destination};
 pub use embedding::{Chunking, Device, Embedding, GpuScheduling, ModelVolume, Precision};
-pub use index::{CpuScreen, Index};
+pub use index::{CpuScreen, Index, Lexical};
 pub use limits::Limits;
 pub use monitoring::Monitoring;
 pub use network::Network;

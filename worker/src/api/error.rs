@@ -138,7 +138,9 @@ impl From<IndexError> for ApiError {
 impl From<&IndexError> for ApiError {
     fn from(e: &IndexError) -> Self {
         match e {
-            IndexError::Dimension { .. } | IndexError::Filter(_) => Self::BadRequest(e.to_string()),
+            IndexError::Dimension { .. } | IndexError::Filter(_) | IndexError::LexicalOff => {
+                Self::BadRequest(e.to_string())
+            }
             IndexError::NoSuchCollection(_) => Self::NotFound(e.to_string()),
             IndexError::Conflict { .. } => Self::Conflict(e.to_string()),
             // Refused before anything was logged: retry elsewhere or after scaling out.

@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod limits;
+pub mod modes;
 pub mod openapi;
 pub mod query;
 #[cfg(test)]

@@ -1,14 +1,18 @@
-//! `POST /v1/collections/{c}/query`: text or vector, top-k, metadata filter.
+//! `POST /v1/collections/{c}/query`: text or vector, top-k, metadata filter, and the
+//! query mode (dense, lexical or hybrid: [`super::modes`]).
 
 use super::documents::read_body;
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiPath;
+use super::modes::{self, HybridOptions, Mode, Scored, Scores};
 use super::openapi::{CollectionErrors, CollectionParam};
 use super::{Engine, SharedState};
 use crate::auth::Role;
 use crate::cache::Level;
 use crate::cache::QueryCache;
 use crate::index::filter::Filter;
+use crate::index::flat::Hit;
+use crate::index::IndexError;
 use crate::log::Metadata;
 use crate::stages::{self, Stage};
 use axum::extract::{Request, State};
@@ -43,9 +47,16 @@ pub struct QueryBody {
     /// Read-your-writes: wait (bounded) until this worker applied this sequence.
     #[serde(default)]
     min_sequence: Option<u64>,
-    /// Only hits scoring at least this (cosine similarity or dot product).
+    /// Only hits scoring at least this (the mode's score: cosine similarity or dot
+    /// product, BM25, or the fused score).
     #[serde(default)]
     score_threshold: Option<f32>,
+    /// `dense` (default), `lexical` or `hybrid`; the last two search the `query` text.
+    #[serde(default)]
+    mode: Mode,
+    /// Options of `mode: hybrid`.
+    #[serde(default)]
+    hybrid: Option<HybridOptions>,
 }
 
 /// One matching chunk.
@@ -53,8 +64,12 @@ pub struct QueryBody {
 pub struct HitOut {
     document_id: String,
     chunk_id: String,
-    /// Cosine similarity or dot product, by the collection's metric.
+    /// The score the mode ranks by: cosine similarity or dot product (by the
+    /// collection's metric) for `dense`, BM25 for `lexical`, the fused score for `hybrid`.
     score: f32,
+    /// The scores by side.
+    #[serde(default)]
+    scores: Scores,
     #[schema(value_type = super::openapi::Metadata)]
     metadata: Metadata,
     /// The chunk's text (unless `include_text` is false).
@@ -205,12 +220,12 @@ async fn run_query(
     if let Some(seq) = body.min_sequence {
         engine.wait_min_sequence(seq).await?;
     }
-    let (version, dim) = {
+    let (version, lexical) = {
         let view = engine.store.view();
         let c = view.get(collection).ok_or_else(|| {
             ApiError::NotFound(format!("collection {collection:?} does not exist"))
         })?;
-        (c.version, c.dim)
+        (c.version, c.lexical)
     };
     let query = match (body.query, body.vector) {
         (Some(text), None) if text.len() > state.limits.max_query_bytes => {
@@ -230,6 +245,28 @@ async fn run_query(
             ))
         }
     };
+    let (mode, has_hybrid) = (body.mode, body.hybrid.is_some());
+    let hybrid = body.hybrid.unwrap_or_default();
+    let candidates = match mode {
+        Mode::Hybrid => hybrid.candidates_for(body.top_k, state.limits.max_top_k)?,
+        _ if has_hybrid => {
+            return Err(ApiError::BadRequest(
+                "`hybrid` options apply to `\"mode\": \"hybrid\"` only".into(),
+            ))
+        }
+        _ => 0,
+    };
+    if mode != Mode::Dense {
+        if matches!(query, Query::Vector(_)) {
+            return Err(ApiError::BadRequest(format!(
+                "mode {} searches the query text: give `query`, not `vector`",
+                mode.name()
+            )));
+        }
+        if !lexical {
+            return Err(IndexError::LexicalOff.into());
+        }
+    }
     let (top_k, include_text, threshold) = (body.top_k, body.include_text, body.score_threshold);
     let filter_key = body
         .filter
@@ -246,7 +283,8 @@ async fn run_query(
     let digest = cache.map(|_| {
         QueryCache::request_digest(&json!({
             "query": query, "top_k": top_k, "filter": body.filter, "include_text": include_text,
-            "score_threshold": threshold,
+            "score_threshold": threshold, "mode": mode,
+            "hybrid": (mode == Mode::Hybrid).then_some(&hybrid),
         }))
     });
     if let (Some(cache), Some(digest)) = (cache, &digest) {
@@ -262,24 +300,38 @@ async fn run_query(
             });
         }
     }
-    let vector = match query {
-        Query::Vector(v) => v,
-        Query::Text(text) => embed_query(engine, text).await?,
+    let (hits, sequence, version) = match (mode, query) {
+        (Mode::Lexical, Query::Text(text)) => {
+            modes::lexical(engine, collection, text, top_k, filter).await?
+        }
+        (Mode::Hybrid, Query::Text(text)) => {
+            let vector = embed_query(engine, text.clone()).await?;
+            let dense = dense(
+                engine,
+                collection,
+                filter_key,
+                filter.clone(),
+                &vector,
+                candidates,
+            );
+            let (hits, _, _) = dense.await?;
+            let vector = (text, vector);
+            let hits = hits
+                .into_iter()
+                .map(|h| Hit {
+                    row: h.row,
+                    score: h.score,
+                })
+                .collect();
+            let sizes = (top_k, candidates);
+            modes::hybrid(engine, collection, vector, hits, filter, &hybrid, sizes).await?
+        }
+        (_, Query::Vector(v)) => dense(engine, collection, filter_key, filter, &v, top_k).await?,
+        (_, Query::Text(text)) => {
+            let vector = embed_query(engine, text).await?;
+            dense(engine, collection, filter_key, filter, &vector, top_k).await?
+        }
     };
-    if vector.len() != dim {
-        return Err(ApiError::BadRequest(format!(
-            "vector has {} dimensions, the collection has {dim}",
-            vector.len()
-        )));
-    }
-    let started = std::time::Instant::now();
-    let answer = engine
-        .searches
-        .search(collection, filter_key, filter, vector, top_k)
-        .await
-        .map_err(|e| ApiError::from(&*e))?;
-    stages::observe(Stage::Search, started.elapsed());
-    let (hits, sequence, version) = (answer.hits, answer.applied, answer.version);
     let hits: Vec<HitOut> = hits
         .into_iter()
         // Hits come best first: the threshold keeps a prefix.
@@ -288,6 +340,7 @@ async fn run_query(
             document_id: h.row.doc_id.clone(),
             chunk_id: h.row.chunk_id.clone(),
             score: h.score,
+            scores: h.scores,
             metadata: h.row.metadata.clone(),
             text: include_text.then(|| h.row.text.clone()),
         })
@@ -300,6 +353,34 @@ async fn run_query(
         sequence,
         cache: Source::Miss,
     })
+}
+
+/// The `top_k` nearest chunks to `vector` through the search batcher, timed as
+/// [`Stage::Search`].
+async fn dense(
+    engine: &Engine,
+    collection: &str,
+    filter_key: String,
+    filter: Filter,
+    vector: &[f32],
+    top_k: usize,
+) -> Result<modes::Ranked, ApiError> {
+    let dim = engine.store.view().get(collection).map(|c| c.dim);
+    if let Some(dim) = dim.filter(|&d| d != vector.len()) {
+        return Err(ApiError::BadRequest(format!(
+            "vector has {} dimensions, the collection has {dim}",
+            vector.len()
+        )));
+    }
+    let started = std::time::Instant::now();
+    let answer = engine
+        .searches
+        .search(collection, filter_key, filter, vector.to_vec(), top_k)
+        .await
+        .map_err(|e| ApiError::from(&*e))?;
+    stages::observe(Stage::Search, started.elapsed());
+    let hits = answer.hits.into_iter().map(Scored::dense).collect();
+    Ok((hits, answer.applied, answer.version))
 }
 
 /// What is searched for; serialised into the cache key.

@@ -5,6 +5,7 @@ use crate::api::{self, AppState, Engine, SharedState};
 use crate::auth::Auth;
 use crate::cache::{model_fingerprint, QueryCache};
 use crate::chunk::Chunker;
+use crate::index::lexical::Analyzer;
 use crate::index::Placement;
 use crate::log::redis::RedisLog;
 use crate::metrics::Metrics;
@@ -12,7 +13,7 @@ use crate::replica::{self, Replicator};
 use crate::search::SearchBatcher;
 use crate::store::Store;
 use anyhow::{bail, Context};
-use kb_config::{CpuScreen, IndexConfig, WorkerConfig};
+use kb_config::{CpuScreen, IndexConfig, Lexical, WorkerConfig};
 use kb_embed::Embedder;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -111,7 +112,14 @@ fn index_placement(embedder_devices: &[String], index: &IndexConfig) -> Placemen
     } else if screen && !kb_embed::cpu_has_native_bf16() {
         tracing::warn!("index.cpu_screen: bf16 on a CPU without AVX512-BF16 or AMX-BF16: bf16 products are emulated there and batched searches get slower, not faster; set it to none");
     }
-    Placement::from(devices).with_cpu_screen(screen && on_cpu)
+    let lexical = match index.lexical {
+        Lexical::Off => None,
+        Lexical::Standard => Some(Analyzer::Standard),
+        Lexical::English => Some(Analyzer::English),
+    };
+    Placement::from(devices)
+        .with_cpu_screen(screen && on_cpu)
+        .with_lexical(lexical)
 }
 
 /// libtorch threads of one search run: every core the worker may use

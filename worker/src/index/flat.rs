@@ -8,6 +8,7 @@
 //! shard (launched on all devices before any result is read back) and merges the
 //! candidates on the host, so it returns exactly what one device would.
 
+use super::lexical::{Analyzer, LexicalIndex};
 use super::{IndexError, Placement};
 use crate::log::{ChunkRecord, Metadata, Metric};
 use std::collections::BTreeMap;
@@ -82,6 +83,8 @@ pub struct FlatIndex {
     /// Whether every shard's `dead` mask holds its tombstones (false after a failed mask
     /// update: searches then build the mask on the host until the next compaction).
     masks_ok: bool,
+    /// The BM25 index of the rows' texts, when the placement asks for one.
+    lexical: Option<LexicalIndex>,
 }
 
 impl FlatIndex {
@@ -106,6 +109,7 @@ impl FlatIndex {
     ) -> Result<Self, IndexError> {
         let placement = placement.into();
         let cpu_screen = placement.cpu_screen();
+        let lexical = placement.lexical().map(LexicalIndex::new);
         let shards = placement
             .devices()
             .iter()
@@ -135,6 +139,7 @@ impl FlatIndex {
             docs: BTreeMap::new(),
             dead: 0,
             masks_ok: true,
+            lexical,
         })
     }
 
@@ -172,6 +177,21 @@ impl FlatIndex {
 
     pub fn metric(&self) -> Metric {
         self.metric
+    }
+
+    /// The analyzer of the collection's lexical index, if it keeps one.
+    pub fn lexical_analyzer(&self) -> Option<Analyzer> {
+        self.lexical.as_ref().map(LexicalIndex::analyzer)
+    }
+
+    /// Appends `row` as row number `self.rows.len()` (its vector is stored already).
+    fn push_row(&mut self, row: Arc<Row>) {
+        let at = self.rows.len();
+        if let Some(lexical) = &mut self.lexical {
+            lexical.add(at, &row.text);
+        }
+        self.docs.entry(row.doc_id.clone()).or_default().push(at);
+        self.rows.push(Some(row));
     }
 
     /// Whether some shard screens batched searches through a bf16 copy ([`screen`]).
@@ -264,17 +284,13 @@ impl FlatIndex {
             self.store_rows(start, &new)?;
         }
         let old = self.docs.remove(doc_id);
-        if !chunks.is_empty() {
-            let ids = self.docs.entry(doc_id.to_string()).or_default();
-            for (i, c) in chunks.iter().enumerate() {
-                ids.push(start + i);
-                self.rows.push(Some(Arc::new(Row {
-                    doc_id: doc_id.to_string(),
-                    chunk_id: c.chunk_id.clone(),
-                    text: c.text.clone(),
-                    metadata: c.metadata.clone(),
-                })));
-            }
+        for c in chunks {
+            self.push_row(Arc::new(Row {
+                doc_id: doc_id.to_string(),
+                chunk_id: c.chunk_id.clone(),
+                text: c.text.clone(),
+                metadata: c.metadata.clone(),
+            }));
         }
         if let Some(old) = old {
             self.tombstone(old);
@@ -288,6 +304,9 @@ impl FlatIndex {
         let n = self.shards.len();
         let mut per_shard: Vec<Vec<i64>> = vec![Vec::new(); n];
         for r in rows {
+            if let (Some(lexical), Some(row)) = (&mut self.lexical, &self.rows[r]) {
+                lexical.remove(r, &row.text);
+            }
             self.rows[r] = None;
             self.dead += 1;
             self.shards[r % n].dead_count += 1;
@@ -339,7 +358,9 @@ impl FlatIndex {
     /// failure (memory, device) keeps the current tensors: tombstones stay masked.
     pub fn compact(&mut self) {
         let fresh = self.freeze().and_then(|frozen| {
-            let placement = Placement::from(self.devices()).with_cpu_screen(self.cpu_screen);
+            let placement = Placement::from(self.devices())
+                .with_cpu_screen(self.cpu_screen)
+                .with_lexical(self.lexical_analyzer());
             let live = frozen.live();
             let mut builder = Self::builder(self.dim, self.metric, placement, self.kind, live)?;
             for chunk in frozen.chunks() {
@@ -411,6 +432,8 @@ pub use documents::StoredDocument;
 #[cfg(test)]
 pub(super) use growth::growth_bytes;
 mod frozen;
+mod hybrid;
+pub use hybrid::LexicalHit;
 pub mod screen;
 mod search;
 pub mod select;

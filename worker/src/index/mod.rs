@@ -2,6 +2,8 @@
 
 pub mod filter;
 pub mod flat;
+pub mod fusion;
+pub mod lexical;
 
 use crate::log::{Metric, Op, Record, Seq};
 use flat::FlatIndex;
@@ -33,6 +35,8 @@ pub enum IndexError {
     Capacity(String),
     #[error("invalid filter: {0}")]
     Filter(String),
+    #[error("lexical and hybrid search need a lexical index, which this worker does not keep: set index.lexical to standard or english in the worker config (spec.index.lexical of the KnowledgeBase)")]
+    LexicalOff,
 }
 
 impl IndexError {
@@ -49,12 +53,14 @@ impl IndexError {
 }
 
 /// Where index vectors live: one device, or shards over several (a GPU may be listed
-/// twice, and so may the CPU, which is how the sharded path is tested without GPUs), and
-/// whether CPU shards keep a bf16 screening copy ([`flat::screen`]).
+/// twice, and so may the CPU, which is how the sharded path is tested without GPUs),
+/// whether CPU shards keep a bf16 screening copy ([`flat::screen`]), and whether
+/// collections keep a lexical index ([`lexical`]) next to their vectors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placement {
     devices: Vec<Device>,
     cpu_screen: bool,
+    lexical: Option<lexical::Analyzer>,
 }
 
 impl Placement {
@@ -79,6 +85,18 @@ impl Placement {
     pub fn cpu_screen(&self) -> bool {
         self.cpu_screen
     }
+
+    /// This placement with collections keeping a lexical index analysed by `analyzer`
+    /// (`index.lexical`), or none.
+    pub fn with_lexical(mut self, analyzer: Option<lexical::Analyzer>) -> Self {
+        self.lexical = analyzer;
+        self
+    }
+
+    /// The analyzer of the collections' lexical indexes, if they keep one.
+    pub fn lexical(&self) -> Option<lexical::Analyzer> {
+        self.lexical
+    }
 }
 
 impl From<Device> for Placement {
@@ -97,6 +115,7 @@ impl From<Vec<Device>> for Placement {
                 devices
             },
             cpu_screen: false,
+            lexical: None,
         }
     }
 }

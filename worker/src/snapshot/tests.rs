@@ -467,3 +467,27 @@ fn a_file_verifies_without_an_index_and_corruption_is_named() {
     let err = verify_file(&path).unwrap_err().to_string();
     assert!(err.contains("ends early"), "{err}");
 }
+
+#[test]
+fn a_lexical_placement_rebuilds_the_lexical_index_from_the_snapshot_texts() {
+    let index = sample_index();
+    let dir = tempfile::tempdir().unwrap();
+    let path = save(&index, dir.path(), 1).unwrap();
+    let lexical =
+        Placement::from(Device::Cpu).with_lexical(Some(crate::index::lexical::Analyzer::Standard));
+    let loaded = load_file(&path, lexical).unwrap();
+    let hits = loaded
+        .get("c")
+        .unwrap()
+        .lexical_search("HELLO there", 10, &Filter::default())
+        .unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].row.doc_id, "d1");
+    let plain = load_file(&path, Device::Cpu).unwrap();
+    let err = plain
+        .get("c")
+        .unwrap()
+        .lexical_search("hello", 10, &Filter::default())
+        .unwrap_err();
+    assert!(matches!(err, crate::index::IndexError::LexicalOff));
+}

@@ -26,6 +26,8 @@ pub struct CollectionView {
     pub tombstones: usize,
     /// Sequence of the last write that changed the collection (the query cache's key).
     pub version: Seq,
+    /// Whether the collection keeps a lexical index (`index.lexical` is not `off`).
+    pub lexical: bool,
 }
 
 impl IndexView {
@@ -42,6 +44,7 @@ impl IndexView {
                     chunks: stats.chunks,
                     tombstones: stats.tombstones,
                     version: index.version(name),
+                    lexical: c.lexical_analyzer().is_some(),
                 };
                 (name.clone(), view)
             })

@@ -88,6 +88,11 @@ pub fn worker_config(spec: &KnowledgeBaseSpec, names: &Names) -> WorkerConfig {
         crd::CpuScreen::None => kb_config::CpuScreen::None,
         crd::CpuScreen::Bf16 => kb_config::CpuScreen::Bf16,
     };
+    config.index.lexical = match spec.index.lexical {
+        crd::Lexical::Off => kb_config::Lexical::Off,
+        crd::Lexical::Standard => kb_config::Lexical::Standard,
+        crd::Lexical::English => kb_config::Lexical::English,
+    };
     config.chunking.max_tokens = to_usize(spec.chunking.max_tokens);
     config.chunking.overlap = to_usize(spec.chunking.overlap);
     config.cache.enabled = spec.cache.enabled;

@@ -59,13 +59,8 @@ impl Builder {
         let start = index.rows.len();
         let data = Tensor::f_from_slice(vectors)?.f_view([rows.len() as i64, index.dim as i64])?;
         index.store_rows(start, &data)?;
-        for (i, row) in rows.into_iter().enumerate() {
-            index
-                .docs
-                .entry(row.doc_id.clone())
-                .or_default()
-                .push(start + i);
-            index.rows.push(Some(row));
+        for row in rows {
+            index.push_row(row);
         }
         Ok(())
     }

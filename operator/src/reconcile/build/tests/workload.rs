@@ -79,8 +79,15 @@ fn lanes_model_name_limits_and_index_reach_the_worker_config() {
         write_timeout_seconds: Some(120),
     };
     kb.spec.index.cpu_screen = crate::crd::CpuScreen::Bf16;
+    assert_eq!(
+        config(&plan_for(&kb)).index.lexical,
+        kb_config::Lexical::Standard,
+        "on unless turned off"
+    );
+    kb.spec.index.lexical = crate::crd::Lexical::English;
     let config = config(&plan_for(&kb));
     assert_eq!(config.index.cpu_screen, kb_config::CpuScreen::Bf16);
+    assert_eq!(config.index.lexical, kb_config::Lexical::English);
     assert_eq!(config.embedding.bulk_batch_tokens, Some(512));
     assert_eq!(config.embedding.queue_capacity, 64);
     assert_eq!(config.embedding.bulk_queue_capacity, 100_000);
