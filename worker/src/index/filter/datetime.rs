@@ -38,9 +38,9 @@ pub(super) fn parse(s: &str) -> Option<i128> {
         if digits == 0 {
             return None;
         }
-        for i in 0..9 {
-            let d = if i < digits { after[i] - b'0' } else { 0 };
-            nanos = nanos * 10 + i128::from(d);
+        let padded = after[..digits].iter().chain(std::iter::repeat(&b'0'));
+        for d in padded.take(9) {
+            nanos = nanos * 10 + i128::from(d - b'0');
         }
         rest = &after[digits..];
     }
