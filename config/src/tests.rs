@@ -110,3 +110,20 @@ fn the_lexical_index_is_standard_unless_set() {
     let err = WorkerConfig::from_yaml("index:\n  lexical: french\n").unwrap_err();
     assert!(err.to_string().contains("french"), "{err}");
 }
+
+#[test]
+fn prefixes_keep_their_trailing_space_and_empty_differs_from_unset() {
+    let cfg = WorkerConfig::from_yaml(
+        "embedding:\n  query_prefix: \"query: \"\n  document_prefix: \"\"\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.embedding.query_prefix.as_deref(), Some("query: "));
+    assert_eq!(cfg.embedding.document_prefix.as_deref(), Some(""));
+    assert_eq!(WorkerConfig::from_yaml(&cfg.to_yaml()).unwrap(), cfg);
+    let unset = WorkerConfig::default();
+    assert_eq!(unset.embedding.query_prefix, None);
+    assert!(
+        !unset.to_yaml().contains("prefix"),
+        "unset prefixes are not rendered"
+    );
+}

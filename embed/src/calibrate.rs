@@ -12,7 +12,7 @@
 use crate::bert::BertEncoder;
 use crate::model_config::BertConfig;
 use crate::packing::PackedBatch;
-use crate::pooling::mean_pool_normalized;
+use crate::pooling::{l2_normalize, pool, Pooling};
 use crate::EmbedError;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -126,10 +126,12 @@ pub fn store(dir: &Path, calibration: &Calibration) -> std::io::Result<()> {
 pub const CACHE_FILE: &str = "cpu-calibration.json";
 
 /// Measures fp32 and bf16 forward passes of the encoder in `weights` on the CPU with
-/// `threads` libtorch threads (on a thread of its own, as an executor runs).
+/// `threads` libtorch threads (on a thread of its own, as an executor runs), pooled as
+/// the model pools; the vectors are compared normalised (by their cosine) either way.
 pub fn measure(
     weights: &Path,
     cfg: &BertConfig,
+    pooling: Pooling,
     threads: i32,
     max_seq_len: usize,
 ) -> Result<Calibration, EmbedError> {
@@ -142,7 +144,7 @@ pub fn measure(
         let mut trials = Vec::new();
         for (name, kind) in [("fp32", Kind::Float), ("bf16", Kind::BFloat16)] {
             let encoder = BertEncoder::load(&weights, &cfg2, Device::Cpu, kind)?;
-            let (seconds, vectors) = time(&encoder, &batches)?;
+            let (seconds, vectors) = time(&encoder, &batches, pooling)?;
             let min_cosine = match &reference {
                 None => 1.0,
                 Some(fp32) => worst_cosine(fp32, &vectors)?,
@@ -198,6 +200,7 @@ fn sample_batches(vocab: i64, max_seq_len: usize) -> Vec<Vec<Vec<i64>>> {
 fn time(
     encoder: &BertEncoder,
     batches: &[Vec<Vec<i64>>],
+    pooling: Pooling,
 ) -> Result<(f64, Vec<Tensor>), EmbedError> {
     let run = || -> Result<Vec<Tensor>, EmbedError> {
         batches
@@ -206,11 +209,7 @@ fn time(
                 let ids: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
                 let batch = PackedBatch::new(&ids, Device::Cpu)?;
                 let hidden = encoder.forward(&batch)?;
-                Ok(mean_pool_normalized(
-                    &hidden,
-                    &batch.row_of_token,
-                    &batch.lengths,
-                )?)
+                Ok(l2_normalize(&pool(&hidden, &batch, pooling)?)?)
             })
             .collect()
     };

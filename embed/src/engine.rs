@@ -7,6 +7,8 @@ use crate::device::{
 };
 use crate::executor::{Dispatcher, ReplicaSpec};
 use crate::model_config::ModelSpec;
+use crate::pooling::Pooling;
+use crate::prefix::{Prefixes, TextKind};
 use crate::stats::{Counters, EngineStats};
 use crate::tokenize::{SpecialTokens, TextTokenizer};
 use crate::{EmbedError, Embedded, EmbeddingConfig, Precision};
@@ -32,6 +34,9 @@ struct Inner {
     precision: &'static str,
     special: SpecialTokens,
     vocab_size: usize,
+    prefixes: Prefixes,
+    pooling: Pooling,
+    normalize: bool,
     queue: Arc<RequestQueue>,
     counters: Arc<Counters>,
     scheduler: Mutex<Option<JoinHandle<()>>>,
@@ -56,6 +61,7 @@ impl Embedder {
         cache_dir: Option<&Path>,
     ) -> Result<Embedder, EmbedError> {
         let model = ModelSpec::read(model_dir)?;
+        let prefixes = Prefixes::resolve(cfg, &model)?;
         let max_seq_len = cfg.max_seq_len.min(model.max_seq_len);
         if max_seq_len < 3 {
             return Err(EmbedError::ModelLoad(format!(
@@ -132,7 +138,10 @@ impl Embedder {
         let budgets = budgets(cfg, devices[0]);
         tracing::info!(?budgets, "embedding lanes");
         let scheduler = spawn_scheduler(&queue, tokenizer, dispatcher, budgets)?;
-        tracing::info!(devices = ?names, precision = crate::device::kind_name(kind), max_seq_len, "embedding engine ready");
+        tracing::info!(devices = ?names, precision = crate::device::kind_name(kind), max_seq_len,
+            pooling = model.head.pooling.name(), normalize = model.head.normalize,
+            query_prefix = prefixes.get(TextKind::Query),
+            document_prefix = prefixes.get(TextKind::Document), "embedding engine ready");
         Ok(Embedder {
             inner: Arc::new(Inner {
                 name: cfg.model_name.clone().unwrap_or_else(|| model.name.clone()),
@@ -143,6 +152,9 @@ impl Embedder {
                 precision: crate::device::kind_name(kind),
                 special,
                 vocab_size,
+                prefixes,
+                pooling: model.head.pooling,
+                normalize: model.head.normalize,
                 queue,
                 counters,
                 scheduler: Mutex::new(Some(scheduler)),
@@ -186,11 +198,42 @@ impl Embedder {
         self.inner.precision
     }
 
+    /// How the model pools token states into one vector.
+    pub fn pooling(&self) -> Pooling {
+        self.inner.pooling
+    }
+
+    /// Whether vectors come out L2-normalised: the model directory's `modules.json` lists a
+    /// `Normalize` module, or the directory has no `modules.json` (then always, as before
+    /// model families were read). Otherwise vectors keep the length pooling gives them.
+    pub fn normalizes(&self) -> bool {
+        self.inner.normalize
+    }
+
+    /// The prefix [`Embedder::embed_as`] puts before texts of `kind` (empty: none).
+    pub fn prefix(&self, kind: TextKind) -> &str {
+        self.inner.prefixes.get(kind)
+    }
+
     /// Queues the texts in `lane` and awaits their vectors. Works on any async runtime.
-    /// Fails at once with `QueueFull` when that lane has no room.
+    /// Fails at once with `QueueFull` when that lane has no room. The texts are embedded
+    /// as given; [`Embedder::embed_as`] adds the query or document prefix.
     pub async fn embed(&self, lane: Lane, texts: Vec<String>) -> Result<Embedded, EmbedError> {
         let answer = self.submit(lane, Inputs::Texts(texts.into()))?;
         answer.await.unwrap_or(Err(EmbedError::ShuttingDown))
+    }
+
+    /// [`Embedder::embed`] of `texts` as queries or documents: each gets that kind's prefix
+    /// (`embedding.query_prefix` / `document_prefix`, else the model's own prompt), whose
+    /// tokens count toward `max_seq_len` and the returned token counts.
+    pub async fn embed_as(
+        &self,
+        lane: Lane,
+        kind: TextKind,
+        texts: Vec<String>,
+    ) -> Result<Embedded, EmbedError> {
+        self.embed(lane, self.inner.prefixes.apply(kind, texts))
+            .await
     }
 
     /// Embeds texts given as token ids of this model's vocabulary (without special
@@ -216,6 +259,16 @@ impl Embedder {
         answer
             .blocking_recv()
             .unwrap_or(Err(EmbedError::ShuttingDown))
+    }
+
+    /// [`Embedder::embed_as`], blocking the calling thread.
+    pub fn embed_blocking_as(
+        &self,
+        lane: Lane,
+        kind: TextKind,
+        texts: Vec<String>,
+    ) -> Result<Embedded, EmbedError> {
+        self.embed_blocking(lane, self.inner.prefixes.apply(kind, texts))
     }
 
     fn wrap_token_ids(&self, ids: &[u32]) -> Result<crate::tokenize::TokenizedText, EmbedError> {
@@ -265,7 +318,13 @@ fn calibrate_cpu(
         return Ok(found);
     }
     let started = std::time::Instant::now();
-    let measured = calibrate::measure(weights, &model.bert, threads, max_seq_len)?;
+    let measured = calibrate::measure(
+        weights,
+        &model.bert,
+        model.head.pooling,
+        threads,
+        max_seq_len,
+    )?;
     tracing::info!(chosen = %measured.chosen, trials = ?measured.trials, took_ms = started.elapsed().as_millis() as u64, %key, "CPU precision measured (precision: auto)");
     if let Some(dir) = cache_dir {
         if let Err(e) = calibrate::store(dir, &measured) {

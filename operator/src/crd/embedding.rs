@@ -67,6 +67,18 @@ pub struct Embedding {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub model_name: Option<String>,
+    /// Text put before every query the workers embed (e5: `"query: "`); its tokens count
+    /// toward `maxSeqLen`. Unset: the model's own `query` prompt
+    /// (`config_sentence_transformers.json`), else none; `""`: none. `/v1/embeddings`
+    /// embeds its inputs as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub query_prefix: Option<String>,
+    /// Text put before every chunk embedded at ingestion (e5: `"passage: "`). Unset: the
+    /// model's own `document` prompt, else none; `""`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub document_prefix: Option<String>,
 }
 
 fn default_model_path() -> String {

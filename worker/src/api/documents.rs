@@ -282,7 +282,10 @@ pub async fn ingest_documents(
         }
     } else {
         let started = std::time::Instant::now();
-        let embedded = engine.embedder.embed(Lane::Bulk, texts).await?;
+        // Chunks are documents to the model: they get `embedding.document_prefix`.
+        let embedded = (engine.embedder)
+            .embed_as(Lane::Bulk, kb_embed::TextKind::Document, texts)
+            .await?;
         stages::observe(Stage::EmbedIngest, started.elapsed());
         embedded
     };

@@ -405,10 +405,13 @@ async fn embed_query(engine: &Engine, text: String) -> Result<Vec<f32>, ApiError
     Ok(vector)
 }
 
-/// One text through the interactive lane, timed as [`Stage::EmbedQuery`].
+/// One query text through the interactive lane, with the query prefix
+/// (`embedding.query_prefix`), timed as [`Stage::EmbedQuery`].
 async fn embed_one(engine: &Engine, text: String) -> Result<Vec<f32>, ApiError> {
     let started = std::time::Instant::now();
-    let mut embedded = engine.embedder.embed(Lane::Interactive, vec![text]).await?;
+    let mut embedded = (engine.embedder)
+        .embed_as(Lane::Interactive, kb_embed::TextKind::Query, vec![text])
+        .await?;
     stages::observe(Stage::EmbedQuery, started.elapsed());
     Ok(embedded.vectors.remove(0))
 }

@@ -157,14 +157,19 @@ pub(crate) fn load_engine(
     tracing::info!(requested = %cfg.embedding.device, devices = ?embedder.devices(),
         precision = embedder.precision(), "embedding devices chosen");
     let chunker = Chunker::new(&cfg.chunking, embedder.tokenizer());
+    warn_if_chunks_overflow(&embedder, cfg.chunking.max_tokens);
     let device = index_placement(&embedder.devices(), &cfg.index);
     let opening = || format!("opening data directory {}", cfg.data_dir.display());
     let cache = cfg.cache.enabled.then(|| {
+        // Cached query vectors depend on pooling, normalisation and the query prefix too.
         let settings = format!(
-            "{}/{}/{}",
+            "{}/{}/{}/{}/{}/{:?}",
             embedder.precision(),
             embedder.max_seq_len(),
-            embedder.dim()
+            embedder.dim(),
+            embedder.pooling().name(),
+            embedder.normalizes(),
+            embedder.prefix(kb_embed::TextKind::Query)
         );
         let l2 = log
             .as_ref()
@@ -194,6 +199,28 @@ pub(crate) fn load_engine(
         replicator,
         cache,
     })
+}
+
+/// Warns when a full chunk, with the document prefix and the special tokens, is longer
+/// than the model reads: its end would be cut off (and counted as truncated).
+fn warn_if_chunks_overflow(embedder: &kb_embed::Embedder, chunk_tokens: usize) {
+    let prefix = embedder.prefix(kb_embed::TextKind::Document);
+    let prefix_tokens = embedder
+        .tokenizer()
+        .encode(prefix, false)
+        .map_or(0, |e| e.len());
+    let needed = chunk_tokens + prefix_tokens + 2;
+    if needed > embedder.max_seq_len() {
+        tracing::warn!(
+            chunk_tokens,
+            prefix,
+            prefix_tokens,
+            max_seq_len = embedder.max_seq_len(),
+            "chunking.max_tokens plus the document prefix and 2 special tokens exceeds the \
+             model's input length: the end of full chunks is not embedded; lower \
+             chunking.max_tokens"
+        );
+    }
 }
 
 /// Replicated mode: connects to Redis and, when this replica's data is missing or the

@@ -61,6 +61,8 @@ pub fn worker_config(spec: &KnowledgeBaseSpec, names: &Names) -> WorkerConfig {
         embedding.bulk_queue_capacity,
     );
     config.embedding.model_name = embedding.model_name.clone();
+    config.embedding.query_prefix = embedding.query_prefix.clone();
+    config.embedding.document_prefix = embedding.document_prefix.clone();
     config.embedding.cpu_executors = embedding.cpu_executors.map(to_usize);
     config.embedding.cpu_cores = super::scheduling::resources(spec).and_then(|r| pod_cores(&r));
     let (limits, wanted) = (&mut config.limits, &spec.limits);

@@ -115,6 +115,33 @@ fn lanes_model_name_limits_and_index_reach_the_worker_config() {
 }
 
 #[test]
+fn query_and_document_prefixes_reach_the_worker_config() {
+    let unset = config(&plan_for(&kb("docs")));
+    assert_eq!(
+        (
+            unset.embedding.query_prefix,
+            unset.embedding.document_prefix
+        ),
+        (None, None),
+        "unset: the model's own prompts"
+    );
+    let mut kb = kb("docs");
+    kb.spec.embedding.query_prefix = Some("query: ".into());
+    kb.spec.embedding.document_prefix = Some(String::new());
+    let config = config(&plan_for(&kb));
+    assert_eq!(config.embedding.query_prefix.as_deref(), Some("query: "));
+    assert_eq!(config.embedding.document_prefix.as_deref(), Some(""));
+    let rendered = kb_config::WorkerConfig::from_yaml(&config.to_yaml()).unwrap();
+    assert_eq!(
+        rendered.embedding, config.embedding,
+        "the trailing space survives YAML"
+    );
+    config
+        .validate()
+        .expect("the worker accepts what the operator renders");
+}
+
+#[test]
 fn the_worker_uses_the_cores_of_its_cpu_limit_or_request() {
     use k8s_openapi::api::core::v1::ResourceRequirements;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
