@@ -44,10 +44,10 @@ impl Mode {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HybridOptions {
-    /// `rrf` (reciprocal rank fusion, the default) or `relative` (min-max normalised
-    /// scores, weighted).
+    /// `relative` (min-max normalised scores, weighted; the default) or `rrf`
+    /// (reciprocal rank fusion).
     #[serde(default = "default_fusion")]
-    #[schema(default = "rrf")]
+    #[schema(default = "relative")]
     pub fusion: Fusion,
     /// Weight of the dense side, 0 to 1 (1: dense only, 0: lexical only; default 0.5).
     #[serde(default = "default_alpha")]
@@ -60,8 +60,10 @@ pub struct HybridOptions {
     pub candidates: Option<usize>,
 }
 
+/// Relative score fusion: on the benchmark corpus it keeps what BM25 finds for identifier
+/// queries (recall@10 0.995 against 0.905 for RRF; docs/benchmarks.md).
 fn default_fusion() -> Fusion {
-    Fusion::Rrf
+    Fusion::Relative
 }
 
 fn default_alpha() -> f32 {

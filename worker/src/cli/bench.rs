@@ -1,13 +1,15 @@
-//! `kb-worker bench embed|search|snapshot|query|replication`: throughput and latency figures for the
+//! `kb-worker bench embed|search|snapshot|retrieval|query|replication`: throughput and latency figures for the
 //! benchmark records, one JSON object per line on stdout (progress notes go to stderr).
 
 mod embed;
 mod http;
+mod retrieval;
 mod search;
 mod snapshot;
 
 pub use embed::BenchEmbedArgs;
 pub use http::{BenchQueryArgs, BenchReplicationArgs};
+pub use retrieval::BenchRetrievalArgs;
 pub use search::BenchSearchArgs;
 pub use snapshot::BenchSnapshotArgs;
 
@@ -27,6 +29,9 @@ pub enum BenchCommand {
     Search(BenchSearchArgs),
     /// Time and memory of writing and loading a snapshot of random vectors.
     Snapshot(BenchSnapshotArgs),
+    /// Recall@10 of dense, lexical and hybrid search on corpus passages, and the lexical
+    /// index's latency, build time and memory at scale.
+    Retrieval(BenchRetrievalArgs),
     /// Query throughput and latency of running workers (round-robin), split by cache level.
     Query(BenchQueryArgs),
     /// Replication delay and lag of replicas while one worker takes sustained writes.
@@ -43,6 +48,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         BenchCommand::Snapshot(args) => {
             tokio::task::spawn_blocking(move || snapshot::run(&args)).await?
+        }
+        BenchCommand::Retrieval(args) => {
+            tokio::task::spawn_blocking(move || retrieval::run(&args)).await?
         }
         BenchCommand::Query(args) => http::query(args).await,
         BenchCommand::Replication(args) => http::replication(args).await,

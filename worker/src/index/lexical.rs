@@ -15,11 +15,17 @@
 
 pub mod analyzer;
 
-pub use analyzer::Analyzer;
+pub use analyzer::{Analyzer, Role};
 use std::collections::HashMap;
 
 const K1: f32 = 1.2;
 const B: f32 = 0.75;
+
+/// Weight of a query identifier's parts next to its whole (1): a query for
+/// `get_object_attributes` wants that identifier first, and passages that merely mention
+/// objects and attributes after it. Measured with `kb-worker bench retrieval` (see
+/// docs/benchmarks.md).
+pub const PART_WEIGHT: f32 = 0.1;
 
 #[derive(Debug, Clone, Copy)]
 struct Posting {
@@ -39,6 +45,8 @@ pub struct LexicalIndex {
     lens: Vec<u32>,
     live: u32,
     total_len: u64,
+    /// Weight of a query identifier's parts ([`PART_WEIGHT`] unless set).
+    part_weight: f32,
 }
 
 /// A query analysed against one index: its known terms with their weights.
@@ -61,7 +69,24 @@ impl LexicalIndex {
             lens: Vec::new(),
             live: 0,
             total_len: 0,
+            part_weight: PART_WEIGHT,
         }
+    }
+
+    /// Sets the weight of a query identifier's parts (benchmarks compare weights).
+    pub fn set_part_weight(&mut self, weight: f32) {
+        self.part_weight = weight;
+    }
+
+    /// Bytes the index holds on the heap, approximately (postings, term table, lengths).
+    pub fn heap_bytes(&self) -> usize {
+        let postings: usize = self
+            .postings
+            .iter()
+            .map(|p| p.capacity() * std::mem::size_of::<Posting>() + 24)
+            .sum();
+        let terms: usize = self.ids.keys().map(|k| k.len() + 16 + 4 + 8).sum();
+        postings + terms + self.df.capacity() * 4 + self.lens.capacity() * 4
     }
 
     pub fn analyzer(&self) -> Analyzer {
@@ -134,17 +159,22 @@ impl LexicalIndex {
         self.ids.len()
     }
 
-    /// Analyses `text` as a query: terms no live row holds are left out.
+    /// Analyses `text` as a query: terms no live row holds are left out; the parts of an
+    /// identifier weigh [`PART_WEIGHT`].
     pub fn query(&self, text: &str) -> LexicalQuery {
         let n = self.live as f32;
         let mut weights: HashMap<u32, f32> = HashMap::new();
         let mut by_text = HashMap::new();
-        self.analyzer.terms(text, |t| {
+        self.analyzer.terms_with_roles(text, |t, role| {
             if let Some(&id) = self.ids.get(t) {
                 let df = self.df[id as usize] as f32;
                 if df > 0.0 {
                     let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
-                    *weights.entry(id).or_default() += idf;
+                    let weight = match role {
+                        Role::Part => self.part_weight,
+                        Role::Word | Role::Whole => 1.0,
+                    };
+                    *weights.entry(id).or_default() += idf * weight;
                     by_text.insert(t.to_string(), id as usize);
                 }
             }
@@ -293,6 +323,32 @@ mod tests {
         assert!(index
             .search(&index.query("nothing here"), 10, |_| true)
             .is_empty());
+    }
+
+    #[test]
+    fn an_identifier_query_prefers_the_identifier_to_passages_of_its_parts() {
+        let mut texts: Vec<String> = (0..200)
+            .map(|i| match i % 10 {
+                0 => format!("a passage about an object, number {i}, of a typical length"),
+                _ => format!(
+                    "filler passage {i} with more words, as long as the passages of a corpus"
+                ),
+            })
+            .collect();
+        texts.push("get object attributes".into());
+        texts.push(
+            "The client offers get_object_attributes among many other calls of a long list \
+             that goes on and on about unrelated things"
+                .into(),
+        );
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let mut index = index(&refs);
+        let hits = index.search(&index.query("get_object_attributes"), 2, |_| true);
+        assert_eq!(hits[0].0, 201, "{hits:?}");
+        // With the parts weighing as much as the whole, the passage of the parts wins.
+        index.set_part_weight(1.0);
+        let hits = index.search(&index.query("get_object_attributes"), 2, |_| true);
+        assert_eq!(hits[0].0, 200, "{hits:?}");
     }
 
     #[test]

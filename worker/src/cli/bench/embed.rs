@@ -145,7 +145,7 @@ fn embed_groups(
 }
 
 /// The `text` of the first `limit` non-blank lines of a JSONL file.
-fn read_corpus(path: &Path, limit: usize) -> anyhow::Result<Vec<String>> {
+pub(super) fn read_corpus(path: &Path, limit: usize) -> anyhow::Result<Vec<String>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut texts = Vec::new();

@@ -19,6 +19,16 @@ pub struct LexicalHit {
 }
 
 impl FlatIndex {
+    /// The collection's lexical index, if it keeps one.
+    pub fn lexical(&self) -> Option<&crate::index::lexical::LexicalIndex> {
+        self.lexical.as_ref()
+    }
+
+    /// [`FlatIndex::lexical`], mutably (benchmarks tune it).
+    pub fn lexical_mut(&mut self) -> Option<&mut crate::index::lexical::LexicalIndex> {
+        self.lexical.as_mut()
+    }
+
     fn lexical_or_refuse(&self) -> Result<&crate::index::lexical::LexicalIndex, IndexError> {
         self.lexical.as_ref().ok_or(IndexError::LexicalOff)
     }

@@ -45,29 +45,45 @@ fn is_joint(c: char) -> bool {
     matches!(c, '.' | '-' | ':' | '/')
 }
 
+/// Where a term comes from in its word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A word of one part.
+    Word,
+    /// The whole of a word of several parts (an identifier).
+    Whole,
+    /// A part of such a word.
+    Part,
+}
+
 impl Analyzer {
     /// Calls `emit` with every term of `text`, in order (terms repeat as often as they
     /// occur).
     pub fn terms(&self, text: &str, mut emit: impl FnMut(&str)) {
+        self.terms_with_roles(text, |term, _| emit(term));
+    }
+
+    /// [`Analyzer::terms`], telling each term's [`Role`].
+    pub fn terms_with_roles(&self, text: &str, mut emit: impl FnMut(&str, Role)) {
         let stemmer = match self {
             Analyzer::English => Some(Stemmer::create(Algorithm::English)),
             Analyzer::Standard => None,
         };
-        let mut emit_term = |term: &str, whole_identifier: bool| {
+        let mut emit_term = |term: &str, role: Role| {
             if term.is_empty() || term.len() > MAX_TERM_BYTES {
                 return;
             }
             let lower = lowercase(term);
             match &stemmer {
-                None => emit(&lower),
+                None => emit(&lower, role),
                 Some(stemmer) => {
                     if STOP_WORDS.contains(&lower.as_ref()) {
                         return;
                     }
-                    if whole_identifier || !lower.chars().all(char::is_alphabetic) {
-                        emit(&lower);
+                    if role == Role::Whole || !lower.chars().all(char::is_alphabetic) {
+                        emit(&lower, role);
                     } else {
-                        emit(&stemmer.stem(&lower));
+                        emit(&stemmer.stem(&lower), role);
                     }
                 }
             }
@@ -75,11 +91,11 @@ impl Analyzer {
         for word in words(text) {
             let parts = parts(word);
             if parts.len() <= 1 {
-                emit_term(word, false);
+                emit_term(word, Role::Word);
             } else {
-                emit_term(word, true);
+                emit_term(word, Role::Whole);
                 for part in parts {
-                    emit_term(part, false);
+                    emit_term(part, Role::Part);
                 }
             }
         }
