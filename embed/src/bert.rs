@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, TchError, Tensor};
 
-struct Linear {
+pub(crate) struct Linear {
     weight: Tensor,
     bias: Tensor,
 }
@@ -25,7 +25,7 @@ impl Linear {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         x.f_linear(&self.weight, Some(&self.bias))
     }
 }
@@ -86,6 +86,9 @@ pub struct BertEncoder {
     /// Position embeddings with token type 0 already added: single-text inputs never use
     /// another segment, so the per-token lookup of the type table is folded away.
     position_and_type: Tensor,
+    /// Each token type's embedding minus type 0's (already in `position_and_type`), for
+    /// pair inputs (a cross-encoder's query and passage segments).
+    type_offsets: Tensor,
     embedding_norm: LayerNorm,
     layers: Vec<Layer>,
     heads: i64,
@@ -93,14 +96,14 @@ pub struct BertEncoder {
 }
 
 /// The named tensors of the safetensors file, converted on demand.
-struct Weights {
+pub(crate) struct Weights {
     tensors: HashMap<String, Tensor>,
     device: Device,
     kind: Kind,
 }
 
 impl Weights {
-    fn read(path: &Path, device: Device, kind: Kind) -> Result<Weights, EmbedError> {
+    pub(crate) fn read(path: &Path, device: Device, kind: Kind) -> Result<Weights, EmbedError> {
         let named = Tensor::read_safetensors(path)
             .map_err(|e| EmbedError::ModelLoad(format!("{}: {e}", path.display())))?;
         let tensors = named
@@ -124,7 +127,7 @@ impl Weights {
             .map_err(|e| EmbedError::Device(format!("moving {name} to {:?}: {e}", self.device)))
     }
 
-    fn linear(&mut self, prefix: &str) -> Result<Linear, EmbedError> {
+    pub(crate) fn linear(&mut self, prefix: &str) -> Result<Linear, EmbedError> {
         Ok(Linear {
             weight: self.take(&format!("{prefix}.weight"))?,
             bias: self.take(&format!("{prefix}.bias"))?,
@@ -166,6 +169,7 @@ impl BertEncoder {
         BertEncoder {
             word_embeddings: self.word_embeddings.shallow_clone(),
             position_and_type: self.position_and_type.shallow_clone(),
+            type_offsets: self.type_offsets.shallow_clone(),
             embedding_norm: self.embedding_norm.share(),
             layers: self.layers.iter().map(Layer::share).collect(),
             heads: self.heads,
@@ -182,6 +186,14 @@ impl BertEncoder {
     ) -> Result<BertEncoder, EmbedError> {
         let _no_grad = tch::no_grad_guard();
         let mut w = Weights::read(weights_path, device, kind)?;
+        BertEncoder::from_weights(&mut w, cfg)
+    }
+
+    /// The encoder's tensors taken out of `w`; the rest (a pooler, a classifier) stay.
+    pub(crate) fn from_weights(
+        w: &mut Weights,
+        cfg: &BertConfig,
+    ) -> Result<BertEncoder, EmbedError> {
         let word_embeddings = w.take("embeddings.word_embeddings.weight")?;
         check_shape(
             &word_embeddings,
@@ -191,6 +203,7 @@ impl BertEncoder {
         let positions = w.take("embeddings.position_embeddings.weight")?;
         let token_type = w.take("embeddings.token_type_embeddings.weight")?;
         let position_and_type = positions.f_add(&token_type.f_get(0)?)?;
+        let type_offsets = token_type.f_sub(&token_type.f_get(0)?)?;
         let eps = cfg.layer_norm_eps;
         let embedding_norm = w.layer_norm("embeddings.LayerNorm", eps)?;
         let layers = (0..cfg.num_hidden_layers)
@@ -199,6 +212,7 @@ impl BertEncoder {
         Ok(BertEncoder {
             word_embeddings,
             position_and_type,
+            type_offsets,
             embedding_norm,
             layers,
             heads: cfg.num_attention_heads,
@@ -211,7 +225,12 @@ impl BertEncoder {
         let words = Tensor::f_embedding(&self.word_embeddings, &batch.token_ids, -1, false, false)?;
         let positions =
             Tensor::f_embedding(&self.position_and_type, &batch.positions, -1, false, false)?;
-        let mut x = self.embedding_norm.forward(&words.f_add(&positions)?)?;
+        let mut embedded = words.f_add(&positions)?;
+        if let Some(types) = &batch.token_types {
+            let offsets = Tensor::f_embedding(&self.type_offsets, types, -1, false, false)?;
+            embedded = embedded.f_add(&offsets)?;
+        }
+        let mut x = self.embedding_norm.forward(&embedded)?;
         for layer in &self.layers {
             x = self.layer_forward(layer, &x, batch)?;
         }

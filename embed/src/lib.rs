@@ -36,6 +36,7 @@ mod packing;
 mod pooling;
 mod prefix;
 mod request;
+mod rerank;
 mod stats;
 mod tokenize;
 
@@ -48,4 +49,5 @@ pub use kb_config::{EmbeddingConfig, Precision};
 pub use pooling::Pooling;
 pub use prefix::TextKind;
 pub use request::Embedded;
+pub use rerank::{Activation, Reranker, Scored};
 pub use stats::{DeviceStats, EngineStats, LaneStats};

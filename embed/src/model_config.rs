@@ -114,7 +114,7 @@ impl ModelSpec {
 /// The model's input limit as sentence-transformers decides it: `max_seq_length` of
 /// `sentence_bert_config.json`, else the tokenizer's `model_max_length` (the files
 /// sentence-transformers 6 writes keep it there), never past the position table.
-fn max_seq_len(model_dir: &Path, bert: &BertConfig) -> Result<usize, EmbedError> {
+pub(crate) fn max_seq_len(model_dir: &Path, bert: &BertConfig) -> Result<usize, EmbedError> {
     let st_path = model_dir.join("sentence_bert_config.json");
     let tokenizer_path = model_dir.join("tokenizer_config.json");
     let declared = if st_path.exists() {
@@ -143,7 +143,7 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
         .map_err(|e| EmbedError::ModelLoad(format!("{}: {e}", path.display())))
 }
 
-fn check_bert(cfg: &BertConfig) -> Result<(), EmbedError> {
+pub(crate) fn check_bert(cfg: &BertConfig) -> Result<(), EmbedError> {
     if cfg.num_attention_heads <= 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
         return Err(EmbedError::ModelLoad(format!(
             "config.json: hidden_size {} is not a multiple of num_attention_heads {}",

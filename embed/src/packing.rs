@@ -11,6 +11,8 @@ use tch::{Device, Kind, TchError, Tensor};
 pub struct PackedBatch {
     /// `[tokens]` token ids of all rows, concatenated.
     pub token_ids: Tensor,
+    /// `[tokens]` each token's segment (0 or 1) for pair inputs; `None`: all 0.
+    pub token_types: Option<Tensor>,
     /// `[tokens]` each token's position within its row.
     pub positions: Tensor,
     /// `[tokens]` each token's index in the flattened `[rows * padded_len]` grid.
@@ -61,6 +63,7 @@ impl PackedBatch {
             .f_view([rows.len() as i64, 1, 1, padded_len])?;
         Ok(PackedBatch {
             token_ids: index.f_get(0)?,
+            token_types: None,
             positions: index.f_get(1)?,
             slots: index.f_get(2)?,
             row_of_token: index.f_get(3)?,
@@ -69,6 +72,26 @@ impl PackedBatch {
             rows: rows.len() as i64,
             padded_len,
         })
+    }
+}
+
+impl PackedBatch {
+    /// A batch of pair inputs: `types` gives each row's token types, as long as its ids.
+    pub fn with_token_types(
+        rows: &[&[i64]],
+        types: &[&[i64]],
+        device: Device,
+    ) -> Result<PackedBatch, TchError> {
+        let mut batch = PackedBatch::new(rows, device)?;
+        let flat: Vec<i64> = types.iter().flat_map(|t| t.iter().copied()).collect();
+        batch.token_types = Some(upload(Tensor::from_slice(&flat), device)?);
+        Ok(batch)
+    }
+
+    /// `[rows]` the index of each row's first token (`[CLS]`) among the packed tokens.
+    pub fn first_tokens(&self) -> Result<Tensor, TchError> {
+        let lengths = self.lengths.f_to_kind(Kind::Int64)?;
+        lengths.f_cumsum(0, Kind::Int64)?.f_sub(&lengths)
     }
 }
 

@@ -115,7 +115,7 @@ pub const BYTES_PER_TOKEN: usize = 64;
 
 /// `text` cut to at most `limit` bytes at a character boundary, and whether anything but
 /// whitespace was cut off.
-fn prefix(text: &str, limit: usize) -> (&str, bool) {
+pub(crate) fn prefix(text: &str, limit: usize) -> (&str, bool) {
     if text.len() <= limit {
         return (text, false);
     }
