@@ -62,3 +62,6 @@ done
 echo
 echo 'query: "how are documents chunked?"'
 "$worker_bin" query "how are documents chunked?" --url "$url" --collection docs --top-k 3
+echo
+echo 'hybrid query (embeddings and BM25, fused): "max_tokens"'
+"$worker_bin" query "max_tokens" --mode hybrid --url "$url" --collection docs --top-k 3

@@ -26,6 +26,10 @@ pub struct QueryArgs {
     /// docs/worker.md, "Filters").
     #[arg(long)]
     pub filter: Option<String>,
+    /// `dense` (embeddings), `lexical` (BM25 over the chunk texts) or `hybrid` (both,
+    /// fused); see docs/worker.md, "Query modes".
+    #[arg(long, default_value = "dense", value_parser = ["dense", "lexical", "hybrid"])]
+    pub mode: String,
     /// Print the worker's JSON answer instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -50,6 +54,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         "query": args.text,
         "top_k": args.top_k,
         "include_text": true,
+        "mode": args.mode,
     });
     if let Some(filter) = &args.filter {
         body["filter"] = parse_filter(filter)?;
