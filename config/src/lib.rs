@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 mod embedding;
+mod reranker;
 pub use embedding::{EmbeddingConfig, Precision};
+pub use reranker::RerankerConfig;
 
 /// Errors reading or validating a worker configuration.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,10 @@ pub struct WorkerConfig {
     /// Directory of a sentence-transformers model (config.json, model.safetensors, tokenizer.json).
     pub model: Option<PathBuf>,
     pub embedding: EmbeddingConfig,
+    /// The cross-encoder of `/v1/rerank` and the queries' `rerank` option; absent: none
+    /// (and not written, so workers without the section read the file too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reranker: Option<RerankerConfig>,
     pub chunking: ChunkingConfig,
     pub log: LogConfig,
     pub snapshot: SnapshotConfig,
@@ -62,6 +68,7 @@ impl Default for WorkerConfig {
             data_dir: PathBuf::from("./data"),
             model: None,
             embedding: EmbeddingConfig::default(),
+            reranker: None,
             chunking: ChunkingConfig::default(),
             log: LogConfig::default(),
             snapshot: SnapshotConfig::default(),
@@ -386,6 +393,9 @@ impl WorkerConfig {
             )));
         }
         self.embedding.validate()?;
+        if let Some(reranker) = &self.reranker {
+            reranker.validate()?;
+        }
         let limits = &self.limits;
         for (name, value) in [
             ("limits.max_request_bytes", limits.max_request_bytes as u64),

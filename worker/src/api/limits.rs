@@ -35,7 +35,10 @@ impl RequestBounds {
 /// Whether the request changes data (its deadline is the write timeout): everything but
 /// GETs, queries and `/v1/embeddings`.
 fn is_write(method: &Method, route: &str) -> bool {
-    *method != Method::GET && !route.ends_with("/query") && route != "/v1/embeddings"
+    *method != Method::GET
+        && !route.ends_with("/query")
+        && route != "/v1/embeddings"
+        && route != "/v1/rerank"
 }
 
 /// Middleware: refuses past the concurrency cap, answers 503 past the deadline.

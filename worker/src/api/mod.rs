@@ -12,6 +12,7 @@ pub mod limits;
 pub mod modes;
 pub mod openapi;
 pub mod query;
+pub mod rerank;
 #[cfg(test)]
 mod tests;
 
@@ -44,6 +45,9 @@ pub struct Engine {
     pub cache: Option<QueryCache>,
     /// Runs concurrent searches of a collection as one matrix product.
     pub searches: Arc<SearchBatcher>,
+    /// The cross-encoder of `/v1/rerank` and the queries' `rerank` option (`reranker:`),
+    /// with `reranker.max_texts`.
+    pub reranker: Option<(kb_embed::Reranker, usize)>,
 }
 
 /// When a write is acknowledged.
@@ -193,6 +197,7 @@ fn bounded_routes() -> OpenApiRouter<SharedState> {
         .routes(routes!(query::query_batch))
         .routes(routes!(embeddings::embeddings))
         .routes(routes!(embeddings::models))
+        .routes(routes!(rerank::rerank))
 }
 
 /// Outside the request bounds: probes must answer while the API is saturated, and a

@@ -111,6 +111,9 @@ pub struct Scores {
     /// The fused score of a hybrid query.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fused: Option<f32>,
+    /// The cross-encoder's score of a query with `rerank` (then also `score`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerank: Option<f32>,
 }
 
 /// A ranked chunk: `score` is the one its mode ranks by.
@@ -211,6 +214,7 @@ pub async fn hybrid(
                 dense: Some(f.dense),
                 lexical: Some(f.lexical),
                 fused: Some(f.fused),
+                rerank: None,
             },
             score: f.fused,
             row: f.row,

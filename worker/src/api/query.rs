@@ -6,6 +6,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::ApiPath;
 use super::modes::{self, HybridOptions, Mode, Scored, Scores};
 use super::openapi::{CollectionErrors, CollectionParam};
+use super::rerank::{rerank_hits, RerankOptions};
 use super::{Engine, SharedState};
 use crate::auth::Role;
 use crate::cache::Level;
@@ -48,7 +49,7 @@ pub struct QueryBody {
     #[serde(default)]
     min_sequence: Option<u64>,
     /// Only hits scoring at least this (the mode's score: cosine similarity or dot
-    /// product, BM25, or the fused score).
+    /// product, BM25, or the fused score; the cross-encoder's score with `rerank`).
     #[serde(default)]
     score_threshold: Option<f32>,
     /// `dense` (default), `lexical` or `hybrid`; the last two search the `query` text.
@@ -57,6 +58,10 @@ pub struct QueryBody {
     /// Options of `mode: hybrid`.
     #[serde(default)]
     hybrid: Option<HybridOptions>,
+    /// Rerank the mode's best `candidates` hits with the cross-encoder (`reranker:`;
+    /// needs `query` text): hits come ordered by its score, which becomes `score`.
+    #[serde(default)]
+    rerank: Option<RerankOptions>,
 }
 
 /// One matching chunk.
@@ -65,7 +70,8 @@ pub struct HitOut {
     document_id: String,
     chunk_id: String,
     /// The score the mode ranks by: cosine similarity or dot product (by the
-    /// collection's metric) for `dense`, BM25 for `lexical`, the fused score for `hybrid`.
+    /// collection's metric) for `dense`, BM25 for `lexical`, the fused score for `hybrid`;
+    /// the cross-encoder's score with `rerank`.
     score: f32,
     /// The scores by side.
     #[serde(default)]
@@ -245,10 +251,23 @@ async fn run_query(
             ))
         }
     };
+    // With `rerank` the mode finds more hits than asked for; the cross-encoder cuts them.
+    let (fetch, rerank_text) = match (&body.rerank, &query) {
+        (None, _) => (body.top_k, None),
+        (Some(rerank), Query::Text(text)) => (
+            rerank.fetch_for(engine, body.top_k, state.limits.max_top_k)?,
+            Some(text.clone()),
+        ),
+        (Some(_), Query::Vector(_)) => {
+            return Err(ApiError::BadRequest(
+                "`rerank` scores the query text: give `query`, not `vector`".into(),
+            ))
+        }
+    };
     let (mode, has_hybrid) = (body.mode, body.hybrid.is_some());
     let hybrid = body.hybrid.unwrap_or_default();
     let candidates = match mode {
-        Mode::Hybrid => hybrid.candidates_for(body.top_k, state.limits.max_top_k)?,
+        Mode::Hybrid => hybrid.candidates_for(fetch, state.limits.max_top_k)?,
         _ if has_hybrid => {
             return Err(ApiError::BadRequest(
                 "`hybrid` options apply to `\"mode\": \"hybrid\"` only".into(),
@@ -285,6 +304,7 @@ async fn run_query(
             "query": query, "top_k": top_k, "filter": body.filter, "include_text": include_text,
             "score_threshold": threshold, "mode": mode,
             "hybrid": (mode == Mode::Hybrid).then_some(&hybrid),
+            "rerank": body.rerank.as_ref().map(|r| (r.candidates, reranker_name(engine))),
         }))
     });
     if let (Some(cache), Some(digest)) = (cache, &digest) {
@@ -302,7 +322,7 @@ async fn run_query(
     }
     let (hits, sequence, version) = match (mode, query) {
         (Mode::Lexical, Query::Text(text)) => {
-            modes::lexical(engine, collection, text, top_k, filter).await?
+            modes::lexical(engine, collection, text, fetch, filter).await?
         }
         (Mode::Hybrid, Query::Text(text)) => {
             let vector = embed_query(engine, text.clone()).await?;
@@ -323,14 +343,18 @@ async fn run_query(
                     score: h.score,
                 })
                 .collect();
-            let sizes = (top_k, candidates);
+            let sizes = (fetch, candidates);
             modes::hybrid(engine, collection, vector, hits, filter, &hybrid, sizes).await?
         }
-        (_, Query::Vector(v)) => dense(engine, collection, filter_key, filter, &v, top_k).await?,
+        (_, Query::Vector(v)) => dense(engine, collection, filter_key, filter, &v, fetch).await?,
         (_, Query::Text(text)) => {
             let vector = embed_query(engine, text).await?;
-            dense(engine, collection, filter_key, filter, &vector, top_k).await?
+            dense(engine, collection, filter_key, filter, &vector, fetch).await?
         }
+    };
+    let hits = match &rerank_text {
+        Some(text) => rerank_hits(engine, text, hits, top_k).await?,
+        None => hits,
     };
     let hits: Vec<HitOut> = hits
         .into_iter()
@@ -381,6 +405,15 @@ async fn dense(
     stages::observe(Stage::Search, started.elapsed());
     let hits = answer.hits.into_iter().map(Scored::dense).collect();
     Ok((hits, answer.applied, answer.version))
+}
+
+/// The reranker's model, for the cache key of reranked queries.
+fn reranker_name(engine: &Engine) -> String {
+    engine
+        .reranker
+        .as_ref()
+        .map(|(r, _)| format!("{}/{}/{}", r.model_name(), r.precision(), r.max_seq_len()))
+        .unwrap_or_default()
 }
 
 /// What is searched for; serialised into the cache key.

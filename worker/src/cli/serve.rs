@@ -156,6 +156,20 @@ pub(crate) fn load_engine(
         .with_context(|| format!("loading model {}", model.display()))?;
     tracing::info!(requested = %cfg.embedding.device, devices = ?embedder.devices(),
         precision = embedder.precision(), "embedding devices chosen");
+    let reranker = match &cfg.reranker {
+        None => None,
+        Some(r) => {
+            let reranker = kb_embed::Reranker::load(&r.model, &r.engine_config(&cfg.embedding))
+                .with_context(|| {
+                    format!(
+                        "loading the cross-encoder of reranker.model {} (a sentence-transformers \
+                         CrossEncoder directory)",
+                        r.model.display()
+                    )
+                })?;
+            Some((reranker, r.max_texts))
+        }
+    };
     let chunker = Chunker::new(&cfg.chunking, embedder.tokenizer());
     warn_if_chunks_overflow(&embedder, cfg.chunking.max_tokens);
     let device = index_placement(&embedder.devices(), &cfg.index);
@@ -198,6 +212,7 @@ pub(crate) fn load_engine(
         chunker,
         replicator,
         cache,
+        reranker,
     })
 }
 
