@@ -11,6 +11,7 @@ mod limits;
 mod monitoring;
 mod network;
 mod redis;
+mod reranker;
 mod status;
 mod storage;
 
@@ -22,6 +23,7 @@ pub use limits::Limits;
 pub use monitoring::Monitoring;
 pub use network::Network;
 pub use redis::{CaSecretRef, ExternalRedis, ManagedRedis, Redis, RedisMode, SecretKeyRef};
+pub use reranker::Reranker;
 pub use status::{BackupStatus, ClaimStatus, ConditionType, KnowledgeBaseStatus, StorageStatus};
 pub use storage::{ReclaimPolicy, Storage};
 
@@ -86,6 +88,9 @@ pub struct KnowledgeBaseSpec {
     pub autoscaling: Option<Autoscaling>,
     /// Embedding model and device.
     pub embedding: Embedding,
+    /// A cross-encoder for reranking (`POST /v1/rerank`, the queries' `rerank` option).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reranker: Option<Reranker>,
     /// How documents are split into chunks.
     #[serde(default)]
     pub chunking: Chunking,

@@ -20,6 +20,8 @@ pub const KEYS_DIR: &str = "/etc/kb/keys";
 pub const DATA_DIR: &str = "/data";
 /// Mount point of a model volume.
 pub const MODELS_DIR: &str = "/models";
+/// Where a reranker's model volume is mounted.
+pub const RERANKERS_DIR: &str = "/rerankers";
 /// Environment variable carrying the Redis password.
 pub const REDIS_PASSWORD_ENV: &str = "KB_REDIS_PASSWORD";
 /// Where an external Redis' private CA certificate is mounted in the worker.
@@ -41,6 +43,7 @@ pub fn worker_config(spec: &KnowledgeBaseSpec, names: &Names) -> WorkerConfig {
         redis: redis_config(spec, names),
         ..WorkerConfig::default()
     };
+    config.reranker = spec.reranker.as_ref().map(reranker_config);
     let embedding = &spec.embedding;
     config.embedding.device = embedding.device.as_str().to_string();
     config.embedding.precision = match embedding.precision {
@@ -148,12 +151,31 @@ fn set_secs(field: &mut u64, value: Option<i64>) {
 
 fn model_path(embedding: &crd::Embedding) -> PathBuf {
     match &embedding.model_volume {
-        Some(volume) => match volume.sub_path.as_deref().map(|p| p.trim_matches('/')) {
-            Some(sub) if !sub.is_empty() => PathBuf::from(MODELS_DIR).join(sub),
-            _ => PathBuf::from(MODELS_DIR),
-        },
+        Some(volume) => in_volume(MODELS_DIR, volume),
         None => PathBuf::from(&embedding.model_path),
     }
+}
+
+/// The model directory in `volume` mounted at `dir`.
+fn in_volume(dir: &str, volume: &crd::ModelVolume) -> PathBuf {
+    match volume.sub_path.as_deref().map(|p| p.trim_matches('/')) {
+        Some(sub) if !sub.is_empty() => PathBuf::from(dir).join(sub),
+        _ => PathBuf::from(dir),
+    }
+}
+
+/// The worker's `reranker:` section for `spec.reranker`.
+fn reranker_config(reranker: &crd::Reranker) -> kb_config::RerankerConfig {
+    let model = match (&reranker.model_volume, &reranker.model_path) {
+        (Some(volume), _) => in_volume(RERANKERS_DIR, volume),
+        (None, Some(path)) => PathBuf::from(path),
+        // The schema requires one of them; the worker names an empty path at start.
+        (None, None) => PathBuf::new(),
+    };
+    let mut config = kb_config::RerankerConfig::new(model);
+    config.max_seq_len = reranker.max_seq_len.map(to_usize);
+    set(&mut config.max_texts, reranker.max_texts);
+    config
 }
 
 /// How long a starting worker retries Redis before it exits (Redis restarting during a

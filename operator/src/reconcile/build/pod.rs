@@ -2,7 +2,7 @@
 
 use super::config_map::{
     CONFIG_DIR, CONFIG_FILE, CONFIG_HASH_ANNOTATION, DATA_DIR, KEYS_DIR, MODELS_DIR,
-    PEER_API_KEY_ENV, REDIS_CA_DIR, REDIS_CA_FILE, REDIS_PASSWORD_ENV,
+    PEER_API_KEY_ENV, REDIS_CA_DIR, REDIS_CA_FILE, REDIS_PASSWORD_ENV, RERANKERS_DIR,
 };
 use super::names::{Component, Names, HTTP_PORT, METRICS_PORT};
 use super::secret::{ADMIN_KEY, REDIS_WORKER_PASSWORD_KEY};
@@ -236,6 +236,9 @@ fn mounts(spec: &KnowledgeBaseSpec) -> Vec<VolumeMount> {
     if spec.embedding.model_volume.is_some() {
         mounts.push(mount("models", MODELS_DIR, true));
     }
+    if reranker_volume(spec).is_some() {
+        mounts.push(mount(RERANKER_VOLUME, RERANKERS_DIR, true));
+    }
     if redis_ca(spec).is_some() {
         mounts.push(mount("redis-ca", REDIS_CA_DIR, true));
     }
@@ -294,6 +297,12 @@ fn volumes(spec: &KnowledgeBaseSpec, names: &Names) -> Vec<Volume> {
     if let Some(model) = &spec.embedding.model_volume {
         volumes.push(model_volume(model));
     }
+    if let Some(model) = reranker_volume(spec) {
+        volumes.push(Volume {
+            name: RERANKER_VOLUME.to_string(),
+            ..model_volume(model)
+        });
+    }
     let restore_pvc = spec
         .bootstrap
         .as_ref()
@@ -325,6 +334,13 @@ fn volumes(spec: &KnowledgeBaseSpec, names: &Names) -> Vec<Volume> {
         });
     }
     volumes
+}
+
+/// The pod volume of `spec.reranker.modelVolume`.
+const RERANKER_VOLUME: &str = "reranker-model";
+
+fn reranker_volume(spec: &KnowledgeBaseSpec) -> Option<&ModelVolume> {
+    spec.reranker.as_ref()?.model_volume.as_ref()
 }
 
 fn model_volume(model: &ModelVolume) -> Volume {

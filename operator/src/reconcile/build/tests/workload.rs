@@ -282,6 +282,69 @@ fn model_volume_is_mounted_read_only_at_models() {
 }
 
 #[test]
+fn a_reranker_volume_is_mounted_and_its_path_reaches_the_worker_config() {
+    let plan = plan_for(&kb("docs"));
+    assert!(config(&plan).reranker.is_none());
+    let mut kb = kb("docs");
+    kb.spec.reranker = Some(
+        serde_json::from_value(serde_json::json!({
+            "modelVolume": {"image": {"reference": "registry.example/rerankers:1"},
+                            "subPath": "/ms-marco-MiniLM-L6-v2/"},
+            "maxSeqLen": 256, "maxTexts": 200
+        }))
+        .unwrap(),
+    );
+    let plan = plan_for(&kb);
+    let rendered = config(&plan);
+    let reranker = rendered
+        .reranker
+        .clone()
+        .expect("the worker config has a reranker");
+    assert_eq!(
+        reranker.model.to_str(),
+        Some("/rerankers/ms-marco-MiniLM-L6-v2")
+    );
+    assert_eq!((reranker.max_seq_len, reranker.max_texts), (Some(256), 200));
+    rendered
+        .validate()
+        .expect("the worker accepts what the operator renders");
+    let container = worker_container(&plan);
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "reranker-model")
+        .expect("the reranker volume is mounted");
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        ("/rerankers", Some(true))
+    );
+    let sts = json(&plan, ChildKind::StatefulSet, "docs-worker");
+    let volumes = sts["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    let volume = volumes
+        .iter()
+        .find(|v| v["name"] == "reranker-model")
+        .expect("the pod has the reranker volume");
+    assert_eq!(volume["image"]["reference"], "registry.example/rerankers:1");
+    // A directory in the image needs no volume.
+    let mut kb = kb.clone();
+    kb.spec.reranker =
+        Some(serde_json::from_value(serde_json::json!({"modelPath": "/opt/kb/reranker"})).unwrap());
+    let plan = plan_for(&kb);
+    assert_eq!(
+        config(&plan).reranker.unwrap().model.to_str(),
+        Some("/opt/kb/reranker")
+    );
+    assert!(!worker_container(&plan)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.name == "reranker-model"));
+}
+
+#[test]
 fn storage_reaches_the_claim_template_and_retention_policy() {
     let mut kb = kb("docs");
     kb.spec.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("50Gi".into());
