@@ -3,8 +3,10 @@
 # vector queries one after another while 64 concurrent clients send query batches whose
 # filters carry the largest `$in` accepted (4,096 values) and others send a `$in` of a
 # million values (refused with 400/413 before any work), and a writer keeps upserting.
-# Prints the ordinary client's p50/p99 idle and under that load, and what the hostile
-# requests got.
+# Prints the ordinary client's p50/p99 idle and under that load, what the hostile
+# requests got, and the worker's stage breakdown under the load. The ordinary client is a
+# process of its own (in the load's process it would wait for Python's GIL behind 65
+# threads), and the hostile bodies are encoded once, so the clients' CPU goes to sending.
 # Usage: scripts/bench-big-filters.sh WORKER_BIN [DOCUMENTS] [SECONDS]
 set -euo pipefail
 
@@ -23,14 +25,12 @@ url="http://127.0.0.1:$port"
 pids+=($!)
 wait_ready "$url" "$dir/worker.log"
 
-python3 - "$url" "$documents" "$seconds" <<'PY'
-import json, random, sys, threading, time, urllib.request, urllib.error
-url, documents, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+common=$(cat <<'PY'
+import json, random, sys, time, urllib.request, urllib.error
 dim = 384
 rng = random.Random(7)
 
-def post(path, body, timeout=60):
-    data = json.dumps(body).encode()
+def send(url, path, data, timeout=60):
     req = urllib.request.Request(url + path, data=data, headers={"content-type": "application/json"})
     t = time.perf_counter()
     try:
@@ -46,62 +46,59 @@ def vector():
     n = sum(x * x for x in v) ** 0.5
     return [x / n for x in v]
 
-for start in range(0, documents, 200):
-    docs = [{"id": f"d{i}", "text": f"document {i}", "vector": vector(), "metadata": {"team": f"t{i % 50}", "n": i}}
-            for i in range(start, min(documents, start + 200))]
-    assert post("/v1/collections/c/documents", {"documents": docs})[0] == 200
-
-def ordinary(n):
+def ordinary(url, n, phase):
     lat = []
     for _ in range(n):
-        status, ms = post("/v1/collections/c/query", {"vector": vector(), "top_k": 10})
+        status, ms = send(url, "/v1/collections/c/query", json.dumps({"vector": vector(), "top_k": 10}).encode())
         assert status == 200, status
         lat.append(ms)
     lat.sort()
-    return {"p50_ms": round(lat[len(lat) // 2], 2), "p99_ms": round(lat[int(len(lat) * 0.99) - 1], 2), "requests": n}
+    print(json.dumps({"bench": "big-filters", "phase": phase, "p50_ms": round(lat[len(lat) // 2], 2),
+                      "p99_ms": round(lat[int(len(lat) * 0.99) - 1], 2), "requests": n}), flush=True)
+PY
+)
 
-print(json.dumps({"bench": "big-filters", "phase": "idle", **ordinary(300)}))
+python3 - "$url" "$documents" <<PY
+$common
+url, documents = sys.argv[1], int(sys.argv[2])
+for start in range(0, documents, 200):
+    docs = [{"id": f"d{i}", "text": f"document {i}", "vector": vector(), "metadata": {"team": f"t{i % 50}", "n": i}}
+            for i in range(start, min(documents, start + 200))]
+    assert send(url, "/v1/collections/c/documents", json.dumps({"documents": docs}).encode())[0] == 200
+ordinary(url, 300, "idle")
+PY
 
+python3 - "$url" "$seconds" > "$dir/load.json" <<PY &
+$common
+import threading
+url, seconds = sys.argv[1], float(sys.argv[2])
 stop = time.time() + seconds
 results = {"big_in": [], "million_in": [], "writes": []}
 lock = threading.Lock()
-big_in = {"team": {"$in": [f"x{i}" for i in range(4095)] + ["t3"]}}
-million = json.dumps({"queries": [{"vector": [0.0] * dim, "filter": {"team": {"$in": list(range(1_000_000))}}}]})
+big_in = {"team": {"\$in": [f"x{i}" for i in range(4095)] + ["t3"]}}
+batches = [json.dumps({"queries": [{"vector": vector(), "top_k": 10, "filter": big_in} for _ in range(8)]}).encode()
+           for _ in range(16)]
+million = json.dumps({"queries": [{"vector": [0.0] * dim, "filter": {"team": {"\$in": list(range(1_000_000))}}}]}).encode()
 
-def hostile():
-    while time.time() < stop:
-        status, ms = post("/v1/collections/c/query/batch", {"queries": [{"vector": vector(), "top_k": 10, "filter": big_in} for _ in range(8)]})
-        with lock:
-            results["big_in"].append((status, ms))
-
-def huge():
-    while time.time() < stop:
-        req = urllib.request.Request(url + "/v1/collections/c/query/batch", data=million.encode(), headers={"content-type": "application/json"})
-        t = time.perf_counter()
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                status = r.status
-        except urllib.error.HTTPError as e:
-            status = e.code
-        with lock:
-            results["million_in"].append((status, (time.perf_counter() - t) * 1000))
-
-def writer():
+def loop(name, path, bodies):
     i = 0
     while time.time() < stop:
-        status, ms = post("/v1/collections/c/documents", {"documents": [{"id": f"w{i}", "text": "w", "vector": vector(), "metadata": {"team": "t1"}}]})
+        status, ms = send(url, path, bodies(i))
         with lock:
-            results["writes"].append((status, ms))
+            results[name].append((status, ms))
         i += 1
 
-threads = [threading.Thread(target=hostile) for _ in range(60)]
-threads += [threading.Thread(target=huge) for _ in range(4)]
-threads += [threading.Thread(target=writer)]
+def write(i):
+    doc = {"id": f"w{i}", "text": "w", "vector": vector(), "metadata": {"team": "t1"}}
+    return json.dumps({"documents": [doc]}).encode()
+
+threads = [threading.Thread(target=loop, args=("big_in", "/v1/collections/c/query/batch", lambda i: batches[i % 16]))
+           for _ in range(60)]
+threads += [threading.Thread(target=loop, args=("million_in", "/v1/collections/c/query/batch", lambda i: million))
+            for _ in range(4)]
+threads += [threading.Thread(target=loop, args=("writes", "/v1/collections/c/documents", write))]
 for t in threads:
     t.start()
-time.sleep(1)
-loaded = ordinary(300)
-print(json.dumps({"bench": "big-filters", "phase": "64 hostile clients + writer", **loaded}))
 for t in threads:
     t.join()
 for name, rs in results.items():
@@ -113,3 +110,14 @@ for name, rs in results.items():
                       "p50_ms": round(lat[len(lat) // 2], 2) if lat else None,
                       "p99_ms": round(lat[int(len(lat) * 0.99) - 1], 2) if lat else None}))
 PY
+load=$!
+pids+=("$load")
+sleep 3
+curl -fs "http://127.0.0.1:$mport/metrics" > "$dir/stages.before"
+python3 - "$url" <<PY
+$common
+ordinary(sys.argv[1], 300, "60 hostile batch clients + 4 million-value clients + writer")
+PY
+stage_breakdown "http://127.0.0.1:$mport" "$dir/stages.before" "under the hostile load"
+wait "$load"
+cat "$dir/load.json"

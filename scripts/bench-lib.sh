@@ -1,7 +1,9 @@
 # Shared by the scripts/bench-*.sh benchmarks (sourced from the repository root): a temp
 # folder `$dir` and the processes in `pids` are removed/killed on exit; `free_port` prints
 # a free loopback port; `wait_ready URL LOG` waits for URL/readyz and fails, with the tail
-# of LOG, when the last started process dies or 15 minutes pass.
+# of LOG, when the last started process dies or 15 minutes pass; `stage_breakdown
+# METRICS_URL BEFORE PHASE` prints, per stage, what kb_worker_stage_seconds gained since
+# the metrics saved in file BEFORE.
 model_dir=$(scripts/model-dir.sh)
 dir=$(mktemp -d /tmp/kb-bench-XXXXXX)
 pids=()
@@ -24,4 +26,31 @@ wait_ready() {
         fi
         sleep 0.05
     done
+}
+
+stage_breakdown() {
+    curl -fs "$1/metrics" | python3 -c '
+import json, re, sys
+def parse(lines):
+    series = {}
+    for line in lines:
+        m = re.match(r"kb_worker_stage_seconds_(bucket|sum|count)\{([^}]*)\} (\S+)", line)
+        if m:
+            kind, labels, value = m.groups()
+            stage = re.search(r"stage=\"(\w+)\"", labels).group(1)
+            le = (re.search(r"le=\"([^\"]+)\"", labels) or [None, None])[1]
+            series[(kind, stage, le)] = float(value)
+    return series
+now, before = parse(sys.stdin), parse(open(sys.argv[1]))
+delta = {k: v - before.get(k, 0.0) for k, v in now.items()}
+for stage in sorted({s for (_, s, _) in delta}):
+    count = delta.get(("count", stage, None), 0)
+    if count <= 0:
+        continue
+    buckets = sorted((float(le), n) for (kind, s, le), n in delta.items() if kind == "bucket" and s == stage)
+    quantile = lambda q: next(le for le, n in buckets if n >= q * count)
+    print(json.dumps({"bench": "stage", "phase": sys.argv[2], "stage": stage, "count": int(count),
+        "mean_ms": round(1000 * delta[("sum", stage, None)] / count, 3),
+        "p50_ms_at_most": round(1000 * quantile(0.5), 3), "p99_ms_at_most": round(1000 * quantile(0.99), 3)}))
+' "$2" "$3"
 }

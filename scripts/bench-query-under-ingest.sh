@@ -90,27 +90,4 @@ python3 -c "print('{\"bench\": \"ingest\", \"passages\": $passages, \"seconds\":
 curl -fs "http://127.0.0.1:$mport/metrics" | grep -E '^kb_worker_(embed_rejected|http_requests_total\{.*status="(429|503)")' || true
 # Where the time went during the ingest phase, per stage (kb_worker_stage_seconds, less
 # what it held when the phase began; quantiles are bucket upper bounds).
-curl -fs "http://127.0.0.1:$mport/metrics" | python3 -c '
-import json, re, sys
-def parse(lines):
-    series = {}
-    for line in lines:
-        m = re.match(r"kb_worker_stage_seconds_(bucket|sum|count)\{([^}]*)\} (\S+)", line)
-        if m:
-            kind, labels, value = m.groups()
-            stage = re.search(r"stage=\"(\w+)\"", labels).group(1)
-            le = (re.search(r"le=\"([^\"]+)\"", labels) or [None, None])[1]
-            series[(kind, stage, le)] = float(value)
-    return series
-now, before = parse(sys.stdin), parse(open(sys.argv[1]))
-delta = {k: v - before.get(k, 0.0) for k, v in now.items()}
-for stage in sorted({s for (_, s, _) in delta}):
-    count = delta.get(("count", stage, None), 0)
-    if count <= 0:
-        continue
-    buckets = sorted((float(le), n) for (kind, s, le), n in delta.items() if kind == "bucket" and s == stage)
-    quantile = lambda q: next(le for le, n in buckets if n >= q * count)
-    print(json.dumps({"bench": "stage", "phase": "during ingest", "stage": stage, "count": int(count),
-        "mean_ms": round(1000 * delta[("sum", stage, None)] / count, 3),
-        "p50_ms_at_most": round(1000 * quantile(0.5), 3), "p99_ms_at_most": round(1000 * quantile(0.99), 3)}))
-' "$dir/stages.before"
+stage_breakdown "http://127.0.0.1:$mport" "$dir/stages.before" "during ingest"

@@ -16,6 +16,7 @@ use kb_embed::Lane;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
 use utoipa::{IntoParams, ToSchema};
 
 /// One document to ingest; a document with the same id is replaced.
@@ -82,6 +83,32 @@ pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Ap
     })
 }
 
+/// JSON bodies larger than this are large requests: parsed on a blocking thread under a
+/// large-request permit ([`super::AppState::large_request_permit`]), so that parsing them
+/// never holds up the runtime threads that answer small requests (a batch of 64 vector
+/// queries of 384 dimensions is about 250 KB; ordinary queries are a few KB).
+pub const LARGE_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Parses `bytes` as JSON, timed as `stage`: at once when small, else as a large request
+/// (see [`LARGE_REQUEST_BYTES`]), whose permit is returned for the caller to hold as long
+/// as its work should count as in flight.
+pub async fn parse_body<T: serde::de::DeserializeOwned + Send + 'static>(
+    state: &SharedState,
+    bytes: axum::body::Bytes,
+    stage: Stage,
+) -> Result<(Result<T, serde_json::Error>, Option<OwnedSemaphorePermit>), ApiError> {
+    let large = bytes.len() > LARGE_REQUEST_BYTES;
+    let parse = move || stages::time(stage, || serde_json::from_slice::<T>(&bytes));
+    if !large {
+        return Ok((parse(), None));
+    }
+    let permit = state.large_request_permit().await;
+    let parsed = tokio::task::spawn_blocking(parse)
+        .await
+        .map_err(|e| ApiError::Internal(format!("parsing the request body failed: {e}")))?;
+    Ok((parsed, Some(permit)))
+}
+
 /// Ingest (upsert) documents: JSON, or multipart text and markdown files. The collection
 /// is created (`cosine`) on first use.
 #[utoipa::path(post, path = "/v1/collections/{collection}/documents", operation_id = "ingestDocuments", tag = "documents",
@@ -119,9 +146,10 @@ pub async fn ingest(
         read_multipart(req, &state).await?
     } else {
         let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
-        let body: IngestBody = stages::time(Stage::IngestParse, || serde_json::from_slice(&bytes))
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-        body.documents
+        // The permit is let go after the parse: embedding has lanes of its own.
+        let (body, _) = parse_body::<IngestBody>(&state, bytes, Stage::IngestParse).await?;
+        body.map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
+            .documents
     };
     validate(&docs, &state)?;
     let result = ingest_documents(&engine, &collection, docs, params.wait).await?;

@@ -108,6 +108,9 @@ pub struct AppState {
     /// One snapshot for download is written at a time (`GET /v1/admin/snapshot`): each
     /// writes the whole index to the volume.
     pub(crate) snapshot_slot: tokio::sync::Semaphore,
+    /// Large requests ([`documents::LARGE_REQUEST_BYTES`]) parsed or answered at once: half the
+    /// cores (at least one), so that small queries always find CPU.
+    large_requests: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -118,7 +121,19 @@ impl AppState {
             metrics,
             engine: OnceLock::new(),
             snapshot_slot: tokio::sync::Semaphore::new(1),
+            large_requests: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            )),
         }
+    }
+
+    /// Waits for a large-request permit (see [`AppState::large_requests`]).
+    pub(crate) async fn large_request_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.large_requests
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     /// Marks the worker ready.

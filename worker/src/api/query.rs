@@ -1,7 +1,7 @@
 //! `POST /v1/collections/{c}/query`: text or vector, top-k, metadata filter, and the
 //! query mode (dense, lexical or hybrid: [`super::modes`]).
 
-use super::documents::read_body;
+use super::documents::{parse_body, read_body};
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiPath;
 use super::modes::{self, HybridOptions, Mode, Scored, Scores};
@@ -141,7 +141,8 @@ pub async fn query(
     ApiPath(collection): ApiPath<String>,
     req: Request,
 ) -> Result<Json<QueryAnswer>, ApiError> {
-    let (engine, body) = read_request::<QueryBody>(&state, &collection, req, "query").await?;
+    let (engine, body, _large) =
+        read_request::<QueryBody>(&state, &collection, req, "query").await?;
     Ok(Json(run_query(&state, &engine, &collection, body).await?))
 }
 
@@ -167,7 +168,8 @@ pub async fn query_batch(
     ApiPath(collection): ApiPath<String>,
     req: Request,
 ) -> Result<Json<BatchAnswer>, ApiError> {
-    let (engine, body) = read_request::<BatchBody>(&state, &collection, req, "batch").await?;
+    let (engine, body, _large) =
+        read_request::<BatchBody>(&state, &collection, req, "batch").await?;
     if body.queries.is_empty() || body.queries.len() > MAX_BATCH_QUERIES {
         return Err(ApiError::BadRequest(format!(
             "`queries` needs 1 to {MAX_BATCH_QUERIES} queries, got {}",
@@ -186,19 +188,26 @@ pub async fn query_batch(
     Ok(Json(BatchAnswer { results }))
 }
 
+/// A parsed body, with the permit a large one holds until its answer is sent.
+type Read<T> = (Arc<Engine>, T, Option<tokio::sync::OwnedSemaphorePermit>);
+
 /// Checks the caller may read `collection`, then reads and parses the JSON body (`what`
-/// names it in the 400).
-async fn read_request<T: serde::de::DeserializeOwned>(
+/// names it in the 400). A large body ([`super::documents::LARGE_REQUEST_BYTES`]) waits for a large-request
+/// permit, is parsed on a blocking thread and keeps the permit until it is answered: its
+/// parse and its filters' (a batch of 4,096-value `$in` filters costs milliseconds) never
+/// hold up the runtime threads that answer small queries, and at most a few such
+/// requests use the CPU at once.
+async fn read_request<T: serde::de::DeserializeOwned + Send + 'static>(
     state: &SharedState,
     collection: &str,
     req: Request,
     what: &str,
-) -> Result<(Arc<Engine>, T), ApiError> {
+) -> Result<Read<T>, ApiError> {
     let engine = state.engine_for(req.headers(), Role::Read, collection)?;
     let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
-    let body = stages::time(Stage::QueryParse, || serde_json::from_slice(&bytes))
-        .map_err(|e| ApiError::BadRequest(format!("invalid {what}: {e}")))?;
-    Ok((engine, body))
+    let (body, permit) = parse_body::<T>(state, bytes, Stage::QueryParse).await?;
+    let body = body.map_err(|e| ApiError::BadRequest(format!("invalid {what}: {e}")))?;
+    Ok((engine, body, permit))
 }
 
 /// Validates, embeds (or takes the vector), searches and shapes one query's answer.

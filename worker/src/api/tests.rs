@@ -344,3 +344,45 @@ async fn one_snapshot_for_download_is_written_at_a_time() {
     let (status, _) = call(&url, "GET", "/v1/admin/snapshot", None).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_query_requests_wait_for_a_permit_and_small_ones_never_do() {
+    let (_tmp, state, url) = serve(|_| {}).await;
+    let doc =
+        json!({"documents": [{"id": "d1", "text": "large and small", "metadata": {"team": "t3"}}]});
+    assert_eq!(
+        call(&url, "POST", "/v1/collections/c/documents", Some(doc))
+            .await
+            .0,
+        200
+    );
+    // Every large-request permit taken, as by large requests in flight.
+    let mut held = Vec::new();
+    while state.large_requests.available_permits() > 0 {
+        held.push(state.large_request_permit().await);
+    }
+    let values: Vec<String> = (0..4095)
+        .map(|i| format!("x{i}"))
+        .chain(["t3".into()])
+        .collect();
+    let query = json!({"query": "large", "filter": {"team": {"$in": values}}});
+    let large = json!({"queries": [query, query, query, query]});
+    assert!(large.to_string().len() > super::documents::LARGE_REQUEST_BYTES);
+    let (url2, path) = (url.clone(), "/v1/collections/c/query/batch");
+    let waiting = tokio::spawn(async move { call(&url2, "POST", path, Some(large)).await });
+    let small = json!({"query": "small", "filter": {"team": {"$in": ["t3"]}}});
+    let (status, answer) = call(&url, "POST", "/v1/collections/c/query", Some(small)).await;
+    assert_eq!(
+        (status, answer["hits"][0]["document_id"].clone()),
+        (200, json!("d1"))
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the large request went ahead without a permit"
+    );
+    drop(held);
+    let (status, answer) = waiting.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"][0]["hits"][0]["document_id"], "d1");
+}

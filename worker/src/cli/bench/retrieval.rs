@@ -56,6 +56,10 @@ pub struct BenchRetrievalArgs {
     /// Weight of a query identifier's parts next to its whole [default: the index's].
     #[arg(long)]
     pub part_weight: Option<f32>,
+    /// A cross-encoder directory: also time reranking the hybrid candidates of each query
+    /// (scripts/make-bench-cross-encoder.py writes one of ms-marco-MiniLM-L-6-v2's shape).
+    #[arg(long)]
+    pub reranker: Option<PathBuf>,
     /// Seed of the query choice.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
@@ -304,8 +308,16 @@ fn latency(
         }
         None => (0, 0),
     };
+    let reranker = match &args.reranker {
+        Some(dir) => Some(
+            kb_embed::Reranker::load(dir, &EmbeddingConfig::default())
+                .context("loading the cross-encoder")?,
+        ),
+        None => None,
+    };
     let none = Filter::default();
     let mut times: [Vec<f64>; 4] = Default::default();
+    let mut rerank_ms = Vec::new();
     for case in cases.iter().take(100) {
         let started = Instant::now();
         let vector = embedder
@@ -324,8 +336,14 @@ fn latency(
             .search(std::slice::from_ref(&vector), args.candidates, &none)?
             .remove(0);
         let both = index.hybrid_candidates(&case.text, &vector, dense, args.candidates, &none)?;
-        fusion::fuse(both, Fusion::Rrf, 0.5, K);
+        let fused = fusion::fuse(both, Fusion::Relative, 0.5, args.candidates);
         times[3].push(started.elapsed().as_secs_f64() * 1e3);
+        if let Some(reranker) = &reranker {
+            let texts: Vec<String> = fused.iter().map(|f| f.row.text.clone()).collect();
+            let started = Instant::now();
+            reranker.score_blocking(&case.text, texts)?;
+            rerank_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        }
     }
     let [embed, dense, lexical_ms, hybrid] = times;
     let end_to_end =
@@ -340,6 +358,7 @@ fn latency(
                 "hybrid": ms_percentiles(hybrid.clone()),
             },
             "embed_query_ms": ms_percentiles(embed.clone()),
+            "rerank_candidates_ms": (!rerank_ms.is_empty()).then(|| ms_percentiles(rerank_ms)),
             "end_to_end_ms": {
                 "dense": ms_percentiles(end_to_end(&dense)),
                 "hybrid": ms_percentiles(end_to_end(&hybrid)),
