@@ -7,11 +7,10 @@
 
 mod common;
 
-use common::{cosine, python};
+use common::cosine;
 use kb_embed::{Embedder, EmbeddingConfig, Lane, Pooling, Precision, TextKind};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 #[derive(Deserialize)]
 struct Families {
@@ -43,22 +42,7 @@ struct Prefixes {
 
 /// Runs the generator into `dir` and reads what it wrote.
 fn generate(dir: &Path) -> Families {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/make_families.py");
-    let out = Command::new(python())
-        .arg(script)
-        .arg(dir)
-        .arg(common::model_dir())
-        .env("HF_HUB_OFFLINE", "1")
-        .env("TRANSFORMERS_VERBOSITY", "error")
-        .output()
-        .expect("the project virtualenv's python runs (`make setup`)");
-    assert!(
-        out.status.success(),
-        "make_families.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(dir.join("families.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    common::generate("make_families.py", dir, "families.json")
 }
 
 fn norm(v: &[f32]) -> f64 {

@@ -5,11 +5,9 @@
 
 mod common;
 
-use common::python;
 use kb_embed::{Activation, EmbedError, EmbeddingConfig, Precision, Reranker};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 #[derive(Deserialize)]
 struct Models {
@@ -31,22 +29,7 @@ struct Model {
 
 /// Runs the generator into `dir` and reads what it wrote.
 fn generate(dir: &Path) -> Models {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/make_rerank.py");
-    let out = Command::new(python())
-        .arg(script)
-        .arg(dir)
-        .arg(common::model_dir())
-        .env("HF_HUB_OFFLINE", "1")
-        .env("TRANSFORMERS_VERBOSITY", "error")
-        .output()
-        .expect("the project virtualenv's python runs (`make setup`)");
-    assert!(
-        out.status.success(),
-        "make_rerank.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(dir.join("rerank.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    common::generate("make_rerank.py", dir, "rerank.json")
 }
 
 fn fp32() -> EmbeddingConfig {

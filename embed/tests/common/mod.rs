@@ -72,3 +72,29 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
 }
+
+/// Runs the test generator `tests/data/SCRIPT` with the project virtualenv's python into
+/// `dir` (no hub: `HF_HUB_OFFLINE`), passing the bundled model for its tokenizer, and
+/// returns the JSON file `output` it wrote there, parsed.
+pub fn generate<T: serde::de::DeserializeOwned>(
+    script: &str,
+    dir: &std::path::Path,
+    output: &str,
+) -> T {
+    let path = format!("{}/tests/data/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(python())
+        .arg(path)
+        .arg(dir)
+        .arg(model_dir())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_VERBOSITY", "error")
+        .output()
+        .expect("the project virtualenv's python runs (`make setup`)");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.join(output)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
