@@ -7,6 +7,8 @@
 # Prints one JSON object per line (bench query records, then the ingest's duration).
 #
 # Usage: scripts/bench-query-under-ingest.sh WORKER_BIN [CORPUS] [PASSAGES] [CLIENTS]
+# (REQUESTS, QUERY_DOCS and BATCH_DOCS, the documents per ingest request, from the
+# environment)
 set -euo pipefail
 
 worker_bin=$(realpath "$1")
@@ -15,6 +17,7 @@ passages=${3:-20000}
 clients=${4:-8}
 requests=${REQUESTS:-400}
 query_docs=${QUERY_DOCS:-1000}
+batch_docs=${BATCH_DOCS:-64}
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/bench-lib.sh
 . scripts/bench-lib.sh
@@ -54,7 +57,7 @@ echo "{\"phase\": \"idle\"}"
 query
 
 t0=$(date +%s.%N)
-"$worker_bin" ingest "$dir/bulk" --url "$url" --collection bulk >"$dir/ingest.log" 2>&1 &
+"$worker_bin" ingest "$dir/bulk" --url "$url" --collection bulk --batch-docs "$batch_docs" >"$dir/ingest.log" 2>&1 &
 ingest=$!
 pids+=($ingest)
 # Let the ingest reach its steady state before measuring.
