@@ -65,3 +65,16 @@ pub async fn serve(
     tokio::spawn(async move { axum::serve(listener, app).await });
     (tmp, state, url)
 }
+
+/// POSTs `body` as JSON to `url` + `path`; the status and the JSON answer (`null` when it
+/// is not JSON).
+pub async fn post_json(url: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}

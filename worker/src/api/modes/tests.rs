@@ -1,6 +1,6 @@
 //! Query modes through the HTTP API, on the bundled model.
 
-use crate::test_support::serve;
+use crate::test_support::{post_json as post, serve};
 use kb_config::Lexical;
 use serde_json::{json, Value};
 
@@ -26,17 +26,6 @@ const DOCS: &[(&str, &str, &str)] = &[
         "cloud",
     ),
 ];
-
-async fn post(url: &str, path: &str, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{url}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
 
 async fn with_docs(lexical: Lexical) -> (tempfile::TempDir, String) {
     let (tmp, _state, url) = serve(|cfg| cfg.index.lexical = lexical).await;

@@ -2,7 +2,7 @@
 //! cross-encoder built by kb-embed's `tests/data/make_rerank.py` (sentence-transformers'
 //! `CrossEncoder.save` layout) and the bundled embedding model.
 
-use crate::test_support::{model_dir, serve};
+use crate::test_support::{model_dir, post_json as post, serve};
 use kb_config::RerankerConfig;
 use kb_embed::{EmbeddingConfig, Precision, Reranker};
 use serde_json::{json, Value};
@@ -31,17 +31,6 @@ fn cross_encoder(dir: &Path) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     dir.join("sigmoid")
-}
-
-async fn post(url: &str, path: &str, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{url}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 const QUERY: &str = "how do replicas apply the replication log?";
