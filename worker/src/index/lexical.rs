@@ -54,8 +54,8 @@ pub struct LexicalIndex {
 pub struct LexicalQuery {
     /// (term id, IDF x occurrences in the query).
     terms: Vec<(u32, f32)>,
-    /// Term id by text, for scoring a row's text directly.
-    by_text: HashMap<String, usize>,
+    /// The same weights by term text, for scoring a row's text directly.
+    by_text: HashMap<String, f32>,
     avg_len: f32,
 }
 
@@ -164,7 +164,7 @@ impl LexicalIndex {
     pub fn query(&self, text: &str) -> LexicalQuery {
         let n = self.live as f32;
         let mut weights: HashMap<u32, f32> = HashMap::new();
-        let mut by_text = HashMap::new();
+        let mut texts: HashMap<u32, String> = HashMap::new();
         self.analyzer.terms_with_roles(text, |t, role| {
             if let Some(&id) = self.ids.get(t) {
                 let df = self.df[id as usize] as f32;
@@ -175,10 +175,14 @@ impl LexicalIndex {
                         Role::Word | Role::Whole => 1.0,
                     };
                     *weights.entry(id).or_default() += idf * weight;
-                    by_text.insert(t.to_string(), id as usize);
+                    texts.entry(id).or_insert_with(|| t.to_string());
                 }
             }
         });
+        let by_text = texts
+            .into_iter()
+            .map(|(id, text)| (text, weights[&id]))
+            .collect();
         let mut terms: Vec<(u32, f32)> = weights.into_iter().collect();
         terms.sort_unstable_by_key(|&(id, _)| id);
         LexicalQuery {
@@ -244,12 +248,11 @@ impl LexicalIndex {
             return 0.0;
         }
         let (counts, len) = self.frequencies(text);
-        let weight: HashMap<u32, f32> = query.terms.iter().copied().collect();
         counts
             .iter()
             .filter_map(|(term, &tf)| {
-                let id = *query.by_text.get(term)?;
-                Some(weight[&(id as u32)] * Self::term_score(tf, len, query.avg_len))
+                let weight = *query.by_text.get(term)?;
+                Some(weight * Self::term_score(tf, len, query.avg_len))
             })
             .sum()
     }
