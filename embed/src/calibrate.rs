@@ -7,13 +7,15 @@
 //! runs the fastest one within [`MIN_COSINE`] of fp32. The result is logged, exported
 //! as metrics, and cached in the data directory keyed by the CPU, libtorch, the model and
 //! the executor's threads, so later starts skip the measurement. An explicit `precision`
-//! (`fp32`, `bf16`) overrides it.
+//! (`fp32`, `bf16`) overrides it. The reranker measures its own precision with the same
+//! timing and choice ([`run_candidates`], [`choose`]; see `rerank/precision.rs`).
 
 use crate::bert::BertEncoder;
 use crate::model_config::BertConfig;
 use crate::packing::PackedBatch;
 use crate::pooling::{l2_normalize, pool, Pooling};
 use crate::EmbedError;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -28,7 +30,7 @@ const LIBTORCH: &str = "2.11";
 /// Timed runs per batch and precision (after one warm-up); the median counts.
 const RUNS: usize = 3;
 
-/// One candidate precision, measured.
+/// One candidate precision of the embedder, measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trial {
     /// `fp32` or `bf16`.
@@ -39,22 +41,48 @@ pub struct Trial {
     pub min_cosine: f32,
 }
 
-/// What the measurement chose, and from what.
+/// A measured candidate precision, as [`choose`] weighs it: the embedder's [`Trial`] and
+/// the reranker's [`crate::RerankTrial`].
+pub trait Candidate {
+    /// `fp32` or `bf16`.
+    fn precision(&self) -> &str;
+    /// Median seconds of the calibration batches.
+    fn seconds(&self) -> f64;
+    /// Whether its outputs stay close enough to fp32's to be served.
+    fn accurate(&self) -> bool;
+}
+
+impl Candidate for Trial {
+    fn precision(&self) -> &str {
+        &self.precision
+    }
+
+    fn seconds(&self) -> f64 {
+        self.seconds
+    }
+
+    fn accurate(&self) -> bool {
+        self.min_cosine >= MIN_COSINE
+    }
+}
+
+/// What the measurement chose, and from what (`T`: the embedder's [`Trial`] or the
+/// reranker's [`crate::RerankTrial`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Calibration {
+pub struct Calibration<T = Trial> {
     /// What it was measured for (CPU, libtorch, model, threads); a cache of another key
     /// is measured again.
     pub key: String,
     /// The precision chosen.
     pub chosen: String,
     /// Every candidate.
-    pub trials: Vec<Trial>,
+    pub trials: Vec<T>,
     /// Read from the cache rather than measured at this start.
     #[serde(skip)]
     pub cached: bool,
 }
 
-impl Calibration {
+impl<T> Calibration<T> {
     /// The chosen precision as a tensor kind.
     pub fn kind(&self) -> Kind {
         kind_of(&self.chosen)
@@ -68,14 +96,17 @@ fn kind_of(name: &str) -> Kind {
     }
 }
 
-/// The fastest trial whose vectors stay within [`MIN_COSINE`] of fp32's; fp32 when none
+/// The candidates, in the order they are measured (fp32 first: the reference).
+const CANDIDATES: [(&str, Kind); 2] = [("fp32", Kind::Float), ("bf16", Kind::BFloat16)];
+
+/// The fastest accurate trial ([`Candidate::accurate`]; fp32 always is); fp32 when none
 /// qualifies (or nothing was measured).
-pub fn choose(trials: &[Trial]) -> String {
+pub fn choose<T: Candidate>(trials: &[T]) -> String {
     trials
         .iter()
-        .filter(|t| t.precision == "fp32" || t.min_cosine >= MIN_COSINE)
-        .min_by(|a, b| a.seconds.total_cmp(&b.seconds))
-        .map_or_else(|| "fp32".to_string(), |t| t.precision.clone())
+        .filter(|t| t.precision() == "fp32" || t.accurate())
+        .min_by(|a, b| a.seconds().total_cmp(&b.seconds()))
+        .map_or_else(|| "fp32".to_string(), |t| t.precision().to_string())
 }
 
 /// The cache key: the CPU's model name and the flags that decide bf16 speed, libtorch,
@@ -104,26 +135,96 @@ pub fn key(cfg: &BertConfig, threads: i32) -> String {
     )
 }
 
-/// The cached calibration in `dir` for `key`, if any.
-pub fn cached(dir: &Path, key: &str) -> Option<Calibration> {
-    let text = std::fs::read_to_string(dir.join(CACHE_FILE)).ok()?;
-    let mut calibration: Calibration = serde_json::from_str(&text).ok()?;
+/// The cached calibration in `dir`'s `file` for `key`, if any.
+pub fn cached<T: DeserializeOwned>(dir: &Path, file: &str, key: &str) -> Option<Calibration<T>> {
+    let text = std::fs::read_to_string(dir.join(file)).ok()?;
+    let mut calibration: Calibration<T> = serde_json::from_str(&text).ok()?;
     (calibration.key == key).then(|| {
         calibration.cached = true;
         calibration
     })
 }
 
-/// Writes `calibration` to `dir` (atomically: a temporary file renamed).
-pub fn store(dir: &Path, calibration: &Calibration) -> std::io::Result<()> {
+/// Writes `calibration` to `dir`'s `file` (atomically: a temporary file renamed).
+pub fn store<T: Serialize>(
+    dir: &Path,
+    file: &str,
+    calibration: &Calibration<T>,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{CACHE_FILE}.tmp"));
+    let tmp = dir.join(format!("{file}.tmp"));
     std::fs::write(&tmp, serde_json::to_vec_pretty(calibration)?)?;
-    std::fs::rename(tmp, dir.join(CACHE_FILE))
+    std::fs::rename(tmp, dir.join(file))
 }
 
-/// The cache's file name in the data directory.
+/// The embedder's cache file in the data directory.
 pub const CACHE_FILE: &str = "cpu-calibration.json";
+
+/// The calibration of `key` from `cache_dir` when cached there, else `measure`d (then
+/// cached); logged either way. `what` names the engine in the logs.
+pub fn cached_or_measured<T>(
+    what: &str,
+    key: &str,
+    file: &str,
+    cache_dir: Option<&Path>,
+    measure: impl FnOnce() -> Result<Calibration<T>, EmbedError>,
+) -> Result<Calibration<T>, EmbedError>
+where
+    T: Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    if let Some(found) = cache_dir.and_then(|dir| cached::<T>(dir, file, key)) {
+        tracing::info!(engine = what, chosen = %found.chosen, trials = ?found.trials, "CPU precision from the cached calibration");
+        return Ok(found);
+    }
+    let started = Instant::now();
+    let measured = measure()?;
+    tracing::info!(engine = what, chosen = %measured.chosen, trials = ?measured.trials, took_ms = started.elapsed().as_millis() as u64, %key, "CPU precision measured (precision: auto)");
+    if let Some(dir) = cache_dir {
+        if let Err(e) = store(dir, file, &measured) {
+            tracing::warn!(engine = what, error = %e, "could not cache the CPU calibration; it runs again at the next start");
+        }
+    }
+    Ok(measured)
+}
+
+/// Measures every candidate precision on a thread of its own with `threads` libtorch
+/// threads, as an executor runs: `timed(kind)` loads the model in `kind` and times its
+/// batches ([`median_time`]), giving the seconds and the outputs; `judge(precision,
+/// seconds, fp32's outputs, these outputs)` makes the trial (fp32's own is judged
+/// against nothing). The choice is [`choose`]'s.
+pub fn run_candidates<O, T>(
+    key: String,
+    threads: i32,
+    timed: impl Fn(Kind) -> Result<(f64, O), EmbedError> + Send + 'static,
+    judge: impl Fn(&str, f64, Option<&O>, &O) -> Result<T, EmbedError> + Send + 'static,
+) -> Result<Calibration<T>, EmbedError>
+where
+    T: Candidate + Send + 'static,
+{
+    let trials = std::thread::spawn(move || -> Result<Vec<T>, EmbedError> {
+        // As an executor does: libtorch sets a thread's OpenMP count on its first
+        // parallel op from the process-wide value; take that step first.
+        let _ = tch::get_num_threads();
+        tch::set_num_threads(threads);
+        let _no_grad = tch::no_grad_guard();
+        let mut reference: Option<O> = None;
+        let mut trials = Vec::new();
+        for (name, kind) in CANDIDATES {
+            let (seconds, outputs) = timed(kind)?;
+            trials.push(judge(name, seconds, reference.as_ref(), &outputs)?);
+            reference.get_or_insert(outputs);
+        }
+        Ok(trials)
+    })
+    .join()
+    .map_err(|_| EmbedError::ModelLoad("the precision calibration thread panicked".into()))??;
+    Ok(Calibration {
+        key,
+        chosen: choose(&trials),
+        trials,
+        cached: false,
+    })
+}
 
 /// Measures fp32 and bf16 forward passes of the encoder in `weights` on the CPU with
 /// `threads` libtorch threads (on a thread of its own, as an executor runs), pooled as
@@ -136,36 +237,22 @@ pub fn measure(
     max_seq_len: usize,
 ) -> Result<Calibration, EmbedError> {
     let (weights, cfg2) = (weights.to_path_buf(), cfg.clone());
-    let trials = std::thread::spawn(move || -> Result<Vec<Trial>, EmbedError> {
-        tch::set_num_threads(threads);
-        let _no_grad = tch::no_grad_guard();
-        let batches = sample_batches(cfg2.vocab_size, max_seq_len);
-        let mut reference: Option<Vec<Tensor>> = None;
-        let mut trials = Vec::new();
-        for (name, kind) in [("fp32", Kind::Float), ("bf16", Kind::BFloat16)] {
+    let batches = sample_batches(cfg.vocab_size, max_seq_len);
+    run_candidates(
+        key(cfg, threads),
+        threads,
+        move |kind| {
             let encoder = BertEncoder::load(&weights, &cfg2, Device::Cpu, kind)?;
-            let (seconds, vectors) = time(&encoder, &batches, pooling)?;
-            let min_cosine = match &reference {
-                None => 1.0,
-                Some(fp32) => worst_cosine(fp32, &vectors)?,
-            };
-            reference.get_or_insert(vectors);
-            trials.push(Trial {
-                precision: name.into(),
+            median_time(|| embed_batches(&encoder, &batches, pooling))
+        },
+        |precision, seconds, fp32, vectors| {
+            Ok(Trial {
+                precision: precision.into(),
                 seconds,
-                min_cosine,
-            });
-        }
-        Ok(trials)
-    })
-    .join()
-    .map_err(|_| EmbedError::ModelLoad("the precision calibration thread panicked".into()))??;
-    Ok(Calibration {
-        key: key(cfg, threads),
-        chosen: choose(&trials),
-        trials,
-        cached: false,
-    })
+                min_cosine: fp32.map_or(Ok(1.0), |fp32| worst_cosine(fp32, vectors))?,
+            })
+        },
+    )
 }
 
 /// A passage batch (8 x 128 tokens) and a query batch (16 x 16), of token ids spread
@@ -195,34 +282,36 @@ fn sample_batches(vocab: i64, max_seq_len: usize) -> Vec<Vec<Vec<i64>>> {
     ]
 }
 
-/// Median seconds of the batches together over [`RUNS`] runs after a warm-up, and the
-/// vectors of the last run.
-fn time(
+/// The vectors of `batches`, normalised.
+fn embed_batches(
     encoder: &BertEncoder,
     batches: &[Vec<Vec<i64>>],
     pooling: Pooling,
-) -> Result<(f64, Vec<Tensor>), EmbedError> {
-    let run = || -> Result<Vec<Tensor>, EmbedError> {
-        batches
-            .iter()
-            .map(|rows| {
-                let ids: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
-                let batch = PackedBatch::new(&ids, Device::Cpu)?;
-                let hidden = encoder.forward(&batch)?;
-                Ok(l2_normalize(&pool(&hidden, &batch, pooling)?)?)
-            })
-            .collect()
-    };
-    run()?;
+) -> Result<Vec<Tensor>, EmbedError> {
+    batches
+        .iter()
+        .map(|rows| {
+            let ids: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
+            let batch = PackedBatch::new(&ids, Device::Cpu)?;
+            let hidden = encoder.forward(&batch)?;
+            Ok(l2_normalize(&pool(&hidden, &batch, pooling)?)?)
+        })
+        .collect()
+}
+
+/// Median seconds of `run` over [`RUNS`] runs after a warm-up, and the last run's output.
+pub fn median_time<O>(
+    mut run: impl FnMut() -> Result<O, EmbedError>,
+) -> Result<(f64, O), EmbedError> {
+    let mut output = run()?;
     let mut seconds = Vec::with_capacity(RUNS);
-    let mut vectors = Vec::new();
     for _ in 0..RUNS {
         let start = Instant::now();
-        vectors = run()?;
+        output = run()?;
         seconds.push(start.elapsed().as_secs_f64());
     }
     seconds.sort_by(f64::total_cmp);
-    Ok((seconds[RUNS / 2], vectors))
+    Ok((seconds[RUNS / 2], output))
 }
 
 /// The smallest row-wise dot product of unit vectors `a` and `b` (their cosine).
@@ -267,7 +356,7 @@ mod tests {
             choose(&[trial("fp32", 0.100, 1.0), trial("bf16", 0.060, 0.99)]),
             "fp32"
         );
-        assert_eq!(choose(&[]), "fp32");
+        assert_eq!(choose::<Trial>(&[]), "fp32");
     }
 
     #[test]
@@ -279,15 +368,17 @@ mod tests {
             trials: vec![trial("fp32", 0.1, 1.0), trial("bf16", 0.05, 0.9999)],
             cached: false,
         };
-        store(dir.path(), &calibration).unwrap();
-        let read = cached(dir.path(), &calibration.key).unwrap();
+        store(dir.path(), CACHE_FILE, &calibration).unwrap();
+        let read: Calibration = cached(dir.path(), CACHE_FILE, &calibration.key).unwrap();
         assert!(read.cached);
         assert_eq!(read.kind(), Kind::BFloat16);
         assert_eq!(read.trials, calibration.trials);
-        assert!(cached(dir.path(), "cpu=x; libtorch 2.11; threads 2").is_none());
+        assert!(
+            cached::<Trial>(dir.path(), CACHE_FILE, "cpu=x; libtorch 2.11; threads 2").is_none()
+        );
         std::fs::write(dir.path().join(CACHE_FILE), "not json").unwrap();
         assert!(
-            cached(dir.path(), &calibration.key).is_none(),
+            cached::<Trial>(dir.path(), CACHE_FILE, &calibration.key).is_none(),
             "a damaged cache is measured again"
         );
     }

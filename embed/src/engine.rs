@@ -313,25 +313,15 @@ fn calibrate_cpu(
 ) -> Result<crate::calibrate::Calibration, EmbedError> {
     use crate::calibrate;
     let key = calibrate::key(&model.bert, threads);
-    if let Some(found) = cache_dir.and_then(|dir| calibrate::cached(dir, &key)) {
-        tracing::info!(chosen = %found.chosen, trials = ?found.trials, "CPU precision from the cached calibration");
-        return Ok(found);
-    }
-    let started = std::time::Instant::now();
-    let measured = calibrate::measure(
-        weights,
-        &model.bert,
-        model.head.pooling,
-        threads,
-        max_seq_len,
-    )?;
-    tracing::info!(chosen = %measured.chosen, trials = ?measured.trials, took_ms = started.elapsed().as_millis() as u64, %key, "CPU precision measured (precision: auto)");
-    if let Some(dir) = cache_dir {
-        if let Err(e) = calibrate::store(dir, &measured) {
-            tracing::warn!(error = %e, "could not cache the CPU calibration; it runs again at the next start");
-        }
-    }
-    Ok(measured)
+    calibrate::cached_or_measured("embedder", &key, calibrate::CACHE_FILE, cache_dir, || {
+        calibrate::measure(
+            weights,
+            &model.bert,
+            model.head.pooling,
+            threads,
+            max_seq_len,
+        )
+    })
 }
 
 /// Texts taken from the bulk lane at a time: enough to sort into well-packed batches,
@@ -340,10 +330,10 @@ const BULK_WINDOW: usize = 256;
 
 /// One executor to start: its device, its name in the stats and its libtorch threads.
 #[derive(Debug, PartialEq)]
-struct ExecutorPlan {
-    device: tch::Device,
-    name: String,
-    threads: Option<i32>,
+pub(crate) struct ExecutorPlan {
+    pub(crate) device: tch::Device,
+    pub(crate) name: String,
+    pub(crate) threads: Option<i32>,
 }
 
 /// One executor per GPU; on the CPU `cpu_executors` of them (unset: one per core, at most
@@ -351,7 +341,7 @@ struct ExecutorPlan {
 /// on 2 cores (docs/benchmarks.md, "CPU executors"): two single-threaded executors answer
 /// text queries at 16 clients 1.33x as fast, a lone query in 13 ms instead of 18, and
 /// embed a bulk ingest 1.2-1.4x as fast as one executor with two threads.
-fn executors(
+pub(crate) fn executors(
     devices: &[tch::Device],
     cpu_executors: Option<usize>,
     cores: usize,

@@ -49,5 +49,5 @@ pub use kb_config::{EmbeddingConfig, Precision};
 pub use pooling::Pooling;
 pub use prefix::TextKind;
 pub use request::Embedded;
-pub use rerank::{Activation, Reranker, Scored};
+pub use rerank::{Activation, RerankTrial, Reranker, Scored};
 pub use stats::{DeviceStats, EngineStats, LaneStats};

@@ -128,3 +128,112 @@ fn empty_passages_are_empty_input() {
         EmbedError::EmptyInput
     );
 }
+
+/// Requests of every length and size, each with its own query.
+fn requests(model: &Model) -> Vec<(String, Vec<String>)> {
+    (0..8)
+        .map(|i| {
+            let passages = model
+                .passages
+                .iter()
+                .cycle()
+                .skip(i)
+                .take(1 + i % 5)
+                .map(|p| format!("{p} {}", "more words ".repeat(i * 3)))
+                .collect();
+            (format!("{} {i}", model.query), passages)
+        })
+        .collect()
+}
+
+/// Each request's scores come back to it, in its own order, whatever batches its pairs
+/// shared with other requests' and whichever executor ran them.
+#[test]
+fn concurrent_requests_batched_together_each_get_their_own_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = generate(dir.path());
+    let model = &models.models[0];
+    // Two executors and small batches: the 8 requests share and split batches.
+    let cfg = EmbeddingConfig {
+        cpu_executors: Some(2),
+        cpu_cores: Some(2),
+        max_batch_tokens: 96,
+        ..fp32()
+    };
+    let reranker = Reranker::load(&model.dir, &cfg).unwrap();
+    assert_eq!(reranker.executors(), 2);
+    let requests = requests(model);
+    let alone: Vec<_> = requests
+        .iter()
+        .map(|(q, p)| reranker.score_blocking(q, p.clone()).unwrap())
+        .collect();
+    for round in 0..3 {
+        let together: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = requests
+                .iter()
+                .map(|(q, p)| s.spawn(|| reranker.score_blocking(q, p.clone()).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, (got, want)) in together.iter().zip(&alone).enumerate() {
+            assert_eq!(got.truncated, want.truncated, "request {i}");
+            assert_eq!(got.logits.len(), want.logits.len(), "request {i}");
+            for (g, w) in got.logits.iter().zip(&want.logits) {
+                // Batches of another shape round the last bit or so differently.
+                assert!(
+                    (g - w).abs() <= 1e-5,
+                    "round {round} request {i}: {:?} together, {:?} alone",
+                    got.logits,
+                    want.logits
+                );
+            }
+        }
+    }
+    // The lone request matches sentence-transformers on several executors too.
+    let scored = reranker
+        .score_blocking(&model.query, model.passages.clone())
+        .unwrap();
+    worst(model, "logit", &scored.logits, &model.logits, 1e-4);
+}
+
+#[test]
+fn auto_precision_is_measured_once_and_then_read_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = generate(dir.path());
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = EmbeddingConfig {
+        device: "cpu".into(),
+        precision: Precision::Auto,
+        cpu_cores: Some(1),
+        ..EmbeddingConfig::default()
+    };
+    let model = &models.models[1].dir;
+    let first = Reranker::load_calibrated(model, &cfg, Some(cache.path())).unwrap();
+    let measured = first
+        .calibration()
+        .expect("auto on a CPU is measured")
+        .clone();
+    assert!(!measured.cached);
+    assert_eq!(
+        measured
+            .trials
+            .iter()
+            .map(|t| t.precision.as_str())
+            .collect::<Vec<_>>(),
+        ["fp32", "bf16"]
+    );
+    assert_eq!(measured.trials[0].max_logit_error, 0.0);
+    assert_eq!(first.precision(), measured.chosen);
+    assert!(measured.key.contains("reranker") && measured.key.contains("threads 1"));
+    assert!(cache.path().join("cpu-calibration-reranker.json").exists());
+    drop(first);
+    let second = Reranker::load_calibrated(model, &cfg, Some(cache.path())).unwrap();
+    let reused = second.calibration().unwrap();
+    assert!(reused.cached, "the second start reads the cache");
+    assert_eq!(reused.trials, measured.trials);
+    assert_eq!(second.precision(), measured.chosen);
+    // An explicit precision is not measured.
+    let fp32 = Reranker::load_calibrated(model, &fp32(), Some(cache.path())).unwrap();
+    assert!(fp32.calibration().is_none());
+    assert_eq!(fp32.precision(), "fp32");
+}

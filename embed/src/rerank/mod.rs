@@ -7,20 +7,28 @@
 //! BERT encoder as embeddings ([`crate::bert`]), then the model's activation (sigmoid
 //! unless the model declares identity, as `CrossEncoder.predict` does by default).
 
-use crate::bert::{BertEncoder, Linear, Weights};
+mod precision;
+mod queue;
+mod scorer;
+
+pub use precision::RerankTrial;
+
+use crate::bert::BertEncoder;
+use crate::calibrate::Calibration;
 use crate::device::{device_name, kind_name, parse_devices, resolve_kind};
-use crate::executor::is_out_of_memory;
+use crate::engine::executors;
 use crate::model_config::{check_bert, max_seq_len, read_json, BertConfig};
-use crate::packing::PackedBatch;
 use crate::tokenize::{prefix, BYTES_PER_TOKEN};
-use crate::{EmbedError, EmbeddingConfig};
+use crate::{EmbedError, EmbeddingConfig, Precision};
+use queue::{Job, Plan, Queue};
+use scorer::Scorer;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use tch::{Device, Kind};
+use tch::Device;
 use tokenizers::{EncodeInput, Tokenizer, TruncationParams};
 use tokio::sync::oneshot;
 
@@ -94,70 +102,6 @@ fn activation(model_dir: &Path, head: &HeadConfig) -> Result<Activation, EmbedEr
     }
 }
 
-/// The cross-encoder's encoder plus its sequence-classification head, on one device.
-struct Scorer {
-    encoder: BertEncoder,
-    pooler: Linear,
-    classifier: Linear,
-    device: Device,
-}
-
-impl Scorer {
-    fn load(
-        path: &Path,
-        cfg: &BertConfig,
-        device: Device,
-        kind: Kind,
-    ) -> Result<Scorer, EmbedError> {
-        let _no_grad = tch::no_grad_guard();
-        let mut w = Weights::read(path, device, kind)?;
-        let encoder = BertEncoder::from_weights(&mut w, cfg)?;
-        Ok(Scorer {
-            encoder,
-            pooler: w.linear("pooler.dense")?,
-            classifier: w.linear("classifier")?,
-            device,
-        })
-    }
-
-    /// The logits of `rows` (ids and token types).
-    fn logits(&self, rows: &[&Pair]) -> Result<Vec<f32>, tch::TchError> {
-        let ids: Vec<&[i64]> = rows.iter().map(|r| r.ids.as_slice()).collect();
-        let types: Vec<&[i64]> = rows.iter().map(|r| r.types.as_slice()).collect();
-        let batch = PackedBatch::with_token_types(&ids, &types, self.device)?;
-        let hidden = self.encoder.forward(&batch)?;
-        let cls = hidden.f_index_select(0, &batch.first_tokens()?)?;
-        let pooled = self.pooler.forward(&cls)?.f_tanh()?;
-        let logits = self
-            .classifier
-            .forward(&pooled)?
-            .f_to_kind(Kind::Float)?
-            .f_to_device(Device::Cpu)?
-            .f_view([-1])?;
-        Vec::<f32>::try_from(&logits).map_err(|e| tch::TchError::Convert(e.to_string()))
-    }
-
-    /// [`Scorer::logits`], halving the rows when the device runs out of memory.
-    fn logits_splitting_on_oom(&self, rows: &[&Pair]) -> Result<Vec<f32>, tch::TchError> {
-        match self.logits(rows) {
-            Err(err) if rows.len() > 1 && is_out_of_memory(&err) => {
-                tracing::warn!(
-                    rows = rows.len(),
-                    "device out of memory, splitting rerank batch"
-                );
-                if self.device.is_cuda() {
-                    crate::cuda_alloc::empty_cache();
-                }
-                let (first, second) = rows.split_at(rows.len() / 2);
-                let mut logits = self.logits_splitting_on_oom(first)?;
-                logits.extend(self.logits_splitting_on_oom(second)?);
-                Ok(logits)
-            }
-            result => result,
-        }
-    }
-}
-
 /// One tokenized (query, passage) pair.
 struct Pair {
     ids: Vec<i64>,
@@ -168,14 +112,10 @@ struct Pair {
 /// Each pair's logit and whether it was truncated, or why the job failed.
 type JobResult = Result<Vec<(f32, bool)>, EmbedError>;
 
-struct Job {
-    query: String,
-    passages: Vec<String>,
-    reply: oneshot::Sender<JobResult>,
-}
-
-/// The cross-encoder engine: one executor thread owns the model on the first configured
-/// device; requests queue in a bounded channel. Cheap to clone.
+/// The cross-encoder engine: as many executors as the embedder would run on the first
+/// configured device (on the CPU `cpu_executors`, unset one per core up to four, sharing
+/// the cores and one copy of the weights; one on a GPU), all taking from one bounded
+/// queue of requests, whose pairs they batch together ([`queue`]). Cheap to clone.
 #[derive(Clone)]
 pub struct Reranker {
     inner: Arc<Inner>,
@@ -186,17 +126,31 @@ struct Inner {
     max_seq_len: usize,
     device: String,
     precision: &'static str,
+    executors: usize,
     activation: Activation,
-    sender: Mutex<Option<SyncSender<Job>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    calibration: Option<Calibration<RerankTrial>>,
+    queue: Arc<Queue>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Reranker {
     /// Loads a cross-encoder directory (`config.json` of a `BertForSequenceClassification`
     /// with one label, `model.safetensors`, `tokenizer.json`) on the first device of
-    /// `cfg.device` in `cfg.precision` (auto: fp16 on CUDA, bf16 on CPUs with native bf16,
-    /// else fp32); inputs are cut at `cfg.max_seq_len` or the model's own limit.
+    /// `cfg.device` in `cfg.precision` (auto: fp16 on CUDA; on the CPU measured by
+    /// [`Reranker::load_calibrated`] without a cache); inputs are cut at
+    /// `cfg.max_seq_len` or the model's own limit.
     pub fn load(model_dir: &Path, cfg: &EmbeddingConfig) -> Result<Reranker, EmbedError> {
+        Self::load_calibrated(model_dir, cfg, None)
+    }
+
+    /// [`Reranker::load`]; with `precision: auto` on the CPU the precision is measured
+    /// (fp32 and bf16 timed on query/passage pairs, bf16's logits checked against fp32's)
+    /// and the measurement is cached in `cache_dir` (the data directory) when given.
+    pub fn load_calibrated(
+        model_dir: &Path,
+        cfg: &EmbeddingConfig,
+        cache_dir: Option<&Path>,
+    ) -> Result<Reranker, EmbedError> {
         let config_path = model_dir.join("config.json");
         let bert: BertConfig = read_json(&config_path)?;
         check_bert(&bert)?;
@@ -231,60 +185,114 @@ impl Reranker {
             )));
         }
         let tokenizer = pair_tokenizer(model_dir, max_seq_len)?;
-        let cuda_count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
-        let device = parse_devices(&cfg.device, cuda_count)?[0];
-        let kind = resolve_kind(cfg.precision, device);
-        let threads = cfg
-            .cpu_cores
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-        let weights = model_dir.join("model.safetensors");
-        let (sender, jobs) = sync_channel::<Job>(cfg.queue_capacity.max(1));
-        let (loaded_tx, loaded_rx) = sync_channel(1);
-        let batch_tokens = cfg.max_batch_tokens.max(max_seq_len);
-        let thread = std::thread::Builder::new()
-            .name(format!("kb-rerank-{}", device_name(device)))
-            .spawn(move || {
-                let _no_grad = tch::no_grad_guard();
-                if device == Device::Cpu {
-                    let _ = tch::get_num_threads();
-                    tch::set_num_threads(i32::try_from(threads).unwrap_or(1));
-                }
-                let scorer = match Scorer::load(&weights, &bert, device, kind) {
-                    Ok(scorer) => scorer,
-                    Err(err) => {
-                        let _ = loaded_tx.send(Err(err));
-                        return;
-                    }
-                };
-                let _ = loaded_tx.send(Ok(()));
-                serve(&scorer, &tokenizer, jobs, batch_tokens);
-            })
-            .map_err(|e| EmbedError::Device(format!("cannot start reranker thread: {e}")))?;
-        loaded_rx.recv().unwrap_or_else(|_| {
-            Err(EmbedError::Device(
-                "reranker thread died while loading".into(),
-            ))
-        })?;
         let name = model_dir
             .file_name()
             .map_or_else(|| "reranker".into(), |n| n.to_string_lossy().into_owned());
+        let cuda_count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+        let device = parse_devices(&cfg.device, cuda_count)?[0];
+        let cores = cfg
+            .cpu_cores
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        let plans = executors(&[device], cfg.cpu_executors, cores);
+        let weights = model_dir.join("model.safetensors");
+        let calibration = match plans[0].threads {
+            Some(threads) if device == Device::Cpu && cfg.precision == Precision::Auto => Some(
+                precision::calibrate_cpu(&name, &weights, &bert, threads, max_seq_len, cache_dir)?,
+            ),
+            _ => None,
+        };
+        let kind = calibration
+            .as_ref()
+            .map_or_else(|| resolve_kind(cfg.precision, device), Calibration::kind);
+        // CPU executors share one copy of the encoder's weights.
+        let shared = if plans.len() > 1 && device == Device::Cpu {
+            Some(BertEncoder::load(&weights, &bert, device, kind)?)
+        } else {
+            None
+        };
+        let plan = Plan {
+            batch_tokens: cfg.max_batch_tokens.max(max_seq_len),
+            executors: plans.len(),
+            max_seq_len,
+        };
+        let queue = Arc::new(Queue::new(cfg.queue_capacity));
+        let mut threads = Vec::new();
+        let mut loads = Vec::new();
+        for executor in &plans {
+            let (loaded_tx, loaded_rx) = sync_channel(1);
+            let (jobs, tokenizer, weights, bert) = (
+                Arc::clone(&queue),
+                tokenizer.clone(),
+                weights.clone(),
+                bert.clone(),
+            );
+            let shared = shared.as_ref().map(BertEncoder::share);
+            let cpu_threads = executor.threads;
+            let thread = std::thread::Builder::new()
+                .name(format!("kb-rerank-{}", executor.name))
+                .spawn(move || {
+                    let _no_grad = tch::no_grad_guard();
+                    if let Some(threads) = cpu_threads {
+                        // As the embedder's executors do: libtorch sets a thread's OpenMP
+                        // count on its first parallel op; take that step first.
+                        let _ = tch::get_num_threads();
+                        tch::set_num_threads(threads);
+                    }
+                    let scorer = match Scorer::load(&weights, &bert, device, kind, shared.as_ref())
+                    {
+                        Ok(scorer) => scorer,
+                        Err(err) => {
+                            let _ = loaded_tx.send(Err(err));
+                            return;
+                        }
+                    };
+                    drop(shared);
+                    let _ = loaded_tx.send(Ok(()));
+                    queue::serve(&jobs, &scorer, &tokenizer, plan);
+                });
+            match thread {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    queue.close();
+                    return Err(EmbedError::Device(format!(
+                        "cannot start reranker thread: {e}"
+                    )));
+                }
+            }
+            loads.push(loaded_rx);
+        }
+        drop(shared);
+        let inner = Inner {
+            name,
+            max_seq_len,
+            device: device_name(device),
+            precision: kind_name(kind),
+            executors: plans.len(),
+            activation,
+            calibration,
+            queue,
+            threads: Mutex::new(threads),
+        };
+        for loaded in loads {
+            // On failure `inner` is dropped: the queue closes and the threads end.
+            loaded.recv().unwrap_or_else(|_| {
+                Err(EmbedError::Device(
+                    "reranker thread died while loading".into(),
+                ))
+            })?;
+        }
         tracing::info!(
-            device = device_name(device),
-            precision = kind_name(kind),
+            device = %inner.device,
+            precision = inner.precision,
+            executors = inner.executors,
+            threads_each = plans[0].threads,
+            batch_tokens = plan.batch_tokens,
             max_seq_len,
             ?activation,
             "reranker ready"
         );
         Ok(Reranker {
-            inner: Arc::new(Inner {
-                name,
-                max_seq_len,
-                device: device_name(device),
-                precision: kind_name(kind),
-                activation,
-                sender: Mutex::new(Some(sender)),
-                thread: Mutex::new(Some(thread)),
-            }),
+            inner: Arc::new(inner),
         })
     }
 
@@ -306,6 +314,16 @@ impl Reranker {
     /// `fp32`, `fp16` or `bf16`.
     pub fn precision(&self) -> &'static str {
         self.inner.precision
+    }
+
+    /// How `precision: auto` was decided on the CPU (measured or cached), if it was.
+    pub fn calibration(&self) -> Option<&Calibration<RerankTrial>> {
+        self.inner.calibration.as_ref()
+    }
+
+    /// Executor threads taking requests from the queue.
+    pub fn executors(&self) -> usize {
+        self.inner.executors
     }
 
     /// The activation applied to the logits.
@@ -362,22 +380,16 @@ impl Reranker {
             passages,
             reply,
         };
-        let sender = self.inner.sender.lock().unwrap_or_else(|e| e.into_inner());
-        let sender = sender.as_ref().ok_or(EmbedError::ShuttingDown)?;
-        match sender.try_send(job) {
-            Ok(()) => Ok(answer),
-            Err(TrySendError::Full(_)) => Err(EmbedError::QueueFull {
-                retry_after_ms: 100,
-            }),
-            Err(TrySendError::Disconnected(_)) => Err(EmbedError::ShuttingDown),
-        }
+        self.inner.queue.submit(job)?;
+        Ok(answer)
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        self.queue.close();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for thread in threads {
             let _ = thread.join();
         }
     }
@@ -429,43 +441,4 @@ fn tokenize(
             truncated: cut || !enc.get_overflowing().is_empty(),
         })
         .collect())
-}
-
-/// The executor loop: each job's pairs sorted by length and run in batches of at most
-/// `batch_tokens` padded tokens.
-fn serve(scorer: &Scorer, tokenizer: &Tokenizer, jobs: Receiver<Job>, batch_tokens: usize) {
-    let max = tokenizer.get_truncation().map_or(512, |t| t.max_length);
-    for job in jobs {
-        if job.reply.is_closed() {
-            continue;
-        }
-        let result = tokenize(tokenizer, &job.query, &job.passages, max).and_then(|pairs| {
-            let mut order: Vec<usize> = (0..pairs.len()).collect();
-            order.sort_by_key(|&i| pairs[i].ids.len());
-            let mut logits = vec![0f32; pairs.len()];
-            let mut start = 0;
-            while start < order.len() {
-                let mut end = start + 1;
-                while end < order.len()
-                    && (end + 1 - start) * pairs[order[end]].ids.len() <= batch_tokens
-                {
-                    end += 1;
-                }
-                let rows: Vec<&Pair> = order[start..end].iter().map(|&i| &pairs[i]).collect();
-                let got = scorer
-                    .logits_splitting_on_oom(&rows)
-                    .map_err(|e| EmbedError::Inference(e.to_string()))?;
-                for (&i, l) in order[start..end].iter().zip(got) {
-                    logits[i] = l;
-                }
-                start = end;
-            }
-            Ok(pairs
-                .iter()
-                .zip(logits)
-                .map(|(p, l)| (l, p.truncated))
-                .collect())
-        });
-        let _ = job.reply.send(result);
-    }
 }
