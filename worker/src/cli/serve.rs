@@ -159,7 +159,10 @@ pub(crate) fn load_engine(
     let reranker = match &cfg.reranker {
         None => None,
         Some(r) => {
-            let reranker = kb_embed::Reranker::load(&r.model, &r.engine_config(&cfg.embedding))
+            // Like the embedder's, its CPU `precision: auto` is measured and cached.
+            let engine = r.engine_config(&cfg.embedding);
+            let dir = Some(cfg.data_dir.as_path());
+            let reranker = kb_embed::Reranker::load_calibrated(&r.model, &engine, dir)
                 .with_context(|| {
                     format!(
                         "loading the cross-encoder of reranker.model {} (a sentence-transformers \
