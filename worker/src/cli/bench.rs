@@ -3,12 +3,16 @@
 
 mod embed;
 mod http;
+#[cfg(feature = "tantivy-compare")]
+mod lexical_engines;
 mod retrieval;
 mod search;
 mod snapshot;
 
 pub use embed::BenchEmbedArgs;
 pub use http::{BenchQueryArgs, BenchReplicationArgs};
+#[cfg(feature = "tantivy-compare")]
+pub use lexical_engines::BenchLexicalEnginesArgs;
 pub use retrieval::BenchRetrievalArgs;
 pub use search::BenchSearchArgs;
 pub use snapshot::BenchSnapshotArgs;
@@ -32,6 +36,10 @@ pub enum BenchCommand {
     /// Recall@10 of dense, lexical and hybrid search on corpus passages, and the lexical
     /// index's latency, build time and memory at scale.
     Retrieval(BenchRetrievalArgs),
+    /// Our lexical index against tantivy in RAM: build time, memory, latency and recall@10
+    /// on the retrieval query sets (feature tantivy-compare).
+    #[cfg(feature = "tantivy-compare")]
+    LexicalEngines(BenchLexicalEnginesArgs),
     /// Query throughput and latency of running workers (round-robin), split by cache level.
     Query(BenchQueryArgs),
     /// Replication delay and lag of replicas while one worker takes sustained writes.
@@ -51,6 +59,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         BenchCommand::Retrieval(args) => {
             tokio::task::spawn_blocking(move || retrieval::run(&args)).await?
+        }
+        #[cfg(feature = "tantivy-compare")]
+        BenchCommand::LexicalEngines(args) => {
+            tokio::task::spawn_blocking(move || lexical_engines::run(&args)).await?
         }
         BenchCommand::Query(args) => http::query(args).await,
         BenchCommand::Replication(args) => http::replication(args).await,

@@ -78,9 +78,9 @@ fn parse_analyzer(text: &str) -> Result<Analyzer, String> {
 const K: usize = 10;
 
 /// A query and the passage it must find.
-struct Case {
-    text: String,
-    wanted: usize,
+pub(crate) struct Case {
+    pub(crate) text: String,
+    pub(crate) wanted: usize,
 }
 
 pub(super) fn run(args: &BenchRetrievalArgs) -> anyhow::Result<()> {
@@ -228,7 +228,7 @@ fn is_identifier(word: &str) -> bool {
 }
 
 /// Up to `n` identifiers that occur in exactly one passage, each with that passage.
-fn identifier_cases(passages: &[String], n: usize, rng: &mut impl Rng) -> Vec<Case> {
+pub(crate) fn identifier_cases(passages: &[String], n: usize, rng: &mut impl Rng) -> Vec<Case> {
     let mut seen: HashMap<&str, (usize, usize)> = HashMap::new();
     for (p, text) in passages.iter().enumerate() {
         let mut words: Vec<&str> = bare_words(text).filter(|w| is_identifier(w)).collect();
@@ -256,7 +256,7 @@ fn identifier_cases(passages: &[String], n: usize, rng: &mut impl Rng) -> Vec<Ca
 }
 
 /// `n` passages of at least 8 words, each queried with a random half of its words.
-fn half_word_cases(passages: &[String], n: usize, rng: &mut impl Rng) -> Vec<Case> {
+pub(crate) fn half_word_cases(passages: &[String], n: usize, rng: &mut impl Rng) -> Vec<Case> {
     let mut eligible: Vec<usize> = (0..passages.len())
         .filter(|&p| passages[p].split_whitespace().count() >= 8)
         .collect();
