@@ -84,6 +84,7 @@ fn every_alert_parses_and_the_ones_that_matter_are_there() {
         "KnowledgeBaseWorkerNotReady",
         "KnowledgeBaseReplicationLag",
         "KnowledgeBaseWritesHalted",
+        "KnowledgeBaseModelMismatch",
         "KnowledgeBaseSnapshotsFailing",
         "KnowledgeBaseApiKeysFileInvalid",
         "KnowledgeBaseEmbeddingQueueSaturated",

@@ -212,20 +212,11 @@ impl QueryCache {
     }
 }
 
-/// A fingerprint of the model and the settings that change its vectors.
-pub fn model_fingerprint(model_dir: &std::path::Path, settings: &str) -> String {
+/// A fingerprint of the model (its files' digest, [`crate::log::binding::digest`]) and the
+/// settings that change its vectors.
+pub fn model_fingerprint(digest: &str, settings: &str) -> String {
     let mut h = Sha256::new();
-    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
-        let path = model_dir.join(file);
-        h.update(file.as_bytes());
-        match std::fs::metadata(&path) {
-            Ok(m) => h.update(m.len().to_le_bytes()),
-            Err(_) => h.update(b"missing"),
-        }
-        if file == "config.json" {
-            h.update(std::fs::read(&path).unwrap_or_default());
-        }
-    }
+    h.update(digest.as_bytes());
     h.update(settings.as_bytes());
     hex::encode(&h.finalize()[..8])
 }
@@ -322,12 +313,9 @@ mod tests {
 
     #[test]
     fn the_model_fingerprint_depends_on_settings_and_files() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.json"), "{\"hidden_size\": 384}").unwrap();
-        let a = model_fingerprint(dir.path(), "fp32/256");
-        assert_eq!(a, model_fingerprint(dir.path(), "fp32/256"));
-        assert_ne!(a, model_fingerprint(dir.path(), "bf16/256"));
-        std::fs::write(dir.path().join("config.json"), "{\"hidden_size\": 768}").unwrap();
-        assert_ne!(a, model_fingerprint(dir.path(), "fp32/256"));
+        let a = model_fingerprint("sha256:1", "fp32/256");
+        assert_eq!(a, model_fingerprint("sha256:1", "fp32/256"));
+        assert_ne!(a, model_fingerprint("sha256:1", "bf16/256"));
+        assert_ne!(a, model_fingerprint("sha256:2", "fp32/256"));
     }
 }

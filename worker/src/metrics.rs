@@ -81,6 +81,7 @@ pub struct Metrics {
     embed_calibration_min_cosine: Family<PrecisionLabels, FloatGauge>,
     embed_busy_seconds: FloatGauge,
     index_chunks: Family<CollectionLabels, Gauge>,
+    model_mismatch: Family<CollectionLabels, Gauge>,
     log_sequence: Gauge,
     applied_sequence: Gauge,
     replication_lag: Gauge,
@@ -134,6 +135,7 @@ impl Metrics {
             embed_calibration_min_cosine: Family::default(),
             embed_busy_seconds: FloatGauge::default(),
             index_chunks: Family::default(),
+            model_mismatch: Family::default(),
             log_sequence: Gauge::default(),
             applied_sequence: Gauge::default(),
             replication_lag: Gauge::default(),
@@ -222,6 +224,11 @@ impl Metrics {
             "index_chunks",
             "Live chunks per collection",
             m.index_chunks.clone(),
+        );
+        r.register(
+            "collection_model_mismatch",
+            "1 for a collection whose vectors come from another model than this worker's (it refuses to embed for it: 409 model_mismatch), else 0",
+            m.model_mismatch.clone(),
         );
         r.register(
             "log_sequence",
@@ -402,12 +409,19 @@ impl Metrics {
                 .set(s.devices.iter().map(|d| d.busy_seconds).sum());
             let view = engine.store.view();
             self.index_chunks.clear();
+            self.model_mismatch.clear();
             for (name, c) in &view.collections {
+                let labels = CollectionLabels {
+                    collection: name.clone(),
+                };
                 self.index_chunks
-                    .get_or_create(&CollectionLabels {
-                        collection: name.clone(),
-                    })
+                    .get_or_create(&labels)
                     .set(c.chunks as i64);
+                let mismatch = matches!(&c.binding,
+                    Some(crate::log::Binding::Model(m)) if !m.same_vectors(&engine.model));
+                self.model_mismatch
+                    .get_or_create(&labels)
+                    .set(i64::from(mismatch));
             }
             self.applied_sequence.set(view.applied as i64);
             self.writes_halted
@@ -429,8 +443,10 @@ impl Metrics {
                     .set(i64::from(status.regressed.is_some()));
             }
             let caught_up = engine.replicator.as_ref().is_none_or(|r| r.is_caught_up());
-            self.ready
-                .set(i64::from(caught_up && engine.store.halted().is_none()));
+            let matched = engine.mismatched(&view).is_empty();
+            self.ready.set(i64::from(
+                caught_up && matched && engine.store.halted().is_none(),
+            ));
             if let Some((free, total)) = volume_space(engine.store.data_dir()) {
                 self.volume_free.set(free as i64);
                 self.volume_total.set(total as i64);

@@ -84,6 +84,7 @@ struct RowData {
 pub struct Capture {
     seq: Seq,
     collections: Vec<(String, crate::index::flat::Frozen)>,
+    catalog: crate::index::catalog::Catalog,
 }
 
 impl Capture {
@@ -96,6 +97,7 @@ impl Capture {
         Ok(Capture {
             seq: index.applied(),
             collections,
+            catalog: index.catalog().clone(),
         })
     }
 
@@ -110,6 +112,7 @@ impl Capture {
             Vec::new(),
             self.seq,
             &self.collections,
+            &self.catalog,
             Path::new("<memory>"),
         )
     }
@@ -120,7 +123,7 @@ impl Capture {
     pub fn save(&self, dir: &Path, keep: usize) -> Result<PathBuf, SnapshotError> {
         let path = write_atomic_with(dir, &file_name(self.seq()), |file, tmp| {
             let w = std::io::BufWriter::with_capacity(1 << 20, file);
-            let w = stream::write_file(w, self.seq, &self.collections, tmp)?;
+            let w = stream::write_file(w, self.seq, &self.collections, &self.catalog, tmp)?;
             w.into_inner().map_err(|e| io_err(tmp)(e.into_error()))?;
             Ok(())
         })?;
@@ -367,7 +370,7 @@ pub fn sequence_of(head: &[u8]) -> Option<Seq> {
     }
     // Version byte, then the sequence as a postcard varint (7 bits per byte, LSB first).
     let (&version, varint) = payload.split_first()?;
-    if version != crate::format::VERSION {
+    if version != crate::format::VERSION && version != stream::PAYLOAD_WITH_CATALOG {
         return None;
     }
     let mut value = 0u64;

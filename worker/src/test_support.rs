@@ -78,3 +78,48 @@ pub async fn post_json(url: &str, path: &str, body: serde_json::Value) -> (u16, 
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
+
+/// Sends `method` `path` with an optional JSON body; the status and the JSON answer (the
+/// text as a JSON string when it is not JSON).
+pub async fn call(
+    url: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    // A handler stuck behind the lock holder (which waits for these answers) would hang
+    // the test: give up long after any honest answer instead.
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let mut req = client.request(method.parse().unwrap(), format!("{url}{path}"));
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path} got no answer: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// Copies a data directory (a worker's WAL and snapshots, written durably) to `to`: a
+/// second worker opens the copy as a restart would, while the first keeps its own.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

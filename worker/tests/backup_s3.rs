@@ -193,7 +193,7 @@ async fn a_backup_restored_into_an_empty_directory_answers_identically() {
     let manifest = &lines[0];
     let reported: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(&reported, manifest);
-    assert_eq!(manifest["sequence"], 25, "{manifest}"); // create + 24 upserts
+    assert_eq!(manifest["sequence"], 26, "{manifest}"); // create + model binding + 24 upserts
     assert_eq!(manifest["snapshot_format"], "KBSNAP02");
     let listed = s3.kb_worker_ok(&["backups", "list", "--from", &target]);
     assert_eq!(listed.len(), 1);
@@ -201,7 +201,7 @@ async fn a_backup_restored_into_an_empty_directory_answers_identically() {
 
     let data = tmp.path().join("b");
     let restored = s3.kb_worker_ok(&restore_args(&target, &data));
-    assert_eq!(restored[0]["sequence"], 25);
+    assert_eq!(restored[0]["sequence"], 26);
     let copy = Worker::start(&data, "", &["--open"]).await;
     assert_eq!(answers(&copy.url).await, before);
 }
@@ -371,8 +371,9 @@ async fn a_backup_taken_during_ingestion_holds_whole_documents() {
             assert_eq!(found, *chunks, "{id} was acknowledged before the backup");
         }
     }
-    // Each request logs two records (create-if-absent, upsert), never split by a snapshot.
-    assert_eq!(manifest["sequence"].as_u64().unwrap(), 2 * present);
+    // Each request logs two records (create-if-absent, upsert), never split by a snapshot;
+    // the first one a third, the collection's model.
+    assert_eq!(manifest["sequence"].as_u64().unwrap(), 2 * present + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,6 +144,8 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<DocumentPage>, ApiError> {
     let engine = state.engine_for(&headers, Role::Read, &collection)?;
+    // Through an alias: its collection.
+    let collection = engine.resolve(&collection);
     if params.limit == 0 || params.limit > MAX_PAGE {
         return Err(ApiError::BadRequest(format!(
             "limit must be between 1 and {MAX_PAGE}"
@@ -188,6 +190,8 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Json<DocumentOut>, ApiError> {
     let engine = state.engine_for(&headers, Role::Read, &collection)?;
+    // Through an alias: its collection.
+    let collection = engine.resolve(&collection);
     let wanted = id.clone();
     let doc = with_collection(&engine, &collection, move |c| c.document(&wanted))
         .await?
@@ -226,6 +230,8 @@ pub async fn delete_matching(
     req: Request,
 ) -> Result<Json<DeletedMatching>, ApiError> {
     let engine = state.engine_for(req.headers(), Role::Write, &collection)?;
+    // Through an alias: its collection.
+    let collection = engine.resolve(&collection);
     let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
     let body: DeleteBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;

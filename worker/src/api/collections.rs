@@ -4,10 +4,11 @@ use super::documents::read_body;
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiPath;
 use super::openapi::{CollectionErrors, CollectionParam};
-use super::{check_collection_name, SharedState, Wait};
+use super::{check_collection_name, Engine, SharedState, Wait};
 use crate::auth::Role;
-use crate::log::{Metric, Op};
-use crate::store::CollectionView;
+use crate::index::MAX_DIM;
+use crate::log::{Binding, Metric, ModelIdentity, Op};
+use crate::store::{CollectionView, IndexView};
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::Json;
@@ -25,12 +26,39 @@ pub struct CollectionInfo {
     chunks: usize,
     /// Deleted or replaced chunks not yet compacted away.
     tombstones: usize,
+    /// `model`: the worker embeds texts with `model`; `external`: clients send vectors.
+    vectors: Vectors,
+    /// The model whose vectors the collection holds (absent for `external` and for data
+    /// of an older version not yet adopted by a model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<ModelIdentity>,
+    /// True when `model` is not the model this worker runs: it refuses to embed for the
+    /// collection (409 `model_mismatch`).
+    model_mismatch: bool,
+    /// The aliases that stand for this collection.
+    aliases: Vec<String>,
     /// The write's sequence (creation only).
     #[serde(skip_serializing_if = "Option::is_none")]
     sequence: Option<u64>,
 }
 
-fn describe(name: &str, c: &CollectionView) -> CollectionInfo {
+/// Where a collection's vectors come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Vectors {
+    /// Embedded by the worker's model (texts in, vectors made here).
+    #[default]
+    Model,
+    /// Sent by clients with every document and query (any model, any dimension).
+    External,
+}
+
+fn describe(engine: &Engine, view: &IndexView, name: &str, c: &CollectionView) -> CollectionInfo {
+    let (vectors, model) = match &c.binding {
+        Some(Binding::External) => (Vectors::External, None),
+        Some(Binding::Model(m)) => (Vectors::Model, Some(m.clone())),
+        None => (Vectors::Model, None),
+    };
     CollectionInfo {
         name: name.to_string(),
         dim: c.dim,
@@ -38,6 +66,17 @@ fn describe(name: &str, c: &CollectionView) -> CollectionInfo {
         documents: c.documents,
         chunks: c.chunks,
         tombstones: c.tombstones,
+        vectors,
+        model_mismatch: model
+            .as_ref()
+            .is_some_and(|m| !m.same_vectors(&engine.model)),
+        model,
+        aliases: view
+            .aliases
+            .iter()
+            .filter(|(_, target)| *target == name)
+            .map(|(alias, _)| alias.clone())
+            .collect(),
         sequence: None,
     }
 }
@@ -70,12 +109,12 @@ pub async fn list(
         .collections
         .iter()
         .filter(|(name, _)| principal.can_see(name))
-        .map(|(name, c)| describe(name, c))
+        .map(|(name, c)| describe(&engine, &view, name, c))
         .collect();
     Ok(Json(CollectionList { collections }))
 }
 
-/// A collection's summary.
+/// A collection's summary (through an alias: its collection's).
 #[utoipa::path(get, path = "/v1/collections/{collection}", operation_id = "getCollection", tag = "collections",
     params(CollectionParam),
     responses(
@@ -93,10 +132,11 @@ pub async fn get(
     }
     let engine = state.engine()?;
     let view = engine.store.view();
+    let name = view.resolve(&collection);
     let c = view
-        .get(&collection)
+        .get(name)
         .ok_or_else(|| ApiError::NotFound(format!("collection {collection:?} does not exist")))?;
-    Ok(Json(describe(&collection, c)))
+    Ok(Json(describe(&engine, &view, name, c)))
 }
 
 /// The new collection's settings (the body may be empty).
@@ -106,6 +146,13 @@ pub struct CreateBody {
     /// `cosine` (the default) or `dot`.
     #[serde(default)]
     metric: Metric,
+    /// `model` (the default): documents and queries are texts the worker embeds.
+    /// `external`: clients send a vector with every document and query.
+    #[serde(default)]
+    vectors: Vectors,
+    /// The vectors' dimension, for `external` only (the model's for `model`).
+    #[serde(default)]
+    dim: Option<usize>,
 }
 
 /// Create a collection (admin). Ingesting into a missing collection creates it as
@@ -117,7 +164,7 @@ pub struct CreateBody {
         (status = 200, description = "created (or already there with this metric)", body = CollectionInfo),
         (status = 400, description = "invalid name or body", body = ErrorBody),
         (status = 403, description = "the key is not admin on the collection", body = ErrorBody),
-        (status = 409, description = "exists with another metric", body = ErrorBody),
+        (status = 409, description = "exists with another metric or dimension, or the name is an alias's", body = ErrorBody),
     ))]
 pub async fn create(
     State(state): State<SharedState>,
@@ -139,17 +186,39 @@ pub async fn create(
             .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?
             .unwrap_or_default()
     };
-    let op = Op::CreateCollection {
-        collection: collection.clone(),
-        dim: engine.embedder.dim(),
-        metric: body.metric,
+    let (dim, binding) = match (body.vectors, body.dim) {
+        (Vectors::Model, None) => (engine.embedder.dim(), engine.binding()),
+        (Vectors::Model, Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "`dim` is for \"vectors\": \"external\" only: a model collection has the \
+                 model's dimension"
+                    .into(),
+            ))
+        }
+        (Vectors::External, Some(dim)) if (1..=MAX_DIM).contains(&dim) => (dim, Binding::External),
+        (Vectors::External, _) => {
+            return Err(ApiError::BadRequest(format!(
+                "\"vectors\": \"external\" needs `dim`, the vectors' dimension (1 to {MAX_DIM})"
+            )))
+        }
     };
-    let sequence = engine.write(vec![op], Wait::Applied).await?;
+    let ops = vec![
+        Op::CreateCollection {
+            collection: collection.clone(),
+            dim,
+            metric: body.metric,
+        },
+        Op::BindCollection {
+            collection: collection.clone(),
+            binding,
+        },
+    ];
+    let sequence = engine.write(ops, Wait::Applied).await?;
     let view = engine.store.view();
     let c = view
         .get(&collection)
         .ok_or_else(|| ApiError::Internal("created collection vanished".into()))?;
-    let mut out = describe(&collection, c);
+    let mut out = describe(&engine, &view, &collection, c);
     out.sequence = Some(sequence);
     Ok(Json(out))
 }
@@ -160,6 +229,7 @@ pub async fn create(
     responses(
         (status = 200, description = "dropped", body = Dropped),
         CollectionErrors,
+        (status = 409, description = "the name is an alias, or aliases stand for the collection", body = ErrorBody),
     ))]
 pub async fn drop(
     State(state): State<SharedState>,
@@ -171,11 +241,31 @@ pub async fn drop(
         return Err(ApiError::forbidden("drop", &collection));
     }
     let engine = state.engine()?;
-    if engine.store.view().get(&collection).is_none() {
+    let view = engine.store.view();
+    if let Some(target) = view.aliases.get(&collection) {
+        return Err(ApiError::Conflict(format!(
+            "{collection:?} is an alias of {target:?}: delete the alias \
+             (DELETE /v1/aliases/{collection}) or drop the collection by its own name"
+        )));
+    }
+    if view.get(&collection).is_none() {
         return Err(ApiError::NotFound(format!(
             "collection {collection:?} does not exist"
         )));
     }
+    let aliases: Vec<&String> = view
+        .aliases
+        .iter()
+        .filter(|(_, target)| **target == collection)
+        .map(|(alias, _)| alias)
+        .collect();
+    if !aliases.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "collection {collection:?} is what the aliases {aliases:?} stand for: point them \
+             elsewhere or delete them first"
+        )));
+    }
+
     let op = Op::DropCollection { collection };
     let sequence = engine.write(vec![op], Wait::Applied).await?;
     Ok(Json(Dropped {

@@ -6,7 +6,7 @@ use super::extract::{ApiPath, ApiQuery};
 use super::openapi::{CollectionErrors, CollectionParam, DocumentParams, UploadForm};
 use super::{check_collection_name, Engine, SharedState, Wait};
 use crate::auth::Role;
-use crate::log::{ChunkRecord, Metadata, Metric, Op};
+use crate::log::{Binding, ChunkRecord, Metadata, Metric, Op};
 use crate::stages::{self, Stage};
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request, State};
@@ -264,13 +264,26 @@ pub async fn ingest_documents(
     docs: Vec<DocumentIn>,
     wait: Wait,
 ) -> Result<Ingested, ApiError> {
-    let dim = engine.embedder.dim();
+    // Through an alias: its collection.
+    let collection = &engine.resolve(collection);
+    let stored = engine.store.view().get(collection).cloned();
+    let binding = stored.as_ref().and_then(|c| c.binding.clone());
+    let external = binding == Some(Binding::External);
+    // A collection of another model takes nothing from this worker, vectors included; one
+    // of client vectors takes only documents that bring theirs.
+    if !external || docs.iter().any(|d| d.vector.is_none()) {
+        engine.check_embeds(collection, binding.as_ref())?;
+    }
+    let (dim, whose) = match &stored {
+        Some(c) if external => (c.dim, "the collection"),
+        _ => (engine.embedder.dim(), "the model"),
+    };
     if let Some(d) = docs
         .iter()
         .find(|d| d.vector.as_ref().is_some_and(|v| v.len() != dim))
     {
         return Err(ApiError::BadRequest(format!(
-            "document {:?}: vector has {} dimensions, the model has {dim}",
+            "document {:?}: vector has {} dimensions, {whose} has {dim}",
             d.id,
             d.vector.as_ref().map_or(0, Vec::len)
         )));
@@ -321,16 +334,19 @@ pub async fn ingest_documents(
     let mut vectors = embedded.vectors.into_iter();
     // Created as cosine on first use; an existing collection keeps its own metric (one
     // created with `PUT {"metric": "dot"}` used to refuse every ingest with 409).
-    let metric = engine
-        .store
-        .view()
-        .get(collection)
-        .map_or(Metric::Cosine, |c| c.metric);
+    let metric = stored.as_ref().map_or(Metric::Cosine, |c| c.metric);
     let mut ops = vec![Op::CreateCollection {
         collection: collection.to_string(),
         dim,
         metric,
     }];
+    // A new collection, or one written before bindings existed, takes this model.
+    if binding.is_none() {
+        ops.push(Op::BindCollection {
+            collection: collection.to_string(),
+            binding: engine.binding(),
+        });
+    }
     let mut total_chunks = 0;
     let documents = docs.len();
     for (mut doc, chunks) in docs {
@@ -381,6 +397,7 @@ pub async fn delete(
         return Err(ApiError::forbidden("write to", &collection));
     }
     let engine = state.engine()?;
+    let collection = engine.resolve(&collection);
     let existed = {
         // A document lookup needs the index itself: off the async threads.
         let (store, name, doc) = (Arc::clone(&engine.store), collection.clone(), id.clone());

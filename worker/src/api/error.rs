@@ -16,7 +16,7 @@ pub struct ErrorBody {
 }
 
 /// What went wrong: a stable `code` (`bad_request`, `unauthorized`, `forbidden`,
-/// `not_found`, `conflict`, `method_not_allowed`, `payload_too_large`, `overloaded`,
+/// `not_found`, `conflict`, `model_mismatch`, `method_not_allowed`, `payload_too_large`, `overloaded`,
 /// `unavailable`, `timeout`, `internal`) and a message saying what to fix.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
@@ -37,6 +37,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The collection's vectors come from another model (or from clients).
+    #[error("{0}")]
+    ModelMismatch(String),
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
@@ -59,6 +62,7 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::ModelMismatch(_) => (StatusCode::CONFLICT, "model_mismatch"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
@@ -76,6 +80,7 @@ impl ApiError {
             Self::BadRequest(m) => Self::BadRequest(at(m)),
             Self::NotFound(m) => Self::NotFound(at(m)),
             Self::Conflict(m) => Self::Conflict(at(m)),
+            Self::ModelMismatch(m) => Self::ModelMismatch(at(m)),
             other => other,
         }
     }
@@ -142,7 +147,10 @@ impl From<&IndexError> for ApiError {
                 Self::BadRequest(e.to_string())
             }
             IndexError::NoSuchCollection(_) => Self::NotFound(e.to_string()),
-            IndexError::Conflict { .. } => Self::Conflict(e.to_string()),
+            IndexError::Conflict { .. } | IndexError::NameTaken(_) => {
+                Self::Conflict(e.to_string())
+            }
+            IndexError::ModelMismatch { .. } => Self::ModelMismatch(e.to_string()),
             // Refused before anything was logged: retry elsewhere or after scaling out.
             IndexError::Capacity(_) => Self::Unavailable(e.to_string()),
             IndexError::Torch(_) | IndexError::Aborted(_) => Self::Internal(e.to_string()),

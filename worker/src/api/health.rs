@@ -37,6 +37,9 @@ pub enum ReadyState {
     CatchingUp,
     /// Writes stopped after a failure that needs a restart; `reason` says which.
     Halted,
+    /// Collections hold vectors of another model than this worker's (`model_mismatch`
+    /// lists them): it refuses to embed for them.
+    ModelMismatch,
 }
 
 #[derive(Debug, Default, Serialize, ToSchema)]
@@ -57,13 +60,16 @@ pub struct Readiness {
     reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     replication: Option<ReplicaStatus>,
+    /// The collections whose vectors come from another model, with that model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_mismatch: Option<Vec<String>>,
 }
 
 /// Ready once the model is loaded and the log replayed (and, replicated, caught up).
 #[utoipa::path(get, path = "/readyz", operation_id = "readyz", security(()), tag = "probes",
     responses(
         (status = 200, description = "ready", body = Readiness),
-        (status = 503, description = "starting, catching up, or halted (with the reason)", body = Readiness),
+        (status = 503, description = "starting, catching up, halted, or holding another model's vectors (with the reason)", body = Readiness),
     ))]
 pub async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Readiness>) {
     let Ok(engine) = state.engine() else {
@@ -85,6 +91,18 @@ pub async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Readi
         body.reason = Some(reason);
         code = StatusCode::SERVICE_UNAVAILABLE;
     }
+    let mismatched = engine.mismatched(&engine.store.view());
+    if !mismatched.is_empty() && code == StatusCode::OK {
+        // Serving these collections would mix two models' vectors: out of service until
+        // the model the data was made with runs here again (or the data is re-indexed).
+        body.status = ReadyState::ModelMismatch;
+        body.reason = Some(format!(
+            "collections hold vectors of another model than this worker's {}",
+            engine.model.describe()
+        ));
+        code = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    body.model_mismatch = (!mismatched.is_empty()).then_some(mismatched);
     if let Some(replicator) = &engine.replicator {
         body.replication = Some(replicator.status());
         if !replicator.is_caught_up() && code == StatusCode::OK {

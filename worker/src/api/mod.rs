@@ -1,6 +1,8 @@
 //! The HTTP API (axum): routing, shared state and request plumbing. Handlers live in one
 //! module per resource; errors map to statuses in [`error`].
 
+pub mod aliases;
+pub mod binding;
 pub mod browse;
 pub mod collections;
 pub mod documents;
@@ -48,6 +50,8 @@ pub struct Engine {
     /// The cross-encoder of `/v1/rerank` and the queries' `rerank` option (`reranker:`),
     /// with `reranker.max_texts`.
     pub reranker: Option<(kb_embed::Reranker, usize)>,
+    /// The identity of `embedder`'s model, which the collections it writes are bound to.
+    pub model: crate::log::ModelIdentity,
 }
 
 /// When a write is acknowledged.
@@ -213,6 +217,8 @@ fn bounded_routes() -> OpenApiRouter<SharedState> {
         .routes(routes!(embeddings::embeddings))
         .routes(routes!(embeddings::models))
         .routes(routes!(rerank::rerank))
+        .routes(routes!(aliases::list))
+        .routes(routes!(aliases::set, aliases::delete))
 }
 
 /// Outside the request bounds: probes must answer while the API is saturated, and a

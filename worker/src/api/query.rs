@@ -143,6 +143,8 @@ pub async fn query(
 ) -> Result<Json<QueryAnswer>, ApiError> {
     let (engine, body, _large) =
         read_request::<QueryBody>(&state, &collection, req, "query").await?;
+    // Through an alias: its collection.
+    let collection = engine.resolve(&collection);
     Ok(Json(run_query(&state, &engine, &collection, body).await?))
 }
 
@@ -170,6 +172,8 @@ pub async fn query_batch(
 ) -> Result<Json<BatchAnswer>, ApiError> {
     let (engine, body, _large) =
         read_request::<BatchBody>(&state, &collection, req, "batch").await?;
+    // Through an alias: its collection.
+    let collection = engine.resolve(&collection);
     if body.queries.is_empty() || body.queries.len() > MAX_BATCH_QUERIES {
         return Err(ApiError::BadRequest(format!(
             "`queries` needs 1 to {MAX_BATCH_QUERIES} queries, got {}",
@@ -235,12 +239,12 @@ async fn run_query(
     if let Some(seq) = body.min_sequence {
         engine.wait_min_sequence(seq).await?;
     }
-    let (version, lexical) = {
+    let (version, lexical, binding) = {
         let view = engine.store.view();
         let c = view.get(collection).ok_or_else(|| {
             ApiError::NotFound(format!("collection {collection:?} does not exist"))
         })?;
-        (c.version, c.lexical)
+        (c.version, c.lexical, c.binding.clone())
     };
     let query = match (body.query, body.vector) {
         (Some(text), None) if text.len() > state.limits.max_query_bytes => {
@@ -294,6 +298,10 @@ async fn run_query(
         if !lexical {
             return Err(IndexError::LexicalOff.into());
         }
+    }
+    // Query texts are embedded for dense and hybrid search: only by the collection's model.
+    if matches!(query, Query::Text(_)) && mode != Mode::Lexical {
+        engine.check_embeds(collection, binding.as_ref())?;
     }
     let (top_k, include_text, threshold) = (body.top_k, body.include_text, body.score_threshold);
     let filter_key = body

@@ -156,6 +156,9 @@ pub(crate) fn load_engine(
         .with_context(|| format!("loading model {}", model.display()))?;
     tracing::info!(requested = %cfg.embedding.device, devices = ?embedder.devices(),
         precision = embedder.precision(), "embedding devices chosen");
+    let identity = crate::log::ModelIdentity::of(&embedder, model)
+        .with_context(|| format!("reading model {} for its digest", model.display()))?;
+    tracing::info!(model = %identity.describe(), "model identity");
     let reranker = match &cfg.reranker {
         None => None,
         Some(r) => {
@@ -191,7 +194,12 @@ pub(crate) fn load_engine(
         let l2 = log
             .as_ref()
             .map(|l| (l.client().clone(), l.prefix().to_string()));
-        QueryCache::new(&cfg.cache, l2, model_fingerprint(model, &settings), metrics)
+        QueryCache::new(
+            &cfg.cache,
+            l2,
+            model_fingerprint(&identity.digest, &settings),
+            metrics,
+        )
     });
     let (store, replicator) = match log {
         None => {
@@ -216,7 +224,22 @@ pub(crate) fn load_engine(
         replicator,
         cache,
         reranker,
+        model: identity,
     })
+}
+
+/// Binds the collections written before bindings existed to this worker's model, once
+/// this worker has applied the whole log (a replica behind the stream might not see the
+/// binding another replica already wrote).
+async fn adopt_when_caught_up(engine: Arc<Engine>) {
+    if let Some(replicator) = &engine.replicator {
+        while !replicator.is_caught_up() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    if let Err(e) = engine.adopt_unbound().await {
+        tracing::warn!(error = %e, "could not record the model of older collections; retried at the next start");
+    }
 }
 
 /// Warns when a full chunk, with the document prefix and the special tokens, is longer
@@ -376,8 +399,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(task) = starting {
             task.abort();
         }
-        loader_state.set_engine(Arc::new(engine));
+        let engine = Arc::new(engine);
+        loader_state.set_engine(engine.clone());
         tracing::info!("model loaded and data opened");
+        tokio::spawn(adopt_when_caught_up(engine));
         anyhow::Ok(())
     });
     let app = api::router(state.clone());

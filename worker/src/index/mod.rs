@@ -1,11 +1,13 @@
 //! The in-memory index of every collection, rebuilt deterministically from the log.
 
+pub mod catalog;
 pub mod filter;
 pub mod flat;
 pub mod fusion;
 pub mod lexical;
 
-use crate::log::{Metric, Op, Record, Seq};
+use crate::log::{Binding, Metric, Op, Record, Seq};
+use catalog::Catalog;
 use flat::FlatIndex;
 use std::collections::BTreeMap;
 use tch::Device;
@@ -35,6 +37,14 @@ pub enum IndexError {
     Capacity(String),
     #[error("invalid filter: {0}")]
     Filter(String),
+    #[error("collection {collection:?} holds vectors of {stored}; this worker embeds with {given}. Run the model the collection was made with, or re-index it into a new collection for this model and point an alias at it")]
+    ModelMismatch {
+        collection: String,
+        stored: String,
+        given: String,
+    },
+    #[error("{0}")]
+    NameTaken(String),
     #[error("lexical and hybrid search need a lexical index, which this worker does not keep: set index.lexical to standard or english in the worker config (spec.index.lexical of the KnowledgeBase)")]
     LexicalOff,
 }
@@ -132,6 +142,8 @@ pub struct Index {
     /// Documents removed by the latest [`Op::DeleteMatching`] records, by sequence
     /// (the newest [`MATCHED_KEPT`]), for the answer of the request that logged them.
     matched: std::collections::VecDeque<(Seq, usize)>,
+    /// Bindings and aliases.
+    catalog: Catalog,
 }
 
 /// How many [`Op::DeleteMatching`] outcomes an index remembers.
@@ -147,7 +159,23 @@ impl Index {
             changed: BTreeMap::new(),
             loaded_at: 0,
             matched: std::collections::VecDeque::new(),
+            catalog: Catalog::default(),
         }
+    }
+
+    /// Bindings and aliases.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Replaces the catalog (snapshot restore).
+    pub fn set_catalog(&mut self, catalog: Catalog) {
+        self.catalog = catalog;
+    }
+
+    /// Where `collection`'s vectors come from, if recorded.
+    pub fn binding(&self, collection: &str) -> Option<&Binding> {
+        self.catalog.bindings.get(collection)
     }
 
     /// How many documents the [`Op::DeleteMatching`] record at `seq` removed (`None`
@@ -195,6 +223,8 @@ impl Index {
 
     /// Checks that `op` would apply cleanly, so that a failing write never reaches the log.
     pub fn check(&self, op: &Op) -> Result<(), IndexError> {
+        self.catalog
+            .check(op, &|c| self.collections.contains_key(c))?;
         match op {
             Op::CreateCollection {
                 collection,
@@ -223,8 +253,12 @@ impl Index {
                     None => Ok(()),
                 }
             }
-            Op::Delete { .. } | Op::DropCollection { .. } => Ok(()),
             Op::DeleteMatching { filter, .. } => parse_filter(filter).map(|_| ()),
+            Op::Delete { .. }
+            | Op::DropCollection { .. }
+            | Op::BindCollection { .. }
+            | Op::SetAlias { .. }
+            | Op::DeleteAlias { .. } => Ok(()),
         }
     }
 
@@ -238,6 +272,7 @@ impl Index {
                 Op::CreateCollection {
                     collection, dim, ..
                 } if !self.collections.contains_key(collection) => {
+                    self.catalog.check(op, &|_| false)?;
                     created.insert(collection, *dim);
                 }
                 Op::Upsert {
@@ -254,6 +289,12 @@ impl Index {
                 Op::DropCollection { collection } => {
                     created.remove(collection.as_str());
                     added.remove(collection.as_str());
+                }
+                Op::BindCollection {
+                    collection,
+                    binding,
+                } if created.contains_key(collection.as_str()) => {
+                    self.catalog.check_binding(collection, binding)?;
                 }
                 _ => self.check(op)?,
             }
@@ -333,6 +374,12 @@ impl Index {
             }
             Op::DropCollection { collection } => {
                 self.collections.remove(collection);
+                let collections = &self.collections;
+                self.catalog.apply(op, &|c| collections.contains_key(c))?;
+            }
+            Op::BindCollection { .. } | Op::SetAlias { .. } | Op::DeleteAlias { .. } => {
+                let collections = &self.collections;
+                self.catalog.apply(op, &|c| collections.contains_key(c))?;
             }
             Op::DeleteMatching { collection, filter } => {
                 let filter = parse_filter(filter)?;

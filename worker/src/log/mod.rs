@@ -4,8 +4,11 @@
 //! deterministic function of the log, so replaying it from the last snapshot rebuilds the
 //! exact state. [`wal::FileWal`] is the single-node implementation.
 
+pub mod binding;
 pub mod redis;
 pub mod wal;
+
+pub use binding::{Binding, ModelIdentity};
 
 use serde::{Deserialize, Serialize};
 
@@ -77,17 +80,31 @@ pub enum Op {
     /// [`crate::index::filter::Filter`]) when the record is applied: every replica
     /// evaluates it against the same state, after every earlier record.
     DeleteMatching { collection: String, filter: String },
+    // New variants go last: records are encoded with the variant's index.
+    /// Records where the collection's vectors come from. The first binding of a
+    /// collection holds; a different one applies as a no-op (see [`Binding`]).
+    BindCollection {
+        collection: String,
+        binding: Binding,
+    },
+    /// Points `alias` at `collection`, replacing where it pointed: every replica swaps at
+    /// the same record.
+    SetAlias { alias: String, collection: String },
+    /// Removes `alias`.
+    DeleteAlias { alias: String },
 }
 
 impl Op {
-    /// The collection this op changes.
+    /// The collection this op changes (the alias, for alias ops).
     pub fn collection(&self) -> &str {
         match self {
             Op::CreateCollection { collection, .. }
             | Op::Upsert { collection, .. }
             | Op::Delete { collection, .. }
             | Op::DropCollection { collection }
-            | Op::DeleteMatching { collection, .. } => collection,
+            | Op::DeleteMatching { collection, .. }
+            | Op::BindCollection { collection, .. } => collection,
+            Op::SetAlias { alias, .. } | Op::DeleteAlias { alias } => alias,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! written before this module load, and files written by it load in older builds.
 
 use super::{decode_into, io_err, SnapshotError, MAGIC, MAGIC_V1, TRAILER};
+use crate::index::catalog::Catalog;
 use crate::index::flat::{Builder, FlatIndex, Frozen, Row, CHUNK_ROWS};
 use crate::index::{Index, Placement};
 use crate::log::{Metadata, Metric, Seq};
@@ -61,6 +62,7 @@ pub(super) fn write_file<W: Write>(
     w: W,
     seq: Seq,
     collections: &[(String, Frozen)],
+    catalog: &Catalog,
     origin: &Path,
 ) -> Result<W, SnapshotError> {
     let io = |source| SnapshotError::Io {
@@ -73,10 +75,11 @@ pub(super) fn write_file<W: Write>(
         w: Checksummed::new(w),
         scratch: Vec::new(),
     };
-    enc.payload(seq, collections).map_err(|e| match e {
-        Failure::Io(e) => io(e),
-        Failure::Index(e) => SnapshotError::Index(e),
-    })?;
+    enc.payload(seq, collections, catalog)
+        .map_err(|e| match e {
+            Failure::Io(e) => io(e),
+            Failure::Index(e) => SnapshotError::Index(e),
+        })?;
     enc.w.finish().map_err(io)
 }
 
@@ -98,9 +101,24 @@ struct Encoder<W> {
 }
 
 impl<W: Write> Encoder<W> {
-    fn payload(&mut self, seq: Seq, collections: &[(String, Frozen)]) -> Result<(), Failure> {
-        self.w.write_all(&[crate::format::VERSION])?;
-        self.varint(seq)?;
+    fn payload(
+        &mut self,
+        seq: Seq,
+        collections: &[(String, Frozen)],
+        catalog: &Catalog,
+    ) -> Result<(), Failure> {
+        // An index without bindings or aliases keeps version 2, which older workers read.
+        if catalog.is_empty() {
+            self.w.write_all(&[crate::format::VERSION])?;
+            self.varint(seq)?;
+        } else {
+            self.w.write_all(&[PAYLOAD_WITH_CATALOG])?;
+            self.varint(seq)?;
+            let bytes = postcard::to_allocvec(catalog)
+                .map_err(|e| Failure::Io(std::io::Error::other(e.to_string())))?;
+            self.varint(bytes.len() as u64)?;
+            self.w.write_all(&bytes)?;
+        }
         self.varint(collections.len() as u64)?;
         for (name, c) in collections {
             self.string(name)?;
@@ -155,8 +173,16 @@ fn metric_index(metric: Metric) -> u64 {
     }
 }
 
+/// The payload version of an index with bindings or aliases: version 2's layout with the
+/// [`Catalog`] (its postcard bytes, length first) after the sequence.
+pub(super) const PAYLOAD_WITH_CATALOG: u8 = 3;
+
 /// What a payload's contents go to as they are read.
 pub(super) trait Sink {
+    /// The bindings and aliases (payload version 3; before the collections).
+    fn catalog(&mut self, _catalog: Catalog) -> Result<(), SnapshotError> {
+        Ok(())
+    }
     /// A collection of `rows` rows starts.
     fn collection(
         &mut self,
@@ -185,10 +211,20 @@ pub(super) fn read_payload(
         scratch: Vec::new(),
     };
     let version = d.byte()?;
-    if version != crate::format::VERSION {
-        return Err(d.invalid(&format!("payload format version {version}, expected 2")));
+    if version != crate::format::VERSION && version != PAYLOAD_WITH_CATALOG {
+        return Err(d.invalid(&format!(
+            "payload format version {version}, expected 2 or {PAYLOAD_WITH_CATALOG}"
+        )));
     }
     let seq = d.varint()?;
+    if version == PAYLOAD_WITH_CATALOG {
+        let len = d.count(1)?;
+        let mut bytes = vec![0u8; len];
+        d.fill(&mut bytes)?;
+        let catalog =
+            postcard::from_bytes(&bytes).map_err(|e| d.invalid(&format!("catalog: {e}")))?;
+        sink.catalog(catalog)?;
+    }
     // A collection takes at least 4 bytes (name length, dim, metric, row count).
     let collections = d.count(4)?;
     for _ in 0..collections {
@@ -320,6 +356,7 @@ impl<R: Read> Decoder<R> {
 pub(super) struct IndexSink {
     placement: Placement,
     index: Index,
+    catalog: Catalog,
     current: Option<(String, Builder)>,
 }
 
@@ -327,6 +364,7 @@ impl IndexSink {
     pub(super) fn new(placement: Placement) -> Self {
         Self {
             index: Index::new(placement.clone()),
+            catalog: Catalog::default(),
             placement,
             current: None,
         }
@@ -343,11 +381,17 @@ impl IndexSink {
     pub(super) fn finish(mut self, seq: Seq) -> Result<Index, SnapshotError> {
         self.close()?;
         self.index.set_applied(seq);
+        self.index.set_catalog(self.catalog);
         Ok(self.index)
     }
 }
 
 impl Sink for IndexSink {
+    fn catalog(&mut self, catalog: Catalog) -> Result<(), SnapshotError> {
+        self.catalog = catalog;
+        Ok(())
+    }
+
     fn collection(
         &mut self,
         name: String,

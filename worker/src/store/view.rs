@@ -4,7 +4,7 @@
 //! lock while a long search or a large apply holds it.
 
 use crate::index::Index;
-use crate::log::{Metric, Seq};
+use crate::log::{Binding, Metric, Seq};
 use std::collections::BTreeMap;
 
 /// The index as of its last write.
@@ -14,6 +14,8 @@ pub struct IndexView {
     pub applied: Seq,
     /// Every collection, by name.
     pub collections: BTreeMap<String, CollectionView>,
+    /// Alias → collection.
+    pub aliases: BTreeMap<String, String>,
 }
 
 /// One collection as of the last write.
@@ -28,6 +30,8 @@ pub struct CollectionView {
     pub version: Seq,
     /// Whether the collection keeps a lexical index (`index.lexical` is not `off`).
     pub lexical: bool,
+    /// Where its vectors come from (`None`: not recorded yet, data of an older version).
+    pub binding: Option<Binding>,
 }
 
 impl IndexView {
@@ -45,6 +49,7 @@ impl IndexView {
                     tombstones: stats.tombstones,
                     version: index.version(name),
                     lexical: c.lexical_analyzer().is_some(),
+                    binding: index.binding(name).cloned(),
                 };
                 (name.clone(), view)
             })
@@ -52,7 +57,13 @@ impl IndexView {
         IndexView {
             applied: index.applied(),
             collections,
+            aliases: index.catalog().aliases.clone(),
         }
+    }
+
+    /// The collection `name` designates: an alias's target, or `name` itself.
+    pub fn resolve<'a>(&'a self, name: &'a str) -> &'a str {
+        self.aliases.get(name).map_or(name, String::as_str)
     }
 
     /// One collection, if it exists.

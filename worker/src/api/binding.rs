@@ -1,0 +1,94 @@
+//! Which collections this worker's model may embed for, and the names (aliases) that
+//! stand for collections: the checks every handler makes before it embeds or writes.
+
+use super::error::ApiError;
+use super::{Engine, Wait};
+use crate::log::{Binding, Op};
+use crate::store::IndexView;
+
+impl Engine {
+    /// The collection `name` designates now: an alias's target, or `name` itself.
+    pub fn resolve(&self, name: &str) -> String {
+        self.store.view().resolve(name).to_string()
+    }
+
+    /// What this worker's model binds a collection to.
+    pub fn binding(&self) -> Binding {
+        Binding::Model(self.model.clone())
+    }
+
+    /// Whether this worker may embed texts for `collection`, bound to `binding` (a
+    /// collection without a binding, or not created yet, takes this worker's model).
+    pub fn check_embeds(
+        &self,
+        collection: &str,
+        binding: Option<&Binding>,
+    ) -> Result<(), ApiError> {
+        match binding {
+            None => Ok(()),
+            Some(Binding::Model(m)) if m.same_vectors(&self.model) => Ok(()),
+            Some(Binding::Model(m)) => Err(ApiError::ModelMismatch(format!(
+                "collection {collection:?} holds vectors of {}; this worker embeds with {}. \
+                 Run the model the collection was made with, or re-index the collection for \
+                 this model and point an alias at the new one",
+                m.describe(),
+                self.model.describe()
+            ))),
+            Some(Binding::External) => Err(ApiError::BadRequest(format!(
+                "collection {collection:?} holds vectors sent by clients (created with \
+                 \"vectors\": \"external\"): send a `vector` with each document and query, or \
+                 query with \"mode\": \"lexical\""
+            ))),
+        }
+    }
+
+    /// The collections whose vectors come from another model, described.
+    pub fn mismatched(&self, view: &IndexView) -> Vec<String> {
+        view.collections
+            .iter()
+            .filter_map(|(name, c)| match &c.binding {
+                Some(Binding::Model(m)) if !m.same_vectors(&self.model) => {
+                    Some(format!("{name} ({})", m.describe()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Binds every collection that has no binding yet (data written before bindings
+    /// existed) to this worker's model: the first model that opens the data adopts it.
+    /// Returns the collections adopted.
+    pub async fn adopt_unbound(&self) -> Result<Vec<String>, ApiError> {
+        let unbound: Vec<String> = {
+            let view = self.store.view();
+            view.collections
+                .iter()
+                .filter(|(_, c)| c.binding.is_none())
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        if unbound.is_empty() {
+            return Ok(unbound);
+        }
+        let ops = unbound
+            .iter()
+            .map(|collection| Op::BindCollection {
+                collection: collection.clone(),
+                binding: self.binding(),
+            })
+            .collect();
+        self.write(ops, Wait::Applied).await?;
+        for collection in &unbound {
+            tracing::warn!(
+                collection,
+                model = %self.model.describe(),
+                "collection had no model recorded (written by an older version); adopted by \
+                 this worker's model"
+            );
+        }
+        Ok(unbound)
+    }
+}
+
+#[cfg(test)]
+mod tests;
