@@ -1,5 +1,5 @@
 //! Replicated mode against real `redis-server` processes on free loopback ports: workers
-//! share one stream, a late replica bootstraps from a peer's snapshot, and Redis killed
+//! share one stream (aliases included), a late replica bootstraps from a peer's snapshot, and Redis killed
 //! mid-ingestion loses no acknowledged write.
 
 mod common;
@@ -54,6 +54,26 @@ async fn replicas_share_one_stream_and_a_late_replica_bootstraps_from_a_peer() {
     assert_eq!(find(&workers[0].url, "r1b2", 3, seq).await, Value::Null);
     let after_delete =
         json!({"query": "document number 3 about topic 1", "top_k": 5, "min_sequence": seq});
+    // An alias set through one replica is taken by every replica at the same record.
+    let resp = reqwest::Client::new()
+        .put(format!("{}/v1/aliases/live", workers[2].url))
+        .json(&json!({"collection": "c"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let aliased = resp.json::<Value>().await.unwrap()["sequence"]
+        .as_u64()
+        .unwrap();
+    let probe =
+        json!({"query": "document number 3 about topic 1", "top_k": 5, "min_sequence": aliased});
+    for w in &workers {
+        let through_alias = query_in(&w.url, "live", probe.clone()).await;
+        assert_eq!(
+            through_alias["hits"],
+            query(&w.url, probe.clone()).await["hits"]
+        );
+    }
 
     // Every replica snapshots every 5 records and heartbeats; the stream gets trimmed, so a
     // new replica can only join through a peer snapshot.
@@ -77,9 +97,29 @@ async fn replicas_share_one_stream_and_a_late_replica_bootstraps_from_a_peer() {
     assert!(snapshots >= 1, "the late replica installed a peer snapshot");
     assert_eq!(
         query(&late.url, after_delete.clone()).await["hits"],
-        query(&workers[1].url, after_delete).await["hits"]
+        query(&workers[1].url, after_delete.clone()).await["hits"]
     );
     assert_eq!(documents(&late.url).await, 35);
+    // The alias and the collection's model came with the peer's snapshot and the stream.
+    let through_alias = query_in(&late.url, "live", after_delete.clone()).await;
+    assert_eq!(
+        through_alias["hits"],
+        query(&late.url, after_delete).await["hits"]
+    );
+    let c: Value = reqwest::get(format!("{}/v1/collections/c", late.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (c["vectors"].clone(), c["aliases"].clone()),
+        (json!("model"), json!(["live"]))
+    );
+    assert!(c["model"]["digest"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
     // New writes reach the late replica too.
     let seq = ingest_ok(&workers[0].url, docs("after", 2)).await;
     assert_eq!(find(&late.url, "after", 1, seq).await, "after-1");

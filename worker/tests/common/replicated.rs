@@ -30,8 +30,13 @@ pub async fn ingest_ok(url: &str, docs: Value) -> u64 {
 }
 
 pub async fn query(url: &str, body: Value) -> Value {
+    query_in(url, "c", body).await
+}
+
+/// A query of `collection` (or alias).
+pub async fn query_in(url: &str, collection: &str, body: Value) -> Value {
     let resp = reqwest::Client::new()
-        .post(format!("{url}/v1/collections/c/query"))
+        .post(format!("{url}/v1/collections/{collection}/query"))
         .json(&body)
         .send()
         .await
