@@ -390,13 +390,19 @@ fn analyzer_seconds(texts: &[&str]) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
+/// Per engine, the rows of each case's top 10.
+type Results = Vec<Vec<Vec<usize>>>;
+
+/// Per engine, the milliseconds of each timed search.
+type Times = Vec<Vec<f64>>;
+
 /// Per engine: the top 10 of every case (from an untimed warm-up pass) and the
 /// milliseconds of every timed search (`rounds` per case, engines interleaved).
 fn run_cases(
     engines: &[(String, Engine, f64)],
     cases: &[Case],
     rounds: usize,
-) -> anyhow::Result<(Vec<Vec<Vec<usize>>>, Vec<Vec<f64>>)> {
+) -> anyhow::Result<(Results, Times)> {
     let n = engines.len();
     let mut results = vec![Vec::with_capacity(cases.len()); n];
     for case in cases {
