@@ -16,7 +16,8 @@ pub struct RerankerConfig {
     /// embedding engine's `embedding.device`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
-    /// Unset: the embedding engine's `embedding.precision`.
+    /// Unset: the embedding engine's `embedding.precision`. `auto` on a CPU is measured
+    /// at start (fp32 vs bf16 on query/passage pairs) and cached in the data directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
     /// Pairs longer than this many tokens are cut (longest side first). Unset: the

@@ -237,3 +237,74 @@ fn auto_precision_is_measured_once_and_then_read_from_the_cache() {
     assert!(fp32.calibration().is_none());
     assert_eq!(fp32.precision(), "fp32");
 }
+
+/// Not a check: rerank latency and throughput with 1 and 4 concurrent clients (50
+/// passages a request), one executor with every core against the default executors, in
+/// `KB_RERANK_BENCH_PRECISION` (default auto). Run in release:
+/// `KB_RERANK_BENCH_MODEL=DIR KB_RERANK_BENCH_CORPUS=corpus.jsonl cargo test
+/// --release -p kb-embed --test rerank -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn rerank_latency_under_concurrency() {
+    let model = PathBuf::from(std::env::var("KB_RERANK_BENCH_MODEL").expect("a model dir"));
+    let corpus = std::env::var("KB_RERANK_BENCH_CORPUS").expect("a corpus.jsonl");
+    let texts: Vec<String> = std::fs::read_to_string(corpus)
+        .unwrap()
+        .lines()
+        .take(2_000)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let precision = std::env::var("KB_RERANK_BENCH_PRECISION").unwrap_or("auto".into());
+    for executors in [Some(1), None] {
+        let cfg = EmbeddingConfig {
+            device: "cpu".into(),
+            cpu_executors: executors,
+            precision: serde_json::from_value(serde_json::json!(precision)).unwrap(),
+            ..EmbeddingConfig::default()
+        };
+        let reranker = Reranker::load(&model, &cfg).unwrap();
+        for clients in [1usize, 4] {
+            let per_client = 40 / clients;
+            let started = std::time::Instant::now();
+            let mut ms: Vec<f64> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..clients)
+                    .map(|c| {
+                        let (reranker, texts) = (&reranker, &texts);
+                        s.spawn(move || {
+                            (0..per_client)
+                                .map(|r| {
+                                    let at = ((c * per_client + r) * 37) % (texts.len() - 50);
+                                    let passages = texts[at..at + 50].to_vec();
+                                    let t = std::time::Instant::now();
+                                    reranker.score_blocking(&texts[at + 50], passages).unwrap();
+                                    t.elapsed().as_secs_f64() * 1e3
+                                })
+                                .collect::<Vec<f64>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap())
+                    .collect()
+            });
+            let seconds = started.elapsed().as_secs_f64();
+            ms.sort_by(f64::total_cmp);
+            let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+            println!(
+                "cores {cores} executors {} precision {} clients {clients}: p50 {:.0} ms, p99 {:.0} ms, {:.0} pairs/s",
+                reranker.executors(),
+                reranker.precision(),
+                at(0.5),
+                at(0.99),
+                (ms.len() * 50) as f64 / seconds
+            );
+        }
+    }
+}
