@@ -58,6 +58,21 @@ pub struct WorkerConfig {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub index: IndexConfig,
+    /// What a worker does when collections hold vectors of another model than its own:
+    /// `refuse` (serve, answer 409 `model_mismatch` for them, not ready) or `exit` (stop
+    /// with the reason once the log is applied: the operator's setting, so that the pod's
+    /// termination message reaches the KnowledgeBase's `Degraded` condition). Environment:
+    /// `KB_ON_MODEL_MISMATCH`.
+    pub on_model_mismatch: OnModelMismatch,
+}
+
+/// See [`WorkerConfig::on_model_mismatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnModelMismatch {
+    #[default]
+    Refuse,
+    Exit,
 }
 
 impl Default for WorkerConfig {
@@ -78,6 +93,7 @@ impl Default for WorkerConfig {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             index: IndexConfig::default(),
+            on_model_mismatch: OnModelMismatch::default(),
         }
     }
 }
@@ -366,6 +382,18 @@ impl WorkerConfig {
                 "KB_DEVICE" => self.embedding.device = value,
                 "KB_REDIS_URL" => self.redis.get_or_insert_with(Default::default).url = Some(value),
                 "KB_API_KEYS_FILE" => self.auth.api_keys_file = Some(value.into()),
+                "KB_ON_MODEL_MISMATCH" => {
+                    self.on_model_mismatch = match value.as_str() {
+                        "refuse" => OnModelMismatch::Refuse,
+                        "exit" => OnModelMismatch::Exit,
+                        _ => {
+                            return Err(ConfigError::Env {
+                                var: var.clone(),
+                                message: format!("{value:?}: use refuse or exit"),
+                            })
+                        }
+                    }
+                }
                 "KB_MAX_BATCH_TOKENS" => {
                     self.embedding.max_batch_tokens =
                         value.parse().map_err(|e| ConfigError::Env {

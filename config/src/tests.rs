@@ -65,6 +65,14 @@ fn env_overrides_win_and_bad_numbers_are_named() {
         .apply_env([("KB_MAX_BATCH_TOKENS".to_string(), "lots".to_string())])
         .unwrap_err();
     assert!(err.to_string().contains("KB_MAX_BATCH_TOKENS"));
+    assert_eq!(cfg.on_model_mismatch, crate::OnModelMismatch::Refuse);
+    cfg.apply_env([("KB_ON_MODEL_MISMATCH".to_string(), "exit".to_string())])
+        .unwrap();
+    assert_eq!(cfg.on_model_mismatch, crate::OnModelMismatch::Exit);
+    let err = cfg
+        .apply_env([("KB_ON_MODEL_MISMATCH".to_string(), "ignore".to_string())])
+        .unwrap_err();
+    assert!(err.to_string().contains("refuse or exit"), "{err}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! A worker that keeps failing is reported in the `Degraded` condition against an
 //! in-memory API server: killed at its memory limit (`WorkerOOMKilled`, naming the limit
 //! to raise) or exiting with an error (`WorkerCrashLooping`, with the worker's own last
-//! `error:` line from its termination message), and the condition clears once it runs.
+//! `error:` line from its termination message; `ModelMismatch` when it stopped because its
+//! model is not its data's), and the condition clears once it runs.
 
 mod common;
 
@@ -130,6 +131,26 @@ async fn a_failing_worker_is_reported_in_degraded_with_what_to_do() {
         message.ends_with(": error: opening the data directory: record 1502 is in the log but could not be applied: not enough memory: raise the memory limit (resources.limits.memory)"),
         "{message}"
     );
+
+    // Stopped because the stored collections were embedded by another model.
+    let mismatch = "error: model_mismatch: this worker embeds with minilm-cls (sha256:1, cls \
+        pooling, 384 dimensions), and these collections hold vectors of another model: docs \
+        (all-MiniLM-L6-v2 (sha256:2, mean pooling, normalised, 384 dimensions))\n";
+    set_worker_status(
+        &client,
+        json!({"ready": false, "restartCount": 5,
+               "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+               "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": mismatch}}}),
+    )
+    .await;
+    converge(&ctx, &writes, "docs").await;
+    let (status, reason, message) = degraded(&client).await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "ModelMismatch")
+    );
+    assert!(message.contains("Revert spec.embedding.modelPath or modelVolume"), "{message}");
+    assert!(message.contains("docs (all-MiniLM-L6-v2"), "{message}");
 
     // Running and ready again: nothing to report, although it restarted before.
     set_worker_status(

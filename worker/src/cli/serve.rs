@@ -13,7 +13,7 @@ use crate::replica::{self, Replicator};
 use crate::search::SearchBatcher;
 use crate::store::Store;
 use anyhow::{bail, Context};
-use kb_config::{CpuScreen, IndexConfig, Lexical, WorkerConfig};
+use kb_config::{CpuScreen, IndexConfig, Lexical, OnModelMismatch, WorkerConfig};
 use kb_embed::Embedder;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -231,7 +231,7 @@ pub(crate) fn load_engine(
 /// Binds the collections written before bindings existed to this worker's model, once
 /// this worker has applied the whole log (a replica behind the stream might not see the
 /// binding another replica already wrote).
-async fn adopt_when_caught_up(engine: Arc<Engine>) {
+async fn adopt_when_caught_up(engine: &Engine) {
     if let Some(replicator) = &engine.replicator {
         while !replicator.is_caught_up() {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -240,6 +240,23 @@ async fn adopt_when_caught_up(engine: Arc<Engine>) {
     if let Err(e) = engine.adopt_unbound().await {
         tracing::warn!(error = %e, "could not record the model of older collections; retried at the next start");
     }
+}
+
+/// With `on_model_mismatch: exit`, stops the worker when collections hold vectors of
+/// another model, with the reason (the pod's termination message). The message starts
+/// with `model_mismatch:` for the operator.
+pub(crate) fn check_models(engine: &Engine, policy: OnModelMismatch) -> anyhow::Result<()> {
+    let mismatched = engine.mismatched(&engine.store.view());
+    if policy == OnModelMismatch::Exit && !mismatched.is_empty() {
+        bail!(
+            "model_mismatch: this worker embeds with {}, and these collections hold vectors of \
+             another model: {}. Run the model they were made with (revert \
+             spec.embedding.modelPath or modelVolume), or re-index them for this model",
+            engine.model.describe(),
+            mismatched.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Warns when a full chunk, with the document prefix and the special tokens, is longer
@@ -389,6 +406,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(async move { axum::serve(metrics_listener, metrics_app).await });
     tokio::spawn(reload_keys(state.clone()));
     let loader_state = state.clone();
+    let on_mismatch = cfg.on_model_mismatch;
     let loader = tokio::spawn(async move {
         let (log, starting) = connect_replica(&cfg).await?.unzip();
         let metrics = loader_state.metrics.clone();
@@ -402,8 +420,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let engine = Arc::new(engine);
         loader_state.set_engine(engine.clone());
         tracing::info!("model loaded and data opened");
-        tokio::spawn(adopt_when_caught_up(engine));
-        anyhow::Ok(())
+        adopt_when_caught_up(&engine).await;
+        check_models(&engine, on_mismatch)
     });
     let app = api::router(state.clone());
     let mut server = tokio::spawn(async move {

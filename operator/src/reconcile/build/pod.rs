@@ -164,9 +164,22 @@ fn probe(path: &str, failure_threshold: i32, period_seconds: i32) -> Probe {
     }
 }
 
-/// Replicated mode: the Redis password, the admin key for peer snapshots, and the pod
+/// `KB_ON_MODEL_MISMATCH=exit`: a worker whose model is not its data's stops with the
+/// reason, which `Degraded` shows as `ModelMismatch` (an environment variable rather than
+/// a config key, so that older worker images, which ignore it, still read the ConfigMap).
+/// Replicated mode adds the Redis password, the admin key for peer snapshots, and the pod
 /// name that identifies the replica in the heartbeat registry.
 fn env(spec: &KnowledgeBaseSpec, names: &Names) -> Option<Vec<EnvVar>> {
+    let mut env = vec![EnvVar {
+        name: "KB_ON_MODEL_MISMATCH".to_string(),
+        value: Some("exit".to_string()),
+        ..EnvVar::default()
+    }];
+    env.extend(replica_env(spec, names).into_iter().flatten());
+    Some(env)
+}
+
+fn replica_env(spec: &KnowledgeBaseSpec, names: &Names) -> Option<Vec<EnvVar>> {
     spec.redis.as_ref()?;
     let keys_secret = spec
         .auth

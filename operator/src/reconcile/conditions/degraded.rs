@@ -31,6 +31,19 @@ fn pod_problem(problem: &PodProblem) -> Verdict {
                 f.pod, f.restarts
             ),
         ),
+        PodProblem::Crashed(f) if f.message.as_deref().is_some_and(is_model_mismatch) => (
+            "True",
+            "ModelMismatch",
+            format!(
+                "pod {}: the worker's embedding model is not the one the stored collections \
+                 were embedded with, so it stops instead of mixing two models' vectors; the \
+                 rolling update waits at this pod while the others serve. Revert \
+                 spec.embedding.modelPath or modelVolume (or the image), or re-index the data \
+                 for the new model (docs/operator.md, Changing the model): {}",
+                f.pod,
+                f.message.as_deref().unwrap_or_default()
+            ),
+        ),
         PodProblem::Crashed(f) => (
             "True",
             "WorkerCrashLooping",
@@ -95,4 +108,9 @@ fn pod_problem(problem: &PodProblem) -> Verdict {
             ),
         ),
     }
+}
+
+/// The worker's `model_mismatch:` stop (`on_model_mismatch: exit`).
+fn is_model_mismatch(message: &str) -> bool {
+    message.contains("error: model_mismatch:")
 }

@@ -55,7 +55,7 @@ async fn another_model_on_the_data_is_refused_with_409_and_reported_by_readiness
     // The same data opened by a worker running the CLS-pooled model.
     copy_dir(&data_a, &data_b);
     let cls = cls_model(tmp.path());
-    let (_t2, _s2, url) = serve(move |cfg| {
+    let (_t2, s2, url) = serve(move |cfg| {
         cfg.data_dir = data_b;
         cfg.model = Some(cls);
     })
@@ -106,6 +106,12 @@ async fn another_model_on_the_data_is_refused_with_409_and_reported_by_readiness
         metrics.contains("kb_worker_collection_model_mismatch{collection=\"docs\"} 1"),
         "{metrics}"
     );
+    // With `on_model_mismatch: exit` (the operator's setting) the worker stops instead.
+    let engine = s2.engine().unwrap();
+    crate::cli::serve::check_models(&engine, kb_config::OnModelMismatch::Refuse).unwrap();
+    let stop = crate::cli::serve::check_models(&engine, kb_config::OnModelMismatch::Exit);
+    let stop = stop.unwrap_err().to_string();
+    assert!(stop.starts_with("model_mismatch: ") && stop.contains("docs ("), "{stop}");
     // A new collection takes this worker's model.
     let doc = json!([{"id": "fox", "text": "A quick brown fox."}]);
     assert_eq!(ingest(&url, "fresh", doc).await.0, 200);
