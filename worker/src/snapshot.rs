@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod incoming;
+mod sink;
 mod stream;
 pub use incoming::{Incoming, Received};
 pub use stream::{load_file, verify_file};

@@ -1,4 +1,5 @@
 use super::*;
+use crate::api::AppState;
 use crate::host::{tests::fix, HostMemory};
 
 #[test]

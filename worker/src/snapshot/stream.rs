@@ -8,9 +8,10 @@
 //! UTF-8, `f32` as 4 little-endian bytes, enum variants as varint indexes), so files
 //! written before this module load, and files written by it load in older builds.
 
+pub(super) use super::sink::{CheckSink, IndexSink, Sink};
 use super::{decode_into, io_err, SnapshotError, MAGIC, MAGIC_V1, TRAILER};
 use crate::index::catalog::Catalog;
-use crate::index::flat::{Builder, FlatIndex, Frozen, Row, CHUNK_ROWS};
+use crate::index::flat::{Frozen, Row, CHUNK_ROWS};
 use crate::index::{Index, Placement};
 use crate::log::{Metadata, Metric, Seq};
 use std::fs::{self, File};
@@ -177,24 +178,6 @@ fn metric_index(metric: Metric) -> u64 {
 /// [`Catalog`] (its postcard bytes, length first) after the sequence.
 pub(super) const PAYLOAD_WITH_CATALOG: u8 = 3;
 
-/// What a payload's contents go to as they are read.
-pub(super) trait Sink {
-    /// The bindings and aliases (payload version 3; before the collections).
-    fn catalog(&mut self, _catalog: Catalog) -> Result<(), SnapshotError> {
-        Ok(())
-    }
-    /// A collection of `rows` rows starts.
-    fn collection(
-        &mut self,
-        name: String,
-        dim: usize,
-        metric: Metric,
-        rows: usize,
-    ) -> Result<(), SnapshotError>;
-    /// The next rows of the current collection, with their row-major vectors.
-    fn rows(&mut self, rows: Vec<Arc<Row>>, vectors: &[f32]) -> Result<(), SnapshotError>;
-}
-
 /// Reads a version-2 payload of `len` bytes from `r` into `sink`; returns its sequence.
 /// Lengths are checked against the bytes left before anything is allocated for them, and
 /// the payload must end exactly where its last row does.
@@ -348,88 +331,6 @@ impl<R: Read> Decoder<R> {
                 .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
         );
         self.scratch = bytes;
-        Ok(())
-    }
-}
-
-/// Builds an [`Index`] on a placement from what is read.
-pub(super) struct IndexSink {
-    placement: Placement,
-    index: Index,
-    catalog: Catalog,
-    current: Option<(String, Builder)>,
-}
-
-impl IndexSink {
-    pub(super) fn new(placement: Placement) -> Self {
-        Self {
-            index: Index::new(placement.clone()),
-            catalog: Catalog::default(),
-            placement,
-            current: None,
-        }
-    }
-
-    fn close(&mut self) -> Result<(), SnapshotError> {
-        if let Some((name, builder)) = self.current.take() {
-            self.index.insert(name, builder.finish()?);
-        }
-        Ok(())
-    }
-
-    /// The index, at sequence `seq`.
-    pub(super) fn finish(mut self, seq: Seq) -> Result<Index, SnapshotError> {
-        self.close()?;
-        self.index.set_applied(seq);
-        self.index.set_catalog(self.catalog);
-        Ok(self.index)
-    }
-}
-
-impl Sink for IndexSink {
-    fn catalog(&mut self, catalog: Catalog) -> Result<(), SnapshotError> {
-        self.catalog = catalog;
-        Ok(())
-    }
-
-    fn collection(
-        &mut self,
-        name: String,
-        dim: usize,
-        metric: Metric,
-        rows: usize,
-    ) -> Result<(), SnapshotError> {
-        self.close()?;
-        let kind = crate::index::flat::storage_kind(self.placement.primary());
-        let builder = FlatIndex::builder(dim, metric, self.placement.clone(), kind, rows)?;
-        self.current = Some((name, builder));
-        Ok(())
-    }
-
-    fn rows(&mut self, rows: Vec<Arc<Row>>, vectors: &[f32]) -> Result<(), SnapshotError> {
-        match self.current.as_mut() {
-            Some((_, builder)) => Ok(builder.push(rows, vectors)?),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Reads nothing into memory: checks the payload's structure only.
-#[derive(Default)]
-pub(super) struct CheckSink;
-
-impl Sink for CheckSink {
-    fn collection(
-        &mut self,
-        _: String,
-        _: usize,
-        _: Metric,
-        _: usize,
-    ) -> Result<(), SnapshotError> {
-        Ok(())
-    }
-
-    fn rows(&mut self, _: Vec<Arc<Row>>, _: &[f32]) -> Result<(), SnapshotError> {
         Ok(())
     }
 }
