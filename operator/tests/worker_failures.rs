@@ -149,7 +149,10 @@ async fn a_failing_worker_is_reported_in_degraded_with_what_to_do() {
         (status.as_str(), reason.as_str()),
         ("True", "ModelMismatch")
     );
-    assert!(message.contains("Revert spec.embedding.modelPath or modelVolume"), "{message}");
+    assert!(
+        message.contains("Revert spec.embedding.modelPath or modelVolume"),
+        "{message}"
+    );
     assert!(message.contains("docs (all-MiniLM-L6-v2"), "{message}");
 
     // Running and ready again: nothing to report, although it restarted before.

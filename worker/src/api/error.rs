@@ -147,9 +147,7 @@ impl From<&IndexError> for ApiError {
                 Self::BadRequest(e.to_string())
             }
             IndexError::NoSuchCollection(_) => Self::NotFound(e.to_string()),
-            IndexError::Conflict { .. } | IndexError::NameTaken(_) => {
-                Self::Conflict(e.to_string())
-            }
+            IndexError::Conflict { .. } | IndexError::NameTaken(_) => Self::Conflict(e.to_string()),
             IndexError::ModelMismatch { .. } => Self::ModelMismatch(e.to_string()),
             // Refused before anything was logged: retry elsewhere or after scaling out.
             IndexError::Capacity(_) => Self::Unavailable(e.to_string()),

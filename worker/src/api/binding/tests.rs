@@ -111,7 +111,10 @@ async fn another_model_on_the_data_is_refused_with_409_and_reported_by_readiness
     crate::cli::serve::check_models(&engine, kb_config::OnModelMismatch::Refuse).unwrap();
     let stop = crate::cli::serve::check_models(&engine, kb_config::OnModelMismatch::Exit);
     let stop = stop.unwrap_err().to_string();
-    assert!(stop.starts_with("model_mismatch: ") && stop.contains("docs ("), "{stop}");
+    assert!(
+        stop.starts_with("model_mismatch: ") && stop.contains("docs ("),
+        "{stop}"
+    );
     // A new collection takes this worker's model.
     let doc = json!([{"id": "fox", "text": "A quick brown fox."}]);
     assert_eq!(ingest(&url, "fresh", doc).await.0, 200);
