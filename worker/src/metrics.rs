@@ -78,6 +78,8 @@ pub struct Metrics {
     embed_device_info: Family<EngineLabels, Gauge>,
     embed_calibration_seconds: Family<PrecisionLabels, FloatGauge>,
     embed_calibration_min_cosine: Family<PrecisionLabels, FloatGauge>,
+    rerank_calibration_seconds: Family<PrecisionLabels, FloatGauge>,
+    rerank_calibration_max_logit_error: Family<PrecisionLabels, FloatGauge>,
     embed_busy_seconds: FloatGauge,
     index_chunks: Family<CollectionLabels, Gauge>,
     model_mismatch: Family<CollectionLabels, Gauge>,
@@ -132,6 +134,8 @@ impl Metrics {
             embed_device_info: Family::default(),
             embed_calibration_seconds: Family::default(),
             embed_calibration_min_cosine: Family::default(),
+            rerank_calibration_seconds: Family::default(),
+            rerank_calibration_max_logit_error: Family::default(),
             embed_busy_seconds: FloatGauge::default(),
             index_chunks: Family::default(),
             model_mismatch: Family::default(),
@@ -208,6 +212,16 @@ impl Metrics {
             "embed_calibration_min_cosine",
             "precision: auto on a CPU: worst cosine of each candidate precision's calibration vectors to fp32's (0.999 needed to be chosen)",
             m.embed_calibration_min_cosine.clone(),
+        );
+        r.register(
+            "rerank_calibration_seconds",
+            "The reranker's precision: auto on a CPU: median seconds of its calibration batch (16 pairs of a 16-token query and a 128-token passage) per candidate precision, measured at start or read from the data directory's cache",
+            m.rerank_calibration_seconds.clone(),
+        );
+        r.register(
+            "rerank_calibration_max_logit_error",
+            "The reranker's precision: auto on a CPU: largest difference of each candidate precision's logits from fp32's on the calibration batch (0.1 at most, and fp32's order, to be chosen)",
+            m.rerank_calibration_max_logit_error.clone(),
         );
         r.register(
             "embed_rejected",

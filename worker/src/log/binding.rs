@@ -118,8 +118,7 @@ impl Binding {
 }
 
 /// The digest of a model directory (see [`ModelIdentity::digest`]): every file that
-/// decides its vectors, hashed whole (SHA-256 runs at about a gigabyte per second with the
-/// CPU's SHA extensions: a fraction of a second for a small model's weights).
+/// decides its vectors, hashed whole, once per start.
 pub fn digest(model_dir: &Path) -> std::io::Result<String> {
     let mut h = Sha256::new();
     for file in MODEL_FILES {

@@ -36,6 +36,18 @@ impl Metrics {
                     .get_or_create(&labels)
                     .set(f64::from(trial.min_cosine));
             }
+            let reranker = engine.reranker.as_ref().and_then(|(r, _)| r.calibration());
+            for trial in reranker.map_or(&[][..], |c| c.trials.as_slice()) {
+                let labels = PrecisionLabels {
+                    precision: trial.precision.clone(),
+                };
+                self.rerank_calibration_seconds
+                    .get_or_create(&labels)
+                    .set(trial.seconds);
+                self.rerank_calibration_max_logit_error
+                    .get_or_create(&labels)
+                    .set(f64::from(trial.max_logit_error));
+            }
             for lane in &s.lanes {
                 let labels = LaneLabels { lane: lane.lane };
                 self.embed_queue_depth

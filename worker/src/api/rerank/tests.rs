@@ -259,3 +259,34 @@ async fn queries_with_rerank_come_ordered_by_the_cross_encoder() {
     let (status, _) = post(&url, "/v1/collections/c/query", too_many).await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rerankers_measured_precision_is_exported() {
+    let models = tempfile::tempdir().unwrap();
+    let model = cross_encoder(models.path());
+    let (_tmp, _state, url) = serve(move |cfg| {
+        cfg.embedding.precision = Precision::Fp32;
+        let mut reranker = RerankerConfig::new(model);
+        reranker.precision = Some(Precision::Auto);
+        cfg.reranker = Some(reranker);
+    })
+    .await;
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    let fp32 = "{precision=\"fp32\"}";
+    assert!(sample(&format!("kb_worker_rerank_calibration_seconds{fp32}")) > 0.0);
+    let error = sample(&format!(
+        "kb_worker_rerank_calibration_max_logit_error{fp32}"
+    ));
+    assert_eq!(error, 0.0, "fp32 is the reference");
+}
