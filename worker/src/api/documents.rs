@@ -266,16 +266,23 @@ pub async fn ingest_documents(
 ) -> Result<Ingested, ApiError> {
     // Through an alias: its collection.
     let collection = &engine.resolve(collection);
-    let stored = engine.store.view().get(collection).cloned();
-    let binding = stored.as_ref().and_then(|c| c.binding.clone());
-    let external = binding == Some(Binding::External);
     // A collection of another model takes nothing from this worker, vectors included; one
     // of client vectors takes only documents that bring theirs.
-    if !external || docs.iter().any(|d| d.vector.is_none()) {
-        engine.check_embeds(collection, binding.as_ref())?;
-    }
-    let (dim, whose) = match &stored {
-        Some(c) if external => (c.dim, "the collection"),
+    let (external, unbound, stored_dim, metric) = {
+        let view = engine.store.view();
+        let c = view.get(collection);
+        let binding = c.and_then(|c| c.binding.as_ref());
+        let external = binding == Some(&Binding::External);
+        if !external || docs.iter().any(|d| d.vector.is_none()) {
+            engine.check_embeds(collection, binding)?;
+        }
+        // Created as cosine on first use; an existing collection keeps its own metric (one
+        // created with `PUT {"metric": "dot"}` used to refuse every ingest with 409).
+        let metric = c.map_or(Metric::Cosine, |c| c.metric);
+        (external, binding.is_none(), c.map(|c| c.dim), metric)
+    };
+    let (dim, whose) = match stored_dim {
+        Some(dim) if external => (dim, "the collection"),
         _ => (engine.embedder.dim(), "the model"),
     };
     if let Some(d) = docs
@@ -332,16 +339,13 @@ pub async fn ingest_documents(
     };
     let truncated = embedded.truncated.iter().filter(|t| **t).count();
     let mut vectors = embedded.vectors.into_iter();
-    // Created as cosine on first use; an existing collection keeps its own metric (one
-    // created with `PUT {"metric": "dot"}` used to refuse every ingest with 409).
-    let metric = stored.as_ref().map_or(Metric::Cosine, |c| c.metric);
     let mut ops = vec![Op::CreateCollection {
         collection: collection.to_string(),
         dim,
         metric,
     }];
     // A new collection, or one written before bindings existed, takes this model.
-    if binding.is_none() {
+    if unbound {
         ops.push(Op::BindCollection {
             collection: collection.to_string(),
             binding: engine.binding(),

@@ -239,13 +239,11 @@ async fn run_query(
     if let Some(seq) = body.min_sequence {
         engine.wait_min_sequence(seq).await?;
     }
-    let (version, lexical, binding) = {
-        let view = engine.store.view();
-        let c = view.get(collection).ok_or_else(|| {
-            ApiError::NotFound(format!("collection {collection:?} does not exist"))
-        })?;
-        (c.version, c.lexical, c.binding.clone())
-    };
+    let view = engine.store.view();
+    let c = view
+        .get(collection)
+        .ok_or_else(|| ApiError::NotFound(format!("collection {collection:?} does not exist")))?;
+    let (version, lexical) = (c.version, c.lexical);
     let query = match (body.query, body.vector) {
         (Some(text), None) if text.len() > state.limits.max_query_bytes => {
             return Err(ApiError::BadRequest(format!(
@@ -301,8 +299,9 @@ async fn run_query(
     }
     // Query texts are embedded for dense and hybrid search: only by the collection's model.
     if matches!(query, Query::Text(_)) && mode != Mode::Lexical {
-        engine.check_embeds(collection, binding.as_ref())?;
+        engine.check_embeds(collection, c.binding.as_ref())?;
     }
+    drop(view);
     let (top_k, include_text, threshold) = (body.top_k, body.include_text, body.score_threshold);
     let filter_key = body
         .filter

@@ -111,12 +111,17 @@ impl Catalog {
 
     /// The aliases that point at `collection`.
     pub fn aliases_of(&self, collection: &str) -> Vec<String> {
-        self.aliases
-            .iter()
-            .filter(|(_, target)| *target == collection)
-            .map(|(alias, _)| alias.clone())
-            .collect()
+        aliases_of(&self.aliases, collection)
     }
+}
+
+/// The aliases of `aliases` (alias → collection) that point at `collection`.
+pub fn aliases_of(aliases: &BTreeMap<String, String>, collection: &str) -> Vec<String> {
+    aliases
+        .iter()
+        .filter(|(_, target)| *target == collection)
+        .map(|(alias, _)| alias.clone())
+        .collect()
 }
 
 /// Whether two bindings agree: both external, or models with the same vectors.

@@ -48,18 +48,13 @@ pub struct ModelIdentity {
 impl ModelIdentity {
     /// Whether vectors of `self` and `other` are comparable: everything but the name.
     pub fn same_vectors(&self, other: &ModelIdentity) -> bool {
-        let key = |m: &ModelIdentity| {
-            (
-                m.digest.clone(),
-                m.pooling.clone(),
-                m.normalize,
-                m.query_prefix.clone(),
-                m.document_prefix.clone(),
-                m.dim,
-                m.precision_class.clone(),
-            )
-        };
-        key(self) == key(other)
+        self.digest == other.digest
+            && self.pooling == other.pooling
+            && self.normalize == other.normalize
+            && self.query_prefix == other.query_prefix
+            && self.document_prefix == other.document_prefix
+            && self.dim == other.dim
+            && self.precision_class == other.precision_class
     }
 
     /// One line for errors and logs.

@@ -62,6 +62,7 @@ impl Metrics {
             let view = engine.store.view();
             self.index_chunks.clear();
             self.model_mismatch.clear();
+            let mut any_mismatch = false;
             for (name, c) in &view.collections {
                 let labels = CollectionLabels {
                     collection: name.clone(),
@@ -69,8 +70,8 @@ impl Metrics {
                 self.index_chunks
                     .get_or_create(&labels)
                     .set(c.chunks as i64);
-                let mismatch = matches!(&c.binding,
-                    Some(crate::log::Binding::Model(m)) if !m.same_vectors(&engine.model));
+                let mismatch = engine.is_foreign(c.binding.as_ref());
+                any_mismatch |= mismatch;
                 self.model_mismatch
                     .get_or_create(&labels)
                     .set(i64::from(mismatch));
@@ -95,7 +96,7 @@ impl Metrics {
                     .set(i64::from(status.regressed.is_some()));
             }
             let caught_up = engine.replicator.as_ref().is_none_or(|r| r.is_caught_up());
-            let matched = engine.mismatched(&view).is_empty();
+            let matched = !any_mismatch;
             self.ready.set(i64::from(
                 caught_up && matched && engine.store.halted().is_none(),
             ));

@@ -61,6 +61,11 @@ impl IndexView {
         }
     }
 
+    /// The aliases that point at `collection`.
+    pub fn aliases_of(&self, collection: &str) -> Vec<String> {
+        crate::index::catalog::aliases_of(&self.aliases, collection)
+    }
+
     /// The collection `name` designates: an alias's target, or `name` itself.
     pub fn resolve<'a>(&'a self, name: &'a str) -> &'a str {
         self.aliases.get(name).map_or(name, String::as_str)

@@ -2,7 +2,7 @@
 //! cross-encoder built by kb-embed's `tests/data/make_rerank.py` (sentence-transformers'
 //! `CrossEncoder.save` layout) and the bundled embedding model.
 
-use crate::test_support::{model_dir, post_json as post, serve};
+use crate::test_support::{model_dir, post_json as post, python, serve};
 use kb_config::RerankerConfig;
 use kb_embed::{EmbeddingConfig, Precision, Reranker};
 use serde_json::{json, Value};
@@ -14,10 +14,7 @@ fn cross_encoder(dir: &Path) -> PathBuf {
         env!("CARGO_MANIFEST_DIR"),
         "/../embed/tests/data/make_rerank.py"
     );
-    let python = std::env::var("VIRTUAL_ENV")
-        .map(|v| format!("{v}/bin/python"))
-        .unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(python)
+    let out = std::process::Command::new(python())
         .arg(script)
         .arg(dir)
         .arg(model_dir())
