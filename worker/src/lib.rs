@@ -14,6 +14,7 @@ pub mod host;
 pub mod index;
 pub mod log;
 pub mod metrics;
+pub mod reindex;
 pub mod replica;
 pub mod search;
 pub mod snapshot;

@@ -34,6 +34,15 @@ struct CollectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReindexLabels {
+    /// The job's target collection.
+    job: String,
+    /// `source` (documents of the source collection) or `embedded` (written into the
+    /// target by this worker's run).
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GpuLabels {
     device: String,
     name: String,
@@ -83,6 +92,7 @@ pub struct Metrics {
     embed_busy_seconds: FloatGauge,
     index_chunks: Family<CollectionLabels, Gauge>,
     model_mismatch: Family<CollectionLabels, Gauge>,
+    reindex_documents: Family<ReindexLabels, Gauge>,
     log_sequence: Gauge,
     applied_sequence: Gauge,
     replication_lag: Gauge,
@@ -139,6 +149,7 @@ impl Metrics {
             embed_busy_seconds: FloatGauge::default(),
             index_chunks: Family::default(),
             model_mismatch: Family::default(),
+            reindex_documents: Family::default(),
             log_sequence: Gauge::default(),
             applied_sequence: Gauge::default(),
             replication_lag: Gauge::default(),
@@ -242,6 +253,11 @@ impl Metrics {
             "collection_model_mismatch",
             "1 for a collection whose vectors come from another model than this worker's (it refuses to embed for it: 409 model_mismatch), else 0",
             m.model_mismatch.clone(),
+        );
+        r.register(
+            "reindex_documents",
+            "Per re-index job under way: documents of its source (kind=source) and documents this worker's run embedded into its target (kind=embedded); GET /v1/jobs/{job} has the exact progress and the ETA",
+            m.reindex_documents.clone(),
         );
         r.register(
             "log_sequence",

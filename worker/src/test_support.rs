@@ -62,7 +62,10 @@ pub async fn serve(
     })
     .await
     .unwrap();
-    state.set_engine(Arc::new(engine));
+    let engine = Arc::new(engine);
+    state.set_engine(engine.clone());
+    // Like `serve`: the re-index jobs this worker owns go on.
+    crate::reindex::resume(&engine);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = crate::api::router(state.clone()).merge(crate::metrics::router(state.clone()));
@@ -126,4 +129,21 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+/// The bundled model's files (linked) with CLS pooling instead of mean pooling.
+pub fn cls_model(dir: &std::path::Path) -> PathBuf {
+    let out = dir.join("minilm-cls");
+    std::fs::create_dir_all(out.join("1_Pooling")).unwrap();
+    for entry in std::fs::read_dir(model_dir()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::os::unix::fs::symlink(entry.path(), out.join(entry.file_name())).unwrap();
+        }
+    }
+    let pooling = serde_json::json!({"word_embedding_dimension": 384, "pooling_mode_cls_token": true,
+        "pooling_mode_mean_tokens": false, "pooling_mode_max_tokens": false,
+        "pooling_mode_mean_sqrt_len_tokens": false});
+    std::fs::write(out.join("1_Pooling/config.json"), pooling.to_string()).unwrap();
+    out
 }

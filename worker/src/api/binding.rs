@@ -24,6 +24,19 @@ impl Engine {
         matches!(binding, Some(Binding::Model(m)) if !m.same_vectors(&self.model))
     }
 
+    /// Refuses a client's write into the target of a re-index: the job writes it, from
+    /// its source.
+    pub fn check_writable(&self, collection: &str) -> Result<(), ApiError> {
+        match self.store.view().jobs.get(collection) {
+            Some(job) => Err(ApiError::Conflict(format!(
+                "{collection:?} is being built by a re-index of {:?}: write to {:?}, whose \
+                 writes the re-index copies",
+                job.source, job.source
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Whether this worker may embed texts for `collection`, bound to `binding` (a
     /// collection without a binding, or not created yet, takes this worker's model).
     pub fn check_embeds(
@@ -47,10 +60,29 @@ impl Engine {
         }
     }
 
-    /// The collections whose vectors come from another model, described.
+    /// The collections whose vectors come from another model, described. The target of a
+    /// re-index (a collection under construction for the next model) is not counted: the
+    /// workers of the current model serve its source meanwhile.
     pub fn mismatched(&self, view: &IndexView) -> Vec<String> {
+        self.mismatched_except(view, |name| view.jobs.contains_key(name))
+    }
+
+    /// [`Engine::mismatched`], less the collections this worker is re-indexing for its
+    /// model: they are being mended, so the worker must not stop over them.
+    pub fn mismatched_unattended(&self, view: &IndexView) -> Vec<String> {
+        self.mismatched_except(view, |name| {
+            view.jobs.contains_key(name)
+                || view
+                    .jobs
+                    .values()
+                    .any(|job| job.source == name && self.runs(job))
+        })
+    }
+
+    fn mismatched_except(&self, view: &IndexView, skip: impl Fn(&str) -> bool) -> Vec<String> {
         view.collections
             .iter()
+            .filter(|(name, _)| !skip(name))
             .filter_map(|(name, c)| match &c.binding {
                 Some(Binding::Model(m)) if self.is_foreign(c.binding.as_ref()) => {
                     Some(format!("{name} ({})", m.describe()))

@@ -232,6 +232,7 @@ pub async fn delete_matching(
     let engine = state.engine_for(req.headers(), Role::Write, &collection)?;
     // Through an alias: its collection.
     let collection = engine.resolve(&collection);
+    engine.check_writable(&collection)?;
     let bytes = read_body(req.into_body(), state.limits.max_request_bytes).await?;
     let body: DeleteBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;

@@ -266,6 +266,7 @@ pub async fn ingest_documents(
 ) -> Result<Ingested, ApiError> {
     // Through an alias: its collection.
     let collection = &engine.resolve(collection);
+    engine.check_writable(collection)?;
     // A collection of another model takes nothing from this worker, vectors included; one
     // of client vectors takes only documents that bring theirs.
     let (external, unbound, stored_dim, metric) = {
@@ -402,6 +403,7 @@ pub async fn delete(
     }
     let engine = state.engine()?;
     let collection = engine.resolve(&collection);
+    engine.check_writable(&collection)?;
     let existed = {
         // A document lookup needs the index itself: off the async threads.
         let (store, name, doc) = (Arc::clone(&engine.store), collection.clone(), id.clone());

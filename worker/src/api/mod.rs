@@ -10,6 +10,7 @@ pub mod embeddings;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod jobs;
 pub mod limits;
 pub mod modes;
 pub mod openapi;
@@ -52,6 +53,11 @@ pub struct Engine {
     pub reranker: Option<(kb_embed::Reranker, usize)>,
     /// The identity of `embedder`'s model, which the collections it writes are bound to.
     pub model: crate::log::ModelIdentity,
+    /// This worker's name as the owner of re-index jobs (stable across restarts:
+    /// `replication.replica_id`, else the pod's name).
+    pub replica: String,
+    /// The re-index jobs this worker runs.
+    pub reindex: crate::reindex::Runs,
 }
 
 /// When a write is acknowledged.
@@ -219,6 +225,9 @@ fn bounded_routes() -> OpenApiRouter<SharedState> {
         .routes(routes!(rerank::rerank))
         .routes(routes!(aliases::list))
         .routes(routes!(aliases::set, aliases::delete))
+        .routes(routes!(jobs::start))
+        .routes(routes!(jobs::list))
+        .routes(routes!(jobs::get, jobs::cancel))
 }
 
 /// Outside the request bounds: probes must answer while the API is saturated, and a

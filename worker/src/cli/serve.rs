@@ -225,7 +225,20 @@ pub(crate) fn load_engine(
         cache,
         reranker,
         model: identity,
+        replica: job_owner(cfg),
+        reindex: Default::default(),
     })
+}
+
+/// This worker's name as the owner of re-index jobs: `replication.replica_id`, else the
+/// pod's name (stable across restarts, unlike the replica id's default), else `local`.
+fn job_owner(cfg: &WorkerConfig) -> String {
+    cfg.replication
+        .replica_id
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "local".into())
 }
 
 /// Binds the collections written before bindings existed to this worker's model, once
@@ -246,7 +259,7 @@ async fn adopt_when_caught_up(engine: &Engine) {
 /// another model, with the reason (the pod's termination message). The message starts
 /// with `model_mismatch:` for the operator.
 pub(crate) fn check_models(engine: &Engine, policy: OnModelMismatch) -> anyhow::Result<()> {
-    let mismatched = engine.mismatched(&engine.store.view());
+    let mismatched = engine.mismatched_unattended(&engine.store.view());
     if policy == OnModelMismatch::Exit && !mismatched.is_empty() {
         bail!(
             "model_mismatch: this worker embeds with {}, and these collections hold vectors of \
@@ -421,6 +434,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         loader_state.set_engine(engine.clone());
         tracing::info!("model loaded and data opened");
         adopt_when_caught_up(&engine).await;
+        crate::reindex::resume(&engine);
         check_models(&engine, on_mismatch)
     });
     let app = api::router(state.clone());

@@ -428,7 +428,7 @@ mod build;
 mod documents;
 mod growth;
 pub use build::Builder;
-pub use documents::StoredDocument;
+pub use documents::{Differences, StoredDocument};
 #[cfg(test)]
 pub(super) use growth::growth_bytes;
 mod frozen;

@@ -254,11 +254,22 @@ impl Index {
                 }
             }
             Op::DeleteMatching { filter, .. } => parse_filter(filter).map(|_| ()),
+            Op::StartReindex { job } => match (&job.binding, self.collections.get(&job.source)) {
+                (Binding::Model(m), Some(_)) if m.dim == 0 || m.dim > MAX_DIM => {
+                    Err(IndexError::Dimension {
+                        expected: MAX_DIM,
+                        got: m.dim,
+                    })
+                }
+                _ => Ok(()),
+            },
             Op::Delete { .. }
             | Op::DropCollection { .. }
             | Op::BindCollection { .. }
             | Op::SetAlias { .. }
-            | Op::DeleteAlias { .. } => Ok(()),
+            | Op::DeleteAlias { .. }
+            | Op::FinishReindex { .. }
+            | Op::CancelReindex { .. } => Ok(()),
         }
     }
 
@@ -380,6 +391,41 @@ impl Index {
             Op::BindCollection { .. } | Op::SetAlias { .. } | Op::DeleteAlias { .. } => {
                 let collections = &self.collections;
                 self.catalog.apply(op, &|c| collections.contains_key(c))?;
+            }
+            Op::StartReindex { job } => {
+                self.check(op)?;
+                let metric = self.collections[&job.source].metric();
+                // Checked: a job binds a model.
+                let Binding::Model(model) = &job.binding else {
+                    return Ok(0);
+                };
+                let dim = model.dim;
+                let target = FlatIndex::new(dim, metric, self.placement.clone())?;
+                let collections = &self.collections;
+                self.catalog.apply(op, &|c| collections.contains_key(c))?;
+                self.collections.insert(job.target.clone(), target);
+            }
+            Op::FinishReindex { target } => {
+                let Some(job) = self.catalog.jobs.get(target) else {
+                    return Ok(0);
+                };
+                let caught_up = match (
+                    self.collections.get(&job.source),
+                    self.collections.get(target),
+                ) {
+                    (Some(source), Some(new)) => source.same_documents(new),
+                    _ => false,
+                };
+                if caught_up {
+                    self.collections.remove(&job.source);
+                    self.catalog.finish(target);
+                }
+            }
+            Op::CancelReindex { target } => {
+                if self.catalog.jobs.contains_key(target) {
+                    self.collections.remove(target);
+                    self.catalog.apply(op, &|_| true)?;
+                }
             }
             Op::DeleteMatching { collection, filter } => {
                 let filter = parse_filter(filter)?;

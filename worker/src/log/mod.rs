@@ -5,10 +5,12 @@
 //! exact state. [`wal::FileWal`] is the single-node implementation.
 
 pub mod binding;
+pub mod job;
 pub mod redis;
 pub mod wal;
 
 pub use binding::{Binding, ModelIdentity};
+pub use job::ReindexJob;
 
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +94,16 @@ pub enum Op {
     SetAlias { alias: String, collection: String },
     /// Removes `alias`.
     DeleteAlias { alias: String },
+    /// Starts re-indexing `job.source` into `job.target`, which it creates empty, bound
+    /// to `job.binding`, with the source's metric.
+    StartReindex { job: ReindexJob },
+    /// Ends the re-index into `target` if `target` holds the same documents (ids, chunk
+    /// texts and metadata) as its source: the source is dropped, its name becomes an
+    /// alias of `target`, and its aliases point at `target`. Otherwise a no-op (writes
+    /// arrived since the job's last pass), and the job goes on.
+    FinishReindex { target: String },
+    /// Stops the re-index into `target` and drops `target`; the source is untouched.
+    CancelReindex { target: String },
 }
 
 impl Op {
@@ -105,6 +117,8 @@ impl Op {
             | Op::DeleteMatching { collection, .. }
             | Op::BindCollection { collection, .. } => collection,
             Op::SetAlias { alias, .. } | Op::DeleteAlias { alias } => alias,
+            Op::StartReindex { job } => &job.target,
+            Op::FinishReindex { target } | Op::CancelReindex { target } => target,
         }
     }
 }

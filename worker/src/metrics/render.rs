@@ -1,6 +1,8 @@
 //! The sampled gauges, refreshed from the engine at each scrape, and the rendering.
 
-use super::{CollectionLabels, EngineLabels, GpuLabels, LaneLabels, Metrics, PrecisionLabels};
+use super::{
+    CollectionLabels, EngineLabels, GpuLabels, LaneLabels, Metrics, PrecisionLabels, ReindexLabels,
+};
 use crate::api::AppState;
 use prometheus_client::encoding::text::encode;
 
@@ -70,11 +72,30 @@ impl Metrics {
                 self.index_chunks
                     .get_or_create(&labels)
                     .set(c.chunks as i64);
-                let mismatch = engine.is_foreign(c.binding.as_ref());
+                // A re-index target is built for the next model: not a mismatch.
+                let mismatch =
+                    engine.is_foreign(c.binding.as_ref()) && !view.jobs.contains_key(name);
                 any_mismatch |= mismatch;
                 self.model_mismatch
                     .get_or_create(&labels)
                     .set(i64::from(mismatch));
+            }
+            self.reindex_documents.clear();
+            let runs = engine.reindex.all();
+            for job in view.jobs.values() {
+                let labels = |kind| ReindexLabels {
+                    job: job.target.clone(),
+                    kind,
+                };
+                let source = view.get(&job.source).map_or(0, |c| c.documents);
+                self.reindex_documents
+                    .get_or_create(&labels("source"))
+                    .set(source as i64);
+                if let Some(run) = runs.get(&job.target) {
+                    self.reindex_documents
+                        .get_or_create(&labels("embedded"))
+                        .set(run.embedded_documents as i64);
+                }
             }
             self.applied_sequence.set(view.applied as i64);
             self.writes_halted

@@ -115,7 +115,8 @@ impl<W: Write> Encoder<W> {
         } else {
             self.w.write_all(&[PAYLOAD_WITH_CATALOG])?;
             self.varint(seq)?;
-            let bytes = postcard::to_allocvec(catalog)
+            let bytes = catalog
+                .to_bytes()
                 .map_err(|e| Failure::Io(std::io::Error::other(e.to_string())))?;
             self.varint(bytes.len() as u64)?;
             self.w.write_all(&bytes)?;
@@ -205,7 +206,7 @@ pub(super) fn read_payload(
         let mut bytes = vec![0u8; len];
         d.fill(&mut bytes)?;
         let catalog =
-            postcard::from_bytes(&bytes).map_err(|e| d.invalid(&format!("catalog: {e}")))?;
+            Catalog::from_bytes(&bytes).map_err(|e| d.invalid(&format!("catalog: {e}")))?;
         sink.catalog(catalog)?;
     }
     // A collection takes at least 4 bytes (name length, dim, metric, row count).

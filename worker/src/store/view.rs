@@ -16,6 +16,8 @@ pub struct IndexView {
     pub collections: BTreeMap<String, CollectionView>,
     /// Alias → collection.
     pub aliases: BTreeMap<String, String>,
+    /// Re-index jobs under way, by target collection.
+    pub jobs: BTreeMap<String, crate::log::ReindexJob>,
 }
 
 /// One collection as of the last write.
@@ -58,6 +60,7 @@ impl IndexView {
             applied: index.applied(),
             collections,
             aliases: index.catalog().aliases.clone(),
+            jobs: index.catalog().jobs.clone(),
         }
     }
 

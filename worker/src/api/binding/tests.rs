@@ -4,26 +4,8 @@
 //! weights, other vectors.
 
 use crate::log::{ChunkRecord, Metric, Op};
-use crate::test_support::{call, copy_dir, model_dir, serve};
+use crate::test_support::{call, cls_model, copy_dir, serve};
 use serde_json::json;
-use std::path::{Path, PathBuf};
-
-/// The bundled model's files (linked) with CLS pooling instead of mean pooling.
-fn cls_model(dir: &Path) -> PathBuf {
-    let out = dir.join("minilm-cls");
-    std::fs::create_dir_all(out.join("1_Pooling")).unwrap();
-    for entry in std::fs::read_dir(model_dir()).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::os::unix::fs::symlink(entry.path(), out.join(entry.file_name())).unwrap();
-        }
-    }
-    let pooling = json!({"word_embedding_dimension": 384, "pooling_mode_cls_token": true,
-        "pooling_mode_mean_tokens": false, "pooling_mode_max_tokens": false,
-        "pooling_mode_mean_sqrt_len_tokens": false});
-    std::fs::write(out.join("1_Pooling/config.json"), pooling.to_string()).unwrap();
-    out
-}
 
 async fn ingest(url: &str, collection: &str, docs: serde_json::Value) -> (u16, serde_json::Value) {
     let path = format!("/v1/collections/{collection}/documents?wait=applied");

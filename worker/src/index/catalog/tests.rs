@@ -191,3 +191,143 @@ fn snapshots_carry_bindings_and_aliases_and_keep_the_older_format_without_them()
         index.applied()
     );
 }
+
+fn upsert(collection: &str, doc: &str, text: &str, vector: [f32; 2]) -> Op {
+    Op::Upsert {
+        collection: collection.into(),
+        doc_id: doc.into(),
+        chunks: vec![ChunkRecord {
+            chunk_id: format!("{doc}#0"),
+            text: text.into(),
+            metadata: Default::default(),
+            vector: vector.to_vec(),
+        }],
+    }
+}
+
+fn start(source: &str, target: &str, binding: Binding) -> Op {
+    Op::StartReindex {
+        job: crate::log::ReindexJob {
+            source: source.into(),
+            target: target.into(),
+            binding,
+            owner: "w0".into(),
+            started: 1,
+        },
+    }
+}
+
+#[test]
+fn a_reindex_finishes_only_when_the_target_holds_the_sources_documents() {
+    let mut index = Index::new(Device::Cpu);
+    let results = apply(
+        &mut index,
+        vec![
+            create("c"),
+            bind("c", model("sha256:a")),
+            upsert("c", "d1", "one", [1.0, 0.0]),
+            upsert("c", "d2", "two", [0.0, 1.0]),
+            alias("live", "c"),
+            start("c", "c2", model("sha256:b")),
+        ],
+    );
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(index.binding("c2"), Some(&model("sha256:b")));
+    assert_eq!(index.get("c2").unwrap().stats().documents, 0);
+    // While it runs: the target takes no alias, neither collection can be dropped, and
+    // another job of either is refused; all before logging.
+    for op in [
+        alias("other", "c2"),
+        Op::DropCollection {
+            collection: "c".into(),
+        },
+        Op::DropCollection {
+            collection: "c2".into(),
+        },
+        start("c", "c3", model("sha256:b")),
+        start("c2", "c3", model("sha256:b")),
+        start("live", "c3", model("sha256:b")),
+    ] {
+        assert!(index.check(&op).is_err(), "{op:?} accepted");
+    }
+    // Not caught up: finishing is a no-op and the job goes on.
+    let finish = Op::FinishReindex {
+        target: "c2".into(),
+    };
+    apply(&mut index, vec![upsert("c2", "d1", "one", [0.5, 0.5])]);
+    assert!(apply(&mut index, vec![finish.clone()])[0].is_ok());
+    assert!(index.catalog().jobs.contains_key("c2"));
+    assert!(index.get("c").is_some());
+    // A document with other text is not caught up either.
+    apply(&mut index, vec![upsert("c2", "d2", "TWO", [0.5, 0.5])]);
+    apply(&mut index, vec![finish.clone()]);
+    assert!(index.catalog().jobs.contains_key("c2"));
+    // Same documents (other vectors): the source goes, its name and alias follow.
+    apply(&mut index, vec![upsert("c2", "d2", "two", [0.5, 0.5])]);
+    apply(&mut index, vec![finish]);
+    assert!(index.catalog().jobs.is_empty());
+    assert!(index.get("c").is_none());
+    assert_eq!(index.catalog().resolve("c"), "c2");
+    assert_eq!(index.catalog().resolve("live"), "c2");
+    assert_eq!(index.binding("c"), None);
+}
+
+#[test]
+fn cancelling_a_reindex_drops_the_target_and_keeps_the_source() {
+    let mut index = Index::new(Device::Cpu);
+    apply(
+        &mut index,
+        vec![
+            create("c"),
+            bind("c", model("sha256:a")),
+            upsert("c", "d1", "one", [1.0, 0.0]),
+            start("c", "c2", model("sha256:b")),
+            upsert("c2", "d1", "one", [0.0, 1.0]),
+            Op::CancelReindex {
+                target: "c2".into(),
+            },
+        ],
+    );
+    assert!(index.get("c2").is_none());
+    assert_eq!(index.binding("c2"), None);
+    assert!(index.catalog().jobs.is_empty());
+    assert_eq!(index.get("c").unwrap().stats().documents, 1);
+    // A collection of client vectors, or a target taken, is refused.
+    apply(
+        &mut index,
+        vec![
+            create("ext"),
+            bind("ext", Binding::External),
+            create("taken"),
+        ],
+    );
+    assert!(index.check(&start("ext", "e2", model("sha256:b"))).is_err());
+    assert!(index
+        .check(&start("c", "taken", model("sha256:b")))
+        .is_err());
+    assert!(index.check(&start("c", "c2", Binding::External)).is_err());
+}
+
+#[test]
+fn jobs_travel_in_the_catalog_encoding_and_a_catalog_without_jobs_encodes_as_before() {
+    let mut index = Index::new(Device::Cpu);
+    apply(
+        &mut index,
+        vec![
+            create("c"),
+            bind("c", model("sha256:a")),
+            start("c", "c2", model("sha256:b")),
+        ],
+    );
+    let catalog = index.catalog().clone();
+    let bytes = catalog.to_bytes().unwrap();
+    assert_eq!(super::Catalog::from_bytes(&bytes).unwrap(), catalog);
+    assert_eq!(super::Catalog::from_bytes(&bytes).unwrap().jobs.len(), 1);
+    // Without jobs: the bytes of the first catalog version, which older builds read.
+    let mut without = catalog.clone();
+    without.jobs.clear();
+    assert_eq!(
+        without.to_bytes().unwrap(),
+        postcard::to_allocvec(&(&without.bindings, &without.aliases)).unwrap()
+    );
+}

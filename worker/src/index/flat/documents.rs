@@ -53,12 +53,99 @@ impl FlatIndex {
             .collect()
     }
 
+    /// Whether `other` holds the same documents as `self`: the same ids, and for each the
+    /// same chunks (ids, texts, metadata), vectors aside.
+    pub fn same_documents(&self, other: &FlatIndex) -> bool {
+        self.docs.len() == other.docs.len()
+            && self.docs.iter().all(|(id, rows)| {
+                other
+                    .docs
+                    .get(id)
+                    .is_some_and(|theirs| self.same_rows(rows, other, theirs))
+            })
+    }
+
+    /// How many of `self`'s documents `other` holds as they are (ids, chunks, metadata).
+    pub fn matching_documents(&self, other: &FlatIndex) -> usize {
+        self.docs
+            .iter()
+            .filter(|(id, rows)| {
+                other
+                    .docs
+                    .get(*id)
+                    .is_some_and(|theirs| self.same_rows(rows, other, theirs))
+            })
+            .count()
+    }
+
+    fn same_rows(&self, rows: &[usize], other: &FlatIndex, theirs: &[usize]) -> bool {
+        rows.len() == theirs.len()
+            && rows
+                .iter()
+                .zip(theirs)
+                .all(|(&a, &b)| match (&self.rows[a], &other.rows[b]) {
+                    (Some(x), Some(y)) => x == y,
+                    _ => false,
+                })
+    }
+
+    /// What `target` needs to hold `self`'s documents, over at most `scan` documents of
+    /// `self` in id order after `after`: the documents it lacks or holds with other chunks
+    /// (at most `limit`), and the ids of its documents in that range that `self` lacks.
+    pub fn differences(
+        &self,
+        target: &FlatIndex,
+        after: Option<&str>,
+        scan: usize,
+        limit: usize,
+    ) -> Differences {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut out = Differences::default();
+        let mut last = None;
+        let range = self.docs.range::<str, _>((start, Bound::Unbounded));
+        for (scanned, (id, rows)) in range.enumerate() {
+            if scanned == scan || out.stale.len() == limit {
+                out.next = last.map(str::to_string);
+                break;
+            }
+            last = Some(id.as_str());
+            match target.docs.get(id) {
+                Some(theirs) if self.same_rows(rows, target, theirs) => out.matching += 1,
+                _ => out.stale.push(self.stored(id, rows)),
+            }
+        }
+        let end = out
+            .next
+            .as_deref()
+            .map_or(Bound::Unbounded, Bound::Included);
+        out.extra = target
+            .docs
+            .range::<str, _>((start, end))
+            .filter(|(id, _)| !self.docs.contains_key(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        out
+    }
+
     fn stored(&self, id: &str, rows: &[usize]) -> StoredDocument {
         StoredDocument {
             id: id.to_string(),
             chunks: rows.iter().filter_map(|&r| self.rows[r].clone()).collect(),
         }
     }
+}
+
+/// One step of a re-index ([`FlatIndex::differences`]).
+#[derive(Debug, Default)]
+pub struct Differences {
+    /// Documents to embed again and write into the target.
+    pub stale: Vec<StoredDocument>,
+    /// Target documents to delete (gone from the source).
+    pub extra: Vec<String>,
+    /// Documents of the range the target already holds as they are.
+    pub matching: usize,
+    /// Where the next step starts (`None`: this step reached the last document).
+    pub next: Option<String>,
 }
 
 #[cfg(test)]

@@ -1,0 +1,283 @@
+//! Re-index through the API with real models: a collection of the bundled (mean-pooled)
+//! model is re-indexed by a worker of the CLS-pooled one, which then answers under the old
+//! name with its own vectors; a worker started from a copy taken mid-job resumes it; what a
+//! job forbids is refused with the reason.
+
+use crate::test_support::{call, cls_model, copy_dir, serve};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+async fn ingest(url: &str, collection: &str, docs: Value) -> (u16, Value) {
+    let path = format!("/v1/collections/{collection}/documents?wait=applied");
+    call(url, "POST", &path, Some(json!({ "documents": docs }))).await
+}
+
+fn texts(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("doc-{i:03}"),
+                format!(
+                    "Passage {i} about topic {}: the {} fox jumps over {} lazy dogs near river {}.",
+                    i % 7,
+                    ["quick", "slow", "red", "grey", "young"][i % 5],
+                    i % 11,
+                    i * 13 % 17
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A data directory whose collection `docs` (alias `live`) holds `n` documents embedded
+/// by the bundled model (each text `repeat` times: longer documents make a longer job),
+/// written by a worker that is then left alone.
+async fn data_of_the_bundled_model(n: usize, repeat: usize) -> (tempfile::TempDir, String) {
+    let (tmp, _state, url) = serve(|_| {}).await;
+    for batch in texts(n).chunks(50) {
+        let docs: Vec<Value> = batch
+            .iter()
+            .map(|(id, text)| {
+                let text = [text.as_str()].repeat(repeat).join(" ");
+                json!({"id": id, "text": text, "metadata": {"n": id}})
+            })
+            .collect();
+        assert_eq!(ingest(&url, "docs", json!(docs)).await.0, 200);
+    }
+    let (status, _) = call(
+        &url,
+        "PUT",
+        "/v1/aliases/live",
+        Some(json!({"collection": "docs"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    (tmp, url)
+}
+
+/// Polls the job until `done` holds for its JSON; the last answer.
+async fn wait_job(url: &str, id: &str, done: impl Fn(u16, &Value) -> bool) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, job) = call(url, "GET", &format!("/v1/jobs/{id}"), None).await;
+        if done(status, &job) {
+            return (status, job);
+        }
+        assert!(Instant::now() < deadline, "job {id} stuck: {status} {job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_of_another_model_reindexes_a_collection_which_then_answers_with_its_vectors() {
+    let (data, old) = data_of_the_bundled_model(60, 1).await;
+    let tmp = tempfile::tempdir().unwrap();
+    // The old model's worker has nothing to re-index: its collection is its model's.
+    let (status, body) = call(&old, "POST", "/v1/collections/docs/reindex", None).await;
+    assert_eq!(status, 409, "{body}");
+    let dir = tmp.path().join("data");
+    copy_dir(&data.path().join("data"), &dir);
+    let cls = cls_model(tmp.path());
+    let (_t, _s, url) = serve(move |cfg| {
+        cfg.data_dir = dir;
+        cfg.model = Some(cls);
+    })
+    .await;
+    let query = json!({"query": texts(60)[5].1, "top_k": 1});
+    assert_eq!(
+        call(
+            &url,
+            "POST",
+            "/v1/collections/live/query",
+            Some(query.clone())
+        )
+        .await
+        .0,
+        409
+    );
+    // A `model` that is not this worker's is refused with the one it has.
+    let wrong = json!({"target": "docs-cls", "model": "another-model"});
+    let (status, body) = call(&url, "POST", "/v1/collections/live/reindex", Some(wrong)).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (409, json!("model_mismatch"))
+    );
+    let (status, job) = call(
+        &url,
+        "POST",
+        "/v1/collections/live/reindex",
+        Some(json!({"target": "docs-cls"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(
+        (job["source"].clone(), job["state"].clone()),
+        (json!("docs"), json!("running"))
+    );
+    assert_eq!(job["documents_total"], 60);
+    assert_eq!(job["model"]["pooling"], "cls");
+    let (status, job) =
+        wait_job(&url, "docs-cls", |s, j| s == 200 && j["state"] != "running").await;
+    assert_eq!(
+        (status, job["state"].clone()),
+        (200, json!("finished")),
+        "{job}"
+    );
+    assert_eq!(job["embedded_documents"], 60);
+    // The old name and the alias now stand for the new collection, whose vectors are this
+    // model's: a passage's own text finds it with cosine 1.
+    let (_, aliases) = call(&url, "GET", "/v1/aliases", None).await;
+    let pairs: Vec<(Value, Value)> = aliases["aliases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["alias"].clone(), a["collection"].clone()))
+        .collect();
+    assert!(
+        pairs.contains(&(json!("docs"), json!("docs-cls"))),
+        "{aliases}"
+    );
+    assert!(
+        pairs.contains(&(json!("live"), json!("docs-cls"))),
+        "{aliases}"
+    );
+    for name in ["docs", "live", "docs-cls"] {
+        for (id, text) in texts(60).into_iter().step_by(13) {
+            let q = json!({"query": text, "top_k": 1, "mode": "dense"});
+            let path = format!("/v1/collections/{name}/query");
+            let (status, answer) = call(&url, "POST", &path, Some(q)).await;
+            assert_eq!(status, 200, "{answer}");
+            let hit = &answer["hits"][0];
+            assert_eq!(hit["document_id"], json!(id));
+            assert!(hit["score"].as_f64().unwrap() > 0.999, "{hit}");
+            assert_eq!(hit["metadata"]["n"], json!(id));
+        }
+    }
+    let (status, ready) = call(&url, "GET", "/readyz", None).await;
+    assert_eq!(status, 200, "{ready}");
+    // Writes through the old name land in the new collection, embedded by this model.
+    let doc = json!([{"id": "new", "text": "A brand new passage about owls."}]);
+    assert_eq!(ingest(&url, "docs", doc).await.0, 200);
+    let (_, info) = call(&url, "GET", "/v1/collections/docs-cls", None).await;
+    assert_eq!(info["documents"], 61);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_restarted_mid_reindex_resumes_where_it_was_and_a_cancel_drops_the_target() {
+    let (data, _old) = data_of_the_bundled_model(400, 1).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cls = cls_model(tmp.path());
+    let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
+    copy_dir(&data.path().join("data"), &first);
+    let (model, dir) = (cls.clone(), first.clone());
+    let (_t, _s, url) = serve(move |cfg| {
+        cfg.data_dir = dir;
+        cfg.model = Some(model);
+    })
+    .await;
+    let (status, job) = call(&url, "POST", "/v1/collections/docs/reindex", None).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("docs-"), "{id}");
+    // The data as a crash would leave it, part-way through the job.
+    let (_, seen) = wait_job(&url, &id, |_, j| j["documents_done"].as_u64() >= Some(64)).await;
+    copy_dir(&first, &second);
+    assert!(seen["documents_done"].as_u64().unwrap() < 400, "{seen}");
+    let (_t2, _s2, restarted) = serve(move |cfg| {
+        cfg.data_dir = second;
+        cfg.model = Some(cls);
+    })
+    .await;
+    let (_, job) = wait_job(&restarted, &id, |s, j| s == 200 && j["state"] != "running").await;
+    assert_eq!(job["state"], "finished", "{job}");
+    let embedded = job["embedded_documents"].as_u64().unwrap();
+    assert!(
+        embedded > 0 && embedded + 64 <= 400,
+        "the restarted run embeds only what was left: {embedded}"
+    );
+    let (_, info) = call(&restarted, "GET", "/v1/collections/docs", None).await;
+    assert_eq!(
+        (info["name"].clone(), info["documents"].clone()),
+        (json!(id), json!(400))
+    );
+
+    // On the first worker, once finished: a new job of the new collection is refused
+    // (it is this model's), and a cancel of a job gone is a 404.
+    wait_job(&url, &id, |s, j| s == 200 && j["state"] != "running").await;
+    let (status, _) = call(&url, "POST", "/v1/collections/docs/reindex", None).await;
+    assert_eq!(status, 409);
+    let (status, _) = call(&url, "DELETE", &format!("/v1/jobs/{id}"), None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_reindex_drops_its_target_and_leaves_the_source_serving() {
+    let (data, _old) = data_of_the_bundled_model(300, 6).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    copy_dir(&data.path().join("data"), &dir);
+    let cls = cls_model(tmp.path());
+    let (_t, _s, url) = serve(move |cfg| {
+        cfg.data_dir = dir;
+        cfg.model = Some(cls);
+    })
+    .await;
+    let body = json!({"target": "docs-next"});
+    let (status, job) = call(
+        &url,
+        "POST",
+        "/v1/collections/docs/reindex",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    // A second job of the same collection, or into a taken name, is refused.
+    let (status, _) = call(
+        &url,
+        "POST",
+        "/v1/collections/docs/reindex",
+        Some(json!({"target": "other"})),
+    )
+    .await;
+    assert_eq!(status, 409);
+    let (status, _) = call(
+        &url,
+        "POST",
+        "/v1/collections/docs/reindex",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, 409);
+    let (status, _) = call(&url, "DELETE", "/v1/collections/docs", None).await;
+    assert_eq!(status, 409);
+    // Nobody writes into the target but the job; the target is no mismatch meanwhile.
+    let doc = json!([{"id": "x", "text": "written into the target"}]);
+    let (status, body) = ingest(&url, "docs-next", doc).await;
+    assert_eq!(status, 409, "{body}");
+    let (_, listed) = call(&url, "GET", "/v1/jobs", None).await;
+    assert_eq!(listed["jobs"][0]["source"], "docs", "{listed}");
+    let (_, ready) = call(&url, "GET", "/readyz", None).await;
+    let mismatched = ready["model_mismatch"].to_string();
+    assert!(
+        mismatched.contains("docs (") && !mismatched.contains("docs-next"),
+        "{ready}"
+    );
+    let (status, answer) = call(&url, "DELETE", "/v1/jobs/docs-next", None).await;
+    assert_eq!(
+        (status, answer["state"].clone()),
+        (200, json!("cancelled")),
+        "{answer}"
+    );
+    let (status, _) = call(&url, "GET", "/v1/collections/docs-next", None).await;
+    assert_eq!(status, 404);
+    let (_, info) = call(&url, "GET", "/v1/collections/docs", None).await;
+    assert_eq!(info["documents"], 300);
+    let (_, listed) = call(&url, "GET", "/v1/jobs", None).await;
+    assert_eq!(listed["jobs"], json!([]));
+    // The run noticed and stopped: it reports the job cancelled.
+    let (_, job) = wait_job(&url, "docs-next", |s, j| {
+        s == 200 && j["state"] != "running"
+    })
+    .await;
+    assert_eq!(job["state"], "cancelled");
+}
