@@ -193,3 +193,136 @@ async fn redis_killed_mid_ingestion_loses_no_acknowledged_write() {
     assert_eq!(a["applied_sequence"], b["applied_sequence"]);
     assert_eq!(documents(&writer.url).await, documents(&reader.url).await);
 }
+
+/// One replica runs the current model and serves reads and writes; another, of a new model
+/// (the bundled weights with CLS pooling), re-indexes the collection meanwhile. Every write
+/// acknowledged by the old replica during the job is in the new collection, embedded by the
+/// new model; no query fails; at the end the old name stands for the new collection on
+/// both, and the old replica refuses to embed for it (409) instead of answering with the
+/// wrong model.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_of_a_new_model_reindexes_while_the_old_one_serves_and_loses_no_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&tmp.path().join("redis"), free_port());
+    let cfg = config(&redis.url(), "");
+    let old = Worker::start(&tmp.path().join("old"), &cfg, &["--open"]).await;
+    let mut expected = std::collections::BTreeMap::new();
+    for batch in 0..20 {
+        let batch = docs(&format!("b{batch}"), 50);
+        for d in batch.as_array().unwrap() {
+            expected.insert(d["id"].as_str().unwrap().to_string(), d["text"].clone());
+        }
+        ingest_ok(&old.url, batch).await;
+    }
+    let cls = common::cls_model(tmp.path());
+    // Not ready (the collection is of another model), but serving.
+    let new = Worker::start_as(
+        &tmp.path().join("new"),
+        &cfg,
+        &cls,
+        &["--open"],
+        &[],
+        "/livez",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while readyz(&new.url).await["applied_sequence"] != readyz(&old.url).await["applied_sequence"] {
+        assert!(
+            Instant::now() < deadline,
+            "the new replica did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/collections/c/reindex", new.url))
+        .json(&json!({"target": "c-cls"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+    // Writes (new documents, replaced ones, deletes) and queries on the old replica while
+    // the job runs.
+    let probe = json!({"query": "document number 3 about topic 1", "top_k": 3});
+    let started = Instant::now();
+    for round in 0..6 {
+        let mut batch = docs(&format!("late{round}"), 5);
+        let replaced = json!({"id": format!("b{round}-1"), "text": format!("replaced text {round} about owls"),
+            "metadata": {"origin": "replaced", "n": round}});
+        batch.as_array_mut().unwrap().push(replaced);
+        for d in batch.as_array().unwrap() {
+            expected.insert(d["id"].as_str().unwrap().to_string(), d["text"].clone());
+        }
+        ingest_ok(&old.url, batch).await;
+        let gone = format!("b{round}-2");
+        let resp = reqwest::Client::new()
+            .delete(format!("{}/v1/collections/c/documents/{gone}", old.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        expected.remove(&gone);
+        assert_eq!(
+            query(&old.url, probe.clone()).await["hits"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+    let writes = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let job = loop {
+        let job: Value = reqwest::get(format!("{}/v1/jobs/c-cls", new.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["state"] != "running" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "re-index stuck: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(job["state"], "finished", "{job}");
+    eprintln!(
+        "writes took {writes:?}, the job {:?}: {job}",
+        started.elapsed()
+    );
+    // Every acknowledged write, as last written, and nothing deleted.
+    let info: Value = reqwest::get(format!("{}/v1/collections/c", new.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["name"], "c-cls");
+    assert_eq!(info["documents"], expected.len());
+    for (id, text) in expected.iter().step_by(7).chain(
+        expected
+            .iter()
+            .filter(|(id, _)| id.starts_with("late") || id.ends_with("-1")),
+    ) {
+        let doc: Value = reqwest::get(format!("{}/v1/collections/c/documents/{id}", new.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(&doc["chunks"][0]["text"], text, "{id}: {doc}");
+    }
+    // Embedded by the new model: a document's own text finds it with cosine 1 there.
+    let replaced = json!({"query": "replaced text 5 about owls", "top_k": 1, "mode": "dense"});
+    let hit = query(&new.url, replaced).await["hits"][0].clone();
+    assert_eq!(hit["document_id"], "b5-1");
+    assert!(hit["score"].as_f64().unwrap() > 0.999, "{hit}");
+    assert_eq!(readyz(&new.url).await["status"], "ready");
+    // The old replica sees the same swap and refuses to embed for the new collection.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/collections/c/query", old.url))
+        .json(&probe)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+}

@@ -61,6 +61,19 @@ impl Worker {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Worker {
+        Worker::start_as(data_dir, config, &model_dir(), extra, env, "/readyz").await
+    }
+
+    /// A worker of `model`, waited for until `probe` answers 200 (`/livez`: serving, ready
+    /// or not; `/readyz`: ready).
+    pub async fn start_as(
+        data_dir: &Path,
+        config: &str,
+        model: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        probe: &str,
+    ) -> Worker {
         let cfg_path = data_dir.with_extension("yaml");
         std::fs::File::create(&cfg_path)
             .unwrap()
@@ -77,7 +90,7 @@ impl Worker {
                 .arg("--data-dir")
                 .arg(data_dir)
                 .arg("--model")
-                .arg(model_dir())
+                .arg(model)
                 .args(["--device", "cpu"])
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .args(["--metrics-listen", &format!("127.0.0.1:{mport}")])
@@ -93,7 +106,7 @@ impl Worker {
                 url: format!("http://127.0.0.1:{port}"),
                 metrics_url: format!("http://127.0.0.1:{mport}"),
             };
-            match worker.wait_ready().await {
+            match worker.wait_for(probe).await {
                 Ok(()) => return worker,
                 Err(status) => eprintln!("worker exited before it was ready ({status}); retrying"),
             }
@@ -101,21 +114,21 @@ impl Worker {
         panic!("the worker exited before it was ready three times (see its errors above)");
     }
 
-    /// Waits until `/readyz` answers 200; `Err` when the process exited first.
-    async fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
+    /// Waits until `probe` answers 200; `Err` when the process exited first.
+    async fn wait_for(&mut self, probe: &str) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Err(status);
             }
-            if let Ok(r) = reqwest::get(format!("{}/readyz", self.url)).await {
+            if let Ok(r) = reqwest::get(format!("{}{probe}", self.url)).await {
                 if r.status().is_success() {
                     return Ok(());
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("worker did not become ready within 120 s");
+        panic!("worker did not answer {probe} within 120 s");
     }
 
     /// SIGKILL, no chance to flush anything.
@@ -183,4 +196,23 @@ pub fn json_of_command(command: &str) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The bundled model's files (linked) with CLS pooling instead of mean pooling: another
+/// model of the same shape (a copy of the crate's own test helper, which integration
+/// tests cannot reach).
+pub fn cls_model(dir: &Path) -> PathBuf {
+    let out = dir.join("minilm-cls");
+    std::fs::create_dir_all(out.join("1_Pooling")).unwrap();
+    for entry in std::fs::read_dir(model_dir()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::os::unix::fs::symlink(entry.path(), out.join(entry.file_name())).unwrap();
+        }
+    }
+    let pooling = serde_json::json!({"word_embedding_dimension": 384,
+        "pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false,
+        "pooling_mode_max_tokens": false, "pooling_mode_mean_sqrt_len_tokens": false});
+    std::fs::write(out.join("1_Pooling/config.json"), pooling.to_string()).unwrap();
+    out
 }
