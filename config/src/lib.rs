@@ -59,9 +59,11 @@ pub struct WorkerConfig {
     pub limits: LimitsConfig,
     pub index: IndexConfig,
     /// What a worker does when collections hold vectors of another model than its own:
-    /// `refuse` (serve, answer 409 `model_mismatch` for them, not ready) or `exit` (stop
-    /// with the reason once the log is applied: the operator's setting, so that the pod's
-    /// termination message reaches the KnowledgeBase's `Degraded` condition). Environment:
+    /// `refuse` (serve, answer 409 `model_mismatch` for them, not ready), `exit` (stop
+    /// with the reason once the log is applied, so that the pod's termination message
+    /// reaches the KnowledgeBase's `Degraded` condition) or `reindex` (start re-indexing
+    /// each of them for its own model, not ready until they are done: the operator's
+    /// setting; a collection it cannot re-index stops it as `exit` does). Environment:
     /// `KB_ON_MODEL_MISMATCH`.
     pub on_model_mismatch: OnModelMismatch,
 }
@@ -73,6 +75,7 @@ pub enum OnModelMismatch {
     #[default]
     Refuse,
     Exit,
+    Reindex,
 }
 
 impl Default for WorkerConfig {
@@ -386,10 +389,11 @@ impl WorkerConfig {
                     self.on_model_mismatch = match value.as_str() {
                         "refuse" => OnModelMismatch::Refuse,
                         "exit" => OnModelMismatch::Exit,
+                        "reindex" => OnModelMismatch::Reindex,
                         _ => {
                             return Err(ConfigError::Env {
                                 var: var.clone(),
-                                message: format!("{value:?}: use refuse or exit"),
+                                message: format!("{value:?}: use refuse, exit or reindex"),
                             })
                         }
                     }

@@ -69,10 +69,13 @@ fn env_overrides_win_and_bad_numbers_are_named() {
     cfg.apply_env([("KB_ON_MODEL_MISMATCH".to_string(), "exit".to_string())])
         .unwrap();
     assert_eq!(cfg.on_model_mismatch, crate::OnModelMismatch::Exit);
+    cfg.apply_env([("KB_ON_MODEL_MISMATCH".to_string(), "reindex".to_string())])
+        .unwrap();
+    assert_eq!(cfg.on_model_mismatch, crate::OnModelMismatch::Reindex);
     let err = cfg
         .apply_env([("KB_ON_MODEL_MISMATCH".to_string(), "ignore".to_string())])
         .unwrap_err();
-    assert!(err.to_string().contains("refuse or exit"), "{err}");
+    assert!(err.to_string().contains("refuse, exit or reindex"), "{err}");
 }
 
 #[test]

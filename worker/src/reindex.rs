@@ -92,18 +92,90 @@ impl Engine {
     pub fn runs(&self, job: &ReindexJob) -> bool {
         job.owner == self.replica && !self.is_foreign(Some(&job.binding))
     }
+
+    /// A job re-indexing `source` for this worker's model, run by this worker, into
+    /// `target` (absent: the source's name, `-` and 8 hex digits of the model digest).
+    pub fn new_job(&self, source: &str, target: Option<String>) -> ReindexJob {
+        let target = target.unwrap_or_else(|| {
+            let digest = &self.model.digest;
+            let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+            format!("{source}-{}", &hex[..hex.len().min(8)])
+        });
+        ReindexJob {
+            source: source.to_string(),
+            target,
+            binding: self.binding(),
+            owner: self.replica.clone(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
 }
 
-/// Starts a run of every job this worker runs (after a restart: resumes them).
-pub fn resume(engine: &Arc<Engine>) {
+/// Starts a run of every job this worker runs (after a restart: resumes them), and
+/// cancels the jobs it owns for another model than its own: its model changed back since
+/// it started them (a reverted rollout), and nobody else would run them.
+pub async fn resume(engine: &Arc<Engine>) {
     let jobs: Vec<ReindexJob> = engine.store.view().jobs.values().cloned().collect();
-    for job in jobs.into_iter().filter(|j| engine.runs(j)) {
-        tracing::info!(
-            source = job.source,
-            target = job.target,
-            "resuming the re-index"
-        );
-        tokio::spawn(run(engine.clone(), job.target));
+    for job in jobs {
+        if engine.runs(&job) {
+            tracing::info!(
+                source = job.source,
+                target = job.target,
+                "resuming the re-index"
+            );
+            tokio::spawn(run(engine.clone(), job.target));
+        } else if job.owner == engine.replica {
+            let cancel = Op::CancelReindex {
+                target: job.target.clone(),
+            };
+            match engine.write(vec![cancel], Wait::Applied).await {
+                Ok(_) => tracing::warn!(
+                    source = job.source,
+                    target = job.target,
+                    model = %engine.model.describe(),
+                    "re-index cancelled: this worker started it for another model than the one \
+                     it runs now (the model change was reverted); the target is dropped, the \
+                     source untouched"
+                ),
+                Err(e) => tracing::warn!(target = job.target, error = %e,
+                    "could not cancel a re-index for another model; retried at the next start"),
+            }
+        }
+    }
+}
+
+/// Starts a job for every collection of another model that no job re-indexes for this
+/// worker's model yet (`on_model_mismatch: reindex`), into the default target name.
+/// Another replica of the same model may start one first: its job is taken as is.
+pub async fn start_for_mismatched(engine: &Arc<Engine>) {
+    let view = engine.store.view();
+    let sources: Vec<String> = view
+        .collections
+        .iter()
+        .filter(|(name, c)| {
+            engine.is_foreign(c.binding.as_ref())
+                && !view.jobs.contains_key(*name)
+                && view.jobs.values().all(|j| j.source != **name)
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    for source in sources {
+        let job = engine.new_job(&source, None);
+        let target = job.target.clone();
+        match engine
+            .write(vec![Op::StartReindex { job }], Wait::Applied)
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!(source, target, model = %engine.model.describe(),
+                    "collection of another model: re-indexing it for this worker's model \
+                     (on_model_mismatch: reindex); not ready until done");
+                tokio::spawn(run(engine.clone(), target));
+            }
+            Err(e) => tracing::warn!(source, target, error = %e, "could not start a re-index"),
+        }
     }
 }
 

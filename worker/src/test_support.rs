@@ -57,6 +57,7 @@ pub async fn serve(
         cfg.limits.clone(),
         metrics.clone(),
     ));
+    let policy = cfg.on_model_mismatch;
     let engine = tokio::task::spawn_blocking(move || {
         crate::cli::serve::load_engine(&cfg, None, metrics).unwrap()
     })
@@ -65,7 +66,10 @@ pub async fn serve(
     let engine = Arc::new(engine);
     state.set_engine(engine.clone());
     // Like `serve`: the re-index jobs this worker owns go on.
-    crate::reindex::resume(&engine);
+    crate::reindex::resume(&engine).await;
+    if policy == kb_config::OnModelMismatch::Reindex {
+        crate::reindex::start_for_mismatched(&engine).await;
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = crate::api::router(state.clone()).merge(crate::metrics::router(state.clone()));

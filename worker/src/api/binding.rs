@@ -67,15 +67,16 @@ impl Engine {
         self.mismatched_except(view, |name| view.jobs.contains_key(name))
     }
 
-    /// [`Engine::mismatched`], less the collections this worker is re-indexing for its
-    /// model: they are being mended, so the worker must not stop over them.
+    /// [`Engine::mismatched`], less the collections a job re-indexes for this worker's
+    /// model (run by it or by a replica of the same model): they are being mended, so the
+    /// worker must not stop over them.
     pub fn mismatched_unattended(&self, view: &IndexView) -> Vec<String> {
         self.mismatched_except(view, |name| {
             view.jobs.contains_key(name)
                 || view
                     .jobs
                     .values()
-                    .any(|job| job.source == name && self.runs(job))
+                    .any(|job| job.source == name && !self.is_foreign(Some(&job.binding)))
         })
     }
 

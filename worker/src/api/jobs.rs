@@ -121,10 +121,8 @@ pub async fn start(
             )));
         }
     }
-    let target = match body.target {
-        Some(target) => target,
-        None => default_target(&source, &engine.model),
-    };
+    let job = engine.new_job(&source, body.target);
+    let target = job.target.clone();
     check_collection_name(&target)?;
     for name in [&collection, &target] {
         if !principal.allows(Role::Admin, name) {
@@ -150,30 +148,12 @@ pub async fn start(
         }
         _ => {}
     }
-    let job = ReindexJob {
-        source: source.clone(),
-        target: target.clone(),
-        binding: engine.binding(),
-        owner: engine.replica.clone(),
-        started: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    };
     let sequence = engine
         .write(vec![Op::StartReindex { job: job.clone() }], Wait::Applied)
         .await?;
     tracing::info!(source, target, sequence, model = %engine.model.describe(), "re-index started");
     tokio::spawn(crate::reindex::run(engine.clone(), target));
     Ok((StatusCode::ACCEPTED, Json(describe(&engine, &job).await?)))
-}
-
-/// `{source}-{8 hex digits of the model digest}`.
-fn default_target(source: &str, model: &ModelIdentity) -> String {
-    let hex = model
-        .digest
-        .strip_prefix("sha256:")
-        .unwrap_or(&model.digest);
-    format!("{source}-{}", &hex[..hex.len().min(8)])
 }
 
 /// The re-index jobs under way (those whose source or target this key may see).

@@ -260,7 +260,7 @@ async fn adopt_when_caught_up(engine: &Engine) {
 /// with `model_mismatch:` for the operator.
 pub(crate) fn check_models(engine: &Engine, policy: OnModelMismatch) -> anyhow::Result<()> {
     let mismatched = engine.mismatched_unattended(&engine.store.view());
-    if policy == OnModelMismatch::Exit && !mismatched.is_empty() {
+    if policy != OnModelMismatch::Refuse && !mismatched.is_empty() {
         bail!(
             "model_mismatch: this worker embeds with {}, and these collections hold vectors of \
              another model: {}. Run the model they were made with (revert \
@@ -434,7 +434,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         loader_state.set_engine(engine.clone());
         tracing::info!("model loaded and data opened");
         adopt_when_caught_up(&engine).await;
-        crate::reindex::resume(&engine);
+        crate::reindex::resume(&engine).await;
+        if on_mismatch == OnModelMismatch::Reindex {
+            crate::reindex::start_for_mismatched(&engine).await;
+        }
         check_models(&engine, on_mismatch)
     });
     let app = api::router(state.clone());

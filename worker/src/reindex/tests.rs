@@ -281,3 +281,77 @@ async fn cancelling_a_reindex_drops_its_target_and_leaves_the_source_serving() {
     .await;
     assert_eq!(job["state"], "cancelled");
 }
+
+/// Polls `/readyz` until it answers 200; its last body.
+async fn wait_ready(url: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, body) = call(url, "GET", "/readyz", None).await;
+        if status == 200 {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "never ready: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_on_model_mismatch_reindex_a_worker_of_a_new_model_reindexes_by_itself_and_a_revert_cancels(
+) {
+    let (data, _old) = data_of_the_bundled_model(200, 4).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cls = cls_model(tmp.path());
+    let (new, reverted) = (tmp.path().join("new"), tmp.path().join("reverted"));
+    copy_dir(&data.path().join("data"), &new);
+    let dir = new.clone();
+    let (_t, _s, url) = serve(move |cfg| {
+        cfg.data_dir = dir;
+        cfg.model = Some(cls);
+        cfg.on_model_mismatch = kb_config::OnModelMismatch::Reindex;
+    })
+    .await;
+    // Nobody asked: the worker started the job itself, into the default name.
+    let (_, listed) = call(&url, "GET", "/v1/jobs", None).await;
+    assert_eq!(listed["jobs"][0]["source"], "docs", "{listed}");
+    let id = listed["jobs"][0]["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("docs-"), "{id}");
+    let (status, ready) = call(&url, "GET", "/readyz", None).await;
+    assert_eq!(status, 503, "not ready while re-indexing: {ready}");
+    // A copy of the data part-way through, as a rollback of the model would find it.
+    let (_, seen) = wait_job(&url, &id, |_, j| j["documents_done"].as_u64() >= Some(32)).await;
+    copy_dir(&new, &reverted);
+    assert!(seen["documents_done"].as_u64().unwrap() < 200, "{seen}");
+
+    wait_ready(&url).await;
+    let (_, job) = wait_job(&url, &id, |s, j| s == 200 && j["state"] != "running").await;
+    assert_eq!(job["state"], "finished", "{job}");
+    for (id, text) in texts(200).into_iter().step_by(41) {
+        let text = [text.as_str()].repeat(4).join(" ");
+        let q = json!({"query": text, "top_k": 1, "mode": "dense"});
+        let (status, answer) = call(&url, "POST", "/v1/collections/live/query", Some(q)).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["hits"][0]["document_id"], json!(id));
+        assert!(
+            answer["hits"][0]["score"].as_f64().unwrap() > 0.999,
+            "{answer}"
+        );
+    }
+
+    // The bundled model again on the copy: the job it finds was started for the CLS
+    // model by this replica, so it is cancelled; the source was never touched.
+    let (_t2, _s2, back) = serve(move |cfg| {
+        cfg.data_dir = reverted;
+        cfg.on_model_mismatch = kb_config::OnModelMismatch::Reindex;
+    })
+    .await;
+    let (_, listed) = call(&back, "GET", "/v1/jobs", None).await;
+    assert_eq!(listed["jobs"], json!([]), "{listed}");
+    let (status, _) = call(&back, "GET", &format!("/v1/collections/{id}"), None).await;
+    assert_eq!(status, 404);
+    let (_, info) = call(&back, "GET", "/v1/collections/live", None).await;
+    assert_eq!(
+        (info["name"].clone(), info["documents"].clone()),
+        (json!("docs"), json!(200))
+    );
+    wait_ready(&back).await;
+}
