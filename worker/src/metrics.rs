@@ -251,7 +251,7 @@ impl Metrics {
         );
         r.register(
             "collection_model_mismatch",
-            "1 for a collection whose vectors come from another model than this worker's (it refuses to embed for it: 409 model_mismatch), else 0",
+            "1 for a collection whose vectors come from another model than this worker's (it refuses to embed for it: 409 model_mismatch) and that no re-index job mends for this worker's model, else 0",
             m.model_mismatch.clone(),
         );
         r.register(

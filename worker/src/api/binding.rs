@@ -71,13 +71,17 @@ impl Engine {
     /// model (run by it or by a replica of the same model): they are being mended, so the
     /// worker must not stop over them.
     pub fn mismatched_unattended(&self, view: &IndexView) -> Vec<String> {
-        self.mismatched_except(view, |name| {
-            view.jobs.contains_key(name)
-                || view
-                    .jobs
-                    .values()
-                    .any(|job| job.source == name && !self.is_foreign(Some(&job.binding)))
-        })
+        self.mismatched_except(view, |name| self.mended(view, name))
+    }
+
+    /// Whether collection `name` is a re-index target, or the source of a job that
+    /// re-indexes it for this worker's model.
+    pub fn mended(&self, view: &IndexView, name: &str) -> bool {
+        view.jobs.contains_key(name)
+            || view
+                .jobs
+                .values()
+                .any(|job| job.source == name && !self.is_foreign(Some(&job.binding)))
     }
 
     fn mismatched_except(&self, view: &IndexView, skip: impl Fn(&str) -> bool) -> Vec<String> {

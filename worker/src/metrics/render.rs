@@ -64,7 +64,6 @@ impl Metrics {
             let view = engine.store.view();
             self.index_chunks.clear();
             self.model_mismatch.clear();
-            let mut any_mismatch = false;
             for (name, c) in &view.collections {
                 let labels = CollectionLabels {
                     collection: name.clone(),
@@ -72,10 +71,9 @@ impl Metrics {
                 self.index_chunks
                     .get_or_create(&labels)
                     .set(c.chunks as i64);
-                // A re-index target is built for the next model: not a mismatch.
-                let mismatch =
-                    engine.is_foreign(c.binding.as_ref()) && !view.jobs.contains_key(name);
-                any_mismatch |= mismatch;
+                // A re-index target is built for the next model, and a source that a job
+                // re-indexes for this worker's model is being mended: neither needs anyone.
+                let mismatch = engine.is_foreign(c.binding.as_ref()) && !engine.mended(&view, name);
                 self.model_mismatch
                     .get_or_create(&labels)
                     .set(i64::from(mismatch));
@@ -117,7 +115,8 @@ impl Metrics {
                     .set(i64::from(status.regressed.is_some()));
             }
             let caught_up = engine.replicator.as_ref().is_none_or(|r| r.is_caught_up());
-            let matched = !any_mismatch;
+            // As `/readyz`: a collection being re-indexed for this model is not ready yet.
+            let matched = engine.mismatched(&view).is_empty();
             self.ready.set(i64::from(
                 caught_up && matched && engine.store.halted().is_none(),
             ));

@@ -315,8 +315,21 @@ async fn with_on_model_mismatch_reindex_a_worker_of_a_new_model_reindexes_by_its
     assert_eq!(listed["jobs"][0]["source"], "docs", "{listed}");
     let id = listed["jobs"][0]["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("docs-"), "{id}");
+    // Not ready (metrics read first: the job was under way for both), but mended: the
+    // mismatch gauge, whose alert pages, stays 0.
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let (status, ready) = call(&url, "GET", "/readyz", None).await;
     assert_eq!(status, 503, "not ready while re-indexing: {ready}");
+    assert!(
+        metrics.contains("kb_worker_collection_model_mismatch{collection=\"docs\"} 0")
+            && metrics.contains("kb_worker_ready 0"),
+        "{metrics}"
+    );
     // A copy of the data part-way through, as a rollback of the model would find it.
     let (_, seen) = wait_job(&url, &id, |_, j| j["documents_done"].as_u64() >= Some(32)).await;
     copy_dir(&new, &reverted);

@@ -164,7 +164,9 @@ fn probe(path: &str, failure_threshold: i32, period_seconds: i32) -> Probe {
     }
 }
 
-/// `KB_ON_MODEL_MISMATCH=exit`: a worker whose model is not its data's stops with the
+/// `KB_ON_MODEL_MISMATCH=reindex`: a worker whose model is not its data's re-indexes the
+/// stored texts for its model, unready until done, while the pods not yet rolled serve
+/// (docs/operator.md, Changing the model); data it cannot re-index stops it with the
 /// reason, which `Degraded` shows as `ModelMismatch` (an environment variable rather than
 /// a config key, so that older worker images, which ignore it, still read the ConfigMap).
 /// Replicated mode adds the Redis password, the admin key for peer snapshots, and the pod
@@ -172,7 +174,7 @@ fn probe(path: &str, failure_threshold: i32, period_seconds: i32) -> Probe {
 fn env(spec: &KnowledgeBaseSpec, names: &Names) -> Option<Vec<EnvVar>> {
     let mut env = vec![EnvVar {
         name: "KB_ON_MODEL_MISMATCH".to_string(),
-        value: Some("exit".to_string()),
+        value: Some("reindex".to_string()),
         ..EnvVar::default()
     }];
     env.extend(replica_env(spec, names).into_iter().flatten());

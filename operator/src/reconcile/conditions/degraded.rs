@@ -36,10 +36,11 @@ fn pod_problem(problem: &PodProblem) -> Verdict {
             "ModelMismatch",
             format!(
                 "pod {}: the worker's embedding model is not the one the stored collections \
-                 were embedded with, so it stops instead of mixing two models' vectors; the \
-                 rolling update waits at this pod while the others serve. Revert \
-                 spec.embedding.modelPath or modelVolume (or the image), or re-index the data \
-                 for the new model (docs/operator.md, Changing the model): {}",
+                 were embedded with, and it could not start re-indexing them (its log says \
+                 why: a re-index for another model under way, or writes refused), so it stops \
+                 instead of mixing two models' vectors; the rolling update waits at this pod \
+                 while the others serve. Revert spec.embedding.modelPath or modelVolume (or \
+                 the image), or see docs/runbooks/change-model.md: {}",
                 f.pod,
                 f.message.as_deref().unwrap_or_default()
             ),

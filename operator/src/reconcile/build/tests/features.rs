@@ -220,18 +220,21 @@ fn without_redis_workers_get_no_replication_settings() {
         config(&plan).replication,
         kb_config::ReplicationConfig::default()
     );
-    // Only the model-mismatch policy: a worker whose model is not its data's stops, and
-    // its reason reaches Degraded (ModelMismatch).
+    // Only the model-mismatch policy: a worker whose model is not its data's re-indexes
+    // it (and stops, its reason reaching Degraded (ModelMismatch), where it cannot).
     let env = worker_container(&plan).env.clone().unwrap();
     let names: Vec<(&str, Option<&str>)> = env
         .iter()
         .map(|e| (e.name.as_str(), e.value.as_deref()))
         .collect();
-    assert_eq!(names, vec![("KB_ON_MODEL_MISMATCH", Some("exit"))]);
+    assert_eq!(names, vec![("KB_ON_MODEL_MISMATCH", Some("reindex"))]);
     let mut worker = kb_config::WorkerConfig::default();
     let vars = env.into_iter().map(|e| (e.name, e.value.unwrap()));
     worker.apply_env(vars).unwrap();
-    assert_eq!(worker.on_model_mismatch, kb_config::OnModelMismatch::Exit);
+    assert_eq!(
+        worker.on_model_mismatch,
+        kb_config::OnModelMismatch::Reindex
+    );
 }
 
 #[test]
