@@ -1,8 +1,10 @@
 -- Argo CD health of a knowledge.dev/KnowledgeBase, from the status the operator writes.
 -- Suspended while spec.paused; Progressing until the operator has observed the current
 -- generation and while Ready is not True; Degraded when the Degraded condition is True
--- (invalid spec, missing Secret, a child that cannot be applied or adopted); Healthy when
--- Ready is True (every replica ready on the current revision, Redis ready).
+-- (invalid spec, missing Secret, a child that cannot be applied or adopted); Progressing
+-- while a change of the embedding model re-indexes (Progressing reason ModelRollout), even
+-- where enough replicas serve for Ready; Healthy when Ready is True (every replica ready on
+-- the current revision, Redis ready).
 local hs = {}
 if obj.spec ~= nil and obj.spec.paused == true then
   hs.status = "Suspended"
@@ -27,6 +29,12 @@ local degraded = conditions["Degraded"]
 if degraded ~= nil and degraded.status == "True" then
   hs.status = "Degraded"
   hs.message = degraded.reason .. ": " .. degraded.message
+  return hs
+end
+local progressing = conditions["Progressing"]
+if progressing ~= nil and progressing.status == "True" and progressing.reason == "ModelRollout" then
+  hs.status = "Progressing"
+  hs.message = progressing.reason .. ": " .. progressing.message
   return hs
 end
 local ready = conditions["Ready"]

@@ -94,6 +94,36 @@ fn default_max_seq_len() -> i64 {
 }
 
 impl Embedding {
+    /// The model as the spec names it, with the prefixes given: what decides the stored
+    /// vectors (`status.model`); another value is a model change.
+    pub fn model_ref(&self) -> String {
+        let mut model = match &self.model_volume {
+            None => format!("image:{}", self.model_path),
+            Some(volume) => {
+                let source = if let Some(claim) = &volume.persistent_volume_claim {
+                    format!("pvc:{}", claim.claim_name)
+                } else if let Some(image) = &volume.image {
+                    format!("image-volume:{}", image.reference.as_deref().unwrap_or(""))
+                } else if let Some(nfs) = &volume.nfs {
+                    format!("nfs:{}:{}", nfs.server, nfs.path)
+                } else {
+                    "volume:".to_string()
+                };
+                match volume.sub_path.as_deref().filter(|p| !p.is_empty()) {
+                    Some(path) => format!("{source}/{path}"),
+                    None => source,
+                }
+            }
+        };
+        if let Some(prefix) = &self.query_prefix {
+            model.push_str(&format!(" queryPrefix={prefix:?}"));
+        }
+        if let Some(prefix) = &self.document_prefix {
+            model.push_str(&format!(" documentPrefix={prefix:?}"));
+        }
+        model
+    }
+
     /// GPUs each worker requests (0 on CPU).
     pub fn gpus(&self) -> i32 {
         match self.device {
@@ -219,4 +249,33 @@ impl Default for GpuScheduling {
 
 fn default_gpu_resource() -> String {
     "nvidia.com/gpu".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Embedding;
+    use serde_json::json;
+
+    #[test]
+    fn the_model_ref_names_the_source_and_the_prefixes_given() {
+        let embedding = |spec| {
+            serde_json::from_value::<Embedding>(spec)
+                .unwrap()
+                .model_ref()
+        };
+        assert_eq!(embedding(json!({"device": "cpu"})), "image:/opt/kb/model");
+        let on_volume = json!({
+            "device": "cuda",
+            "modelVolume": {"persistentVolumeClaim": {"claimName": "models"}, "subPath": "e5"},
+            "queryPrefix": "query: ",
+        });
+        assert_eq!(
+            embedding(on_volume),
+            "pvc:models/e5 queryPrefix=\"query: \""
+        );
+        // What does not change the vectors does not count.
+        let other =
+            json!({"device": "cpu", "maxBatchTokens": 1024, "modelName": "x", "maxSeqLen": 128});
+        assert_eq!(embedding(other), "image:/opt/kb/model");
+    }
 }

@@ -24,7 +24,9 @@ pub use monitoring::Monitoring;
 pub use network::Network;
 pub use redis::{CaSecretRef, ExternalRedis, ManagedRedis, Redis, RedisMode, SecretKeyRef};
 pub use reranker::Reranker;
-pub use status::{BackupStatus, ClaimStatus, ConditionType, KnowledgeBaseStatus, StorageStatus};
+pub use status::{
+    BackupStatus, ClaimStatus, ConditionType, KnowledgeBaseStatus, ModelRollout, StorageStatus,
+};
 pub use storage::{ReclaimPolicy, Storage};
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};

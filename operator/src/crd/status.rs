@@ -41,6 +41,34 @@ pub struct KnowledgeBaseStatus {
     /// upgrade queued behind others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available_worker_image: Option<String>,
+    /// The embedding model the stored collections are embedded with, as `spec.embedding`
+    /// names it (its source and the prefixes given): the spec's once every worker ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// A change of the embedding model under way (docs/operator.md, "Changing the model").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_rollout: Option<ModelRollout>,
+}
+
+/// A change of `spec.embedding`'s model: the workers re-index the stored texts for it as
+/// they are replaced.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelRollout {
+    /// `status.model` before the change.
+    pub from: String,
+    /// The model `spec.embedding` names now.
+    pub to: String,
+    /// `Reindexing`: no worker of the new model is ready yet (the first one re-embeds
+    /// the stored texts while the others serve); `Replacing`: the new model serves and
+    /// the remaining workers are being replaced.
+    pub phase: String,
+    /// When the operator first saw the change.
+    pub started: Time,
+    /// Workers running the new model.
+    pub updated_replicas: i32,
+    /// Of those, the ready ones.
+    pub updated_ready_replicas: i32,
 }
 
 /// Sizes of the data volumes (workers' and managed Redis').

@@ -4,7 +4,7 @@
 use super::pods::PodProblem;
 use super::storage::Refusal;
 use super::validate::Invalid;
-use crate::crd::{BackupStatus, ConditionType, KnowledgeBaseStatus, StorageStatus};
+use crate::crd::{BackupStatus, ConditionType, KnowledgeBaseStatus, ModelRollout, StorageStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// How far this reconcile got.
@@ -50,6 +50,8 @@ pub struct Observed {
     pub storage_refusal: Option<Refusal>,
     /// The worker image and upgrades.
     pub upgrade: UpgradeObserved,
+    /// The model `spec.embedding` names ([`crate::crd::Embedding::model_ref`]).
+    pub model: String,
 }
 
 /// The worker image in use and the upgrade waiting, if any.
@@ -73,6 +75,8 @@ pub struct Rollout {
     pub updated_replicas: i32,
     /// `status.currentRevision == status.updateRevision`.
     pub on_newest_revision: bool,
+    /// Pods of the newest revision that are ready.
+    pub updated_ready: i32,
 }
 
 impl Default for Rollout {
@@ -82,6 +86,7 @@ impl Default for Rollout {
             observed: true,
             updated_replicas: i32::MAX,
             on_newest_revision: true,
+            updated_ready: i32::MAX,
         }
     }
 }
@@ -141,7 +146,8 @@ pub fn status(
     base: KnowledgeBaseStatus,
     now: &Time,
 ) -> KnowledgeBaseStatus {
-    let conditions = verdicts(outcome, observed)
+    let (model, model_rollout) = model::rollout(observed, previous, now);
+    let conditions = verdicts(outcome, observed, model_rollout.as_ref())
         .into_iter()
         .map(|(kind, (status, reason, message))| {
             let old = previous.and_then(|p| p.condition(kind));
@@ -183,6 +189,8 @@ pub fn status(
             .storage
             .clone()
             .or_else(|| previous.and_then(|p| p.storage.clone())),
+        model: Some(model),
+        model_rollout,
         ..base
     }
 }
@@ -236,7 +244,11 @@ fn backup_status(observed: &Observed, previous: Option<&BackupStatus>) -> Option
     Some(status)
 }
 
-fn verdicts(outcome: &Outcome, observed: &Observed) -> [(ConditionType, Verdict); 6] {
+fn verdicts(
+    outcome: &Outcome,
+    observed: &Observed,
+    model_rollout: Option<&ModelRollout>,
+) -> [(ConditionType, Verdict); 6] {
     let (redis_ok, redis) = redis(&observed.redis);
     let rollout = &observed.rollout;
     let rolled_out = rollout.observed
@@ -270,8 +282,23 @@ fn verdicts(outcome: &Outcome, observed: &Observed) -> [(ConditionType, Verdict)
                 observed.ready_replicas, observed.desired_replicas
             ),
         ),
-        _ => match &observed.upgrade.queued {
-            Some(why) if outcome_allows_ready(outcome) => ("True", "UpgradeQueued", why.clone()),
+        _ => match (&observed.upgrade.queued, model_rollout) {
+            (_, Some(change)) if outcome_allows_ready(outcome) => (
+                "True",
+                "ModelRollout",
+                format!(
+                    "changing the embedding model from {} to {}: {} ({}/{} workers on the \
+                     new model ready); progress on the workers' GET /v1/jobs",
+                    change.from,
+                    change.to,
+                    change.phase,
+                    change.updated_ready_replicas,
+                    observed.desired_replicas
+                ),
+            ),
+            (Some(why), _) if outcome_allows_ready(outcome) => {
+                ("True", "UpgradeQueued", why.clone())
+            }
             _ => progressing(outcome, workers_ready && redis_ok),
         },
     };
@@ -459,5 +486,6 @@ fn backup(backup: &BackupObserved) -> Verdict {
 }
 
 mod degraded;
+mod model;
 #[cfg(test)]
 mod tests;

@@ -143,6 +143,16 @@ fn init_failed(pod: &Pod) -> Option<PodProblem> {
         })
 }
 
+/// Whether the pod's `Ready` condition is `True`.
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
 /// The worker container when it is not ready and its last run ended in failure.
 fn crashed(pod: &Pod) -> Option<WorkerFailure> {
     let status = pod

@@ -143,6 +143,17 @@ async fn observe(
         None => None,
     };
     let generation = workers.as_ref().and_then(|s| s.metadata.generation);
+    let worker_pods = pods_of(client, names, &names.selector_string()).await?;
+    let updated_ready = match &worker_status.update_revision {
+        Some(revision) => worker_pods
+            .iter()
+            .filter(|pod| {
+                pod.labels().get("controller-revision-hash") == Some(revision)
+                    && super::pods::is_ready(pod)
+            })
+            .count() as i32,
+        None => 0,
+    };
     let rollout = Rollout {
         observed: workers.is_some()
             && generation.is_some()
@@ -156,8 +167,8 @@ async fn observe(
             // A controller that reports no revisions yet has not rolled anything out.
             _ => false,
         },
+        updated_ready,
     };
-    let worker_pods = pods_of(client, names, &names.selector_string()).await?;
     let storage = Some(storage_status(client, kb, names).await?);
     Ok(Observed {
         upgrade: Default::default(),
@@ -178,6 +189,7 @@ async fn observe(
         backup,
         backup_jobs,
         backup_request: None,
+        model: kb.spec.embedding.model_ref(),
     })
 }
 

@@ -197,6 +197,7 @@ fn scaling_out_under_the_autoscaler_keeps_ready_and_shows_scaling() {
             observed: true,
             updated_replicas: 1,
             on_newest_revision: false,
+            updated_ready: 1,
         },
         ..scaling
     };

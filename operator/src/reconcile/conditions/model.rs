@@ -1,0 +1,161 @@
+//! `status.model` and `status.modelRollout`: a change of the embedding model as the
+//! operator sees it (the workers do the re-index; docs/operator.md, "Changing the model").
+
+use super::Observed;
+use crate::crd::{KnowledgeBaseStatus, ModelRollout};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// `status.model` and `status.modelRollout`. The first observation takes the spec's model
+/// (a new KnowledgeBase, or one from a release without the field); after that, a spec
+/// naming another model is a rollout until every wanted worker runs the newest revision
+/// and is ready, and a spec naming `status.model` again (a revert) ends it.
+pub(super) fn rollout(
+    observed: &Observed,
+    previous: Option<&KnowledgeBaseStatus>,
+    now: &Time,
+) -> (String, Option<ModelRollout>) {
+    let spec = &observed.model;
+    let Some(stored) = previous.and_then(|p| p.model.clone()) else {
+        return (spec.clone(), None);
+    };
+    let rollout = &observed.rollout;
+    let done = rollout.observed
+        && rollout.on_newest_revision
+        && rollout.updated_replicas >= observed.desired_replicas
+        && rollout.updated_ready >= observed.desired_replicas;
+    if &stored == spec || done {
+        return (spec.clone(), None);
+    }
+    let started = previous
+        .and_then(|p| p.model_rollout.as_ref())
+        .filter(|r| &r.to == spec)
+        .map_or_else(|| now.clone(), |r| r.started.clone());
+    // Until the StatefulSet's controller has seen the change, its counts are the old
+    // revision's.
+    let (updated, ready) = match rollout.observed {
+        true => (rollout.updated_replicas, rollout.updated_ready),
+        false => (0, 0),
+    };
+    let phase = match ready {
+        0 => "Reindexing",
+        _ => "Replacing",
+    };
+    let change = ModelRollout {
+        from: stored.clone(),
+        to: spec.clone(),
+        phase: phase.to_string(),
+        started,
+        updated_replicas: updated.min(observed.desired_replicas),
+        updated_ready_replicas: ready.min(observed.desired_replicas),
+    };
+    (stored, Some(change))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::conditions::Rollout;
+
+    fn at(seconds: i64) -> Time {
+        Time(jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    /// Three workers wanted, `updated` of them on the newest revision, `ready` of those
+    /// ready.
+    fn observed(model: &str, seen: bool, updated: i32, ready: i32) -> Observed {
+        Observed {
+            desired_replicas: 3,
+            model: model.to_string(),
+            rollout: Rollout {
+                observed: seen,
+                updated_replicas: updated,
+                on_newest_revision: updated == 3,
+                updated_ready: ready,
+            },
+            ..Observed::default()
+        }
+    }
+
+    fn status(model: &str, rollout: Option<ModelRollout>) -> KnowledgeBaseStatus {
+        KnowledgeBaseStatus {
+            model: Some(model.to_string()),
+            model_rollout: rollout,
+            ..KnowledgeBaseStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_change_is_reindexing_then_replacing_until_every_worker_runs_it_ready() {
+        // First observation: the spec's model is the data's.
+        assert_eq!(
+            rollout(&observed("a", true, 3, 3), None, &at(1)),
+            ("a".into(), None)
+        );
+        let old = status("a", None);
+        assert_eq!(
+            rollout(&observed("a", true, 3, 3), Some(&old), &at(2)),
+            ("a".into(), None)
+        );
+        // The spec names b; the StatefulSet has not seen it yet.
+        let (model, change) = rollout(&observed("b", false, 3, 3), Some(&old), &at(10));
+        let change = change.unwrap();
+        assert_eq!(model, "a", "the data is still a's");
+        assert_eq!(
+            (
+                change.from.as_str(),
+                change.to.as_str(),
+                change.phase.as_str()
+            ),
+            ("a", "b", "Reindexing")
+        );
+        assert_eq!(
+            (change.updated_replicas, change.started.clone()),
+            (0, at(10))
+        );
+        // One pod of b, re-indexing (not ready): still Reindexing, started kept.
+        let during = status("a", Some(change));
+        let (_, change) = rollout(&observed("b", true, 1, 0), Some(&during), &at(20));
+        let change = change.unwrap();
+        assert_eq!(
+            (change.phase.as_str(), change.started.clone()),
+            ("Reindexing", at(10))
+        );
+        // It serves: the others are being replaced.
+        let during = status("a", Some(change));
+        let (_, change) = rollout(&observed("b", true, 2, 1), Some(&during), &at(30));
+        let change = change.unwrap();
+        assert_eq!(
+            (change.phase.as_str(), change.updated_ready_replicas),
+            ("Replacing", 1)
+        );
+        // Every pod on b but one not ready yet: not done.
+        let during = status("a", Some(change));
+        let (model, change) = rollout(&observed("b", true, 3, 2), Some(&during), &at(40));
+        assert_eq!((model.as_str(), change.is_some()), ("a", true));
+        // All ready on b: done, the data is b's.
+        let (model, change) = rollout(&observed("b", true, 3, 3), Some(&during), &at(50));
+        assert_eq!((model.as_str(), change), ("b", None));
+    }
+
+    #[test]
+    fn a_revert_ends_the_change_and_another_model_restarts_it() {
+        let (_, change) = rollout(
+            &observed("b", true, 1, 0),
+            Some(&status("a", None)),
+            &at(10),
+        );
+        let during = status("a", change);
+        // The spec names a again: no change under way, the data is a's.
+        assert_eq!(
+            rollout(&observed("a", true, 1, 0), Some(&during), &at(20)),
+            ("a".into(), None)
+        );
+        // The spec names c instead of b: a change to c, started now.
+        let (model, change) = rollout(&observed("c", true, 0, 0), Some(&during), &at(30));
+        let change = change.unwrap();
+        assert_eq!(
+            (model.as_str(), change.to.as_str(), change.started),
+            ("a", "c", at(30))
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! A change of the embedding model on a KnowledgeBase, as the operator reports it against
+//! an in-memory API server: `status.modelRollout` goes `Reindexing` (no worker of the new
+//! model ready) -> `Replacing` -> gone with `status.model` the new model once every worker
+//! runs it ready; `Progressing` says `ModelRollout` meanwhile; an Event marks each phase;
+//! and a revert of the spec ends it with the old model kept. (The workers' re-index is
+//! tested in `kb-worker`; the real-cluster run is `e2e/`.)
+
+mod common;
+
+use common::{cluster, converge, create, get, kb, reconcile_once, set_ready_replicas, set_rollout};
+use k8s_openapi::api::core::v1::{Container, Pod, PodCondition, PodSpec, PodStatus};
+use k8s_openapi::api::events::v1::Event;
+use kb_operator::crd::{ConditionType, KnowledgeBase, KnowledgeBaseStatus};
+use kb_operator::metrics::Metrics;
+use kb_operator::reconcile::Context;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use std::sync::Arc;
+
+const SPEC: &str = "replicas: 2\nembedding:\n  device: cpu\nredis:\n  managed: {}\n";
+const NEW_MODEL: &str = "pvc:models/e5 queryPrefix=\"query: \"";
+
+async fn status(client: &Client) -> KnowledgeBaseStatus {
+    let kb: KnowledgeBase = get(client, "docs").await.unwrap();
+    kb.status.unwrap()
+}
+
+async fn set_model(client: &Client, embedding: serde_json::Value) {
+    let api: Api<KnowledgeBase> = Api::namespaced(client.clone(), "default");
+    let patch = json!({"spec": {"embedding": embedding}});
+    api.patch("docs", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+/// Worker pod `ordinal` of "docs" on StatefulSet revision `revision`, ready or not.
+async fn worker_pod(client: &Client, ordinal: i32, revision: &str, ready: bool) {
+    let selector = status(client).await.selector.unwrap();
+    let mut labels: std::collections::BTreeMap<String, String> = selector
+        .split(',')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    labels.insert("controller-revision-hash".into(), revision.into());
+    let name = format!("docs-worker-{ordinal}");
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let _ = api.delete(&name, &Default::default()).await;
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "worker".into(),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    };
+    api.create(&PostParams::default(), &pod).await.unwrap();
+    let status = PodStatus {
+        conditions: Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: if ready { "True" } else { "False" }.into(),
+            ..PodCondition::default()
+        }]),
+        ..PodStatus::default()
+    };
+    let patch = json!({"status": status});
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+async fn events(client: &Client) -> Vec<String> {
+    let list = Api::<Event>::namespaced(client.clone(), "default")
+        .list(&Default::default())
+        .await
+        .unwrap();
+    list.items.iter().filter_map(|e| e.reason.clone()).collect()
+}
+
+fn progressing(status: &KnowledgeBaseStatus) -> (String, String) {
+    let c = status.condition(ConditionType::Progressing).unwrap();
+    (c.status.clone(), c.reason.clone())
+}
+
+#[tokio::test]
+async fn a_model_change_is_reported_phase_by_phase_until_every_worker_runs_it() {
+    let (client, writes) = cluster(None).await;
+    create(&client, &kb("docs", SPEC)).await;
+    let ctx = Arc::new(Context::new(client.clone(), Arc::new(Metrics::default())));
+    converge(&ctx, &writes, "docs").await;
+    // A first deploy waits for Redis before it creates the workers.
+    set_ready_replicas(&client, "docs-redis", 1).await;
+    converge(&ctx, &writes, "docs").await;
+    worker_pod(&client, 0, "rev-2", true).await;
+    worker_pod(&client, 1, "rev-2", true).await;
+    set_rollout(&client, "docs-worker", 2, 2, true).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    let before = status(&client).await;
+    assert_eq!(before.model.as_deref(), Some("image:/opt/kb/model"));
+    assert_eq!(before.model_rollout, None);
+
+    // The spec names another model: the StatefulSet rolls; nothing of it is ready yet.
+    set_model(
+        &client,
+        json!({"modelVolume": {"persistentVolumeClaim": {"claimName": "models"}, "subPath": "e5"},
+               "queryPrefix": "query: "}),
+    )
+    .await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    set_rollout(&client, "docs-worker", 1, 0, true).await;
+    worker_pod(&client, 1, "rev-3", false).await;
+    // The pod of the new model re-indexes (not ready); the controller counts it updated.
+    let api: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(client.clone(), "default");
+    let report = json!({"status": {"updatedReplicas": 1, "updateRevision": "rev-3",
+                                   "currentRevision": "rev-2"}});
+    api.patch_status(
+        "docs-worker",
+        &PatchParams::default(),
+        &Patch::Merge(&report),
+    )
+    .await
+    .unwrap();
+    reconcile_once(&ctx, "docs").await.unwrap();
+    let during = status(&client).await;
+    let change = during.model_rollout.clone().expect("a model rollout");
+    assert_eq!(
+        (
+            change.from.as_str(),
+            change.to.as_str(),
+            change.phase.as_str()
+        ),
+        ("image:/opt/kb/model", NEW_MODEL, "Reindexing")
+    );
+    assert_eq!(
+        (change.updated_replicas, change.updated_ready_replicas),
+        (1, 0)
+    );
+    assert_eq!(during.model.as_deref(), Some("image:/opt/kb/model"));
+    assert_eq!(
+        progressing(&during),
+        ("True".to_string(), "ModelRollout".to_string())
+    );
+
+    // It finished re-indexing and serves; the other worker is replaced next.
+    worker_pod(&client, 1, "rev-3", true).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    let serving = status(&client).await;
+    let phase = serving.model_rollout.as_ref().map(|c| c.phase.clone());
+    assert_eq!(phase.as_deref(), Some("Replacing"));
+    assert_eq!(serving.model_rollout.unwrap().started, change.started);
+
+    // Both on the new revision and ready: the data is the new model's.
+    worker_pod(&client, 0, "rev-3", true).await;
+    let report = json!({"status": {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2,
+                                   "updateRevision": "rev-3", "currentRevision": "rev-3"}});
+    api.patch_status(
+        "docs-worker",
+        &PatchParams::default(),
+        &Patch::Merge(&report),
+    )
+    .await
+    .unwrap();
+    reconcile_once(&ctx, "docs").await.unwrap();
+    let after = status(&client).await;
+    assert_eq!(
+        (after.model.as_deref(), after.model_rollout.as_ref()),
+        (Some(NEW_MODEL), None)
+    );
+    assert_ne!(progressing(&after).1, "ModelRollout");
+    let reasons = events(&client).await;
+    for reason in [
+        "ModelRolloutStarted",
+        "ModelRolloutServing",
+        "ModelRolloutFinished",
+    ] {
+        assert!(reasons.contains(&reason.to_string()), "{reasons:?}");
+    }
+}
+
+#[tokio::test]
+async fn reverting_the_model_mid_way_ends_the_rollout_and_keeps_the_old_model() {
+    let (client, writes) = cluster(None).await;
+    create(&client, &kb("docs", SPEC)).await;
+    let ctx = Arc::new(Context::new(client.clone(), Arc::new(Metrics::default())));
+    converge(&ctx, &writes, "docs").await;
+    // A first deploy waits for Redis before it creates the workers.
+    set_ready_replicas(&client, "docs-redis", 1).await;
+    converge(&ctx, &writes, "docs").await;
+    set_rollout(&client, "docs-worker", 2, 2, true).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    set_model(&client, json!({"modelPath": "/opt/kb/other-model"})).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    let change = status(&client)
+        .await
+        .model_rollout
+        .expect("a model rollout");
+    assert_eq!(change.to, "image:/opt/kb/other-model");
+    set_model(&client, json!({"modelPath": "/opt/kb/model"})).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    let after = status(&client).await;
+    assert_eq!(
+        (after.model.as_deref(), after.model_rollout),
+        (Some("image:/opt/kb/model"), None)
+    );
+    assert!(
+        events(&client)
+            .await
+            .contains(&"ModelRolloutReverted".to_string()),
+        "{:?}",
+        events(&client).await
+    );
+}
