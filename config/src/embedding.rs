@@ -40,8 +40,9 @@ pub struct EmbeddingConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_name: Option<String>,
     /// Model replicas on the CPU, each on its own thread with an equal share of the cores
-    /// as libtorch threads. Unset: one per core, at most 4 (small query batches run faster
-    /// on one core each than together on two).
+    /// as libtorch threads. Unset: measured at start among the splits of the cores into at
+    /// most 4 executors (`kb_embed`'s `calibrate::layout`), and cached in the data
+    /// directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_executors: Option<usize>,
     /// Cores the CPU executors share. Unset: what the process may use (the CPU count, or

@@ -10,6 +10,8 @@
 //! (`fp32`, `bf16`) overrides it. The reranker measures its own precision with the same
 //! timing and choice ([`run_candidates`], [`choose`]; see `rerank/precision.rs`).
 
+pub mod layout;
+
 use crate::bert::BertEncoder;
 use crate::model_config::BertConfig;
 use crate::packing::PackedBatch;
@@ -112,6 +114,12 @@ pub fn choose<T: Candidate>(trials: &[T]) -> String {
 /// The cache key: the CPU's model name and the flags that decide bf16 speed, libtorch,
 /// the model's shape and the executor's threads.
 pub fn key(cfg: &BertConfig, threads: i32) -> String {
+    format!("{}; threads {threads}", base_key(cfg))
+}
+
+/// The CPU's model name and the flags that decide bf16 speed, libtorch and the model's
+/// shape: what every CPU calibration is keyed by.
+fn base_key(cfg: &BertConfig) -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
         info.lines()
@@ -126,7 +134,7 @@ pub fn key(cfg: &BertConfig, threads: i32) -> String {
         .filter(|f| f.contains("bf16") || f.starts_with("amx") || *f == "avx512f" || *f == "avx2")
         .collect();
     format!(
-        "cpu={} [{}]; libtorch {LIBTORCH}; bert {}x{}x{}; threads {threads}",
+        "cpu={} [{}]; libtorch {LIBTORCH}; bert {}x{}x{}",
         field("model name"),
         relevant.join(" "),
         cfg.num_hidden_layers,
@@ -173,12 +181,12 @@ where
     T: Serialize + DeserializeOwned + std::fmt::Debug,
 {
     if let Some(found) = cache_dir.and_then(|dir| cached::<T>(dir, file, key)) {
-        tracing::info!(engine = what, chosen = %found.chosen, trials = ?found.trials, "CPU precision from the cached calibration");
+        tracing::info!(engine = what, chosen = %found.chosen, trials = ?found.trials, "CPU setting from the cached calibration");
         return Ok(found);
     }
     let started = Instant::now();
     let measured = measure()?;
-    tracing::info!(engine = what, chosen = %measured.chosen, trials = ?measured.trials, took_ms = started.elapsed().as_millis() as u64, %key, "CPU precision measured (precision: auto)");
+    tracing::info!(engine = what, chosen = %measured.chosen, trials = ?measured.trials, took_ms = started.elapsed().as_millis() as u64, %key, "CPU setting measured");
     if let Some(dir) = cache_dir {
         if let Err(e) = store(dir, file, &measured) {
             tracing::warn!(engine = what, error = %e, "could not cache the CPU calibration; it runs again at the next start");

@@ -2,6 +2,7 @@
 
 use crate::batcher::{run_scheduler, Budgets, Inputs, Lane, RequestQueue};
 use crate::bert::BertEncoder;
+use crate::calibrate::layout::{self, LayoutTrial};
 use crate::device::{
     device_name, parse_devices, preferred_batch_tokens, preferred_bulk_batch_tokens, resolve_kind,
 };
@@ -41,6 +42,7 @@ struct Inner {
     counters: Arc<Counters>,
     scheduler: Mutex<Option<JoinHandle<()>>>,
     calibration: Option<crate::calibrate::Calibration>,
+    layout: Option<crate::calibrate::Calibration<LayoutTrial>>,
 }
 
 impl Embedder {
@@ -75,7 +77,7 @@ impl Embedder {
         let cores = cfg
             .cpu_cores
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-        let executors = executors(&devices, cfg.cpu_executors, cores);
+        let mut executors = executors(&devices, cfg.cpu_executors, cores);
         let weights = model_dir.join("model.safetensors");
         let calibration = match executors.iter().find(|e| e.device == Device::Cpu) {
             Some(cpu) if cfg.precision == Precision::Auto => Some(calibrate_cpu(
@@ -92,6 +94,31 @@ impl Embedder {
             _ => resolve_kind(cfg.precision, device),
         };
         let kind = kind_on(devices[0]);
+        // With `cpu_executors` unset, the split of the cores into executors is measured
+        // too, in the precision they run ([`crate::calibrate::layout`]).
+        let layout = match cfg.cpu_executors {
+            None if devices.contains(&Device::Cpu)
+                && layout::candidates(cores, MAX_AUTO_CPU_EXECUTORS).len() > 1 =>
+            {
+                Some(layout::cached_or_measured_layout(
+                    &weights,
+                    &model.bert,
+                    model.head.pooling,
+                    kind_on(Device::Cpu),
+                    cores,
+                    MAX_AUTO_CPU_EXECUTORS,
+                    max_seq_len,
+                    cache_dir,
+                )?)
+            }
+            _ => None,
+        };
+        if let Some(n) = layout
+            .as_ref()
+            .and_then(|l| layout::executors_of(&l.chosen))
+        {
+            executors = self::executors(&devices, Some(n), cores);
+        }
         let counters = Arc::new(Counters::new(
             executors.iter().map(|e| e.name.clone()).collect(),
         ));
@@ -159,6 +186,7 @@ impl Embedder {
                 counters,
                 scheduler: Mutex::new(Some(scheduler)),
                 calibration,
+                layout,
             }),
         })
     }
@@ -191,6 +219,12 @@ impl Embedder {
     /// How `precision: auto` was decided on the CPU (measured or cached), if it was.
     pub fn calibration(&self) -> Option<&crate::calibrate::Calibration> {
         self.inner.calibration.as_ref()
+    }
+
+    /// How the CPU's cores were split into executors when `cpu_executors` is unset
+    /// (measured or cached), if they were.
+    pub fn layout_calibration(&self) -> Option<&crate::calibrate::Calibration<LayoutTrial>> {
+        self.inner.layout.as_ref()
     }
 
     /// Precision of the replicas: `fp32`, `fp16` or `bf16`.

@@ -41,6 +41,11 @@ mod stats;
 mod tokenize;
 
 pub use batcher::Lane;
+pub use calibrate::layout::LayoutTrial;
+
+/// The files in the data directory where [`Embedder::load_calibrated`] caches what it
+/// measured on the CPU (the precision, the executors' layout).
+pub const CALIBRATION_FILES: [&str; 2] = [calibrate::CACHE_FILE, calibrate::layout::CACHE_FILE];
 pub use calibrate::{Calibration, Trial};
 pub use device::cpu_has_native_bf16;
 pub use engine::Embedder;

@@ -59,3 +59,72 @@ fn auto_precision_on_the_cpu_is_measured_once_and_then_read_from_the_cache() {
     assert!(explicit.calibration().is_none());
     assert_eq!(explicit.precision(), "fp32");
 }
+
+/// The executors of the layout `name` (`2x1`: two executors of one thread).
+fn executors_in(name: &str) -> usize {
+    name.split_once('x').unwrap().0.parse().unwrap()
+}
+
+#[test]
+fn the_split_of_the_cores_into_executors_is_measured_cached_and_run() {
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = EmbeddingConfig {
+        device: "cpu".into(),
+        precision: Precision::Fp32,
+        cpu_cores: Some(2),
+        ..Default::default()
+    };
+    let first = Embedder::load_calibrated(&model_dir(), &cfg, Some(cache.path())).unwrap();
+    let measured = first
+        .layout_calibration()
+        .expect("cpu_executors unset: the layout is measured")
+        .clone();
+    assert!(!measured.cached);
+    let names: Vec<String> = measured.trials.iter().map(|t| t.name()).collect();
+    assert_eq!(names, ["1x2", "2x1"]);
+    assert!(measured.trials.iter().all(|t| t.texts_per_second > 0.0));
+    assert_eq!(
+        first.stats().devices.len(),
+        executors_in(&measured.chosen),
+        "the engine runs the layout chosen"
+    );
+    let out = first
+        .embed_blocking(Lane::Bulk, vec!["split".into(), "cores".into()])
+        .unwrap();
+    assert_eq!(out.vectors.len(), 2);
+    drop(first);
+
+    // The next start reads the cache, and runs what it says: the other layout here.
+    let file = cache.path().join("cpu-layout.json");
+    let mut cached: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let other = if measured.chosen == "1x2" {
+        "2x1"
+    } else {
+        "1x2"
+    };
+    cached["chosen"] = other.into();
+    std::fs::write(&file, cached.to_string()).unwrap();
+    let second = Embedder::load_calibrated(&model_dir(), &cfg, Some(cache.path())).unwrap();
+    let read = second.layout_calibration().unwrap();
+    assert!(read.cached, "the second start reads the cache");
+    assert_eq!(read.trials, measured.trials);
+    assert_eq!(second.stats().devices.len(), executors_in(other));
+    drop(second);
+
+    // An explicit executor count is not measured; one core leaves nothing to choose.
+    let explicit = EmbeddingConfig {
+        cpu_executors: Some(2),
+        ..cfg.clone()
+    };
+    let fixed = Embedder::load_calibrated(&model_dir(), &explicit, Some(cache.path())).unwrap();
+    assert!(fixed.layout_calibration().is_none());
+    assert_eq!(fixed.stats().devices.len(), 2);
+    let one_core = EmbeddingConfig {
+        cpu_cores: Some(1),
+        ..cfg
+    };
+    let single = Embedder::load(&model_dir(), &one_core).unwrap();
+    assert!(single.layout_calibration().is_none());
+    assert_eq!(single.stats().devices.len(), 1);
+}

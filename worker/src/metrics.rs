@@ -60,6 +60,12 @@ struct PrecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LayoutLabels {
+    layout: String,
+    chosen: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LaneLabels {
     lane: &'static str,
 }
@@ -87,6 +93,7 @@ pub struct Metrics {
     embed_device_info: Family<EngineLabels, Gauge>,
     embed_calibration_seconds: Family<PrecisionLabels, FloatGauge>,
     embed_calibration_min_cosine: Family<PrecisionLabels, FloatGauge>,
+    embed_layout_texts_per_second: Family<LayoutLabels, FloatGauge>,
     rerank_calibration_seconds: Family<PrecisionLabels, FloatGauge>,
     rerank_calibration_max_logit_error: Family<PrecisionLabels, FloatGauge>,
     embed_busy_seconds: FloatGauge,
@@ -144,6 +151,7 @@ impl Metrics {
             embed_device_info: Family::default(),
             embed_calibration_seconds: Family::default(),
             embed_calibration_min_cosine: Family::default(),
+            embed_layout_texts_per_second: Family::default(),
             rerank_calibration_seconds: Family::default(),
             rerank_calibration_max_logit_error: Family::default(),
             embed_busy_seconds: FloatGauge::default(),
@@ -223,6 +231,11 @@ impl Metrics {
             "embed_calibration_min_cosine",
             "precision: auto on a CPU: worst cosine of each candidate precision's calibration vectors to fp32's (0.999 needed to be chosen)",
             m.embed_calibration_min_cosine.clone(),
+        );
+        r.register(
+            "embed_layout_texts_per_second",
+            "embedding.cpu_executors unset: texts per second of each candidate split of the cores into executors (layout `executors x threads`, all executors at once on the calibration batches), measured at start or read from the data directory's cache; chosen=\"true\" on the one serving",
+            m.embed_layout_texts_per_second.clone(),
         );
         r.register(
             "rerank_calibration_seconds",

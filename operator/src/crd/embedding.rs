@@ -57,8 +57,9 @@ pub struct Embedding {
     #[schemars(range(min = 1, max = 10000000))]
     pub bulk_queue_capacity: Option<i64>,
     /// Model replicas on the CPU (`device: cpu`), each on its own thread with an equal
-    /// share of the pod's cores, all reading one copy of the weights (default: one per
-    /// core, at most 4).
+    /// share of the pod's cores, all reading one copy of the weights (default: the split
+    /// of the cores into at most 4 executors that embeds fastest, measured at the
+    /// worker's first start and cached on its volume).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub cpu_executors: Option<i64>,

@@ -1,7 +1,8 @@
 //! The sampled gauges, refreshed from the engine at each scrape, and the rendering.
 
 use super::{
-    CollectionLabels, EngineLabels, GpuLabels, LaneLabels, Metrics, PrecisionLabels, ReindexLabels,
+    CollectionLabels, EngineLabels, GpuLabels, LaneLabels, LayoutLabels, Metrics, PrecisionLabels,
+    ReindexLabels,
 };
 use crate::api::AppState;
 use prometheus_client::encoding::text::encode;
@@ -37,6 +38,18 @@ impl Metrics {
                 self.embed_calibration_min_cosine
                     .get_or_create(&labels)
                     .set(f64::from(trial.min_cosine));
+            }
+            if let Some(layout) = engine.embedder.layout_calibration() {
+                for trial in &layout.trials {
+                    let name = trial.name();
+                    let labels = LayoutLabels {
+                        chosen: (name == layout.chosen).to_string(),
+                        layout: name,
+                    };
+                    self.embed_layout_texts_per_second
+                        .get_or_create(&labels)
+                        .set(trial.texts_per_second);
+                }
             }
             let reranker = engine.reranker.as_ref().and_then(|(r, _)| r.calibration());
             for trial in reranker.map_or(&[][..], |c| c.trials.as_slice()) {

@@ -7,6 +7,7 @@ pub mod replicated;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
@@ -29,6 +30,31 @@ pub fn model_dir() -> PathBuf {
         .filter(|o| o.status.success())
         .expect("the bundled model is not installed: run `make setup` or set KB_MODEL_DIR");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Copies into `data_dir` (where missing) the CPU calibration (precision and executors'
+/// layout, `kb_embed::CALIBRATION_FILES`) of the bundled model with the default embedding
+/// settings on the CPU, measured once per test process: a worker reads it as it reads
+/// what it cached at an earlier start, instead of measuring again at every test's start.
+/// A worker configured otherwise finds another key in it and measures as usual; the
+/// measurement itself is tested in kb-embed's `tests/calibration.rs`.
+pub fn seed_calibration(data_dir: &Path) {
+    static MEASURED: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let measured = MEASURED.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = kb_config::WorkerConfig::default().embedding;
+        cfg.device = "cpu".into();
+        kb_embed::Embedder::load_calibrated(&model_dir(), &cfg, Some(dir.path()))
+            .expect("the bundled model loads");
+        dir
+    });
+    std::fs::create_dir_all(data_dir).unwrap();
+    for file in kb_embed::CALIBRATION_FILES {
+        let (from, to) = (measured.path().join(file), data_dir.join(file));
+        if from.exists() && !to.exists() {
+            std::fs::copy(from, to).unwrap();
+        }
+    }
 }
 
 /// A loopback port nobody listens on right now.
@@ -74,6 +100,7 @@ impl Worker {
         env: &[(&str, &str)],
         probe: &str,
     ) -> Worker {
+        seed_calibration(data_dir);
         let cfg_path = data_dir.with_extension("yaml");
         std::fs::File::create(&cfg_path)
             .unwrap()
