@@ -197,9 +197,12 @@ fn stats_count_rows_and_tokens() {
     let stats = embedder.stats();
     assert_eq!(stats.rows, 2);
     assert!(stats.padded_tokens >= stats.real_tokens && stats.real_tokens > 0);
-    // One executor per core by default (at most four), all on the one device.
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    assert_eq!(stats.devices.len(), cores.min(4));
+    // As many executors as the measured layout chose, all on the one device.
+    let executors = embedder.layout_calibration().map_or(1, |layout| {
+        let chosen = layout.trials.iter().find(|t| t.name() == layout.chosen);
+        chosen.expect("the chosen layout was measured").executors
+    });
+    assert_eq!(stats.devices.len(), executors);
     assert!(stats.devices.iter().map(|d| d.busy_seconds).sum::<f64>() > 0.0);
 }
 
