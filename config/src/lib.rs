@@ -66,6 +66,23 @@ pub struct WorkerConfig {
     /// setting; a collection it cannot re-index stops it as `exit` does). Environment:
     /// `KB_ON_MODEL_MISMATCH`.
     pub on_model_mismatch: OnModelMismatch,
+    /// Seconds between SIGTERM and closing the listener: the worker reports not ready
+    /// (`/readyz` 503 `draining`) and keeps serving meanwhile, so that requests routed to
+    /// it before the Service's endpoints drop it are answered, not refused. Unset: 5 in a
+    /// Kubernetes pod (`KUBERNETES_SERVICE_HOST` set), else 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_delay_seconds: Option<u64>,
+}
+
+impl WorkerConfig {
+    /// [`WorkerConfig::shutdown_delay_seconds`] resolved.
+    pub fn shutdown_delay(&self) -> std::time::Duration {
+        let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let seconds = self
+            .shutdown_delay_seconds
+            .unwrap_or(if in_pod { 5 } else { 0 });
+        std::time::Duration::from_secs(seconds)
+    }
 }
 
 /// See [`WorkerConfig::on_model_mismatch`].
@@ -97,6 +114,7 @@ impl Default for WorkerConfig {
             limits: LimitsConfig::default(),
             index: IndexConfig::default(),
             on_model_mismatch: OnModelMismatch::default(),
+            shutdown_delay_seconds: None,
         }
     }
 }

@@ -105,6 +105,12 @@ pub struct ReplicaStatus {
 }
 
 impl Replicator {
+    /// Base URLs of the peers (`replication.peers` and every address of
+    /// `replication.peer_service`), resolved now; this replica may be among them.
+    pub async fn peer_urls(&self) -> Vec<String> {
+        bootstrap::peer_urls(&self.cfg).await
+    }
+
     /// Wraps a store opened with [`Store::open_replicated`].
     pub fn new(log: RedisLog, store: Arc<Store>, cfg: ReplicationConfig) -> Arc<Self> {
         let applied = store.index().applied();

@@ -426,3 +426,60 @@ async fn the_openapi_command_prints_what_the_worker_serves() {
     assert_eq!(printed, served);
     assert!(printed["paths"]["/v1/collections/{collection}/query"]["post"].is_object());
 }
+
+/// After SIGTERM the worker reports not ready but keeps answering for
+/// `shutdown_delay_seconds`, so a request the Service routed to it before its endpoints
+/// dropped it is served; then it exits.
+#[tokio::test]
+async fn sigterm_drains_not_ready_but_serving_then_exits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = format!("{LIMITS}shutdown_delay_seconds: 3\n");
+    let mut w = Worker::start(&tmp.path().join("data"), &config, &["--open"]).await;
+    let (s, _) = call(
+        &w,
+        "POST",
+        "/v1/collections/a/documents",
+        None,
+        Some(docs(&["d1"])),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &w.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let signalled = std::time::Instant::now();
+    let deadline = signalled + std::time::Duration::from_secs(2);
+    let readiness = loop {
+        let (s, body) = call(&w, "GET", "/readyz", None, None).await;
+        if s == StatusCode::SERVICE_UNAVAILABLE {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still ready after SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(readiness["status"], "draining", "{readiness}");
+    let query = json!({"query": "text of d1", "top_k": 1});
+    let (s, body) = call(&w, "POST", "/v1/collections/a/query", None, Some(query)).await;
+    assert_eq!(s, StatusCode::OK, "served while draining: {body}");
+    assert_eq!(body["hits"][0]["document_id"], "d1");
+    let exited = loop {
+        if let Some(code) = w.child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            signalled.elapsed() < std::time::Duration::from_secs(30),
+            "did not exit after the delay"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(exited.success(), "{exited}");
+    assert!(
+        signalled.elapsed() >= std::time::Duration::from_secs(3),
+        "exited before the delay ended"
+    );
+}

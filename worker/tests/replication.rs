@@ -199,7 +199,7 @@ async fn redis_killed_mid_ingestion_loses_no_acknowledged_write() {
 /// acknowledged by the old replica during the job is in the new collection, embedded by the
 /// new model; no query fails; at the end the old name stands for the new collection on
 /// both, and the old replica refuses to embed for it (409) instead of answering with the
-/// wrong model.
+/// wrong model, or, told its peers, hands those requests to the new one.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_of_a_new_model_reindexes_while_the_old_one_serves_and_loses_no_write() {
     let tmp = tempfile::tempdir().unwrap();
@@ -325,4 +325,53 @@ async fn a_replica_of_a_new_model_reindexes_while_the_old_one_serves_and_loses_n
         .await
         .unwrap();
     assert_eq!(resp.status(), 409);
+
+    // Told where its peers are (as the operator tells it through the headless Service),
+    // the old replica hands what it cannot serve to one that can: a client the Service
+    // still sends to it gets the new model's answers, and its writes land.
+    drop(old);
+    let with_peers = cfg.replace(
+        "replication:\n",
+        &format!("replication:\n  peers: [\"{}\"]\n", new.url),
+    );
+    let old = Worker::start_as(
+        &tmp.path().join("old"),
+        &with_peers,
+        &common::model_dir(),
+        &["--open"],
+        &[],
+        "/livez",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while readyz(&old.url).await["status"] != "model_mismatch" {
+        assert!(Instant::now() < deadline, "the old replica did not load");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        query(&old.url, probe.clone()).await["hits"],
+        query(&new.url, probe.clone()).await["hits"]
+    );
+    let note = "a note written after the swap about herons";
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/collections/c/documents?wait=applied",
+            old.url
+        ))
+        .json(&json!({"documents": [{"id": "after-swap", "text": note}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let hit = query(
+        &new.url,
+        json!({"query": note, "top_k": 1, "mode": "dense"}),
+    )
+    .await["hits"][0]
+        .clone();
+    assert_eq!(hit["document_id"], "after-swap");
+    assert!(
+        hit["score"].as_f64().unwrap() > 0.999,
+        "embedded by the new model: {hit}"
+    );
 }

@@ -115,6 +115,10 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
+        if let Self::ModelMismatch(_) = self {
+            resp.extensions_mut()
+                .insert(super::forward::ModelMismatchAnswer);
+        }
         resp
     }
 }

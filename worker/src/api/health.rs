@@ -40,6 +40,8 @@ pub enum ReadyState {
     /// Collections hold vectors of another model than this worker's (`model_mismatch`
     /// lists them): it refuses to embed for them.
     ModelMismatch,
+    /// Shutting down (SIGTERM): still serving for `shutdown_delay_seconds`, then it stops.
+    Draining,
 }
 
 #[derive(Debug, Default, Serialize, ToSchema)]
@@ -69,7 +71,7 @@ pub struct Readiness {
 #[utoipa::path(get, path = "/readyz", operation_id = "readyz", security(()), tag = "probes",
     responses(
         (status = 200, description = "ready", body = Readiness),
-        (status = 503, description = "starting, catching up, halted, or holding another model's vectors (with the reason)", body = Readiness),
+        (status = 503, description = "starting, catching up, halted, holding another model's vectors (with the reason), or shutting down", body = Readiness),
     ))]
 pub async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Readiness>) {
     let Ok(engine) = state.engine() else {
@@ -109,6 +111,11 @@ pub async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Readi
             body.status = ReadyState::CatchingUp;
             code = StatusCode::SERVICE_UNAVAILABLE;
         }
+    }
+    if state.is_draining() {
+        // Out of the Service's endpoints before the listener closes.
+        body.status = ReadyState::Draining;
+        code = StatusCode::SERVICE_UNAVAILABLE;
     }
     (code, Json(body))
 }

@@ -9,6 +9,7 @@ pub mod documents;
 pub mod embeddings;
 pub mod error;
 pub mod extract;
+pub mod forward;
 pub mod health;
 pub mod jobs;
 pub mod limits;
@@ -121,6 +122,8 @@ pub struct AppState {
     /// Large requests ([`documents::LARGE_REQUEST_BYTES`]) parsed or answered at once: half the
     /// cores (at least one), so that small queries always find CPU.
     large_requests: Arc<tokio::sync::Semaphore>,
+    /// Set at SIGTERM: not ready any more, still serving until the listener closes.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -134,7 +137,19 @@ impl AppState {
             large_requests: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             )),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// From now on `/readyz` answers 503 `draining` (the worker is shutting down).
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the worker is shutting down ([`AppState::start_draining`]).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Waits for a large-request permit (see [`AppState::large_requests`]).
@@ -253,6 +268,10 @@ pub fn router(state: SharedState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             limits::RequestBounds::new(&state.limits),
             limits::bound,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::forward_mismatched,
         ))
         .merge(open_routes())
         .split_for_parts();

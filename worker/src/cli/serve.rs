@@ -380,13 +380,24 @@ async fn reload_keys(state: SharedState) {
     }
 }
 
-async fn shutdown_signal() {
+/// Returns at SIGTERM or Ctrl-C, `delay` after it: meanwhile the worker reports not ready
+/// and keeps serving (`shutdown_delay_seconds`), so the Service's endpoints drop it
+/// before its listener closes.
+async fn shutdown_signal(state: SharedState, delay: std::time::Duration) {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     tokio::select! {
         _ = ctrl_c => {},
         _ = term.recv() => {},
+    }
+    state.start_draining();
+    if !delay.is_zero() {
+        tracing::info!(
+            delay_s = delay.as_secs(),
+            "shutting down: not ready, still serving until the delay ends"
+        );
+        tokio::time::sleep(delay).await;
     }
     tracing::info!("shutting down");
 }
@@ -420,6 +431,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(reload_keys(state.clone()));
     let loader_state = state.clone();
     let on_mismatch = cfg.on_model_mismatch;
+    let shutdown_delay = cfg.shutdown_delay();
     let loader = tokio::spawn(async move {
         let (log, starting) = connect_replica(&cfg).await?.unzip();
         let metrics = loader_state.metrics.clone();
@@ -441,9 +453,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         check_models(&engine, on_mismatch)
     });
     let app = api::router(state.clone());
+    let stopping = shutdown_signal(state.clone(), shutdown_delay);
     let mut server = tokio::spawn(async move {
         axum::serve(api_listener, app)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(stopping)
             .await
     });
     // A failed load ends the process with its reason; a shutdown during load ends it too.

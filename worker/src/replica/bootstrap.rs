@@ -79,7 +79,7 @@ pub async fn bootstrap(
 }
 
 /// Base URLs of peers: the configured ones plus every address of `peer_service`.
-async fn peer_urls(cfg: &ReplicationConfig) -> Vec<String> {
+pub(crate) async fn peer_urls(cfg: &ReplicationConfig) -> Vec<String> {
     let mut urls = cfg.peers.clone();
     if let Some(service) = &cfg.peer_service {
         match tokio::net::lookup_host(service.as_str()).await {
