@@ -195,6 +195,27 @@ where
     Ok(measured)
 }
 
+/// The embedder's CPU precision of `precision: auto`: cached for this CPU, libtorch,
+/// model and thread count in `cache_dir`, else measured (and cached). Logged either way.
+pub(crate) fn embedder(
+    weights: &Path,
+    model: &crate::model_config::ModelSpec,
+    threads: i32,
+    max_seq_len: usize,
+    cache_dir: Option<&Path>,
+) -> Result<Calibration, EmbedError> {
+    let key = key(&model.bert, threads);
+    cached_or_measured("embedder", &key, CACHE_FILE, cache_dir, || {
+        measure(
+            weights,
+            &model.bert,
+            model.head.pooling,
+            threads,
+            max_seq_len,
+        )
+    })
+}
+
 /// Measures every candidate precision on a thread of its own with `threads` libtorch
 /// threads, as an executor runs: `timed(kind)` loads the model in `kind` and times its
 /// batches ([`median_time`]), giving the seconds and the outputs; `judge(precision,

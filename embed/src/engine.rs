@@ -80,7 +80,7 @@ impl Embedder {
         let mut executors = executors(&devices, cfg.cpu_executors, cores);
         let weights = model_dir.join("model.safetensors");
         let calibration = match executors.iter().find(|e| e.device == Device::Cpu) {
-            Some(cpu) if cfg.precision == Precision::Auto => Some(calibrate_cpu(
+            Some(cpu) if cfg.precision == Precision::Auto => Some(crate::calibrate::embedder(
                 &weights,
                 &model,
                 cpu.threads.unwrap_or(1),
@@ -334,28 +334,6 @@ impl Embedder {
         self.inner.queue.submit(lane, inputs, reply)?;
         Ok(answer)
     }
-}
-
-/// The CPU precision of `precision: auto`: cached for this CPU, libtorch, model and
-/// thread count in `cache_dir`, else measured (and cached). Logged either way.
-fn calibrate_cpu(
-    weights: &Path,
-    model: &ModelSpec,
-    threads: i32,
-    max_seq_len: usize,
-    cache_dir: Option<&Path>,
-) -> Result<crate::calibrate::Calibration, EmbedError> {
-    use crate::calibrate;
-    let key = calibrate::key(&model.bert, threads);
-    calibrate::cached_or_measured("embedder", &key, calibrate::CACHE_FILE, cache_dir, || {
-        calibrate::measure(
-            weights,
-            &model.bert,
-            model.head.pooling,
-            threads,
-            max_seq_len,
-        )
-    })
 }
 
 /// Texts taken from the bulk lane at a time: enough to sort into well-packed batches,
