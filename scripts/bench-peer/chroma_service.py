@@ -5,8 +5,11 @@ speaking kb-worker's query route so that `kb-worker bench query` drives both ali
 
 Loads the model once, embeds the first DOCS passages of CORPUS into an in-memory Chroma
 collection (cosine, exact search is not available in Chroma: HNSW), then answers
-POST /v1/collections/{name}/query {"query", "top_k"} with {"hits": [...], "cache": "miss"}.
-Sync endpoints run on FastAPI's thread pool, as such services usually do.
+POST /v1/collections/{name}/query {"query", "top_k"} with {"hits": [...], "cache": "miss"},
+and POST /v1/collections/{name}/documents {"documents": [{"id", "text"}]} by embedding the
+texts (batch 32) and adding them to a collection of that name (for the ingestion
+benchmark, scripts/bench-ingest-peer.sh). Sync endpoints run on FastAPI's thread pool, as
+such services usually do.
 """
 
 import json
@@ -44,6 +47,24 @@ def query(name: str, q: Query):
         for i, d in zip(found["ids"][0], found["distances"][0])
     ]
     return {"hits": hits, "cache": "miss"}
+
+
+class Document(BaseModel):
+    id: str
+    text: str
+
+
+class Documents(BaseModel):
+    documents: list[Document]
+
+
+@app.post("/v1/collections/{name}/documents")
+def ingest(name: str, body: Documents):
+    target = client.get_or_create_collection(name, metadata={"hnsw:space": "cosine"})
+    texts = [d.text for d in body.documents]
+    vectors = model.encode(texts, batch_size=32, normalize_embeddings=True)
+    target.upsert(ids=[d.id for d in body.documents], embeddings=vectors.tolist(), documents=texts)
+    return {"documents": len(texts)}
 
 
 @app.get("/readyz")
