@@ -10,6 +10,7 @@
 //! (`fp32`, `bf16`) overrides it. The reranker measures its own precision with the same
 //! timing and choice ([`run_candidates`], [`choose`]; see `rerank/precision.rs`).
 
+pub mod budget;
 pub mod layout;
 
 use crate::bert::BertEncoder;

@@ -95,7 +95,8 @@ pub fn preferred_batch_tokens(device: Device) -> Option<usize> {
     }
 }
 
-/// The largest bulk batch worth running on `device` when the config leaves it open: on
+/// The largest bulk batch worth running on `device` when the config leaves it open and
+/// nothing was measured (`Embedder::load` measures it on the CPU: `calibrate::budget`): on
 /// CPU a batch of 1024 tokens takes tens of milliseconds, the most a query should wait
 /// behind ingestion; GPUs take the full budget.
 pub fn preferred_bulk_batch_tokens(device: Device) -> Option<usize> {

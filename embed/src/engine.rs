@@ -2,6 +2,7 @@
 
 use crate::batcher::{run_scheduler, Budgets, Inputs, Lane, RequestQueue};
 use crate::bert::BertEncoder;
+use crate::calibrate::budget::{self, BudgetTrial};
 use crate::calibrate::layout::{self, LayoutTrial};
 use crate::device::{
     device_name, parse_devices, preferred_batch_tokens, preferred_bulk_batch_tokens, resolve_kind,
@@ -43,6 +44,8 @@ struct Inner {
     scheduler: Mutex<Option<JoinHandle<()>>>,
     calibration: Option<crate::calibrate::Calibration>,
     layout: Option<crate::calibrate::Calibration<LayoutTrial>>,
+    bulk_budget: Option<crate::calibrate::Calibration<BudgetTrial>>,
+    bulk_tokens: usize,
 }
 
 impl Embedder {
@@ -119,6 +122,23 @@ impl Embedder {
         {
             executors = self::executors(&devices, Some(n), cores);
         }
+        // With `bulk_batch_tokens` unset, the bulk lane's budget on the CPU is measured on
+        // one executor as it will run ([`crate::calibrate::budget`]).
+        let bulk_budget = match executors.iter().find(|e| e.device == Device::Cpu) {
+            Some(cpu) if cfg.bulk_batch_tokens.is_none() && devices[0] == Device::Cpu => {
+                budget::cached_or_measured_budget(
+                    &weights,
+                    &model.bert,
+                    model.head.pooling,
+                    kind_on(Device::Cpu),
+                    cpu.threads.unwrap_or(1),
+                    max_seq_len,
+                    cfg.max_batch_tokens,
+                    cache_dir,
+                )?
+            }
+            _ => None,
+        };
         let counters = Arc::new(Counters::new(
             executors.iter().map(|e| e.name.clone()).collect(),
         ));
@@ -162,7 +182,10 @@ impl Embedder {
         let plain = tokenizer.plain().clone();
         let special = tokenizer.special_tokens()?;
         let vocab_size = plain.get_vocab_size(true);
-        let budgets = budgets(cfg, devices[0]);
+        let mut budgets = budgets(cfg, devices[0]);
+        if let Some(tokens) = bulk_budget.as_ref().and_then(budget::tokens_of) {
+            budgets.bulk_tokens = tokens;
+        }
         tracing::info!(?budgets, "embedding lanes");
         let scheduler = spawn_scheduler(&queue, tokenizer, dispatcher, budgets)?;
         tracing::info!(devices = ?names, precision = crate::device::kind_name(kind), max_seq_len,
@@ -187,6 +210,8 @@ impl Embedder {
                 scheduler: Mutex::new(Some(scheduler)),
                 calibration,
                 layout,
+                bulk_budget,
+                bulk_tokens: budgets.bulk_tokens,
             }),
         })
     }
@@ -225,6 +250,17 @@ impl Embedder {
     /// (measured or cached), if they were.
     pub fn layout_calibration(&self) -> Option<&crate::calibrate::Calibration<LayoutTrial>> {
         self.inner.layout.as_ref()
+    }
+
+    /// How the bulk lane's batch budget was chosen on the CPU when `bulk_batch_tokens` is
+    /// unset (measured or cached), if it was.
+    pub fn bulk_budget_calibration(&self) -> Option<&crate::calibrate::Calibration<BudgetTrial>> {
+        self.inner.bulk_budget.as_ref()
+    }
+
+    /// Tokens of one bulk batch (the budget configured, measured or by default).
+    pub fn bulk_batch_tokens(&self) -> usize {
+        self.inner.bulk_tokens
     }
 
     /// Precision of the replicas: `fp32`, `fp16` or `bf16`.
@@ -444,37 +480,4 @@ impl Drop for Inner {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tch::Device;
-
-    #[test]
-    fn cpu_executors_share_the_cores_and_gpus_get_one_each() {
-        let plan = |devices: &[Device], n, cores| {
-            executors(devices, n, cores)
-                .into_iter()
-                .map(|e| (e.name, e.threads))
-                .collect::<Vec<_>>()
-        };
-        // Unset: one per core, at most four.
-        assert_eq!(
-            plan(&[Device::Cpu], None, 2),
-            [("cpu#0".into(), Some(1)), ("cpu#1".into(), Some(1))]
-        );
-        assert_eq!(plan(&[Device::Cpu], None, 16).len(), 4);
-        assert!(plan(&[Device::Cpu], None, 16)
-            .iter()
-            .all(|(_, t)| *t == Some(4)));
-        assert_eq!(plan(&[Device::Cpu], None, 1), [("cpu".into(), Some(1))]);
-        // Configured: the cores split evenly, never below one thread.
-        assert_eq!(plan(&[Device::Cpu], Some(1), 8), [("cpu".into(), Some(8))]);
-        assert_eq!(
-            plan(&[Device::Cpu], Some(3), 2)[2],
-            ("cpu#2".into(), Some(1))
-        );
-        assert_eq!(
-            plan(&[Device::Cuda(0), Device::Cuda(1)], Some(3), 16),
-            [("cuda:0".into(), None), ("cuda:1".into(), None)]
-        );
-    }
-}
+mod tests;

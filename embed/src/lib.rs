@@ -41,11 +41,16 @@ mod stats;
 mod tokenize;
 
 pub use batcher::Lane;
+pub use calibrate::budget::BudgetTrial;
 pub use calibrate::layout::LayoutTrial;
 
 /// The files in the data directory where [`Embedder::load_calibrated`] caches what it
-/// measured on the CPU (the precision, the executors' layout).
-pub const CALIBRATION_FILES: [&str; 2] = [calibrate::CACHE_FILE, calibrate::layout::CACHE_FILE];
+/// measured on the CPU (the precision, the executors' layout, the bulk batch budget).
+pub const CALIBRATION_FILES: [&str; 3] = [
+    calibrate::CACHE_FILE,
+    calibrate::layout::CACHE_FILE,
+    calibrate::budget::CACHE_FILE,
+];
 pub use calibrate::{Calibration, Trial};
 pub use device::cpu_has_native_bf16;
 pub use engine::Embedder;

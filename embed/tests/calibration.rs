@@ -128,3 +128,58 @@ fn the_split_of_the_cores_into_executors_is_measured_cached_and_run() {
     assert!(single.layout_calibration().is_none());
     assert_eq!(single.stats().devices.len(), 1);
 }
+
+#[test]
+fn the_bulk_batch_budget_is_measured_cached_and_run() {
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = EmbeddingConfig {
+        device: "cpu".into(),
+        precision: Precision::Fp32,
+        cpu_executors: Some(1),
+        ..Default::default()
+    };
+    let first = Embedder::load_calibrated(&model_dir(), &cfg, Some(cache.path())).unwrap();
+    let measured = first
+        .bulk_budget_calibration()
+        .expect("bulk_batch_tokens unset: the budget is measured")
+        .clone();
+    assert!(!measured.cached);
+    let tried: Vec<usize> = measured.trials.iter().map(|t| t.tokens).collect();
+    assert_eq!(tried, [512, 1024, 2048]);
+    assert!(measured.trials.iter().all(|t| t.tokens_per_second > 0.0));
+    assert_eq!(
+        first.bulk_batch_tokens().to_string(),
+        measured.chosen,
+        "the bulk lane runs the budget chosen"
+    );
+    drop(first);
+
+    // The next start reads the cache, and runs what it says.
+    let file = cache.path().join("cpu-bulk-budget.json");
+    let mut cached: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let other = if measured.chosen == "512" {
+        "1024"
+    } else {
+        "512"
+    };
+    cached["chosen"] = other.into();
+    std::fs::write(&file, cached.to_string()).unwrap();
+    let second = Embedder::load_calibrated(&model_dir(), &cfg, Some(cache.path())).unwrap();
+    assert!(second.bulk_budget_calibration().unwrap().cached);
+    assert_eq!(second.bulk_batch_tokens().to_string(), other);
+    let out = second
+        .embed_blocking(Lane::Bulk, vec!["budget".into(); 40])
+        .unwrap();
+    assert_eq!(out.vectors.len(), 40);
+    drop(second);
+
+    // An explicit budget is not measured.
+    let explicit = EmbeddingConfig {
+        bulk_batch_tokens: Some(768),
+        ..cfg
+    };
+    let fixed = Embedder::load_calibrated(&model_dir(), &explicit, Some(cache.path())).unwrap();
+    assert!(fixed.bulk_budget_calibration().is_none());
+    assert_eq!(fixed.bulk_batch_tokens(), 768);
+}

@@ -66,6 +66,12 @@ struct LayoutLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    tokens: String,
+    chosen: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LaneLabels {
     lane: &'static str,
 }
@@ -94,6 +100,7 @@ pub struct Metrics {
     embed_calibration_seconds: Family<PrecisionLabels, FloatGauge>,
     embed_calibration_min_cosine: Family<PrecisionLabels, FloatGauge>,
     embed_layout_texts_per_second: Family<LayoutLabels, FloatGauge>,
+    embed_bulk_budget_tokens_per_second: Family<BudgetLabels, FloatGauge>,
     rerank_calibration_seconds: Family<PrecisionLabels, FloatGauge>,
     rerank_calibration_max_logit_error: Family<PrecisionLabels, FloatGauge>,
     embed_busy_seconds: FloatGauge,
@@ -152,6 +159,7 @@ impl Metrics {
             embed_calibration_seconds: Family::default(),
             embed_calibration_min_cosine: Family::default(),
             embed_layout_texts_per_second: Family::default(),
+            embed_bulk_budget_tokens_per_second: Family::default(),
             rerank_calibration_seconds: Family::default(),
             rerank_calibration_max_logit_error: Family::default(),
             embed_busy_seconds: FloatGauge::default(),
@@ -236,6 +244,11 @@ impl Metrics {
             "embed_layout_texts_per_second",
             "embedding.cpu_executors unset: texts per second of each candidate split of the cores into executors (layout `executors x threads`, all executors at once on the calibration batches), measured at start or read from the data directory's cache; chosen=\"true\" on the one serving",
             m.embed_layout_texts_per_second.clone(),
+        );
+        r.register(
+            "embed_bulk_budget_tokens_per_second",
+            "embedding.bulk_batch_tokens unset on a CPU: tokens per second of one executor embedding bulk batches of each candidate budget (`tokens`), measured at start or read from the data directory's cache; chosen=\"true\" on the budget the bulk lane runs",
+            m.embed_bulk_budget_tokens_per_second.clone(),
         );
         r.register(
             "rerank_calibration_seconds",

@@ -1,8 +1,8 @@
 //! The sampled gauges, refreshed from the engine at each scrape, and the rendering.
 
 use super::{
-    CollectionLabels, EngineLabels, GpuLabels, LaneLabels, LayoutLabels, Metrics, PrecisionLabels,
-    ReindexLabels,
+    BudgetLabels, CollectionLabels, EngineLabels, GpuLabels, LaneLabels, LayoutLabels, Metrics,
+    PrecisionLabels, ReindexLabels,
 };
 use crate::api::AppState;
 use prometheus_client::encoding::text::encode;
@@ -49,6 +49,18 @@ impl Metrics {
                     self.embed_layout_texts_per_second
                         .get_or_create(&labels)
                         .set(trial.texts_per_second);
+                }
+            }
+            if let Some(budget) = engine.embedder.bulk_budget_calibration() {
+                for trial in &budget.trials {
+                    let tokens = trial.tokens.to_string();
+                    let labels = BudgetLabels {
+                        chosen: (tokens == budget.chosen).to_string(),
+                        tokens,
+                    };
+                    self.embed_bulk_budget_tokens_per_second
+                        .get_or_create(&labels)
+                        .set(trial.tokens_per_second);
                 }
             }
             let reranker = engine.reranker.as_ref().and_then(|(r, _)| r.calibration());
