@@ -18,16 +18,9 @@ clients=${CLIENTS:-4}
 cd "$(dirname "$0")/.."
 root=$(pwd)
 project_venv=${VIRTUAL_ENV:-$root/.venv}
-# The peer's own venv, as scripts/bench-text-queries.sh makes it.
-venv=${BENCH_PEER_VENV:-$HOME/.cache/knowledgebase-operator/bench-peer-venv}
-if [ ! -x "$venv/bin/uvicorn" ]; then
-    "$project_venv/bin/python" -m venv "$venv"
-    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    "$project_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' >"$site/project-venv.pth"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/bench-peer/requirements.txt
-fi
 # shellcheck source=scripts/bench-lib.sh
 . scripts/bench-lib.sh
+venv=$(peer_venv "$project_venv")
 
 ingest() {
     python3 scripts/bench-ingest-client.py --url "$1" --service "$2" --corpus "$corpus" \

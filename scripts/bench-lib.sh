@@ -3,7 +3,8 @@
 # a free loopback port; `wait_ready URL LOG` waits for URL/readyz and fails, with the tail
 # of LOG, when the last started process dies or 15 minutes pass; `stage_breakdown
 # METRICS_URL BEFORE PHASE` prints, per stage, what kb_worker_stage_seconds gained since
-# the metrics saved in file BEFORE.
+# the metrics saved in file BEFORE; `peer_venv PROJECT_VENV` prints the venv of the
+# FastAPI + ChromaDB + sentence-transformers peer (scripts/bench-peer/), made on first use.
 model_dir=$(scripts/model-dir.sh)
 dir=$(mktemp -d /tmp/kb-bench-XXXXXX)
 pids=()
@@ -53,4 +54,18 @@ for stage in sorted({s for (_, s, _) in delta}):
         "mean_ms": round(1000 * delta[("sum", stage, None)] / count, 3),
         "p50_ms_at_most": round(1000 * quantile(0.5), 3), "p99_ms_at_most": round(1000 * quantile(0.99), 3)}))
 ' "$2" "$3"
+}
+
+# The peer's packages live in a venv of their own (chromadb pins versions that would break
+# the test tools), which sees the project venv's torch and sentence-transformers through a
+# .pth file: its own packages come first on sys.path.
+peer_venv() {
+    local venv=${BENCH_PEER_VENV:-$HOME/.cache/knowledgebase-operator/bench-peer-venv} site
+    if [ ! -x "$venv/bin/uvicorn" ]; then
+        "$1/bin/python" -m venv "$venv"
+        site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+        "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' >"$site/project-venv.pth"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/bench-peer/requirements.txt >&2
+    fi
+    echo "$venv"
 }

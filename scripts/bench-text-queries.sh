@@ -15,18 +15,9 @@ docs=${DOCS:-1000}
 cd "$(dirname "$0")/.."
 root=$(pwd)
 project_venv=${VIRTUAL_ENV:-$root/.venv}
-# The peer's packages live in a venv of their own (chromadb pins versions that would break
-# the test tools), which sees the project venv's torch and sentence-transformers through a
-# .pth file: its own packages come first on sys.path.
-venv=${BENCH_PEER_VENV:-$HOME/.cache/knowledgebase-operator/bench-peer-venv}
-if [ ! -x "$venv/bin/uvicorn" ]; then
-    "$project_venv/bin/python" -m venv "$venv"
-    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    "$project_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' >"$site/project-venv.pth"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/bench-peer/requirements.txt
-fi
 # shellcheck source=scripts/bench-lib.sh
 . scripts/bench-lib.sh
+venv=$(peer_venv "$project_venv")
 
 python3 - "$corpus" "$dir" "$docs" "$requests" <<'PY'
 import json, os, sys
