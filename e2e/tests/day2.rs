@@ -3,72 +3,23 @@
 //! release (the chart owns the cluster-wide CRD), so run them one at a time:
 //! `cargo test --test day2 -- --ignored --test-threads=1`.
 
-use std::path::{Path, PathBuf};
+use kb_operator_e2e::run;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const OPERATOR_NS: &str = "kb-e2e-system";
 const KB_NS: &str = "kb-e2e-day2";
 
-fn chart() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("charts/knowledgebase-operator")
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} not runnable ({e})"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 fn install(extra: &[&str]) {
-    let chart = chart();
-    let mut args = vec![
-        "upgrade",
-        "--install",
-        "kbo",
-        chart.to_str().unwrap(),
-        "-n",
-        OPERATOR_NS,
-        "--create-namespace",
-        "--wait",
-        "--timeout",
-        "5m",
-    ];
-    args.extend_from_slice(extra);
-    run("helm", &args);
-    let _ = Command::new("kubectl")
-        .args(["create", "namespace", KB_NS])
-        .status();
+    kb_operator_e2e::install(OPERATOR_NS, KB_NS, extra);
 }
 
 fn apply(name: &str, spec: &str) {
-    let file = std::env::temp_dir().join(format!("kb-e2e-{name}.yaml"));
-    let manifest = format!(
-        "apiVersion: knowledge.dev/v1alpha1\nkind: KnowledgeBase\nmetadata:\n  name: {name}\nspec:\n{spec}"
-    );
-    std::fs::write(&file, manifest).unwrap();
-    run(
-        "kubectl",
-        &["apply", "-n", KB_NS, "-f", file.to_str().unwrap()],
-    );
+    kb_operator_e2e::apply(KB_NS, name, spec);
 }
 
 fn get(what: &str, path: &str) -> String {
-    run(
-        "kubectl",
-        &["get", "-n", KB_NS, what, "-o", &format!("jsonpath={path}")],
-    )
+    kb_operator_e2e::get(KB_NS, what, path)
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {

@@ -1,33 +1,10 @@
 //! Installs the chart, applies the minimal example and waits for it to become Ready.
 
-use std::path::{Path, PathBuf};
+use kb_operator_e2e::{repo_root, run};
 use std::process::Command;
 
 const OPERATOR_NS: &str = "kb-e2e-system";
 const KB_NS: &str = "kb-e2e";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("{program} not runnable ({e}); run `make setup` and put .tools/bin on PATH")
-        });
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 fn cleanup() {
     if std::env::var_os("KB_E2E_KEEP").is_some() {

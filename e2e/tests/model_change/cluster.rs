@@ -1,77 +1,22 @@
 //! The cluster side: helm and kubectl, the KnowledgeBase under test and its toolbox pod.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::{KB_NS, OPERATOR_NS, SPEC};
 
-fn chart() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("charts/knowledgebase-operator")
-}
-
-pub(crate) fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} not runnable ({e})"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// `kubectl ARGS` whose failure is fine (deleting what may not exist).
-fn kubectl_quietly(args: &[&str]) {
-    let _ = Command::new("kubectl")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
+pub(crate) use kb_operator_e2e::{kubectl_quietly, run};
 
 pub(crate) fn install(extra: &[&str]) {
-    let chart = chart();
-    let mut args = vec![
-        "upgrade",
-        "--install",
-        "kbo",
-        chart.to_str().unwrap(),
-        "-n",
-        OPERATOR_NS,
-        "--create-namespace",
-        "--wait",
-        "--timeout",
-        "5m",
-    ];
-    args.extend_from_slice(extra);
-    run("helm", &args);
-    kubectl_quietly(&["create", "namespace", KB_NS]);
+    kb_operator_e2e::install(OPERATOR_NS, KB_NS, extra);
 }
 
 fn apply(name: &str, spec: &str) {
-    let file = std::env::temp_dir().join(format!("kb-e2e-{name}.yaml"));
-    let manifest = format!(
-        "apiVersion: knowledge.dev/v1alpha1\nkind: KnowledgeBase\nmetadata:\n  name: {name}\nspec:\n{spec}"
-    );
-    std::fs::write(&file, manifest).unwrap();
-    run(
-        "kubectl",
-        &["apply", "-n", KB_NS, "-f", file.to_str().unwrap()],
-    );
+    kb_operator_e2e::apply(KB_NS, name, spec);
 }
 
 pub(crate) fn get(what: &str, path: &str) -> String {
-    run(
-        "kubectl",
-        &["get", "-n", KB_NS, what, "-o", &format!("jsonpath={path}")],
-    )
+    kb_operator_e2e::get(KB_NS, what, path)
 }
 
 pub(crate) fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
