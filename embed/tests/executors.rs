@@ -10,9 +10,13 @@ use kb_embed::Lane;
 fn cpu_executors_run_batches_side_by_side_on_their_share_of_the_cores() {
     let fresh_thread_count = || std::thread::spawn(tch::get_num_threads).join().unwrap();
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    // fp32 and one bulk budget everywhere: `auto` measures each engine on its own (under
+    // the other tests' load it may pick bf16 for one and fp32 for another), and this test
+    // compares vectors across engines.
     let embedder = cpu_embedder(|cfg| {
         cfg.cpu_executors = Some(2);
         cfg.bulk_batch_tokens = Some(256);
+        cfg.precision = kb_embed::Precision::Fp32;
     });
     let share = i32::try_from((cores / 2).max(1)).unwrap();
     assert_eq!(
@@ -41,7 +45,11 @@ fn cpu_executors_run_batches_side_by_side_on_their_share_of_the_cores() {
     assert_eq!(one_core.stats().devices.len(), 1);
     assert_eq!(fresh_thread_count(), 1);
     drop(one_core);
-    let single = cpu_embedder(|cfg| cfg.cpu_executors = Some(1));
+    let single = cpu_embedder(|cfg| {
+        cfg.cpu_executors = Some(1);
+        cfg.bulk_batch_tokens = Some(256);
+        cfg.precision = kb_embed::Precision::Fp32;
+    });
     assert_eq!(fresh_thread_count(), i32::try_from(cores).unwrap());
     let reference = single.embed_blocking(Lane::Bulk, texts).unwrap();
     for (a, b) in out.vectors.iter().zip(&reference.vectors) {
