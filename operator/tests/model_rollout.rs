@@ -7,13 +7,16 @@
 
 mod common;
 
-use common::{cluster, converge, create, get, kb, reconcile_once, set_ready_replicas, set_rollout};
-use k8s_openapi::api::core::v1::{Container, Pod, PodCondition, PodSpec, PodStatus};
+use common::{
+    cluster, converge, create, create_worker_pod, get, kb, reconcile_once, set_ready_replicas,
+    set_rollout,
+};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
 use k8s_openapi::api::events::v1::Event;
 use kb_operator::crd::{ConditionType, KnowledgeBase, KnowledgeBaseStatus};
 use kb_operator::metrics::Metrics;
 use kb_operator::reconcile::Context;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 use std::sync::Arc;
@@ -36,34 +39,9 @@ async fn set_model(client: &Client, embedding: serde_json::Value) {
 
 /// Worker pod `ordinal` of "docs" on StatefulSet revision `revision`, ready or not.
 async fn worker_pod(client: &Client, ordinal: i32, revision: &str, ready: bool) {
-    let selector = status(client).await.selector.unwrap();
-    let mut labels: std::collections::BTreeMap<String, String> = selector
-        .split(',')
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap();
-            (k.to_string(), v.to_string())
-        })
-        .collect();
-    labels.insert("controller-revision-hash".into(), revision.into());
     let name = format!("docs-worker-{ordinal}");
+    create_worker_pod(client, &name, &[("controller-revision-hash", revision)]).await;
     let api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let _ = api.delete(&name, &Default::default()).await;
-    let pod = Pod {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            labels: Some(labels),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "worker".into(),
-                ..Container::default()
-            }],
-            ..PodSpec::default()
-        }),
-        ..Pod::default()
-    };
-    api.create(&PostParams::default(), &pod).await.unwrap();
     let status = PodStatus {
         conditions: Some(vec![PodCondition {
             type_: "Ready".into(),
@@ -76,6 +54,18 @@ async fn worker_pod(client: &Client, ordinal: i32, revision: &str, ready: bool) 
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
+}
+
+/// "docs" (two workers, managed Redis) deployed: Redis ready, the workers created.
+async fn deployed() -> (Client, Arc<Context>) {
+    let (client, writes) = cluster(None).await;
+    create(&client, &kb("docs", SPEC)).await;
+    let ctx = Arc::new(Context::new(client.clone(), Arc::new(Metrics::default())));
+    converge(&ctx, &writes, "docs").await;
+    // A first deploy waits for Redis before it creates the workers.
+    set_ready_replicas(&client, "docs-redis", 1).await;
+    converge(&ctx, &writes, "docs").await;
+    (client, ctx)
 }
 
 async fn events(client: &Client) -> Vec<String> {
@@ -93,13 +83,7 @@ fn progressing(status: &KnowledgeBaseStatus) -> (String, String) {
 
 #[tokio::test]
 async fn a_model_change_is_reported_phase_by_phase_until_every_worker_runs_it() {
-    let (client, writes) = cluster(None).await;
-    create(&client, &kb("docs", SPEC)).await;
-    let ctx = Arc::new(Context::new(client.clone(), Arc::new(Metrics::default())));
-    converge(&ctx, &writes, "docs").await;
-    // A first deploy waits for Redis before it creates the workers.
-    set_ready_replicas(&client, "docs-redis", 1).await;
-    converge(&ctx, &writes, "docs").await;
+    let (client, ctx) = deployed().await;
     worker_pod(&client, 0, "rev-2", true).await;
     worker_pod(&client, 1, "rev-2", true).await;
     set_rollout(&client, "docs-worker", 2, 2, true).await;
@@ -189,13 +173,7 @@ async fn a_model_change_is_reported_phase_by_phase_until_every_worker_runs_it() 
 
 #[tokio::test]
 async fn reverting_the_model_mid_way_ends_the_rollout_and_keeps_the_old_model() {
-    let (client, writes) = cluster(None).await;
-    create(&client, &kb("docs", SPEC)).await;
-    let ctx = Arc::new(Context::new(client.clone(), Arc::new(Metrics::default())));
-    converge(&ctx, &writes, "docs").await;
-    // A first deploy waits for Redis before it creates the workers.
-    set_ready_replicas(&client, "docs-redis", 1).await;
-    converge(&ctx, &writes, "docs").await;
+    let (client, ctx) = deployed().await;
     set_rollout(&client, "docs-worker", 2, 2, true).await;
     reconcile_once(&ctx, "docs").await.unwrap();
     set_model(&client, json!({"modelPath": "/opt/kb/other-model"})).await;

@@ -6,11 +6,11 @@
 
 mod common;
 
-use common::{cluster, context, converge, create, get, kb};
+use common::{cluster, context, converge, create, create_worker_pod, get, kb};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::Pod;
 use kb_operator::crd::KnowledgeBase;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{json, Value};
 
@@ -23,39 +23,6 @@ async fn degraded(client: &Client) -> (String, String, String) {
         .condition(kb_operator::crd::ConditionType::Degraded)
         .unwrap();
     (c.status.clone(), c.reason.clone(), c.message.clone())
-}
-
-/// A worker pod of "docs" (the labels its StatefulSet selects, from the status).
-async fn worker_pod(client: &Client) {
-    let kb: KnowledgeBase = get(client, "docs").await.unwrap();
-    let labels = kb
-        .status
-        .unwrap()
-        .selector
-        .unwrap()
-        .split(',')
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap();
-            (k.to_string(), v.to_string())
-        })
-        .collect();
-    let pod = Pod {
-        metadata: ObjectMeta {
-            name: Some("docs-worker-0".into()),
-            labels: Some(labels),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "worker".into(),
-                ..Container::default()
-            }],
-            ..PodSpec::default()
-        }),
-        ..Pod::default()
-    };
-    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    api.create(&PostParams::default(), &pod).await.unwrap();
 }
 
 async fn set_worker_status(client: &Client, container: Value) {
@@ -89,7 +56,7 @@ async fn a_failing_worker_is_reported_in_degraded_with_what_to_do() {
         container.termination_message_policy.as_deref(),
         Some("FallbackToLogsOnError")
     );
-    worker_pod(&client).await;
+    create_worker_pod(&client, "docs-worker-0", &[]).await;
 
     // Killed at the memory limit, restarted, backing off.
     set_worker_status(

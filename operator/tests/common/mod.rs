@@ -9,13 +9,15 @@ pub mod server;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Pod, PodSpec, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kb_operator::crd::{ConditionType, KnowledgeBase};
 use kb_operator::metrics::Metrics;
 use kb_operator::reconcile::{reconcile, Context};
-use kube::api::{Patch, PatchParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Client, Resource, ResourceExt};
 use kube_fake_client::{interceptor, ClientBuilder};
@@ -301,6 +303,39 @@ pub async fn set_rollout(client: &Client, name: &str, ready: i32, updated: i32, 
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .unwrap();
+}
+
+/// Creates the worker pod `name` of "docs" with the labels its StatefulSet selects (from
+/// the status) plus `extra`, replacing one of that name.
+pub async fn create_worker_pod(client: &Client, name: &str, extra: &[(&str, &str)]) {
+    let kb: KnowledgeBase = get(client, "docs").await.unwrap();
+    let selector = kb.status.unwrap().selector.unwrap();
+    let mut labels: std::collections::BTreeMap<String, String> = selector
+        .split(',')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    labels.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "worker".into(),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    };
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let _ = api.delete(name, &Default::default()).await;
+    api.create(&PostParams::default(), &pod).await.unwrap();
 }
 
 /// Status and reason of the condition `kind` of the KnowledgeBase `docs`.
