@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 mod embedding;
+pub mod progress;
 mod redis;
 mod reranker;
 pub use embedding::{EmbeddingConfig, Precision};

@@ -172,3 +172,16 @@ fn a_namespaced_install_grants_the_same_rules_per_namespace_and_nothing_cluster_
         "{args:?}"
     );
 }
+
+#[test]
+fn the_operator_pod_carries_the_label_the_worker_network_policy_admits() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    // With a nameOverride too: the admitted label must not depend on the release's names.
+    for values in [&[][..], &["nameOverride=kb-ops"][..]] {
+        let docs = rendered_chart(root, values);
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+        let (key, value) = kb_operator::reconcile::build::OPERATOR_POD_LABEL;
+        assert_eq!(labels[key].as_str(), Some(value), "{labels:?}");
+    }
+}

@@ -443,7 +443,8 @@ pub async fn track_requests(
     resp
 }
 
-/// The `/metrics` router served on the metrics port.
+/// The metrics port: `/metrics`, and the re-index progress the operator reads
+/// ([`kb_config::progress::JOBS_PATH`]).
 pub fn router(state: SharedState) -> axum::Router {
     axum::Router::new()
         .route(
@@ -457,6 +458,12 @@ pub fn router(state: SharedState) -> axum::Router {
                     state.metrics.render(&state),
                 )
                     .into_response()
+            }),
+        )
+        .route(
+            kb_config::progress::JOBS_PATH,
+            axum::routing::get(|State(state): State<SharedState>| async move {
+                axum::Json(crate::api::jobs::progress(&state).await)
             }),
         )
         .with_state(state)

@@ -204,8 +204,19 @@ async fn redis_killed_mid_ingestion_loses_no_acknowledged_write() {
 async fn a_replica_of_a_new_model_reindexes_while_the_old_one_serves_and_loses_no_write() {
     let tmp = tempfile::tempdir().unwrap();
     let redis = Redis::start(&tmp.path().join("redis"), free_port());
+    // Each replica with its own name, as pods have (the owner of a re-index job).
     let cfg = config(&redis.url(), "");
-    let old = Worker::start(&tmp.path().join("old"), &cfg, &["--open"]).await;
+    let named = |name: &str, peer: &str| {
+        let peers = match peer {
+            "" => String::new(),
+            url => format!("  peers: [\"{url}\"]\n"),
+        };
+        cfg.replace(
+            "replication:\n",
+            &format!("replication:\n  replica_id: {name}\n{peers}"),
+        )
+    };
+    let old = Worker::start(&tmp.path().join("old"), &named("old", ""), &["--open"]).await;
     let mut expected = std::collections::BTreeMap::new();
     for batch in 0..20 {
         let batch = docs(&format!("b{batch}"), 50);
@@ -215,10 +226,12 @@ async fn a_replica_of_a_new_model_reindexes_while_the_old_one_serves_and_loses_n
         ingest_ok(&old.url, batch).await;
     }
     let cls = common::cls_model(tmp.path());
-    // Not ready (the collection is of another model), but serving.
+    // Not ready (the collection is of another model), but serving. The old replica has
+    // trimmed the stream below its snapshots by now (every 2 s), so the new one starts
+    // from the old one's snapshot, as the operator's pods do through the headless Service.
     let new = Worker::start_as(
         &tmp.path().join("new"),
-        &cfg,
+        &named("new", &old.url),
         &cls,
         &["--open"],
         &[],
@@ -226,10 +239,14 @@ async fn a_replica_of_a_new_model_reindexes_while_the_old_one_serves_and_loses_n
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while readyz(&new.url).await["applied_sequence"] != readyz(&old.url).await["applied_sequence"] {
+    loop {
+        let (seen, wanted) = (readyz(&new.url).await, readyz(&old.url).await);
+        if seen["applied_sequence"] == wanted["applied_sequence"] {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "the new replica did not catch up"
+            "the new replica did not catch up: {seen} (the old one: {wanted})"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -330,13 +347,9 @@ async fn a_replica_of_a_new_model_reindexes_while_the_old_one_serves_and_loses_n
     // the old replica hands what it cannot serve to one that can: a client the Service
     // still sends to it gets the new model's answers, and its writes land.
     drop(old);
-    let with_peers = cfg.replace(
-        "replication:\n",
-        &format!("replication:\n  peers: [\"{}\"]\n", new.url),
-    );
     let old = Worker::start_as(
         &tmp.path().join("old"),
-        &with_peers,
+        &named("old", &new.url),
         &common::model_dir(),
         &["--open"],
         &[],

@@ -73,12 +73,22 @@ fn changing_the_model_reindexes_with_queries_and_writes_running() {
     let mut timeline: Vec<String> = vec![format!("{} spec patched", unix_now())];
     let mut last = String::new();
     let deadline = Instant::now() + Duration::from_secs(20 * 60);
+    // How long Reindexing lasted, and whether the workers' figures reached the status.
+    let (mut reindexing_since, mut reindexing_for, mut figures) = (None, Duration::ZERO, false);
     loop {
         let model = get(&kb.resource(), "{.status.model}");
         let phase = get(&kb.resource(), "{.status.modelRollout.phase}");
+        let done = get(&kb.resource(), "{.status.modelRollout.documentsDone}");
+        let total = get(&kb.resource(), "{.status.modelRollout.documentsTotal}");
+        if phase == "Reindexing" {
+            let since = *reindexing_since.get_or_insert_with(Instant::now);
+            reindexing_for = since.elapsed();
+            figures |= !total.is_empty();
+        }
         let state = match phase.as_str() {
             "" => format!("no modelRollout, model {model}"),
-            phase => format!("modelRollout phase {phase}"),
+            phase if total.is_empty() => format!("modelRollout phase {phase}"),
+            phase => format!("modelRollout phase {phase} {done}/{total} documents"),
         };
         if state != last {
             timeline.push(format!("{} {state}", unix_now()));
@@ -99,8 +109,14 @@ fn changing_the_model_reindexes_with_queries_and_writes_running() {
     assert!(
         timeline
             .iter()
-            .any(|s| s.ends_with("modelRollout phase Reindexing")),
+            .any(|s| s.contains("modelRollout phase Reindexing")),
         "phase Reindexing was never reported:\n{}",
+        timeline.join("\n")
+    );
+    // The operator asks the re-indexing worker at each reconcile (15 s apart at most).
+    assert!(
+        figures || reindexing_for < Duration::from_secs(40),
+        "Reindexing for {reindexing_for:?} without documentsDone/documentsTotal:\n{}",
         timeline.join("\n")
     );
     kb.wait_ready();

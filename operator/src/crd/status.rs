@@ -69,6 +69,20 @@ pub struct ModelRollout {
     pub updated_replicas: i32,
     /// Of those, the ready ones.
     pub updated_ready_replicas: i32,
+    /// Documents of the collections being re-indexed that the new model's collections
+    /// hold already, as the workers running the re-index report them (absent before their
+    /// first answer and once the new model serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents_done: Option<i64>,
+    /// Documents of the collections being re-indexed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents_total: Option<i64>,
+    /// When the re-index should end at its pace so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_finish: Option<Time>,
+    /// When the workers last reported these figures (refreshed at most every 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_time: Option<Time>,
 }
 
 /// Sizes of the data volumes (workers' and managed Redis').

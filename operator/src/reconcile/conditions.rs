@@ -52,6 +52,8 @@ pub struct Observed {
     pub upgrade: UpgradeObserved,
     /// The model `spec.embedding` names ([`crate::crd::Embedding::model_ref`]).
     pub model: String,
+    /// A model change's re-index progress, as the new model's workers report it.
+    pub reindex: Option<super::progress::ReindexProgress>,
 }
 
 /// The worker image in use and the upgrade waiting, if any.

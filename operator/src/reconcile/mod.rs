@@ -8,6 +8,7 @@ pub mod dereference;
 pub mod finalizer;
 pub mod pause;
 pub mod pods;
+pub mod progress;
 pub mod rotation;
 pub mod status;
 pub mod storage;
@@ -55,6 +56,8 @@ pub struct Context {
     pub backoff: Backoff,
     /// Slots for rollouts the operator causes (`--max-concurrent-upgrades`).
     pub rollouts: upgrade::Rollouts,
+    /// Reads a model change's re-index progress from the workers.
+    pub workers: progress::WorkerProbe,
 }
 
 impl Context {
@@ -68,6 +71,7 @@ impl Context {
             cleanup_timeout: Duration::from_secs(20),
             backoff: Backoff::default(),
             rollouts: upgrade::Rollouts::default(),
+            workers: progress::WorkerProbe::default(),
         }
     }
 }
@@ -307,7 +311,7 @@ async fn finish_with(
     outcome: Outcome,
     found: status::Found,
 ) -> Result<(Action, bool)> {
-    let (status, _) = status::update(&ctx.client, kb, namespace, &outcome, found).await?;
+    let (status, _) = status::update(ctx, kb, namespace, &outcome, found).await?;
     if let Some(time) = &status.last_backup {
         ctx.metrics
             .last_backup(namespace, &kb.name_any(), time.0.as_second());

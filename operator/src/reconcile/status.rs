@@ -35,7 +35,7 @@ pub struct Found {
 /// Observes the children of `kb` and writes its status when it changed. Returns the new
 /// status and whether it was written.
 pub async fn update(
-    client: &Client,
+    ctx: &super::Context,
     kb: &KnowledgeBase,
     namespace: &str,
     outcome: &Outcome,
@@ -43,7 +43,8 @@ pub async fn update(
 ) -> Result<(KnowledgeBaseStatus, bool)> {
     let names = Names::new(kb, namespace);
     let now = Time(jiff::Timestamp::now());
-    let mut observed = observe(client, kb, &names, &now).await?;
+    let client = &ctx.client;
+    let mut observed = observe(ctx, kb, &names, &now).await?;
     observed.backup_request = found.backup_request;
     observed.storage_refusal = found.storage_refusal;
     observed.upgrade = conditions::UpgradeObserved {
@@ -88,11 +89,12 @@ pub async fn update(
 }
 
 async fn observe(
-    client: &Client,
+    ctx: &super::Context,
     kb: &KnowledgeBase,
     names: &Names,
     now: &Time,
 ) -> Result<Observed> {
+    let client = &ctx.client;
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
     let workers = get(&statefulsets, &names.worker()).await?;
     let worker_status = workers
@@ -144,15 +146,20 @@ async fn observe(
     };
     let generation = workers.as_ref().and_then(|s| s.metadata.generation);
     let worker_pods = pods_of(client, names, &names.selector_string()).await?;
-    let updated_ready = match &worker_status.update_revision {
+    let updated: Vec<&Pod> = match &worker_status.update_revision {
         Some(revision) => worker_pods
             .iter()
-            .filter(|pod| {
-                pod.labels().get("controller-revision-hash") == Some(revision)
-                    && super::pods::is_ready(pod)
-            })
-            .count() as i32,
-        None => 0,
+            .filter(|pod| pod.labels().get("controller-revision-hash") == Some(revision))
+            .collect(),
+        None => vec![],
+    };
+    let updated_ready = updated.iter().filter(|p| super::pods::is_ready(p)).count() as i32;
+    // A model change under way: the new model's workers re-index and say how far.
+    let model = kb.spec.embedding.model_ref();
+    let stored = kb.status.as_ref().and_then(|s| s.model.as_ref());
+    let reindex = match stored.is_some_and(|m| m != &model) {
+        true => ctx.workers.reindex(&updated).await,
+        false => None,
     };
     let rollout = Rollout {
         observed: workers.is_some()
@@ -189,7 +196,8 @@ async fn observe(
         backup,
         backup_jobs,
         backup_request: None,
-        model: kb.spec.embedding.model_ref(),
+        model,
+        reindex,
     })
 }
 

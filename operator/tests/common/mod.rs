@@ -191,6 +191,7 @@ pub fn context(client: Client) -> Arc<Context> {
         cleanup_timeout: Duration::from_secs(5),
         backoff: Default::default(),
         rollouts: Default::default(),
+        workers: Default::default(),
     })
 }
 

@@ -258,6 +258,27 @@ pub async fn cancel(
     Ok(Json(answer))
 }
 
+/// Every running job's progress, for the operator (the metrics port's
+/// [`kb_config::progress::JOBS_PATH`]; no key, no collection names beyond the job ids the
+/// metrics already carry). Empty while the engine loads.
+pub async fn progress(state: &SharedState) -> kb_config::progress::JobsProgress {
+    let mut answer = kb_config::progress::JobsProgress::default();
+    let Ok(engine) = state.engine() else {
+        return answer;
+    };
+    for job in engine.store.view().jobs.values() {
+        if let Ok(job) = describe(&engine, job).await {
+            answer.jobs.push(kb_config::progress::JobProgress {
+                id: job.id,
+                documents_total: job.documents_total as u64,
+                documents_done: job.documents_done as u64,
+                eta_seconds: job.eta_seconds,
+            });
+        }
+    }
+    answer
+}
+
 /// A running job with its progress (one comparison of source and target, off the async
 /// threads).
 async fn describe(engine: &Arc<Engine>, job: &ReindexJob) -> Result<Job, ApiError> {

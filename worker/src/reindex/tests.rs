@@ -183,6 +183,16 @@ async fn a_worker_restarted_mid_reindex_resumes_where_it_was_and_a_cancel_drops_
     let (_, seen) = wait_job(&url, &id, |_, j| j["documents_done"].as_u64() >= Some(64)).await;
     copy_dir(&first, &second);
     assert!(seen["documents_done"].as_u64().unwrap() < 400, "{seen}");
+    // The metrics port tells the operator the same progress, with the ETA of the run.
+    let (status, answer) = call(&url, "GET", kb_config::progress::JOBS_PATH, None).await;
+    assert_eq!(status, 200, "{answer}");
+    let progress: kb_config::progress::JobsProgress = serde_json::from_value(answer).unwrap();
+    let [job] = progress.jobs.as_slice() else {
+        panic!("one job: {progress:?}")
+    };
+    assert_eq!((job.id.as_str(), job.documents_total), (id.as_str(), 400));
+    assert!(job.documents_done >= 64, "{job:?}");
+    assert!(job.eta_seconds.is_some_and(|s| s > 0.0), "{job:?}");
     let (_t2, _s2, restarted) = serve(move |cfg| {
         cfg.data_dir = second;
         cfg.model = Some(cls);

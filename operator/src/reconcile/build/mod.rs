@@ -25,6 +25,7 @@ pub use config_map::{worker_config, CONFIG_HASH_ANNOTATION};
 pub use cronjob::{on_demand as backup_job, REPORT_FILE, REQUEST_ANNOTATION};
 pub use monitoring::{PrometheusRule, ServiceMonitor, ALERTS, SCRAPE_LABEL};
 pub use names::{Component, Names, HTTP_PORT, MANAGER, METRICS_PORT, REDIS_PORT};
+pub use network_policy::OPERATOR_POD_LABEL;
 pub use pod::REDIS_PASSWORD_HASH_ANNOTATION;
 pub use redis::AUTH_HASH_ANNOTATION;
 pub use secret::{

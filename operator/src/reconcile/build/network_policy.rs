@@ -81,10 +81,15 @@ fn worker(spec: &KnowledgeBaseSpec, names: &Names) -> Child {
     if spec.backup.is_some() {
         api_clients.push(pods(names, Component::Backup));
     }
-    let mut ingress = vec![ingress_rule(api_clients, HTTP_PORT)];
+    // The metrics port: the operator (a model change's re-index progress) and Prometheus.
+    let mut metrics_readers = vec![operator_peer()];
     if let Some(namespace) = scraper_namespace(spec) {
-        ingress.push(ingress_rule(vec![namespace_peer(&namespace)], METRICS_PORT));
+        metrics_readers.push(namespace_peer(&namespace));
     }
+    let ingress = vec![
+        ingress_rule(api_clients, HTTP_PORT),
+        ingress_rule(metrics_readers, METRICS_PORT),
+    ];
     let mut egress = vec![dns(), egress_rule(vec![workers], &[HTTP_PORT])];
     match spec.redis.as_ref() {
         Some(redis) if redis.managed.is_some() => {
@@ -172,6 +177,18 @@ fn client_peers(spec: &KnowledgeBaseSpec) -> Vec<NetworkPolicyPeer> {
             ..NetworkPolicyPeer::default()
         });
     namespaces.chain(selectors).collect()
+}
+
+/// The label the chart puts on the operator's pods, in whatever namespace it runs.
+pub const OPERATOR_POD_LABEL: (&str, &str) = ("knowledge.dev/operator", "true");
+
+fn operator_peer() -> NetworkPolicyPeer {
+    let (key, value) = OPERATOR_POD_LABEL;
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector::default()),
+        pod_selector: Some(selector(BTreeMap::from([(key.into(), value.into())]))),
+        ..NetworkPolicyPeer::default()
+    }
 }
 
 fn namespace_peer(namespace: &str) -> NetworkPolicyPeer {

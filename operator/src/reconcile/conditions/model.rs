@@ -40,15 +40,61 @@ pub(super) fn rollout(
         0 => "Reindexing",
         _ => "Replacing",
     };
-    let change = ModelRollout {
+    let mut change = ModelRollout {
         from: stored.clone(),
         to: spec.clone(),
         phase: phase.to_string(),
         started,
         updated_replicas: updated.min(observed.desired_replicas),
         updated_ready_replicas: ready.min(observed.desired_replicas),
+        documents_done: None,
+        documents_total: None,
+        estimated_finish: None,
+        progress_time: None,
     };
+    progress(&mut change, observed, previous, now);
     (stored, Some(change))
+}
+
+/// The re-index figures change with every answer, and each status write brings another
+/// reconcile: figures younger than this are kept, so a rollout writes its status at most
+/// this often for them.
+const PROGRESS_EVERY_SECONDS: i64 = 10;
+
+/// `change`'s re-index figures: none when the workers report no job (not started, or
+/// done), else the previous figures while fresh, else what the workers said.
+fn progress(
+    change: &mut ModelRollout,
+    observed: &Observed,
+    previous: Option<&KnowledgeBaseStatus>,
+    now: &Time,
+) {
+    let Some(reindex) = &observed.reindex else {
+        return;
+    };
+    let last = previous
+        .and_then(|p| p.model_rollout.as_ref())
+        .filter(|r| r.to == change.to);
+    let fresh = last.filter(|r| {
+        r.progress_time
+            .as_ref()
+            .is_some_and(|t| now.0.as_second() - t.0.as_second() < PROGRESS_EVERY_SECONDS)
+    });
+    if let Some(last) = fresh {
+        change.documents_done = last.documents_done;
+        change.documents_total = last.documents_total;
+        change.estimated_finish = last.estimated_finish.clone();
+        change.progress_time = last.progress_time.clone();
+        return;
+    }
+    let at = |seconds: f64| {
+        let second = now.0.as_second().saturating_add(seconds.ceil() as i64);
+        jiff::Timestamp::from_second(second).ok().map(Time)
+    };
+    change.documents_done = Some(reindex.documents_done as i64);
+    change.documents_total = Some(reindex.documents_total as i64);
+    change.estimated_finish = reindex.eta_seconds.and_then(at);
+    change.progress_time = at(0.0);
 }
 
 #[cfg(test)]
@@ -135,6 +181,59 @@ mod tests {
         // All ready on b: done, the data is b's.
         let (model, change) = rollout(&observed("b", true, 3, 3), Some(&during), &at(50));
         assert_eq!((model.as_str(), change), ("b", None));
+    }
+
+    #[test]
+    fn reindex_figures_come_from_the_workers_and_refresh_at_most_every_ten_seconds() {
+        use crate::reconcile::progress::ReindexProgress;
+        let old = status("a", None);
+        let reporting = |done: u64, eta: Option<f64>| Observed {
+            reindex: Some(ReindexProgress {
+                documents_done: done,
+                documents_total: 1000,
+                eta_seconds: eta,
+            }),
+            ..observed("b", true, 1, 0)
+        };
+        // No answer yet: no figures.
+        let (_, change) = rollout(&observed("b", true, 1, 0), Some(&old), &at(100));
+        let change = change.unwrap();
+        assert_eq!(
+            (change.documents_done, change.progress_time.clone()),
+            (None, None)
+        );
+        // The first answer: done/total, and the finish at the run's pace.
+        let during = status("a", Some(change));
+        let (_, change) = rollout(&reporting(250, Some(29.2)), Some(&during), &at(103));
+        let change = change.unwrap();
+        assert_eq!(
+            (
+                change.documents_done,
+                change.documents_total,
+                change.estimated_finish.clone(),
+                change.progress_time.clone()
+            ),
+            (Some(250), Some(1000), Some(at(133)), Some(at(103)))
+        );
+        // Another answer 9 s later leaves the status as it was (no write, no new reconcile).
+        let during = status("a", Some(change.clone()));
+        let (_, kept) = rollout(&reporting(400, Some(20.0)), Some(&during), &at(112));
+        assert_eq!(kept.unwrap(), change);
+        // 10 s later the new figures replace them; without an ETA, no finish.
+        let (_, change) = rollout(&reporting(500, None), Some(&during), &at(113));
+        let change = change.unwrap();
+        assert_eq!(
+            (
+                change.documents_done,
+                change.estimated_finish.clone(),
+                change.progress_time.clone()
+            ),
+            (Some(500), None, Some(at(113)))
+        );
+        // Once the workers report no job (the new model serves), the figures go at once.
+        let during = status("a", Some(change));
+        let (_, change) = rollout(&observed("b", true, 2, 1), Some(&during), &at(114));
+        assert_eq!(change.unwrap().documents_done, None);
     }
 
     #[test]

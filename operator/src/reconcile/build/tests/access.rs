@@ -75,6 +75,13 @@ fn network_rules_admit_listed_clients_and_monitoring() {
     );
     let metrics = &policy["spec"]["ingress"][1];
     assert_eq!(metrics["ports"][0]["port"], 9090);
+    // The operator, from any namespace, reads a model change's progress there.
+    let operator = &metrics["from"][0];
+    assert_eq!(operator["namespaceSelector"], serde_json::json!({}));
+    assert_eq!(
+        operator["podSelector"]["matchLabels"]["knowledge.dev/operator"],
+        "true"
+    );
     let deny = json(&plan, ChildKind::NetworkPolicy, "docs-default-deny");
     assert!(deny["spec"].get("ingress").is_none() && deny["spec"].get("egress").is_none());
 }
@@ -88,18 +95,17 @@ fn with_monitoring_on_prometheus_may_scrape_from_the_default_or_named_namespace(
             .unwrap()
             .iter()
             .filter(|rule| rule["ports"][0]["port"] == 9090)
-            .map(|rule| {
-                rule["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
+            .flat_map(|rule| rule["from"].as_array().unwrap().clone())
+            .filter_map(|peer| {
+                let name = &peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"];
+                name.as_str().map(String::from)
             })
             .collect()
     };
     let mut kb = kb("docs");
     assert!(
         metrics_from(&kb).is_empty(),
-        "no monitoring: metrics port closed"
+        "no monitoring: metrics port closed to every namespace (the operator aside)"
     );
     kb.spec.monitoring = Some(serde_json::from_value(serde_json::json!({})).unwrap());
     assert_eq!(metrics_from(&kb), vec!["monitoring"]);
