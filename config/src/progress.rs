@@ -1,7 +1,7 @@
 //! What a worker's metrics port answers at [`JOBS_PATH`]: the re-index jobs it knows and
 //! their progress. The operator reads it for `status.modelRollout` while a model change
-//! re-indexes; the fields are a subset of the API's `GET /v1/jobs` answer, so the two
-//! cannot drift apart.
+//! re-indexes; its fields are a subset of the API's `GET /v1/jobs` answer, with the same
+//! names and values (the worker builds both from one description of each job).
 
 use serde::{Deserialize, Serialize};
 

@@ -21,11 +21,9 @@ use std::time::Instant;
 /// The cache file in the data directory.
 pub const CACHE_FILE: &str = "cpu-layout.json";
 
-/// Rounds of the calibration batches each executor runs in one pass, timed together
-/// (after one warm-up round each).
-const ROUNDS: usize = 1;
-
-/// Passes over every layout in turn; each layout's fastest pass is its figure. On a
+/// Passes over every layout in turn (each pass: one warm-up round of the calibration
+/// batches on every executor, then one round timed with all of them at once); each
+/// layout's fastest pass is its figure. On a
 /// shared host the same layout measured 114 to 249 texts/s from one start to the next
 /// (a 2-vCPU AMD EPYC VM), and with one pass per layout a slow moment during one of
 /// them picked the layout that embeds 26% slower; interleaved passes put such a moment
@@ -143,7 +141,8 @@ pub fn cached_or_measured_layout(
 }
 
 /// Texts per second of `executors` threads with `threads` libtorch threads each, all
-/// running [`ROUNDS`] rounds of `batches` at once on replicas sharing `encoder`'s weights.
+/// running one round of `batches` at once (after a warm-up round) on replicas sharing
+/// `encoder`'s weights.
 fn time_layout(
     encoder: &BertEncoder,
     batches: &[Vec<Vec<i64>>],
@@ -167,9 +166,7 @@ fn time_layout(
                     let warm = embed_batches(&replica, batches, pooling);
                     start.wait();
                     warm?;
-                    for _ in 0..ROUNDS {
-                        embed_batches(&replica, batches, pooling)?;
-                    }
+                    embed_batches(&replica, batches, pooling)?;
                     Ok(())
                 })
             })
@@ -184,7 +181,7 @@ fn time_layout(
         result
             .map_err(|_| EmbedError::ModelLoad("a layout calibration thread panicked".into()))??;
     }
-    Ok((executors * ROUNDS * texts_per_round) as f64 / seconds.max(1e-9))
+    Ok((executors * texts_per_round) as f64 / seconds.max(1e-9))
 }
 
 #[cfg(test)]
