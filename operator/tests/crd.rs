@@ -180,6 +180,28 @@ fn autoscaling_requires_redis_and_ordered_bounds() {
 }
 
 #[test]
+fn a_model_surge_requires_redis_and_no_autoscaling() {
+    let surge = json!({"device": "cpu", "rollout": {"maxSurge": 1}});
+    assert_rejected(
+        json!({"embedding": surge}),
+        "maxSurge above 0 requires spec.redis",
+    );
+    assert_rejected(
+        json!({"embedding": surge, "redis": {"managed": {}}, "autoscaling": {"maxReplicas": 4}}),
+        "maxSurge above 0 requires spec.redis and no autoscaling",
+    );
+    assert_eq!(
+        cel_errors(json!({"embedding": surge, "redis": {"managed": {}}})),
+        Vec::<String>::new()
+    );
+    let in_place = json!({"device": "cpu", "rollout": {"maxSurge": 0}});
+    assert_eq!(
+        cel_errors(json!({"embedding": in_place})),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
 fn the_bulk_lane_budget_must_hold_one_full_length_input() {
     assert_rejected(
         json!({"embedding": {"device": "cpu", "maxSeqLen": 256, "maxBatchTokens": 4096, "bulkBatchTokens": 128}}),

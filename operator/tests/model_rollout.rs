@@ -1,5 +1,6 @@
-//! A change of the embedding model on a KnowledgeBase, as the operator reports it against
-//! an in-memory API server: `status.modelRollout` goes `Reindexing` (no worker of the new
+//! A change of the embedding model on a KnowledgeBase replaced in place
+//! (`embedding.rollout.maxSurge: 0`), as the operator reports it against an in-memory API
+//! server: `status.modelRollout` goes `Reindexing` (no worker of the new
 //! model ready) -> `Replacing` -> gone with `status.model` the new model once every worker
 //! runs it ready; `Progressing` says `ModelRollout` meanwhile; an Event marks each phase;
 //! and a revert of the spec ends it with the old model kept. The re-index figures come from
@@ -9,13 +10,13 @@
 mod common;
 
 use common::{
-    cluster, converge, create, create_worker_pod, get, kb, reconcile_once, set_ready_replicas,
-    set_rollout,
+    cluster, converge, create, events, get, kb, reconcile_once, set_model, set_ready_replicas,
+    set_rollout, status, worker_pod,
 };
-use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
-use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
 use kb_config::progress::{JobProgress, JobsProgress};
-use kb_operator::crd::{ConditionType, KnowledgeBase, KnowledgeBaseStatus};
+use kb_operator::crd::{ConditionType, KnowledgeBaseStatus};
 use kb_operator::metrics::Metrics;
 use kb_operator::reconcile::progress::WorkerProbe;
 use kb_operator::reconcile::Context;
@@ -26,40 +27,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const SPEC: &str = "replicas: 2\nembedding:\n  device: cpu\nredis:\n  managed: {}\n";
+/// In place: no worker added for the change (`tests/model_surge.rs` adds one).
+const SPEC: &str =
+    "replicas: 2\nembedding:\n  device: cpu\n  rollout:\n    maxSurge: 0\nredis:\n  managed: {}\n";
 const NEW_MODEL: &str = "pvc:models/e5 queryPrefix=\"query: \"";
-
-async fn status(client: &Client) -> KnowledgeBaseStatus {
-    let kb: KnowledgeBase = get(client, "docs").await.unwrap();
-    kb.status.unwrap()
-}
-
-async fn set_model(client: &Client, embedding: serde_json::Value) {
-    let api: Api<KnowledgeBase> = Api::namespaced(client.clone(), "default");
-    let patch = json!({"spec": {"embedding": embedding}});
-    api.patch("docs", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-}
-
-/// Worker pod `ordinal` of "docs" on StatefulSet revision `revision`, ready or not.
-async fn worker_pod(client: &Client, ordinal: i32, revision: &str, ready: bool) {
-    let name = format!("docs-worker-{ordinal}");
-    create_worker_pod(client, &name, &[("controller-revision-hash", revision)]).await;
-    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let status = PodStatus {
-        conditions: Some(vec![PodCondition {
-            type_: "Ready".into(),
-            status: if ready { "True" } else { "False" }.into(),
-            ..PodCondition::default()
-        }]),
-        ..PodStatus::default()
-    };
-    let patch = json!({"status": status});
-    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-}
 
 /// A worker's metrics port on 127.0.0.1 answering `GET /jobs` with what `jobs` holds,
 /// counting the requests; its port.
@@ -103,14 +74,6 @@ async fn deployed_probing(metrics_port: u16) -> (Client, Arc<Context>) {
 
 async fn deployed() -> (Client, Arc<Context>) {
     deployed_probing(kb_operator::reconcile::build::METRICS_PORT as u16).await
-}
-
-async fn events(client: &Client) -> Vec<String> {
-    let list = Api::<Event>::namespaced(client.clone(), "default")
-        .list(&Default::default())
-        .await
-        .unwrap();
-    list.items.iter().filter_map(|e| e.reason.clone()).collect()
 }
 
 fn progressing(status: &KnowledgeBaseStatus) -> (String, String) {
@@ -157,8 +120,13 @@ async fn a_model_change_is_reported_phase_by_phase_until_every_worker_runs_it() 
         eta_seconds: Some(30.0),
     }];
     // The pod of the new model re-indexes (not ready); the controller counts it updated.
-    let api: Api<k8s_openapi::api::apps::v1::StatefulSet> =
-        Api::namespaced(client.clone(), "default");
+    let api: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let sts: StatefulSet = get(&client, "docs-worker").await.unwrap();
+    assert_eq!(
+        sts.spec.unwrap().replicas,
+        Some(2),
+        "maxSurge 0: no worker added"
+    );
     let report = json!({"status": {"updatedReplicas": 1, "updateRevision": "rev-3",
                                    "currentRevision": "rev-2"}});
     api.patch_status(

@@ -2,8 +2,9 @@
 //! docs/runbooks/change-model.md; docs/worker.md, "Re-index").
 //!
 //! - `changing_the_model_reindexes_with_queries_and_writes_running`: a two-replica
-//!   KnowledgeBase with data gets new prefixes (a new `status.model`). While the StatefulSet
-//!   rolls and the new-model pod re-indexes, an in-cluster client queries and writes through
+//!   KnowledgeBase with data gets new prefixes (a new `status.model`). While an added pod of
+//!   the new model re-indexes (the StatefulSet at three replicas, partition two) and then
+//!   the StatefulSet rolls, an in-cluster client queries and writes through
 //!   the Service the whole time. The test proves: the rollout is reported
 //!   (`status.modelRollout` phase `Reindexing`, then gone with the new `status.model`;
 //!   Events `ModelRolloutStarted`, `ModelRolloutServing`, `ModelRolloutFinished`), no query
@@ -40,6 +41,8 @@ pub(crate) const KB_NS: &str = "kb-e2e-model";
 /// re-indexes; claims deleted with the KnowledgeBase, so a rerun starts empty.
 pub(crate) const SPEC: &str = "  replicas: 2\n  embedding: {device: cpu}\n  redis: {managed: {}}\n  storage: {reclaimPolicy: Delete}\n";
 const REPLICAS: usize = 2;
+/// Replicas while the model changes: one worker added (`embedding.rollout.maxSurge`).
+const REPLICAS_ADDED: usize = 3;
 const NEW_PREFIXES: &str =
     r#"{"spec":{"embedding":{"queryPrefix":"query: ","documentPrefix":"passage: "}}}"#;
 /// A JSON merge patch: `null` removes the fields, back to the model's own prompts.
@@ -75,12 +78,21 @@ fn changing_the_model_reindexes_with_queries_and_writes_running() {
     let deadline = Instant::now() + Duration::from_secs(20 * 60);
     // How long Reindexing lasted, and whether the workers' figures reached the status.
     let (mut reindexing_since, mut reindexing_for, mut figures) = (None, Duration::ZERO, false);
+    let mut surged = false;
     loop {
         let model = get(&kb.resource(), "{.status.model}");
         let phase = get(&kb.resource(), "{.status.modelRollout.phase}");
         let done = get(&kb.resource(), "{.status.modelRollout.documentsDone}");
         let total = get(&kb.resource(), "{.status.modelRollout.documentsTotal}");
         if phase == "Reindexing" {
+            // One worker added for the change (maxSurge 1 by default with Redis), the
+            // current ones held on the old model by the partition.
+            let workers = format!("statefulset/{}-worker", kb.name);
+            let shape = (
+                get(&workers, "{.spec.replicas}"),
+                get(&workers, "{.spec.updateStrategy.rollingUpdate.partition}"),
+            );
+            surged |= shape == (REPLICAS_ADDED.to_string(), REPLICAS.to_string());
             let since = *reindexing_since.get_or_insert_with(Instant::now);
             reindexing_for = since.elapsed();
             figures |= !total.is_empty();
@@ -112,6 +124,22 @@ fn changing_the_model_reindexes_with_queries_and_writes_running() {
             .any(|s| s.contains("modelRollout phase Reindexing")),
         "phase Reindexing was never reported:\n{}",
         timeline.join("\n")
+    );
+    assert!(
+        surged,
+        "the StatefulSet never ran {REPLICAS_ADDED} replicas with partition {REPLICAS} \
+         during Reindexing:\n{}",
+        timeline.join("\n")
+    );
+    wait_until(
+        "the StatefulSet back to its replicas",
+        Duration::from_secs(120),
+        || {
+            get(
+                &format!("statefulset/{}-worker", kb.name),
+                "{.spec.replicas}",
+            ) == REPLICAS.to_string()
+        },
     );
     // The operator asks the re-indexing worker at each reconcile (15 s apart at most).
     assert!(
@@ -311,7 +339,18 @@ fn reverting_the_model_mid_way_keeps_the_old_model_and_its_data() {
         "{reasons:?}"
     );
 
-    // The rolled-back pod cancels its job at start; every replica applies the cancel.
+    // The added pod, rolled back, cancels its job at start (every replica applies the
+    // cancel); then it goes.
+    wait_until(
+        "the StatefulSet back to its replicas",
+        Duration::from_secs(300),
+        || {
+            get(
+                &format!("statefulset/{}-worker", kb.name),
+                "{.spec.replicas}",
+            ) == REPLICAS.to_string()
+        },
+    );
     for ordinal in 0..REPLICAS {
         let worker = kb.worker(ordinal);
         wait_until(

@@ -81,6 +81,26 @@ pub struct Embedding {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub document_prefix: Option<String>,
+    /// How a change of the model rolls out on a KnowledgeBase with data (docs/operator.md,
+    /// "Changing the model").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<ModelRolloutPolicy>,
+}
+
+/// How a change of the model rolls out.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelRolloutPolicy {
+    /// Workers added for the change (each with `gpusPerReplica` GPUs on `cuda`): they run
+    /// the new model and re-index the stored texts while every current worker keeps
+    /// serving, then the current workers are replaced and the added ones removed. `0`
+    /// replaces the workers in place, highest ordinal first (the first one re-indexes
+    /// while the others serve; a single worker is unavailable for text queries meanwhile).
+    /// Added workers replicate through Redis: more than 0 requires `redis` and no
+    /// autoscaling. Unset: 1 with `redis` and without autoscaling, else 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 16))]
+    pub max_surge: Option<i32>,
 }
 
 fn default_model_path() -> String {

@@ -17,7 +17,9 @@ mod storage;
 
 pub use autoscaling::{Autoscaling, ScalingBehavior, ScalingRules};
 pub use backup::{Backup, BackupDestination, Bootstrap, FromBackup, PvcDestination, S3Destination};
-pub use embedding::{Chunking, Device, Embedding, GpuScheduling, ModelVolume, Precision};
+pub use embedding::{
+    Chunking, Device, Embedding, GpuScheduling, ModelRolloutPolicy, ModelVolume, Precision,
+};
 pub use index::{CpuScreen, Index, Lexical};
 pub use limits::Limits;
 pub use monitoring::Monitoring;
@@ -67,6 +69,7 @@ pub const DEFAULT_IMAGE: &str = concat!(
 #[x_kube(
     validation = Rule::new("self.replicas <= 1 || has(self.redis)").message("more than one replica requires spec.redis (replicas share the log through Redis)"),
     validation = Rule::new("!has(self.autoscaling) || !self.autoscaling.enabled || self.autoscaling.maxReplicas <= 1 || has(self.redis)").message("autoscaling beyond one replica requires spec.redis"),
+    validation = Rule::new("!has(self.embedding.rollout) || !has(self.embedding.rollout.maxSurge) || self.embedding.rollout.maxSurge == 0 || (has(self.redis) && (!has(self.autoscaling) || !self.autoscaling.enabled))").message("embedding.rollout.maxSurge above 0 requires spec.redis and no autoscaling (added workers replicate through Redis; set 0 to replace the workers in place)"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KnowledgeBaseSpec {
@@ -242,6 +245,18 @@ impl KnowledgeBaseSpec {
 
     pub fn autoscaling_enabled(&self) -> bool {
         self.autoscaling.as_ref().is_some_and(|a| a.enabled)
+    }
+
+    /// Workers added for a change of the model (`spec.embedding.rollout.maxSurge`, or its
+    /// default: 1 where workers replicate through Redis and the worker count is the
+    /// spec's, else 0).
+    pub fn model_surge(&self) -> i32 {
+        let explicit = self.embedding.rollout.as_ref().and_then(|r| r.max_surge);
+        match explicit {
+            Some(surge) => surge.max(0),
+            None if self.redis.is_some() && !self.autoscaling_enabled() => 1,
+            None => 0,
+        }
     }
 
     /// True when the worker count can exceed one (PDB and peer traffic matter then).

@@ -59,10 +59,21 @@ pub struct ModelRollout {
     pub from: String,
     /// The model `spec.embedding` names now.
     pub to: String,
-    /// `Reindexing`: no worker of the new model is ready yet (the first one re-embeds
-    /// the stored texts while the others serve); `Replacing`: the new model serves and
-    /// the remaining workers are being replaced.
+    /// `WaitingForCapacity`: no node fits an added worker of the new model yet (`message`
+    /// says why; the current workers serve meanwhile); `Reindexing`: no worker of the new
+    /// model is ready yet (the first ones re-embed the stored texts while the others
+    /// serve); `Replacing`: the new model serves and the remaining workers are being
+    /// replaced.
     pub phase: String,
+    /// Workers added for the change (`spec.embedding.rollout.maxSurge`; 0: in place).
+    #[serde(default)]
+    pub surge_replicas: i32,
+    /// GPUs the added workers request together (0 on CPU).
+    #[serde(default)]
+    pub surge_gpus: i32,
+    /// Why the phase waits (the scheduler's words for an added worker without a node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// When the operator first saw the change.
     pub started: Time,
     /// Workers running the new model.

@@ -54,6 +54,18 @@ pub struct Observed {
     pub model: String,
     /// A model change's re-index progress, as the new model's workers report it.
     pub reindex: Option<super::progress::ReindexProgress>,
+    /// Workers a change of the model adds (`spec.embedding.rollout.maxSurge`) and the
+    /// GPUs they request together.
+    pub surge: Surge,
+}
+
+/// Workers added for a change of the model.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Surge {
+    pub replicas: i32,
+    pub gpus: i32,
+    /// The scheduler's words for an added worker no node fits.
+    pub unschedulable: Option<String>,
 }
 
 /// The worker image in use and the upgrade waiting, if any.
@@ -288,15 +300,7 @@ fn verdicts(
             (_, Some(change)) if outcome_allows_ready(outcome) => (
                 "True",
                 "ModelRollout",
-                format!(
-                    "changing the embedding model from {} to {}: {} ({}/{} workers on the \
-                     new model ready); progress on the workers' GET /v1/jobs",
-                    change.from,
-                    change.to,
-                    change.phase,
-                    change.updated_ready_replicas,
-                    observed.desired_replicas
-                ),
+                model::message(change, observed.desired_replicas),
             ),
             (Some(why), _) if outcome_allows_ready(outcome) => {
                 ("True", "UpgradeQueued", why.clone())
@@ -488,6 +492,6 @@ fn backup(backup: &BackupObserved) -> Verdict {
 }
 
 mod degraded;
-mod model;
+pub(crate) mod model;
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ pub mod progress;
 pub mod rotation;
 pub mod status;
 pub mod storage;
+pub mod surge;
 pub mod upgrade;
 pub mod validate;
 mod workers;
@@ -143,6 +144,13 @@ async fn converge(kb: &KnowledgeBase, ctx: &Context, namespace: &str) -> Result<
         }
         _ => (choice.image.clone(), choice.available.clone()),
     };
+    let added = surge::observe(&ctx.client, namespace, &kb.spec, live_workers.as_ref()).await?;
+    let shape = surge::shape(&kb.spec, kb.status.as_ref(), added.as_ref());
+    surge::reshape(
+        &mut plan,
+        &Names::new(kb, namespace).worker(),
+        shape.as_ref(),
+    );
     let waiting_for_redis = hold_workers_for_redis(kb, ctx, namespace, &mut plan).await?;
     let volumes = storage::prepare(&ctx.client, namespace, &mut plan).await?;
     for claim in &volumes.expanded {
@@ -358,7 +366,7 @@ async fn publish_transition(
     let Some(recorder) = &ctx.recorder else {
         return;
     };
-    if let Some((reason, note)) = model_rollout_event(before, after) {
+    if let Some((reason, note)) = conditions::model::event(before, after) {
         let event = Event {
             type_: EventType::Normal,
             reason: reason.into(),
@@ -395,52 +403,6 @@ async fn publish_transition(
         if let Err(error) = recorder.publish(&event, &kb.object_ref(&())).await {
             tracing::warn!(%error, "could not publish event");
         }
-    }
-}
-
-/// An Event at each phase of a model change: started, the new model serving, finished
-/// or reverted.
-fn model_rollout_event(
-    before: Option<&KnowledgeBaseStatus>,
-    after: &KnowledgeBaseStatus,
-) -> Option<(&'static str, String)> {
-    let old = before.and_then(|s| s.model_rollout.as_ref());
-    match (old, after.model_rollout.as_ref()) {
-        (None, Some(new)) => Some((
-            "ModelRolloutStarted",
-            format!(
-                "embedding model {} -> {}: the first worker of the new model re-indexes the \
-                 stored texts while the others serve",
-                new.from, new.to
-            ),
-        )),
-        (Some(old), Some(new)) if old.to != new.to => Some((
-            "ModelRolloutStarted",
-            format!(
-                "embedding model {} -> {} (instead of {})",
-                new.from, new.to, old.to
-            ),
-        )),
-        (Some(old), Some(new)) if old.phase != new.phase && new.phase == "Replacing" => Some((
-            "ModelRolloutServing",
-            format!(
-                "a worker of {} finished re-indexing and serves; replacing the others",
-                new.to
-            ),
-        )),
-        (Some(old), None) if after.model.as_ref() == Some(&old.to) => Some((
-            "ModelRolloutFinished",
-            format!("every worker runs embedding model {}", old.to),
-        )),
-        (Some(old), None) => Some((
-            "ModelRolloutReverted",
-            format!(
-                "spec.embedding names {} again: the change to {} is abandoned (a re-index \
-                 under way is cancelled by its worker)",
-                old.from, old.to
-            ),
-        )),
-        _ => None,
     }
 }
 

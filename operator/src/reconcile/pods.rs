@@ -6,7 +6,7 @@
 //! no free GPU), the image cannot be pulled, the container cannot be created (a missing
 //! Secret or ConfigMap key), or an init container (the restore from a backup) fails.
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// How long a pod may wait for a node before it counts as a problem: a cluster
@@ -77,6 +77,19 @@ pub fn first_problem(pods: &[Pod], now: &Time) -> Option<PodProblem> {
 
 /// The scheduler's message for a pod it has not placed for the grace period.
 fn unschedulable(pod: &Pod, now: &Time) -> Option<String> {
+    let scheduled = refused(pod)?;
+    let since = scheduled.last_transition_time.as_ref()?;
+    let waited = now.0.as_second() - since.0.as_second();
+    (waited >= UNSCHEDULABLE_GRACE_SECONDS).then(|| refusal_message(scheduled))
+}
+
+/// The scheduler's message for a pending pod it found no node for (at once, no grace).
+pub fn scheduler_refusal(pod: &Pod) -> Option<String> {
+    refused(pod).map(refusal_message)
+}
+
+/// The `PodScheduled` condition of a pending pod the scheduler refused.
+fn refused(pod: &Pod) -> Option<&PodCondition> {
     let status = pod.status.as_ref()?;
     if status.phase.as_deref() != Some("Pending") {
         return None;
@@ -86,17 +99,15 @@ fn unschedulable(pod: &Pod, now: &Time) -> Option<String> {
         .as_ref()?
         .iter()
         .find(|c| c.type_ == "PodScheduled")?;
-    if scheduled.status != "False" || scheduled.reason.as_deref() != Some("Unschedulable") {
-        return None;
-    }
-    let since = scheduled.last_transition_time.as_ref()?;
-    let waited = now.0.as_second() - since.0.as_second();
-    (waited >= UNSCHEDULABLE_GRACE_SECONDS).then(|| {
-        scheduled
-            .message
-            .clone()
-            .unwrap_or_else(|| "no node fits the pod".into())
-    })
+    (scheduled.status == "False" && scheduled.reason.as_deref() == Some("Unschedulable"))
+        .then_some(scheduled)
+}
+
+fn refusal_message(scheduled: &PodCondition) -> String {
+    scheduled
+        .message
+        .clone()
+        .unwrap_or_else(|| "no node fits the pod".into())
 }
 
 /// A container (init or main) waiting for a reason that does not clear by itself.

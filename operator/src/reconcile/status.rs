@@ -5,6 +5,7 @@ use super::build::Component;
 use super::build::{Names, MANAGER};
 use super::conditions::{
     self, BackupJobs, BackupObserved, BackupReport, Observed, Outcome, RedisObserved, Rollout,
+    Surge,
 };
 use super::storage::Refusal;
 use crate::crd::{BackupStatus, ClaimStatus, KnowledgeBase, KnowledgeBaseStatus, StorageStatus};
@@ -177,6 +178,26 @@ async fn observe(
         updated_ready,
     };
     let storage = Some(storage_status(client, kb, names).await?);
+    // Pods added for a change of the model that no node fits: the rollout waits for
+    // capacity while the current workers serve, which is its phase, not a fault.
+    let surge_replicas = kb.spec.model_surge();
+    let added_refused = |pod: &Pod| {
+        let ordinal = pod.name_any().rsplit_once('-').map(|(_, n)| n.to_string());
+        let added = ordinal.and_then(|n| n.parse::<i32>().ok()) >= Some(desired_replicas);
+        (surge_replicas > 0 && added)
+            .then(|| super::pods::scheduler_refusal(pod))
+            .flatten()
+    };
+    let surge = Surge {
+        replicas: surge_replicas,
+        gpus: surge_replicas * kb.spec.embedding.gpus(),
+        unschedulable: worker_pods.iter().find_map(added_refused),
+    };
+    let placed: Vec<Pod> = worker_pods
+        .iter()
+        .filter(|p| added_refused(p).is_none())
+        .cloned()
+        .collect();
     Ok(Observed {
         upgrade: Default::default(),
         autoscaling_min: kb
@@ -187,7 +208,7 @@ async fn observe(
             .map(|a| a.min_replicas),
         storage,
         storage_refusal: None,
-        pod_problem: super::pods::first_problem(&worker_pods, now),
+        pod_problem: super::pods::first_problem(&placed, now),
         desired_replicas,
         replicas: worker_status.replicas,
         ready_replicas: worker_status.ready_replicas.unwrap_or(0),
@@ -198,6 +219,7 @@ async fn observe(
         backup_request: None,
         model,
         reindex,
+        surge,
     })
 }
 

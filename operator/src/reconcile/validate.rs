@@ -106,6 +106,14 @@ fn check_spec(kb: &KnowledgeBase) -> Result<(), Invalid> {
             ),
         );
     }
+    let surge = spec.embedding.rollout.as_ref().and_then(|r| r.max_surge);
+    if surge.is_some_and(|s| s > 0) && (spec.redis.is_none() || spec.autoscaling_enabled()) {
+        return invalid(
+            "InvalidRollout",
+            "embedding.rollout.maxSurge above 0 requires spec.redis and no autoscaling (added \
+             workers replicate through Redis; set 0 to replace the workers in place)",
+        );
+    }
     if spec.embedding.gpus_per_replica.is_some() && spec.embedding.device != Device::Cuda {
         return invalid(
             "InvalidEmbedding",
@@ -163,6 +171,33 @@ mod tests {
         let mut kb = kb("docs");
         kb.spec.replicas = 3;
         assert_eq!(check(&kb, &[]).unwrap_err().reason, "RedisRequired");
+    }
+
+    #[test]
+    fn a_model_surge_needs_redis_and_no_autoscaling() {
+        let mut kb = kb("docs");
+        kb.spec.embedding.rollout = Some(crate::crd::ModelRolloutPolicy { max_surge: Some(1) });
+        assert_eq!(check(&kb, &[]).unwrap_err().reason, "InvalidRollout");
+        assert_eq!(kb.spec.model_surge(), 1, "explicit");
+        kb.spec.embedding.rollout = None;
+        assert_eq!(kb.spec.model_surge(), 0, "no Redis: in place by default");
+        kb.spec.redis = Some(serde_json::from_str(r#"{"managed": {}}"#).unwrap());
+        assert!(check(&kb, &[]).is_ok());
+        assert_eq!(
+            kb.spec.model_surge(),
+            1,
+            "with Redis: one added worker by default"
+        );
+        kb.spec.autoscaling = Some(serde_json::from_str(r#"{"maxReplicas": 4}"#).unwrap());
+        assert_eq!(
+            kb.spec.model_surge(),
+            0,
+            "the autoscaler owns the worker count"
+        );
+        kb.spec.embedding.rollout = Some(crate::crd::ModelRolloutPolicy { max_surge: Some(2) });
+        assert_eq!(check(&kb, &[]).unwrap_err().reason, "InvalidRollout");
+        kb.spec.embedding.rollout = Some(crate::crd::ModelRolloutPolicy { max_surge: Some(0) });
+        assert!(check(&kb, &[]).is_ok());
     }
 
     #[test]

@@ -10,11 +10,12 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Pod, PodSpec, Secret, Service, ServiceAccount,
+    ConfigMap, Container, Pod, PodCondition, PodSpec, PodStatus, Secret, Service, ServiceAccount,
 };
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kb_operator::crd::{ConditionType, KnowledgeBase};
+use kb_operator::crd::{ConditionType, KnowledgeBase, KnowledgeBaseStatus};
 use kb_operator::metrics::Metrics;
 use kb_operator::reconcile::{reconcile, Context};
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
@@ -347,4 +348,44 @@ pub async fn condition(client: &Client, kind: ConditionType) -> (String, String)
         .condition(kind)
         .unwrap_or_else(|| panic!("no {kind:?} condition"));
     (c.status.clone(), c.reason.clone())
+}
+
+pub async fn status(client: &Client) -> KnowledgeBaseStatus {
+    let kb: KnowledgeBase = get(client, "docs").await.unwrap();
+    kb.status.unwrap()
+}
+
+pub async fn set_model(client: &Client, embedding: serde_json::Value) {
+    let api: Api<KnowledgeBase> = Api::namespaced(client.clone(), "default");
+    let patch = json!({"spec": {"embedding": embedding}});
+    api.patch("docs", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+/// Worker pod `ordinal` of "docs" on StatefulSet revision `revision`, ready or not.
+pub async fn worker_pod(client: &Client, ordinal: i32, revision: &str, ready: bool) {
+    let name = format!("docs-worker-{ordinal}");
+    create_worker_pod(client, &name, &[("controller-revision-hash", revision)]).await;
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let status = PodStatus {
+        conditions: Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: if ready { "True" } else { "False" }.into(),
+            ..PodCondition::default()
+        }]),
+        ..PodStatus::default()
+    };
+    let patch = json!({"status": status});
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+pub async fn events(client: &Client) -> Vec<String> {
+    let list = Api::<Event>::namespaced(client.clone(), "default")
+        .list(&Default::default())
+        .await
+        .unwrap();
+    list.items.iter().filter_map(|e| e.reason.clone()).collect()
 }

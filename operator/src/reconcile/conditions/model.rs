@@ -3,6 +3,7 @@
 
 use super::Observed;
 use crate::crd::{KnowledgeBaseStatus, ModelRollout};
+use crate::reconcile::surge::REPLACING;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// `status.model` and `status.modelRollout`. The first observation takes the spec's model
@@ -36,14 +37,26 @@ pub(super) fn rollout(
         true => (rollout.updated_replicas, rollout.updated_ready),
         false => (0, 0),
     };
-    let phase = match ready {
-        0 => "Reindexing",
-        _ => "Replacing",
+    // Once a worker of the new model served, the data is swapped and the old workers are
+    // being replaced: the phase stays (the added workers' partition depends on it) while
+    // the StatefulSet's controller catches up with each step.
+    let replacing = ready > 0
+        || previous
+            .and_then(|p| p.model_rollout.as_ref())
+            .is_some_and(|r| &r.to == spec && r.phase == REPLACING);
+    let surge = &observed.surge;
+    let (phase, message) = match (replacing, &surge.unschedulable) {
+        (true, _) => (REPLACING, None),
+        (false, Some(why)) => ("WaitingForCapacity", Some(why.clone())),
+        (false, None) => ("Reindexing", None),
     };
     let mut change = ModelRollout {
         from: stored.clone(),
         to: spec.clone(),
         phase: phase.to_string(),
+        surge_replicas: surge.replicas,
+        surge_gpus: surge.gpus,
+        message,
         started,
         updated_replicas: updated.min(observed.desired_replicas),
         updated_ready_replicas: ready.min(observed.desired_replicas),
@@ -95,6 +108,92 @@ fn progress(
     change.documents_total = Some(reindex.documents_total as i64);
     change.estimated_finish = reindex.eta_seconds.and_then(at);
     change.progress_time = at(0.0);
+}
+
+/// `Progressing`'s message during a change of the model.
+pub(super) fn message(change: &ModelRollout, desired: i32) -> String {
+    let mut message = format!(
+        "changing the embedding model from {} to {}: {} ({}/{} workers on the new model \
+         ready); progress on the workers' GET /v1/jobs",
+        change.from, change.to, change.phase, change.updated_ready_replicas, desired
+    );
+    if change.surge_replicas > 0 {
+        let gpus = match change.surge_gpus {
+            0 => String::new(),
+            n => format!(" with {n} GPUs"),
+        };
+        message.push_str(&format!(
+            "; it adds {} worker(s){gpus} while the current ones serve",
+            change.surge_replicas
+        ));
+    }
+    if let Some(why) = &change.message {
+        message.push_str(&format!("; waiting: {why}"));
+    }
+    message
+}
+
+/// An Event at each phase of a model change: started, the new model serving, finished
+/// or reverted.
+pub(crate) fn event(
+    before: Option<&KnowledgeBaseStatus>,
+    after: &KnowledgeBaseStatus,
+) -> Option<(&'static str, String)> {
+    let old = before.and_then(|s| s.model_rollout.as_ref());
+    match (old, after.model_rollout.as_ref()) {
+        (None, Some(new)) => Some((
+            "ModelRolloutStarted",
+            format!(
+                "embedding model {} -> {}: {} re-indexes the stored texts while the others \
+                 serve",
+                new.from,
+                new.to,
+                match new.surge_replicas {
+                    0 => "the first worker of the new model".to_string(),
+                    n => format!("{n} added worker(s) of the new model"),
+                }
+            ),
+        )),
+        (Some(old), Some(new)) if old.to != new.to => Some((
+            "ModelRolloutStarted",
+            format!(
+                "embedding model {} -> {} (instead of {})",
+                new.from, new.to, old.to
+            ),
+        )),
+        (Some(old), Some(new)) if old.phase != new.phase && new.phase == "WaitingForCapacity" => {
+            Some((
+                "ModelRolloutWaitingForCapacity",
+                format!(
+                    "no node fits the {} worker(s) added for {} yet: {}; the current workers \
+                     keep serving",
+                    new.surge_replicas,
+                    new.to,
+                    new.message.as_deref().unwrap_or("unschedulable")
+                ),
+            ))
+        }
+        (Some(old), Some(new)) if old.phase != new.phase && new.phase == REPLACING => Some((
+            "ModelRolloutServing",
+            format!(
+                "a worker of {} finished re-indexing and serves; replacing the others",
+                new.to
+            ),
+        )),
+        (Some(old), None) if after.model.as_ref() == Some(&old.to) => Some((
+            "ModelRolloutFinished",
+            format!("every worker runs embedding model {}", old.to),
+        )),
+        (Some(old), None) => Some((
+            "ModelRolloutReverted",
+            format!(
+                "spec.embedding names {} again: the change to {} is abandoned (a re-index \
+                 under way is cancelled by its worker)",
+                old.from, old.to
+            ),
+        )),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -174,13 +273,63 @@ mod tests {
             (change.phase.as_str(), change.updated_ready_replicas),
             ("Replacing", 1)
         );
-        // Every pod on b but one not ready yet: not done.
+        // The StatefulSet's controller has not seen the next step yet (no counts): the
+        // phase holds, it never goes back to Reindexing.
         let during = status("a", Some(change));
+        let (_, held) = rollout(&observed("b", false, 2, 1), Some(&during), &at(35));
+        assert_eq!(held.unwrap().phase, "Replacing");
+        // Every pod on b but one not ready yet: not done.
         let (model, change) = rollout(&observed("b", true, 3, 2), Some(&during), &at(40));
         assert_eq!((model.as_str(), change.is_some()), ("a", true));
         // All ready on b: done, the data is b's.
         let (model, change) = rollout(&observed("b", true, 3, 3), Some(&during), &at(50));
         assert_eq!((model.as_str(), change), ("b", None));
+    }
+
+    #[test]
+    fn an_added_worker_no_node_fits_is_a_wait_for_capacity_with_the_schedulers_words() {
+        let old = status("a", None);
+        let waiting = Observed {
+            surge: crate::reconcile::conditions::Surge {
+                replicas: 2,
+                gpus: 4,
+                unschedulable: Some("0/3 nodes: Insufficient nvidia.com/gpu".into()),
+            },
+            ..observed("b", true, 0, 0)
+        };
+        let change = rollout(&waiting, Some(&old), &at(10)).1.unwrap();
+        assert_eq!(
+            (
+                change.phase.as_str(),
+                change.message.as_deref(),
+                change.surge_replicas,
+                change.surge_gpus
+            ),
+            (
+                "WaitingForCapacity",
+                Some("0/3 nodes: Insufficient nvidia.com/gpu"),
+                2,
+                4
+            )
+        );
+        let text = message(&change, 3);
+        assert!(
+            text.contains("adds 2 worker(s) with 4 GPUs") && text.contains("Insufficient"),
+            "{text}"
+        );
+        // Placed: re-indexing.
+        let placed = Observed {
+            surge: crate::reconcile::conditions::Surge {
+                unschedulable: None,
+                ..waiting.surge.clone()
+            },
+            ..waiting
+        };
+        let change = rollout(&placed, Some(&old), &at(20)).1.unwrap();
+        assert_eq!(
+            (change.phase.as_str(), change.message),
+            ("Reindexing", None)
+        );
     }
 
     #[test]

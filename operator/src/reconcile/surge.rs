@@ -1,0 +1,186 @@
+//! Added workers for a change of the model (`spec.embedding.rollout.maxSurge`;
+//! docs/operator.md, "Changing the model").
+//!
+//! While `status.model` differs from the model the spec names, the worker StatefulSet runs
+//! `replicas + maxSurge` pods with the rolling update's `partition` at `replicas`: the
+//! StatefulSet controller creates the added ordinals on the new pod template (the new
+//! model) and leaves every current worker as it is. The added workers bootstrap from a
+//! peer and the Redis stream, re-index the stored texts for their model and turn ready
+//! once their job has swapped the collections (on every replica, through the log). Once
+//! `status.modelRollout` says `Replacing` (an added worker of the new model serves), the
+//! partition goes and the controller replaces the current workers, highest ordinal first.
+//! When every pod runs the new model ready, the rollout ends and the StatefulSet shrinks
+//! back to `replicas`.
+//!
+//! A revert of the spec mid-way keeps the added pods until they have restarted on the
+//! reverted template and turned ready: at that start each one cancels the re-index it
+//! owns (the half-built collection is dropped on every replica), so nothing is left behind
+//! when they go. An added pod that no node fits never ran and does not hold the shrink.
+//!
+//! The StatefulSet carries [`SURGE_ANNOTATION`] while it has added pods, so the operator
+//! tells its own added pods from a plain rollout of the spec's replicas.
+
+use super::build::{Child, ChildKind, Plan};
+use super::pods;
+use crate::crd::{KnowledgeBaseSpec, KnowledgeBaseStatus};
+use k8s_openapi::api::apps::v1::{RollingUpdateStatefulSetStrategy, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+
+/// StatefulSet annotation: the number of workers added for a change of the model.
+pub const SURGE_ANNOTATION: &str = "knowledge.dev/model-surge";
+
+/// The rollout phase after which the current workers are replaced.
+pub const REPLACING: &str = "Replacing";
+
+/// The worker StatefulSet's shape while it has added pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub replicas: i32,
+    /// Ordinals below it keep their revision; `None`: every pod takes the newest.
+    pub partition: Option<i32>,
+    /// Workers added (the annotation's value).
+    pub added: i32,
+}
+
+/// What the live worker StatefulSet and its pods tell about added pods.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    /// `spec.replicas` of the live StatefulSet.
+    pub replicas: i32,
+    /// Whether it carries [`SURGE_ANNOTATION`].
+    pub surged: bool,
+    /// Whether every pod at or above the spec's replicas runs the newest revision ready,
+    /// or is one no node fits (the StatefulSet's controller has seen its spec).
+    pub added_settled: bool,
+}
+
+/// The shape the StatefulSet takes, or `None` for the spec's plain shape.
+pub fn shape(
+    spec: &KnowledgeBaseSpec,
+    status: Option<&KnowledgeBaseStatus>,
+    live: Option<&Live>,
+) -> Option<Shape> {
+    if spec.autoscaling_enabled() {
+        return None;
+    }
+    let wanted = spec.replicas;
+    let surge = spec.model_surge();
+    let model = spec.embedding.model_ref();
+    let rolling = status
+        .and_then(|s| s.model.as_ref())
+        .is_some_and(|m| m != &model);
+    if rolling && surge > 0 {
+        let replacing = status
+            .and_then(|s| s.model_rollout.as_ref())
+            .is_some_and(|r| r.to == model && r.phase == REPLACING);
+        return Some(Shape {
+            replicas: wanted + surge,
+            partition: (!replacing).then_some(wanted),
+            added: surge,
+        });
+    }
+    let live = live?;
+    (live.surged && live.replicas > wanted && !live.added_settled).then(|| Shape {
+        replicas: live.replicas,
+        partition: None,
+        added: live.replicas - wanted,
+    })
+}
+
+/// Reads [`Live`] off the live StatefulSet and its pods (`wanted`: the spec's replicas).
+pub fn live(statefulset: &StatefulSet, pods: &[Pod], wanted: i32) -> Live {
+    let replicas = statefulset
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let status = statefulset.status.clone().unwrap_or_default();
+    let seen = statefulset.metadata.generation.is_some()
+        && status.observed_generation == statefulset.metadata.generation;
+    let name = statefulset.name_any();
+    let settled = |ordinal: i32| {
+        let pod = pods
+            .iter()
+            .find(|p| p.name_any() == format!("{name}-{ordinal}"));
+        pod.is_some_and(|pod| {
+            let newest = status.update_revision.is_some()
+                && pod.labels().get("controller-revision-hash") == status.update_revision.as_ref();
+            (newest && pods::is_ready(pod)) || pods::scheduler_refusal(pod).is_some()
+        })
+    };
+    Live {
+        replicas,
+        surged: statefulset.annotations().contains_key(SURGE_ANNOTATION),
+        added_settled: seen && (wanted..replicas).all(settled),
+    }
+}
+
+/// [`Live`] for the KnowledgeBase's live worker StatefulSet, listing its pods only when it
+/// has added ones.
+pub async fn observe(
+    client: &kube::Client,
+    namespace: &str,
+    spec: &KnowledgeBaseSpec,
+    statefulset: Option<&StatefulSet>,
+) -> crate::Result<Option<Live>> {
+    let Some(statefulset) = statefulset else {
+        return Ok(None);
+    };
+    if !statefulset.annotations().contains_key(SURGE_ANNOTATION) {
+        return Ok(Some(live(statefulset, &[], spec.replicas)));
+    }
+    let selector = statefulset
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|labels| {
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), namespace);
+    let pods = api
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| crate::Error::Read {
+            what: format!("pods {selector}"),
+            source: Box::new(source),
+        })?;
+    Ok(Some(live(statefulset, &pods.items, spec.replicas)))
+}
+
+/// Gives the plan's worker StatefulSet `shape` (left as planned for `None`).
+pub fn reshape(plan: &mut Plan, worker: &str, shape: Option<&Shape>) {
+    let Some(shape) = shape else {
+        return;
+    };
+    let Some(Child::StatefulSet(statefulset)) = plan
+        .children
+        .iter_mut()
+        .find(|c| c.reference().kind == ChildKind::StatefulSet && c.reference().name == worker)
+    else {
+        return;
+    };
+    statefulset
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(SURGE_ANNOTATION.to_string(), shape.added.to_string());
+    if let Some(spec) = statefulset.spec.as_mut() {
+        spec.replicas = Some(shape.replicas);
+        if let (Some(partition), Some(strategy)) = (shape.partition, spec.update_strategy.as_mut())
+        {
+            strategy.rolling_update = Some(RollingUpdateStatefulSetStrategy {
+                partition: Some(partition),
+                ..RollingUpdateStatefulSetStrategy::default()
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

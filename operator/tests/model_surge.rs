@@ -1,0 +1,285 @@
+//! A change of the embedding model with added workers (`embedding.rollout.maxSurge`, 1 by
+//! default with Redis), against an in-memory API server playing the StatefulSet
+//! controller's part by hand: the worker StatefulSet grows by the added worker with the
+//! rolling update's partition holding every current worker on the old model; the rollout
+//! waits (and says why) while no node fits the added worker; once it serves the new model
+//! the partition goes and the current workers are replaced; at the end the StatefulSet
+//! shrinks back. A revert keeps the added worker until it runs the old model again (its
+//! start cancels the re-index it owned). (The workers' side is tested in `kb-worker`; the
+//! real-cluster run is `e2e/`.)
+
+mod common;
+
+use common::{
+    cluster, converge, create, events, get, kb, reconcile_once, set_model, set_ready_replicas,
+    set_rollout, status, worker_pod,
+};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kb_operator::crd::ConditionType;
+use kb_operator::metrics::Metrics;
+use kb_operator::reconcile::surge::SURGE_ANNOTATION;
+use kb_operator::reconcile::Context;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+const SPEC: &str = "replicas: 2\nembedding:\n  device: cuda\nredis:\n  managed: {}\n";
+const NEW_MODEL: &str = "pvc:models/e5";
+
+/// "docs" (two GPU workers, managed Redis) deployed and serving model `image:/opt/kb/model`
+/// on revision rev-2.
+async fn serving() -> (Client, Arc<Context>) {
+    let (client, writes) = cluster(None).await;
+    create(&client, &kb("docs", SPEC)).await;
+    let ctx = Arc::new(Context::new(client.clone(), Arc::new(Metrics::default())));
+    converge(&ctx, &writes, "docs").await;
+    set_ready_replicas(&client, "docs-redis", 1).await;
+    converge(&ctx, &writes, "docs").await;
+    worker_pod(&client, 0, "rev-2", true).await;
+    worker_pod(&client, 1, "rev-2", true).await;
+    set_rollout(&client, "docs-worker", 2, 2, true).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(
+        status(&client).await.model.as_deref(),
+        Some("image:/opt/kb/model")
+    );
+    (client, ctx)
+}
+
+/// The worker StatefulSet's replicas, partition and surge annotation.
+async fn shape(client: &Client) -> (i32, i32, Option<String>) {
+    let sts: StatefulSet = get(client, "docs-worker").await.unwrap();
+    let annotation = sts.annotations().get(SURGE_ANNOTATION).cloned();
+    let spec = sts.spec.unwrap();
+    let partition = spec
+        .update_strategy
+        .and_then(|s| s.rolling_update)
+        .and_then(|r| r.partition)
+        .unwrap_or(0);
+    (spec.replicas.unwrap(), partition, annotation)
+}
+
+/// The StatefulSet controller's report (for the generation it has now).
+async fn report(client: &Client, fields: Value) {
+    let api: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let sts: StatefulSet = get(client, "docs-worker").await.unwrap();
+    let mut status = fields;
+    status["observedGeneration"] = json!(sts.metadata.generation.unwrap());
+    api.patch_status(
+        "docs-worker",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "status": status })),
+    )
+    .await
+    .unwrap();
+}
+
+/// The added worker of the new model, pending: no node has a free GPU.
+async fn unschedulable_pod(client: &Client, ordinal: i32, revision: &str) {
+    worker_pod(client, ordinal, revision, false).await;
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let refused = json!({"status": {"phase": "Pending", "conditions": [{"type": "PodScheduled",
+        "status": "False", "reason": "Unschedulable", "lastTransitionTime": "2026-01-01T00:00:00Z",
+        "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}]}});
+    api.patch_status(
+        &format!("docs-worker-{ordinal}"),
+        &PatchParams::default(),
+        &Patch::Merge(&refused),
+    )
+    .await
+    .unwrap();
+}
+
+fn e5() -> Value {
+    json!({"modelVolume": {"persistentVolumeClaim": {"claimName": "models"}, "subPath": "e5"}})
+}
+
+#[tokio::test]
+async fn a_model_change_adds_a_worker_of_the_new_model_replaces_the_others_once_it_serves_and_shrinks_back(
+) {
+    let (client, ctx) = serving().await;
+    assert_eq!(
+        shape(&client).await,
+        (2, 0, None),
+        "no change: as the spec says"
+    );
+
+    set_model(&client, e5()).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(
+        shape(&client).await,
+        (3, 2, Some("1".into())),
+        "one worker added; the current two held on their revision"
+    );
+    let change = status(&client)
+        .await
+        .model_rollout
+        .expect("a model rollout");
+    assert_eq!(
+        (
+            change.to.as_str(),
+            change.phase.as_str(),
+            change.surge_replicas,
+            change.surge_gpus
+        ),
+        (NEW_MODEL, "Reindexing", 1, 1)
+    );
+
+    // No node has a GPU free for it: the rollout waits and says why; nothing is degraded.
+    unschedulable_pod(&client, 2, "rev-3").await;
+    report(
+        &client,
+        json!({"replicas": 3, "readyReplicas": 2, "updatedReplicas": 0,
+                           "currentRevision": "rev-2", "updateRevision": "rev-3"}),
+    )
+    .await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    let waiting = status(&client).await;
+    let change = waiting.model_rollout.clone().unwrap();
+    assert_eq!(change.phase, "WaitingForCapacity");
+    assert!(
+        change
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("Insufficient nvidia.com/gpu"),
+        "{change:?}"
+    );
+    let degraded = waiting.condition(ConditionType::Degraded).unwrap();
+    assert_eq!(degraded.status, "False", "{degraded:?}");
+    let progressing = waiting.condition(ConditionType::Progressing).unwrap();
+    assert!(
+        progressing.message.contains("adds 1 worker(s) with 1 GPUs")
+            && progressing.message.contains("Insufficient nvidia.com/gpu"),
+        "{progressing:?}"
+    );
+    assert_eq!(shape(&client).await, (3, 2, Some("1".into())));
+    assert!(events(&client)
+        .await
+        .contains(&"ModelRolloutWaitingForCapacity".to_string()));
+
+    // Scheduled: it re-indexes (not ready) while the current two serve.
+    worker_pod(&client, 2, "rev-3", false).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(
+        status(&client).await.model_rollout.unwrap().phase,
+        "Reindexing"
+    );
+    assert_eq!(shape(&client).await.1, 2);
+
+    // It serves the new model: the partition goes, the current two are replaced.
+    worker_pod(&client, 2, "rev-3", true).await;
+    report(
+        &client,
+        json!({"replicas": 3, "readyReplicas": 3, "updatedReplicas": 1,
+                           "currentRevision": "rev-2", "updateRevision": "rev-3"}),
+    )
+    .await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(
+        status(&client).await.model_rollout.unwrap().phase,
+        "Replacing"
+    );
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(shape(&client).await, (3, 0, Some("1".into())));
+    // The controller has not seen the partition go yet: the phase and the shape hold.
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(
+        status(&client).await.model_rollout.unwrap().phase,
+        "Replacing"
+    );
+    assert_eq!(shape(&client).await, (3, 0, Some("1".into())));
+
+    // Every worker runs the new model ready: the change is done and the added one goes.
+    worker_pod(&client, 1, "rev-3", true).await;
+    worker_pod(&client, 0, "rev-3", true).await;
+    report(
+        &client,
+        json!({"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3,
+                           "currentRevision": "rev-3", "updateRevision": "rev-3"}),
+    )
+    .await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    let done = status(&client).await;
+    assert_eq!(
+        (done.model.as_deref(), done.model_rollout),
+        (Some(NEW_MODEL), None)
+    );
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(shape(&client).await, (2, 0, None));
+    let reasons = events(&client).await;
+    for reason in [
+        "ModelRolloutStarted",
+        "ModelRolloutServing",
+        "ModelRolloutFinished",
+    ] {
+        assert!(reasons.contains(&reason.to_string()), "{reasons:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_revert_keeps_the_added_worker_until_it_runs_the_old_model_again() {
+    let (client, ctx) = serving().await;
+    set_model(&client, e5()).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    worker_pod(&client, 2, "rev-3", false).await;
+    report(
+        &client,
+        json!({"replicas": 3, "readyReplicas": 2, "updatedReplicas": 1,
+                           "currentRevision": "rev-2", "updateRevision": "rev-3"}),
+    )
+    .await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(
+        status(&client).await.model_rollout.unwrap().phase,
+        "Reindexing"
+    );
+
+    // Reverted: the template is rev-2's again; the added pod still runs the other model
+    // and owns its re-index, so it stays until it has restarted on rev-2.
+    set_model(&client, json!({"modelVolume": null})).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    let after = status(&client).await;
+    assert_eq!(
+        (after.model.as_deref(), after.model_rollout),
+        (Some("image:/opt/kb/model"), None)
+    );
+    assert!(events(&client)
+        .await
+        .contains(&"ModelRolloutReverted".to_string()));
+    report(
+        &client,
+        json!({"replicas": 3, "readyReplicas": 2, "updatedReplicas": 2,
+                           "currentRevision": "rev-2", "updateRevision": "rev-2"}),
+    )
+    .await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(
+        shape(&client).await,
+        (3, 0, Some("1".into())),
+        "kept, every pod on the newest revision"
+    );
+    // Restarted on rev-2, it cancelled its job and is ready: now it goes.
+    worker_pod(&client, 2, "rev-2", true).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(shape(&client).await, (2, 0, None));
+}
+
+#[tokio::test]
+async fn an_added_worker_no_node_fits_does_not_hold_a_revert() {
+    let (client, ctx) = serving().await;
+    set_model(&client, e5()).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    unschedulable_pod(&client, 2, "rev-3").await;
+    set_model(&client, json!({"modelVolume": null})).await;
+    report(
+        &client,
+        json!({"replicas": 3, "readyReplicas": 2, "updatedReplicas": 2,
+                           "currentRevision": "rev-2", "updateRevision": "rev-2"}),
+    )
+    .await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(shape(&client).await, (2, 0, None));
+}
