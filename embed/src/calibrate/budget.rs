@@ -3,10 +3,11 @@
 //! until it ends, so the smaller the budget the sooner a query gets the executor back,
 //! while too small a batch wastes the matrix units. One executor (its threads, the
 //! precision chosen) embeds a batch of passages filling each candidate budget, and the
-//! smallest budget whose tokens per second come within [`TOLERANCE`] of the best serves.
+//! smallest budget whose tokens per second come within [`TOLERANCE`] of the best serves
+//! (the budgets timed in interleaved passes, [`super::fastest_of_passes`]).
 //! Logged, exported and cached in the data directory like the others.
 
-use super::{cached_or_measured, embed_batches, median_time, sample_batches, Calibration};
+use super::{cached_or_measured, embed_batches, fastest_of_passes, sample_batches, Calibration};
 use crate::bert::BertEncoder;
 use crate::model_config::BertConfig;
 use crate::pooling::Pooling;
@@ -97,21 +98,28 @@ pub fn cached_or_measured_budget(
             // The calibration's 128-token passages, repeated to fill each budget.
             let passages = sample_batches(cfg.vocab_size, max_seq_len).swap_remove(0);
             let row = passages[0].len();
-            let mut trials = Vec::new();
-            for tokens in tried {
-                let rows: Vec<Vec<i64>> = passages
-                    .iter()
-                    .cycle()
-                    .take(tokens / row)
-                    .cloned()
-                    .collect();
-                let batch = [rows];
-                let (seconds, _) = median_time(|| embed_batches(&encoder, &batch, pooling))?;
-                trials.push(BudgetTrial {
+            let batches: Vec<[Vec<Vec<i64>>; 1]> = tried
+                .iter()
+                .map(|&tokens| {
+                    [passages
+                        .iter()
+                        .cycle()
+                        .take(tokens / row)
+                        .cloned()
+                        .collect()]
+                })
+                .collect();
+            let timed =
+                fastest_of_passes(&batches, |batch| embed_batches(&encoder, batch, pooling))?;
+            let trials: Vec<BudgetTrial> = tried
+                .iter()
+                .zip(&batches)
+                .zip(&timed)
+                .map(|((&tokens, batch), (seconds, _))| BudgetTrial {
                     tokens,
                     tokens_per_second: (batch[0].len() * row) as f64 / seconds.max(1e-9),
-                });
-            }
+                })
+                .collect();
             let chosen = choose(&trials).map_or_else(String::new, |t| t.to_string());
             Ok(Calibration {
                 key,

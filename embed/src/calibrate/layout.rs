@@ -8,7 +8,7 @@
 //! two replicas served 1.2x to 2.1x the texts of one (docs/benchmarks.md). The result is
 //! logged, exported and cached in the data directory next to the precision's.
 
-use super::{cached_or_measured, embed_batches, sample_batches, Calibration};
+use super::{cached_or_measured, embed_batches, sample_batches, Calibration, PASSES};
 use crate::bert::BertEncoder;
 use crate::model_config::BertConfig;
 use crate::pooling::Pooling;
@@ -20,15 +20,6 @@ use std::time::Instant;
 
 /// The cache file in the data directory.
 pub const CACHE_FILE: &str = "cpu-layout.json";
-
-/// Passes over every layout in turn (each pass: one warm-up round of the calibration
-/// batches on every executor, then one round timed with all of them at once); each
-/// layout's fastest pass is its figure. On a
-/// shared host the same layout measured 114 to 249 texts/s from one start to the next
-/// (a 2-vCPU AMD EPYC VM), and with one pass per layout a slow moment during one of
-/// them picked the layout that embeds 26% slower; interleaved passes put such a moment
-/// on one pass of one layout, not on its figure.
-const PASSES: usize = 3;
 
 /// A layout within this fraction of the fastest one's texts per second counts as fast:
 /// among those the one with the most executors serves, since queries then find an
@@ -123,6 +114,10 @@ pub fn cached_or_measured_layout(
                 texts_per_second: 0.0,
             })
             .collect();
+        // Passes over every layout in turn (each: a warm-up round of the batches on every
+        // executor, then one round timed with all of them at once); each layout's fastest
+        // pass is its figure, as in `fastest_of_passes`: with one pass per layout, a slow
+        // moment during one of them picked the layout that embeds 26% slower.
         for _ in 0..PASSES {
             for trial in &mut trials {
                 let rate =

@@ -84,14 +84,12 @@ fn measure(
     calibrate::run_candidates(
         key,
         threads,
-        move |kind| {
-            let scorer = Scorer::load(&weights, &cfg, Device::Cpu, kind, None)?;
+        move |kind| Scorer::load(&weights, &cfg, Device::Cpu, kind, None),
+        move |scorer| {
             let rows: Vec<&Pair> = pairs.iter().collect();
-            calibrate::median_time(|| {
-                scorer
-                    .logits(&rows)
-                    .map_err(|e| EmbedError::Inference(e.to_string()))
-            })
+            scorer
+                .logits(&rows)
+                .map_err(|e| EmbedError::Inference(e.to_string()))
         },
         |precision, seconds, fp32, logits| {
             let fp32 = fp32.unwrap_or(logits);
