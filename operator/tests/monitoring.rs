@@ -82,6 +82,7 @@ fn every_alert_parses_and_the_ones_that_matter_are_there() {
     let alerts: BTreeSet<&str> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
     for wanted in [
         "KnowledgeBaseWorkerNotReady",
+        "KnowledgeBaseReindexStalled",
         "KnowledgeBaseReplicationLag",
         "KnowledgeBaseWritesHalted",
         "KnowledgeBaseModelMismatch",

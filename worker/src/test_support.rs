@@ -30,6 +30,34 @@ pub fn python() -> String {
         .unwrap_or_else(|_| "python3".into())
 }
 
+/// sentence-transformers' normalised vectors of `texts` with the model in `model` (the
+/// project virtualenv's library, on the CPU in fp32): the reference a worker's stored
+/// vectors are compared with.
+pub fn reference_vectors(model: &Path, texts: &[String]) -> Vec<Vec<f32>> {
+    use std::io::Write;
+    let script = "import json, sys\n\
+        from sentence_transformers import SentenceTransformer\n\
+        m = SentenceTransformer(sys.argv[1], device='cpu')\n\
+        texts = json.load(sys.stdin)\n\
+        print(json.dumps(m.encode(texts, normalize_embeddings=True).tolist()))\n";
+    let mut child = std::process::Command::new(python())
+        .args(["-c", script])
+        .arg(model)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the project virtualenv's python runs");
+    let input = serde_json::to_vec(texts).unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "sentence-transformers failed on {}",
+        model.display()
+    );
+    serde_json::from_slice(&out.stdout).expect("vectors as JSON")
+}
+
 /// Copies into `data_dir` (where missing) the CPU calibration (precision and executors'
 /// layout, `kb_embed::CALIBRATION_FILES`) of the bundled model with the default embedding
 /// settings on the CPU, measured once per test process: a worker reads it as it reads

@@ -1,9 +1,10 @@
 //! Re-index through the API with real models: a collection of the bundled (mean-pooled)
 //! model is re-indexed by a worker of the CLS-pooled one, which then answers under the old
-//! name with its own vectors; a worker started from a copy taken mid-job resumes it; what a
+//! name with its own vectors (before, sentence-transformers' vectors of the bundled model
+//! find each passage; after, those of the CLS-pooled one); a worker started from a copy taken mid-job resumes it; what a
 //! job forbids is refused with the reason.
 
-use crate::test_support::{call, cls_model, copy_dir, serve};
+use crate::test_support::{call, cls_model, copy_dir, model_dir, reference_vectors, serve};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -72,12 +73,46 @@ async fn wait_job(url: &str, id: &str, done: impl Fn(u16, &Value) -> bool) -> (u
 async fn a_worker_of_another_model_reindexes_a_collection_which_then_answers_with_its_vectors() {
     let (data, old) = data_of_the_bundled_model(60, 1).await;
     let tmp = tempfile::tempdir().unwrap();
+    let cls = cls_model(tmp.path());
+    // Stored vectors of a model are sentence-transformers' vectors of that model: each
+    // passage's reference vector finds it with cosine 1.
+    let sample: Vec<(String, String)> = texts(60).into_iter().step_by(13).collect();
+    let sample_texts: Vec<String> = sample.iter().map(|(_, t)| t.clone()).collect();
+    // Each sample passage's score for its own reference vector (0 when another ranks first).
+    let own_scores = |url: String, vectors: Vec<Vec<f32>>| {
+        let sample = sample.clone();
+        async move {
+            let mut scores = Vec::new();
+            for ((id, _), vector) in sample.iter().zip(vectors) {
+                let q = json!({"vector": vector, "top_k": 1});
+                let path = "/v1/collections/docs/query";
+                let (status, answer) = call(&url, "POST", path, Some(q)).await;
+                assert_eq!(status, 200, "{answer}");
+                let hit = &answer["hits"][0];
+                let own = hit["document_id"] == json!(id);
+                scores.push(if own {
+                    hit["score"].as_f64().unwrap()
+                } else {
+                    0.0
+                });
+            }
+            scores
+        }
+    };
+    let mean_vectors = reference_vectors(&model_dir(), &sample_texts);
+    let cls_vectors = reference_vectors(&cls, &sample_texts);
+    let before = own_scores(old.clone(), mean_vectors).await;
+    assert!(before.iter().all(|&s| s > 0.999), "{before:?}");
+    let other = own_scores(old.clone(), cls_vectors.clone()).await;
+    assert!(
+        other.iter().all(|&s| s < 0.99),
+        "the CLS-pooled model's vectors are not the bundled one's: {other:?}"
+    );
     // The old model's worker has nothing to re-index: its collection is its model's.
     let (status, body) = call(&old, "POST", "/v1/collections/docs/reindex", None).await;
     assert_eq!(status, 409, "{body}");
     let dir = tmp.path().join("data");
     copy_dir(&data.path().join("data"), &dir);
-    let cls = cls_model(tmp.path());
     let (_t, _s, url) = serve(move |cfg| {
         cfg.data_dir = dir;
         cfg.model = Some(cls);
@@ -153,6 +188,8 @@ async fn a_worker_of_another_model_reindexes_a_collection_which_then_answers_wit
             assert_eq!(hit["metadata"]["n"], json!(id));
         }
     }
+    let after = own_scores(url.clone(), cls_vectors).await;
+    assert!(after.iter().all(|&s| s > 0.999), "{after:?}");
     let (status, ready) = call(&url, "GET", "/readyz", None).await;
     assert_eq!(status, 200, "{ready}");
     // Writes through the old name land in the new collection, embedded by this model.
