@@ -61,19 +61,30 @@ async fn shape(client: &Client) -> (i32, i32, Option<String>) {
     (spec.replicas.unwrap(), partition, annotation)
 }
 
-/// The StatefulSet controller's report (for the generation it has now).
-async fn report(client: &Client, fields: Value) {
+/// The StatefulSet controller's report of its three pods (for the generation it has
+/// now): `ready` ready, `updated` on the update revision, `[current, update]` revisions.
+async fn report(client: &Client, ready: i32, updated: i32, [current, update]: [&str; 2]) {
     let api: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
     let sts: StatefulSet = get(client, "docs-worker").await.unwrap();
-    let mut status = fields;
-    status["observedGeneration"] = json!(sts.metadata.generation.unwrap());
+    let status = json!({"status": {"replicas": 3, "readyReplicas": ready,
+        "updatedReplicas": updated, "currentRevision": current, "updateRevision": update,
+        "observedGeneration": sts.metadata.generation.unwrap()}});
     api.patch_status(
         "docs-worker",
         &PatchParams::default(),
-        &Patch::Merge(&json!({ "status": status })),
+        &Patch::Merge(&status),
     )
     .await
     .unwrap();
+}
+
+/// `status.modelRollout.phase`.
+async fn phase(client: &Client) -> String {
+    status(client)
+        .await
+        .model_rollout
+        .expect("a model rollout")
+        .phase
 }
 
 /// The added worker of the new model, pending: no node has a free GPU.
@@ -129,12 +140,7 @@ async fn a_model_change_adds_a_worker_of_the_new_model_replaces_the_others_once_
 
     // No node has a GPU free for it: the rollout waits and says why; nothing is degraded.
     unschedulable_pod(&client, 2, "rev-3").await;
-    report(
-        &client,
-        json!({"replicas": 3, "readyReplicas": 2, "updatedReplicas": 0,
-                           "currentRevision": "rev-2", "updateRevision": "rev-3"}),
-    )
-    .await;
+    report(&client, 2, 0, ["rev-2", "rev-3"]).await;
     reconcile_once(&ctx, "docs").await.unwrap();
     let waiting = status(&client).await;
     let change = waiting.model_rollout.clone().unwrap();
@@ -163,44 +169,25 @@ async fn a_model_change_adds_a_worker_of_the_new_model_replaces_the_others_once_
     // Scheduled: it re-indexes (not ready) while the current two serve.
     worker_pod(&client, 2, "rev-3", false).await;
     reconcile_once(&ctx, "docs").await.unwrap();
-    assert_eq!(
-        status(&client).await.model_rollout.unwrap().phase,
-        "Reindexing"
-    );
+    assert_eq!(phase(&client).await, "Reindexing");
     assert_eq!(shape(&client).await.1, 2);
 
     // It serves the new model: the partition goes, the current two are replaced.
     worker_pod(&client, 2, "rev-3", true).await;
-    report(
-        &client,
-        json!({"replicas": 3, "readyReplicas": 3, "updatedReplicas": 1,
-                           "currentRevision": "rev-2", "updateRevision": "rev-3"}),
-    )
-    .await;
+    report(&client, 3, 1, ["rev-2", "rev-3"]).await;
     reconcile_once(&ctx, "docs").await.unwrap();
-    assert_eq!(
-        status(&client).await.model_rollout.unwrap().phase,
-        "Replacing"
-    );
+    assert_eq!(phase(&client).await, "Replacing");
     reconcile_once(&ctx, "docs").await.unwrap();
     assert_eq!(shape(&client).await, (3, 0, Some("1".into())));
     // The controller has not seen the partition go yet: the phase and the shape hold.
     reconcile_once(&ctx, "docs").await.unwrap();
-    assert_eq!(
-        status(&client).await.model_rollout.unwrap().phase,
-        "Replacing"
-    );
+    assert_eq!(phase(&client).await, "Replacing");
     assert_eq!(shape(&client).await, (3, 0, Some("1".into())));
 
     // Every worker runs the new model ready: the change is done and the added one goes.
     worker_pod(&client, 1, "rev-3", true).await;
     worker_pod(&client, 0, "rev-3", true).await;
-    report(
-        &client,
-        json!({"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3,
-                           "currentRevision": "rev-3", "updateRevision": "rev-3"}),
-    )
-    .await;
+    report(&client, 3, 3, ["rev-3", "rev-3"]).await;
     reconcile_once(&ctx, "docs").await.unwrap();
     let done = status(&client).await;
     assert_eq!(
@@ -225,17 +212,9 @@ async fn a_revert_keeps_the_added_worker_until_it_runs_the_old_model_again() {
     set_model(&client, e5()).await;
     reconcile_once(&ctx, "docs").await.unwrap();
     worker_pod(&client, 2, "rev-3", false).await;
-    report(
-        &client,
-        json!({"replicas": 3, "readyReplicas": 2, "updatedReplicas": 1,
-                           "currentRevision": "rev-2", "updateRevision": "rev-3"}),
-    )
-    .await;
+    report(&client, 2, 1, ["rev-2", "rev-3"]).await;
     reconcile_once(&ctx, "docs").await.unwrap();
-    assert_eq!(
-        status(&client).await.model_rollout.unwrap().phase,
-        "Reindexing"
-    );
+    assert_eq!(phase(&client).await, "Reindexing");
 
     // Reverted: the template is rev-2's again; the added pod still runs the other model
     // and owns its re-index, so it stays until it has restarted on rev-2.
@@ -249,12 +228,7 @@ async fn a_revert_keeps_the_added_worker_until_it_runs_the_old_model_again() {
     assert!(events(&client)
         .await
         .contains(&"ModelRolloutReverted".to_string()));
-    report(
-        &client,
-        json!({"replicas": 3, "readyReplicas": 2, "updatedReplicas": 2,
-                           "currentRevision": "rev-2", "updateRevision": "rev-2"}),
-    )
-    .await;
+    report(&client, 2, 2, ["rev-2", "rev-2"]).await;
     reconcile_once(&ctx, "docs").await.unwrap();
     assert_eq!(
         shape(&client).await,
@@ -274,12 +248,7 @@ async fn an_added_worker_no_node_fits_does_not_hold_a_revert() {
     reconcile_once(&ctx, "docs").await.unwrap();
     unschedulable_pod(&client, 2, "rev-3").await;
     set_model(&client, json!({"modelVolume": null})).await;
-    report(
-        &client,
-        json!({"replicas": 3, "readyReplicas": 2, "updatedReplicas": 2,
-                           "currentRevision": "rev-2", "updateRevision": "rev-2"}),
-    )
-    .await;
+    report(&client, 2, 2, ["rev-2", "rev-2"]).await;
     reconcile_once(&ctx, "docs").await.unwrap();
     assert_eq!(shape(&client).await, (2, 0, None));
 }
