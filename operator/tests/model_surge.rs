@@ -16,6 +16,8 @@ use common::{
 };
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kb_operator::crd::ConditionType;
 use kb_operator::metrics::Metrics;
 use kb_operator::reconcile::surge::SURGE_ANNOTATION;
@@ -78,6 +80,12 @@ async fn report(client: &Client, ready: i32, updated: i32, [current, update]: [&
     .unwrap();
 }
 
+/// The workers' PodDisruptionBudget's `maxUnavailable`.
+async fn budget(client: &Client) -> IntOrString {
+    let pdb: PodDisruptionBudget = get(client, "docs-worker").await.unwrap();
+    pdb.spec.unwrap().max_unavailable.unwrap()
+}
+
 /// `status.modelRollout.phase`.
 async fn phase(client: &Client) -> String {
     status(client)
@@ -123,6 +131,11 @@ async fn a_model_change_adds_a_worker_of_the_new_model_replaces_the_others_once_
         shape(&client).await,
         (3, 2, Some("1".into())),
         "one worker added; the current two held on their revision"
+    );
+    assert_eq!(
+        budget(&client).await,
+        IntOrString::Int(2),
+        "the added worker, unready while it re-indexes, does not use up the budget"
     );
     let change = status(&client)
         .await
@@ -196,6 +209,7 @@ async fn a_model_change_adds_a_worker_of_the_new_model_replaces_the_others_once_
     );
     reconcile_once(&ctx, "docs").await.unwrap();
     assert_eq!(shape(&client).await, (2, 0, None));
+    assert_eq!(budget(&client).await, IntOrString::Int(1));
     let reasons = events(&client).await;
     for reason in [
         "ModelRolloutStarted",

@@ -25,6 +25,7 @@ use super::pods;
 use crate::crd::{KnowledgeBaseSpec, KnowledgeBaseStatus};
 use k8s_openapi::api::apps::v1::{RollingUpdateStatefulSetStrategy, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 /// StatefulSet annotation: the number of workers added for a change of the model.
@@ -153,11 +154,26 @@ pub async fn observe(
     Ok(Some(live(statefulset, &pods.items, spec.replicas)))
 }
 
-/// Gives the plan's worker StatefulSet `shape` (left as planned for `None`).
+/// Gives the plan's worker StatefulSet `shape` (left as planned for `None`), and lets the
+/// workers' PodDisruptionBudget count the added pods as unavailable on top of its one: they
+/// are not ready until their re-index swaps (hours on a large collection), and a budget of
+/// one would block every node drain meanwhile.
 pub fn reshape(plan: &mut Plan, worker: &str, shape: Option<&Shape>) {
     let Some(shape) = shape else {
         return;
     };
+    let budget = plan.children.iter_mut().find(|c| {
+        c.reference().kind == ChildKind::PodDisruptionBudget && c.reference().name == worker
+    });
+    if let Some(Child::PodDisruptionBudget(pdb)) = budget {
+        if let Some(spec) = pdb.spec.as_mut() {
+            let allowed = match &spec.max_unavailable {
+                Some(IntOrString::Int(n)) => *n,
+                _ => 1,
+            };
+            spec.max_unavailable = Some(IntOrString::Int(allowed + shape.added));
+        }
+    }
     let Some(Child::StatefulSet(statefulset)) = plan
         .children
         .iter_mut()

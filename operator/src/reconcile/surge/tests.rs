@@ -174,6 +174,16 @@ fn the_shape_goes_into_the_planned_statefulset() {
     assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
     assert_eq!(strategy.rolling_update.as_ref().unwrap().partition, Some(2));
     assert_eq!(sts.annotations().get(SURGE_ANNOTATION).unwrap(), "1");
+    let Some(Child::PodDisruptionBudget(pdb)) =
+        plan.get(ChildKind::PodDisruptionBudget, "docs-worker")
+    else {
+        panic!("no worker PodDisruptionBudget planned");
+    };
+    assert_eq!(
+        pdb.spec.as_ref().unwrap().max_unavailable,
+        Some(IntOrString::Int(2)),
+        "the added worker, not ready while it re-indexes, does not block node drains"
+    );
     let mut plain = crate::reconcile::build::plan(&kb, &inputs(&kb));
     reshape(&mut plain, "docs-worker", None);
     let Some(Child::StatefulSet(sts)) = plain.get(ChildKind::StatefulSet, "docs-worker") else {
@@ -181,4 +191,13 @@ fn the_shape_goes_into_the_planned_statefulset() {
     };
     assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(2));
     assert!(!sts.annotations().contains_key(SURGE_ANNOTATION));
+    let Some(Child::PodDisruptionBudget(pdb)) =
+        plain.get(ChildKind::PodDisruptionBudget, "docs-worker")
+    else {
+        panic!("no worker PodDisruptionBudget planned");
+    };
+    assert_eq!(
+        pdb.spec.as_ref().unwrap().max_unavailable,
+        Some(IntOrString::Int(1))
+    );
 }
