@@ -116,9 +116,10 @@ async fn converge(kb: &KnowledgeBase, ctx: &Context, namespace: &str) -> Result<
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let key = format!("{namespace}/{}", kb.name_any());
+    let names = Names::new(kb, namespace);
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
     let live_workers = statefulsets
-        .get_opt(&Names::new(kb, namespace).worker())
+        .get_opt(&names.worker())
         .await
         .map_err(|source| Error::Read {
             what: "the worker StatefulSet".into(),
@@ -144,13 +145,9 @@ async fn converge(kb: &KnowledgeBase, ctx: &Context, namespace: &str) -> Result<
         }
         _ => (choice.image.clone(), choice.available.clone()),
     };
-    let added = surge::observe(&ctx.client, namespace, &kb.spec, live_workers.as_ref()).await?;
+    let added = surge::observe(&ctx.client, &names, &kb.spec, live_workers.as_ref()).await?;
     let shape = surge::shape(&kb.spec, kb.status.as_ref(), added.as_ref());
-    surge::reshape(
-        &mut plan,
-        &Names::new(kb, namespace).worker(),
-        shape.as_ref(),
-    );
+    surge::reshape(&mut plan, &names.worker(), shape.as_ref());
     let waiting_for_redis = hold_workers_for_redis(kb, ctx, namespace, &mut plan).await?;
     let volumes = storage::prepare(&ctx.client, namespace, &mut plan).await?;
     for claim in &volumes.expanded {

@@ -350,7 +350,7 @@ async fn backup_jobs(
 }
 
 /// The pods matching `selector`.
-async fn pods_of(client: &Client, names: &Names, selector: &str) -> Result<Vec<Pod>> {
+pub(super) async fn pods_of(client: &Client, names: &Names, selector: &str) -> Result<Vec<Pod>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
     let list = pods
         .list(&ListParams::default().labels(selector))

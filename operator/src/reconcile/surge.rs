@@ -20,7 +20,7 @@
 //! The StatefulSet carries [`SURGE_ANNOTATION`] while it has added pods, so the operator
 //! tells its own added pods from a plain rollout of the spec's replicas.
 
-use super::build::{Child, ChildKind, Plan};
+use super::build::{Child, ChildKind, Names, Plan};
 use super::pods;
 use crate::crd::{KnowledgeBaseSpec, KnowledgeBaseStatus};
 use k8s_openapi::api::apps::v1::{RollingUpdateStatefulSetStrategy, StatefulSet};
@@ -121,7 +121,7 @@ pub fn live(statefulset: &StatefulSet, pods: &[Pod], wanted: i32) -> Live {
 /// has added ones.
 pub async fn observe(
     client: &kube::Client,
-    namespace: &str,
+    names: &Names,
     spec: &KnowledgeBaseSpec,
     statefulset: Option<&StatefulSet>,
 ) -> crate::Result<Option<Live>> {
@@ -131,27 +131,8 @@ pub async fn observe(
     if !statefulset.annotations().contains_key(SURGE_ANNOTATION) {
         return Ok(Some(live(statefulset, &[], spec.replicas)));
     }
-    let selector = statefulset
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.as_ref())
-        .map(|labels| {
-            labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
-    let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), namespace);
-    let pods = api
-        .list(&kube::api::ListParams::default().labels(&selector))
-        .await
-        .map_err(|source| crate::Error::Read {
-            what: format!("pods {selector}"),
-            source: Box::new(source),
-        })?;
-    Ok(Some(live(statefulset, &pods.items, spec.replicas)))
+    let pods = super::status::pods_of(client, names, &names.selector_string()).await?;
+    Ok(Some(live(statefulset, &pods, spec.replicas)))
 }
 
 /// Gives the plan's worker StatefulSet `shape` (left as planned for `None`), and lets the
@@ -162,10 +143,9 @@ pub fn reshape(plan: &mut Plan, worker: &str, shape: Option<&Shape>) {
     let Some(shape) = shape else {
         return;
     };
-    let budget = plan.children.iter_mut().find(|c| {
-        c.reference().kind == ChildKind::PodDisruptionBudget && c.reference().name == worker
-    });
-    if let Some(Child::PodDisruptionBudget(pdb)) = budget {
+    if let Some(Child::PodDisruptionBudget(pdb)) =
+        plan.get_mut(ChildKind::PodDisruptionBudget, worker)
+    {
         if let Some(spec) = pdb.spec.as_mut() {
             let allowed = match &spec.max_unavailable {
                 Some(IntOrString::Int(n)) => *n,
@@ -174,11 +154,7 @@ pub fn reshape(plan: &mut Plan, worker: &str, shape: Option<&Shape>) {
             spec.max_unavailable = Some(IntOrString::Int(allowed + shape.added));
         }
     }
-    let Some(Child::StatefulSet(statefulset)) = plan
-        .children
-        .iter_mut()
-        .find(|c| c.reference().kind == ChildKind::StatefulSet && c.reference().name == worker)
-    else {
+    let Some(Child::StatefulSet(statefulset)) = plan.get_mut(ChildKind::StatefulSet, worker) else {
         return;
     };
     statefulset

@@ -170,6 +170,13 @@ impl Plan {
         })
     }
 
+    /// The child of the given kind and name, to adjust it.
+    pub fn get_mut(&mut self, kind: ChildKind, name: &str) -> Option<&mut Child> {
+        self.children
+            .iter_mut()
+            .find(|c| c.reference().kind == kind && c.reference().name == name)
+    }
+
     fn add(&mut self, kind: ChildKind, name: String, child: Option<Child>) {
         match child {
             Some(child) => self.children.push(child),
