@@ -3,7 +3,8 @@
 # a free loopback port; `wait_ready URL LOG` waits for URL/readyz and fails, with the tail
 # of LOG, when the last started process dies or 15 minutes pass; `stage_breakdown
 # METRICS_URL BEFORE PHASE` prints, per stage, what kb_worker_stage_seconds gained since
-# the metrics saved in file BEFORE; `peer_venv PROJECT_VENV` prints the venv of the
+# the metrics saved in file BEFORE; `embed_batches METRICS_URL BEFORE PHASE` prints the
+# embedding batches, texts and real/padded tokens since BEFORE; `peer_venv PROJECT_VENV` prints the venv of the
 # FastAPI + ChromaDB + sentence-transformers peer (scripts/bench-peer/), made on first use.
 model_dir=$(scripts/model-dir.sh)
 dir=$(mktemp -d /tmp/kb-bench-XXXXXX)
@@ -53,6 +54,21 @@ for stage in sorted({s for (_, s, _) in delta}):
     print(json.dumps({"bench": "stage", "phase": sys.argv[2], "stage": stage, "count": int(count),
         "mean_ms": round(1000 * delta[("sum", stage, None)] / count, 3),
         "p50_ms_at_most": round(1000 * quantile(0.5), 3), "p99_ms_at_most": round(1000 * quantile(0.99), 3)}))
+' "$2" "$3"
+}
+
+embed_batches() {
+    curl -fs "$1/metrics" | python3 -c '
+import json, re, sys
+def parse(lines):
+    return {m.group(1): float(m.group(2)) for m in
+            (re.match(r"kb_worker_embed_(batches|rows|tokens|padded_tokens) (\S+)", l) for l in lines) if m}
+now, before = parse(sys.stdin), parse(open(sys.argv[1]))
+d = {k: now[k] - before.get(k, 0.0) for k in now}
+batches = max(d.get("batches", 0), 1)
+print(json.dumps({"bench": "embed_batches", "phase": sys.argv[2], "batches": int(d.get("batches", 0)),
+    "texts": int(d.get("rows", 0)), "texts_per_batch": round(d.get("rows", 0) / batches, 2),
+    "tokens": int(d.get("tokens", 0)), "padded_tokens": int(d.get("padded_tokens", 0))}))
 ' "$2" "$3"
 }
 

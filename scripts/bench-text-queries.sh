@@ -3,6 +3,9 @@
 # every query is embedded and searched) against a FastAPI + ChromaDB + sentence-transformers
 # service (scripts/bench-peer/chroma_service.py), same model, same DOCS passages, same
 # queries, same client (`kb-worker bench query`), one after the other in the same run.
+# For kb-worker it also prints the stage breakdown and the embedding batches the queries
+# made (texts per batch, real and padded tokens). SKIP_PEER=1 leaves the peer's queries
+# out (to compare two kb-worker builds run after one another).
 #
 # Usage: scripts/bench-text-queries.sh WORKER_BIN [CORPUS] [CLIENTS] [REQUESTS]
 set -euo pipefail
@@ -39,16 +42,24 @@ query() {
 
 # kb-worker
 port=$(free_port)
+mport=$(free_port)
 printf 'cache:\n  enabled: false\n' >"$dir/worker.yaml"
 "$worker_bin" serve --config "$dir/worker.yaml" --data-dir "$dir/data" --model "$model_dir" \
-    --device cpu --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" --open \
+    --device cpu --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" --open \
     >"$dir/worker.log" 2>&1 &
 pids+=($!)
 wait_ready "http://127.0.0.1:$port" "$dir/worker.log"
 "$worker_bin" ingest "$dir/docs" --url "http://127.0.0.1:$port" --collection q >/dev/null
 echo '{"service": "kb-worker"}'
+curl -fs "http://127.0.0.1:$mport/metrics" >"$dir/stages.before"
 query "http://127.0.0.1:$port"
+stage_breakdown "http://127.0.0.1:$mport" "$dir/stages.before" "queries"
+embed_batches "http://127.0.0.1:$mport" "$dir/stages.before" "queries"
 kill "${pids[-1]}"
+
+if [ -n "${SKIP_PEER:-}" ]; then
+    exit 0
+fi
 
 # FastAPI + ChromaDB + sentence-transformers
 peer=$(free_port)

@@ -6,7 +6,7 @@
 //! CUDA out-of-memory error comes back as an `Err` the executor can react to, not a panic.
 
 use crate::model_config::BertConfig;
-use crate::packing::PackedBatch;
+use crate::packing::{AttentionGroup, PackedBatch};
 use crate::EmbedError;
 use std::collections::HashMap;
 use std::path::Path;
@@ -253,30 +253,53 @@ impl BertEncoder {
             .forward(&layer.output.forward(&inner)?.f_add(&attended)?)
     }
 
-    /// Self-attention of packed `qkv` `[tokens, 3 * hidden]`: scattered into the padded
-    /// grid for `scaled_dot_product_attention` (padding keys masked out), the context of
-    /// the real tokens gathered back.
+    /// Self-attention of packed `qkv` `[tokens, 3 * hidden]`, group by group
+    /// ([`crate::packing::AttentionGroup`]): each group's rows are scattered into a grid
+    /// padded to its own longest row for `scaled_dot_product_attention` (padding keys
+    /// masked out), and the context of the real tokens gathered back.
     fn attention(&self, qkv: &Tensor, batch: &PackedBatch) -> Result<Tensor, TchError> {
-        let (rows, len) = (batch.rows, batch.padded_len);
+        let mut contexts = Vec::with_capacity(batch.groups.len());
+        for group in &batch.groups {
+            let qkv = match batch.groups.len() {
+                1 => qkv.shallow_clone(),
+                _ => qkv.f_narrow(0, group.first_token, group.tokens)?,
+            };
+            contexts.push(self.group_attention(&qkv, group)?);
+        }
+        match contexts.len() {
+            1 => Ok(contexts.pop().expect("one group")),
+            _ => Tensor::f_cat(&contexts, 0),
+        }
+    }
+
+    fn group_attention(&self, qkv: &Tensor, group: &AttentionGroup) -> Result<Tensor, TchError> {
+        let (rows, len) = (group.rows, group.padded_len);
         let head_dim = self.hidden / self.heads;
-        let grid = Tensor::f_zeros([rows * len, 3 * self.hidden], (qkv.kind(), qkv.device()))?
-            .f_index_copy(0, &batch.slots, qkv)?
-            .f_view([rows, len, 3, self.heads, head_dim])?
-            .f_permute([2, 0, 3, 1, 4])?;
+        let grid = match &group.attend {
+            // Nothing padded: the packed tokens are the grid.
+            None => qkv.shallow_clone(),
+            Some(_) => Tensor::f_zeros([rows * len, 3 * self.hidden], (qkv.kind(), qkv.device()))?
+                .f_index_copy(0, &group.slots, qkv)?,
+        }
+        .f_view([rows, len, 3, self.heads, head_dim])?
+        .f_permute([2, 0, 3, 1, 4])?;
         let (q, k, v) = (grid.f_get(0)?, grid.f_get(1)?, grid.f_get(2)?);
-        Tensor::f_scaled_dot_product_attention(
+        let context = Tensor::f_scaled_dot_product_attention(
             &q,
             &k,
             &v,
-            Some(&batch.attend),
+            group.attend.as_ref(),
             0.0,
             false,
             None,
             false,
         )?
         .f_transpose(1, 2)?
-        .f_reshape([rows * len, self.hidden])?
-        .f_index_select(0, &batch.slots)
+        .f_reshape([rows * len, self.hidden])?;
+        match &group.attend {
+            None => Ok(context),
+            Some(_) => context.f_index_select(0, &group.slots),
+        }
     }
 }
 
@@ -290,3 +313,6 @@ fn check_shape(t: &Tensor, expected: &[i64], name: &str) -> Result<(), EmbedErro
         )))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,7 +13,9 @@ pub struct EngineStats {
     pub rows: u64,
     /// Tokens of those texts, special tokens included.
     pub real_tokens: u64,
-    /// Tokens the encoder computed, padding included (`rows x padded length` per batch).
+    /// Tokens of the batches' padded grids (`rows x longest row` per batch). The encoder
+    /// computes every op but attention on the real tokens only, and attention on the CPU
+    /// in groups of rows of similar length, so this is an upper bound of its padding.
     pub padded_tokens: u64,
     /// Times a batch was halved after the device ran out of memory.
     pub oom_splits: u64,

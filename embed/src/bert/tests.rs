@@ -1,0 +1,115 @@
+use super::*;
+use crate::packing::plan_attention_groups;
+use std::ops::Range;
+
+/// A two-layer encoder of width 16 with random weights.
+fn random_encoder() -> BertEncoder {
+    tch::manual_seed(7);
+    let (hidden, inner, vocab, positions) = (16, 32, 50, 64);
+    let mut tensors = HashMap::new();
+    let mut add = |name: String, shape: &[i64]| {
+        tensors.insert(name, Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.3);
+    };
+    add("embeddings.word_embeddings.weight".into(), &[vocab, hidden]);
+    add(
+        "embeddings.position_embeddings.weight".into(),
+        &[positions, hidden],
+    );
+    add(
+        "embeddings.token_type_embeddings.weight".into(),
+        &[2, hidden],
+    );
+    add("embeddings.LayerNorm.weight".into(), &[hidden]);
+    add("embeddings.LayerNorm.bias".into(), &[hidden]);
+    for l in 0..2 {
+        let p = format!("encoder.layer.{l}");
+        for (name, out, input) in [
+            ("attention.self.query", hidden, hidden),
+            ("attention.self.key", hidden, hidden),
+            ("attention.self.value", hidden, hidden),
+            ("attention.output.dense", hidden, hidden),
+            ("intermediate.dense", inner, hidden),
+            ("output.dense", hidden, inner),
+        ] {
+            add(format!("{p}.{name}.weight"), &[out, input]);
+            add(format!("{p}.{name}.bias"), &[out]);
+        }
+        for norm in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            add(format!("{p}.{norm}.weight"), &[hidden]);
+            add(format!("{p}.{norm}.bias"), &[hidden]);
+        }
+    }
+    let cfg = BertConfig {
+        hidden_size: hidden,
+        num_attention_heads: 2,
+        num_hidden_layers: 2,
+        layer_norm_eps: 1e-12,
+        vocab_size: vocab,
+        max_position_embeddings: positions as usize,
+        hidden_act: "gelu".into(),
+        position_embedding_type: "absolute".into(),
+    };
+    let mut weights = Weights {
+        tensors,
+        device: Device::Cpu,
+        kind: Kind::Float,
+    };
+    BertEncoder::from_weights(&mut weights, &cfg).unwrap()
+}
+
+fn rows(lengths: &[usize]) -> Vec<Vec<i64>> {
+    lengths
+        .iter()
+        .enumerate()
+        .map(|(r, &len)| (0..len).map(|t| ((r * 7 + t * 3) % 50) as i64).collect())
+        .collect()
+}
+
+fn hidden_states(encoder: &BertEncoder, rows: &[Vec<i64>], plan: &[Range<usize>]) -> Tensor {
+    let ids: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
+    let batch = PackedBatch::grouped(&ids, plan, Device::Cpu).unwrap();
+    encoder.forward(&batch).unwrap()
+}
+
+fn max_difference(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn attention_in_groups_gives_the_hidden_states_of_one_padded_grid() {
+    let _no_grad = tch::no_grad_guard();
+    let encoder = random_encoder();
+    // Sorted as the batcher sends them, and in arbitrary order.
+    for lengths in [&[2usize, 3, 3, 9, 30, 31][..], &[30, 2, 9, 3, 31, 3]] {
+        let rows = rows(lengths);
+        let n = rows.len();
+        let whole = 0..n;
+        let one_grid = hidden_states(&encoder, &rows, std::slice::from_ref(&whole));
+        let planned = plan_attention_groups(lengths, 0);
+        assert!(planned.len() > 1, "{lengths:?} planned as {planned:?}");
+        let per_row: Vec<Range<usize>> = (0..n).map(|r| r..r + 1).collect();
+        for plan in [planned, per_row, vec![0..2, 2..n]] {
+            let grouped = hidden_states(&encoder, &rows, &plan);
+            assert_eq!(grouped.size(), one_grid.size());
+            let diff = max_difference(&grouped, &one_grid);
+            assert!(
+                diff < 1e-5,
+                "{lengths:?} in groups {plan:?}: differs by {diff}"
+            );
+        }
+    }
+}
+
+#[test]
+fn packed_batches_on_the_cpu_group_rows_of_similar_length() {
+    let rows = rows(&[4, 4, 5, 60]);
+    let ids: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
+    let batch = PackedBatch::new(&ids, Device::Cpu).unwrap();
+    let shapes: Vec<(i64, i64, i64, i64)> = batch
+        .groups
+        .iter()
+        .map(|g| (g.first_token, g.tokens, g.rows, g.padded_len))
+        .collect();
+    // The 60-token row would pad the three short ones to 60: 4 x 3600 against 3 x 25 + 3600.
+    assert_eq!(shapes, [(0, 13, 3, 5), (13, 60, 1, 60)]);
+}
