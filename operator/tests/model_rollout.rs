@@ -159,6 +159,15 @@ async fn a_model_change_is_reported_phase_by_phase_until_every_worker_runs_it() 
     let finish = change.estimated_finish.clone().unwrap().0.as_second();
     assert_eq!(finish - reported, 30);
     assert_eq!(asked.load(Ordering::SeqCst), 1);
+    // Another reconcile within 10 s keeps the figures without asking the workers again.
+    jobs.lock().unwrap().jobs[0].documents_done = 260;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "figures still fresh");
+    let kept = status(&client)
+        .await
+        .model_rollout
+        .expect("a model rollout");
+    assert_eq!(kept.documents_done, Some(250));
     assert_eq!(during.model.as_deref(), Some("image:/opt/kb/model"));
     assert_eq!(
         progressing(&during),
@@ -175,6 +184,11 @@ async fn a_model_change_is_reported_phase_by_phase_until_every_worker_runs_it() 
     assert_eq!(phase.as_deref(), Some("Replacing"));
     let figures = serving.model_rollout.as_ref().map(|c| c.documents_done);
     assert_eq!(figures, Some(None), "no job left: no figures");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "a worker of the new model serves: nobody asked"
+    );
     assert_eq!(serving.model_rollout.unwrap().started, change.started);
 
     // Both on the new revision and ready: the data is the new model's.

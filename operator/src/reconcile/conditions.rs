@@ -53,7 +53,7 @@ pub struct Observed {
     /// The model `spec.embedding` names ([`crate::crd::Embedding::model_ref`]).
     pub model: String,
     /// A model change's re-index progress, as the new model's workers report it.
-    pub reindex: Option<super::progress::ReindexProgress>,
+    pub reindex: super::progress::ReindexSeen,
     /// Workers a change of the model adds (`spec.embedding.rollout.maxSurge`) and the
     /// GPUs they request together.
     pub surge: Surge,

@@ -34,6 +34,20 @@ pub struct ReindexProgress {
     pub eta_seconds: Option<f64>,
 }
 
+/// A model change's re-index figures as one reconcile sees them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum ReindexSeen {
+    /// No figures: no change, no job reported, or a worker of the new model serves (the
+    /// re-index is over, nobody is asked).
+    #[default]
+    None,
+    /// The previous status's figures are younger than the refresh interval: kept, and the
+    /// workers were not asked.
+    Kept,
+    /// What the new model's workers answered.
+    Reported(ReindexProgress),
+}
+
 impl WorkerProbe {
     pub fn new(port: u16, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()

@@ -7,6 +7,7 @@ use super::conditions::{
     self, BackupJobs, BackupObserved, BackupReport, Observed, Outcome, RedisObserved, Rollout,
     Surge,
 };
+use super::progress::ReindexSeen;
 use super::storage::Refusal;
 use crate::crd::{BackupStatus, ClaimStatus, KnowledgeBase, KnowledgeBaseStatus, StorageStatus};
 use crate::{Error, Result};
@@ -158,9 +159,21 @@ async fn observe(
     // A model change under way: the new model's workers re-index and say how far.
     let model = kb.spec.embedding.model_ref();
     let stored = kb.status.as_ref().and_then(|s| s.model.as_ref());
+    let previous = kb.status.as_ref();
     let reindex = match stored.is_some_and(|m| m != &model) {
-        true => ctx.workers.reindex(&updated).await,
-        false => None,
+        false => ReindexSeen::None,
+        // A worker of the new model serves: its job swapped the data, nothing to ask.
+        true if updated_ready > 0 || conditions::model::replacing(previous, &model) => {
+            ReindexSeen::None
+        }
+        true if conditions::model::fresh_progress(previous, &model, now).is_some() => {
+            ReindexSeen::Kept
+        }
+        true => ctx
+            .workers
+            .reindex(&updated)
+            .await
+            .map_or(ReindexSeen::None, ReindexSeen::Reported),
     };
     let rollout = Rollout {
         observed: workers.is_some()

@@ -3,6 +3,7 @@
 
 use super::Observed;
 use crate::crd::{KnowledgeBaseStatus, ModelRollout};
+use crate::reconcile::progress::ReindexSeen;
 use crate::reconcile::surge::REPLACING;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -40,10 +41,7 @@ pub(super) fn rollout(
     // Once a worker of the new model served, the data is swapped and the old workers are
     // being replaced: the phase stays (the added workers' partition depends on it) while
     // the StatefulSet's controller catches up with each step.
-    let replacing = ready > 0
-        || previous
-            .and_then(|p| p.model_rollout.as_ref())
-            .is_some_and(|r| &r.to == spec && r.phase == REPLACING);
+    let replacing = ready > 0 || self::replacing(previous, spec);
     let surge = &observed.surge;
     let (phase, message) = match (replacing, &surge.unschedulable) {
         (true, _) => (REPLACING, None),
@@ -74,6 +72,31 @@ pub(super) fn rollout(
 /// this often for them.
 const PROGRESS_EVERY_SECONDS: i64 = 10;
 
+/// Whether the previous status says a change to `to` swapped the data already (phase
+/// `Replacing`).
+pub(crate) fn replacing(previous: Option<&KnowledgeBaseStatus>, to: &str) -> bool {
+    previous
+        .and_then(|p| p.model_rollout.as_ref())
+        .is_some_and(|r| r.to == to && r.phase == REPLACING)
+}
+
+/// The previous status's change to `to` when its re-index figures are younger than
+/// [`PROGRESS_EVERY_SECONDS`]: they are kept, and the workers are not asked again.
+pub(crate) fn fresh_progress<'a>(
+    previous: Option<&'a KnowledgeBaseStatus>,
+    to: &str,
+    now: &Time,
+) -> Option<&'a ModelRollout> {
+    previous
+        .and_then(|p| p.model_rollout.as_ref())
+        .filter(|r| r.to == to)
+        .filter(|r| {
+            r.progress_time
+                .as_ref()
+                .is_some_and(|t| now.0.as_second() - t.0.as_second() < PROGRESS_EVERY_SECONDS)
+        })
+}
+
 /// `change`'s re-index figures: none when the workers report no job (not started, or
 /// done), else the previous figures while fresh, else what the workers said.
 fn progress(
@@ -82,24 +105,19 @@ fn progress(
     previous: Option<&KnowledgeBaseStatus>,
     now: &Time,
 ) {
-    let Some(reindex) = &observed.reindex else {
+    if observed.reindex == ReindexSeen::None {
         return;
-    };
-    let last = previous
-        .and_then(|p| p.model_rollout.as_ref())
-        .filter(|r| r.to == change.to);
-    let fresh = last.filter(|r| {
-        r.progress_time
-            .as_ref()
-            .is_some_and(|t| now.0.as_second() - t.0.as_second() < PROGRESS_EVERY_SECONDS)
-    });
-    if let Some(last) = fresh {
+    }
+    if let Some(last) = fresh_progress(previous, &change.to, now) {
         change.documents_done = last.documents_done;
         change.documents_total = last.documents_total;
         change.estimated_finish = last.estimated_finish.clone();
         change.progress_time = last.progress_time.clone();
         return;
     }
+    let ReindexSeen::Reported(reindex) = &observed.reindex else {
+        return;
+    };
     let at = |seconds: f64| {
         let second = now.0.as_second().saturating_add(seconds.ceil() as i64);
         jiff::Timestamp::from_second(second).ok().map(Time)
@@ -337,7 +355,7 @@ mod tests {
         use crate::reconcile::progress::ReindexProgress;
         let old = status("a", None);
         let reporting = |done: u64, eta: Option<f64>| Observed {
-            reindex: Some(ReindexProgress {
+            reindex: ReindexSeen::Reported(ReindexProgress {
                 documents_done: done,
                 documents_total: 1000,
                 eta_seconds: eta,
@@ -367,6 +385,13 @@ mod tests {
         // Another answer 9 s later leaves the status as it was (no write, no new reconcile).
         let during = status("a", Some(change.clone()));
         let (_, kept) = rollout(&reporting(400, Some(20.0)), Some(&during), &at(112));
+        assert_eq!(kept.unwrap(), change);
+        // So does a reconcile that did not ask the workers because of that.
+        let not_asked = Observed {
+            reindex: ReindexSeen::Kept,
+            ..observed("b", true, 1, 0)
+        };
+        let (_, kept) = rollout(&not_asked, Some(&during), &at(112));
         assert_eq!(kept.unwrap(), change);
         // 10 s later the new figures replace them; without an ETA, no finish.
         let (_, change) = rollout(&reporting(500, None), Some(&during), &at(113));
