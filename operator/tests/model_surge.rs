@@ -4,7 +4,7 @@
 //! rolling update's partition holding every current worker on the old model; the rollout
 //! waits (and says why) while no node fits the added worker; once it serves the new model
 //! the partition goes and the current workers are replaced; at the end the StatefulSet
-//! shrinks back. A revert keeps the added worker until it runs the old model again (its
+//! shrinks back, deleting the added worker's claim with it. A revert keeps the added worker until it runs the old model again (its
 //! start cancels the re-index it owned). (The workers' side is tested in `kb-worker`; the
 //! real-cluster run is `e2e/`.)
 
@@ -84,6 +84,28 @@ async fn report(client: &Client, ready: i32, updated: i32, [current, update]: [&
 async fn budget(client: &Client) -> IntOrString {
     let pdb: PodDisruptionBudget = get(client, "docs-worker").await.unwrap();
     pdb.spec.unwrap().max_unavailable.unwrap()
+}
+
+/// The worker StatefulSet's `persistentVolumeClaimRetentionPolicy.whenScaled`.
+async fn claims_when_scaled(client: &Client) -> String {
+    let sts: StatefulSet = get(client, "docs-worker").await.unwrap();
+    let policy = sts.spec.unwrap().persistent_volume_claim_retention_policy;
+    policy.unwrap().when_scaled.unwrap()
+}
+
+/// The StatefulSet controller removes the added pod after the shrink (with
+/// `whenScaled: Delete` the garbage collector then deletes its claim); the operator then
+/// drops the surge annotation and the policy goes back to `Retain`.
+async fn added_pod_removed(client: &Client, ctx: &Arc<Context>) {
+    assert_eq!(shape(client).await, (2, 0, Some("0".into())));
+    assert_eq!(claims_when_scaled(client).await, "Delete");
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    api.delete("docs-worker-2", &Default::default())
+        .await
+        .unwrap();
+    reconcile_once(ctx, "docs").await.unwrap();
+    assert_eq!(shape(client).await, (2, 0, None));
+    assert_eq!(claims_when_scaled(client).await, "Retain");
 }
 
 /// `status.modelRollout.phase`.
@@ -192,6 +214,7 @@ async fn a_model_change_adds_a_worker_of_the_new_model_replaces_the_others_once_
     assert_eq!(phase(&client).await, "Replacing");
     reconcile_once(&ctx, "docs").await.unwrap();
     assert_eq!(shape(&client).await, (3, 0, Some("1".into())));
+    assert_eq!(claims_when_scaled(&client).await, "Delete");
     // The controller has not seen the partition go yet: the phase and the shape hold.
     reconcile_once(&ctx, "docs").await.unwrap();
     assert_eq!(phase(&client).await, "Replacing");
@@ -208,8 +231,8 @@ async fn a_model_change_adds_a_worker_of_the_new_model_replaces_the_others_once_
         (Some(NEW_MODEL), None)
     );
     reconcile_once(&ctx, "docs").await.unwrap();
-    assert_eq!(shape(&client).await, (2, 0, None));
     assert_eq!(budget(&client).await, IntOrString::Int(1));
+    added_pod_removed(&client, &ctx).await;
     let reasons = events(&client).await;
     for reason in [
         "ModelRolloutStarted",
@@ -252,7 +275,7 @@ async fn a_revert_keeps_the_added_worker_until_it_runs_the_old_model_again() {
     // Restarted on rev-2, it cancelled its job and is ready: now it goes.
     worker_pod(&client, 2, "rev-2", true).await;
     reconcile_once(&ctx, "docs").await.unwrap();
-    assert_eq!(shape(&client).await, (2, 0, None));
+    added_pod_removed(&client, &ctx).await;
 }
 
 #[tokio::test]
@@ -264,5 +287,5 @@ async fn an_added_worker_no_node_fits_does_not_hold_a_revert() {
     set_model(&client, json!({"modelVolume": null})).await;
     report(&client, 2, 2, ["rev-2", "rev-2"]).await;
     reconcile_once(&ctx, "docs").await.unwrap();
-    assert_eq!(shape(&client).await, (2, 0, None));
+    added_pod_removed(&client, &ctx).await;
 }

@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::{KB_NS, OPERATOR_NS, SPEC};
+use crate::{KB_NS, OPERATOR_NS, REPLICAS, SPEC};
 
 pub(crate) use kb_operator_e2e::{kubectl_quietly, run};
 
@@ -220,6 +220,36 @@ spec:
                 "-p",
                 patch,
             ],
+        );
+    }
+
+    /// After the shrink: the added worker's claim is deleted with its pod
+    /// (`whenScaled: Delete` while the StatefulSet had added pods), then the policy is
+    /// `Retain` again and the surge annotation gone.
+    pub(crate) fn wait_added_claim_deleted(&self) {
+        let workers = format!("statefulset/{}-worker", self.name);
+        let added = format!("data-{}-worker-{REPLICAS}", self.name);
+        wait_until(
+            &format!("claim {added} deleted"),
+            Duration::from_secs(180),
+            || {
+                !get("pvc", "{.items[*].metadata.name}")
+                    .split_whitespace()
+                    .any(|c| c == added)
+            },
+        );
+        wait_until(
+            "the StatefulSet's claims retained on scale-down again",
+            Duration::from_secs(60),
+            || {
+                get(
+                    &workers,
+                    "{.spec.persistentVolumeClaimRetentionPolicy.whenScaled}",
+                ) == "Retain"
+                    && get(&workers, "{.metadata.annotations}")
+                        .find("model-surge")
+                        .is_none()
+            },
         );
     }
 

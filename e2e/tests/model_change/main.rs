@@ -8,8 +8,9 @@
 //!   the Service the whole time. The test proves: the rollout is reported
 //!   (`status.modelRollout` phase `Reindexing`, then gone with the new `status.model`;
 //!   Events `ModelRolloutStarted`, `ModelRolloutServing`, `ModelRolloutFinished`), no query
-//!   fails, no acknowledged write is lost on any replica, and `docs` is then an alias of a
-//!   new collection embedded with the new prefixes.
+//!   fails, no acknowledged write is lost on any replica, `docs` is then an alias of a
+//!   new collection embedded with the new prefixes, and the added pod's claim is deleted
+//!   with it after the shrink (claims are retained on scale-down again afterwards).
 //! - `reverting_the_model_mid_way_keeps_the_old_model_and_its_data`: the same change,
 //!   reverted while the re-index job runs. The test proves: the rollout ends as reverted
 //!   (`status.model` is the original again, Event `ModelRolloutReverted`, no
@@ -141,6 +142,7 @@ fn changing_the_model_reindexes_with_queries_and_writes_running() {
             ) == REPLICAS.to_string()
         },
     );
+    kb.wait_added_claim_deleted();
     // The operator asks the re-indexing worker at each reconcile (15 s apart at most).
     assert!(
         figures || reindexing_for < Duration::from_secs(40),
@@ -351,6 +353,7 @@ fn reverting_the_model_mid_way_keeps_the_old_model_and_its_data() {
             ) == REPLICAS.to_string()
         },
     );
+    kb.wait_added_claim_deleted();
     for ordinal in 0..REPLICAS {
         let worker = kb.worker(ordinal);
         wait_until(

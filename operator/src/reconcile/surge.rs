@@ -12,6 +12,12 @@
 //! When every pod runs the new model ready, the rollout ends and the StatefulSet shrinks
 //! back to `replicas`.
 //!
+//! The added pods' PersistentVolumeClaims go with them: while the StatefulSet has added
+//! pods, and until they are gone after the shrink, its
+//! `persistentVolumeClaimRetentionPolicy.whenScaled` is `Delete` (the StatefulSet
+//! controller then deletes the claims of the ordinals a scale-down removes), else the
+//! `Retain` every worker StatefulSet has.
+//!
 //! A revert of the spec mid-way keeps the added pods until they have restarted on the
 //! reverted template and turned ready: at that start each one cancels the re-index it
 //! owns (the half-built collection is dropped on every replica), so nothing is left behind
@@ -54,6 +60,9 @@ pub struct Live {
     /// Whether every pod at or above the spec's replicas runs the newest revision ready,
     /// or is one no node fits (the StatefulSet's controller has seen its spec).
     pub added_settled: bool,
+    /// Whether a pod at or above the spec's replicas exists (after the shrink: until it
+    /// is gone, its claim's deletion depends on the retention policy).
+    pub added_pods: bool,
 }
 
 /// The shape the StatefulSet takes, or `None` for the spec's plain shape.
@@ -82,10 +91,22 @@ pub fn shape(
         });
     }
     let live = live?;
-    (live.surged && live.replicas > wanted && !live.added_settled).then(|| Shape {
-        replicas: live.replicas,
+    if !live.surged {
+        return None;
+    }
+    if live.replicas > wanted && !live.added_settled {
+        return Some(Shape {
+            replicas: live.replicas,
+            partition: None,
+            added: live.replicas - wanted,
+        });
+    }
+    // The shrink: the spec's replicas, still marked (and deleting the added pods' claims)
+    // until the added pods are gone.
+    (live.replicas > wanted || live.added_pods).then_some(Shape {
+        replicas: wanted,
         partition: None,
-        added: live.replicas - wanted,
+        added: 0,
     })
 }
 
@@ -110,10 +131,16 @@ pub fn live(statefulset: &StatefulSet, pods: &[Pod], wanted: i32) -> Live {
             (newest && pods::is_ready(pod)) || pods::scheduler_refusal(pod).is_some()
         })
     };
+    let ordinal = |pod: &Pod| {
+        let pod_name = pod.name_any();
+        let suffix = pod_name.strip_prefix(&name)?.strip_prefix('-')?;
+        suffix.parse::<i32>().ok()
+    };
     Live {
         replicas,
         surged: statefulset.annotations().contains_key(SURGE_ANNOTATION),
         added_settled: seen && (wanted..replicas).all(settled),
+        added_pods: pods.iter().filter_map(ordinal).any(|o| o >= wanted),
     }
 }
 
@@ -135,10 +162,11 @@ pub async fn observe(
     Ok(Some(live(statefulset, &pods, spec.replicas)))
 }
 
-/// Gives the plan's worker StatefulSet `shape` (left as planned for `None`), and lets the
-/// workers' PodDisruptionBudget count the added pods as unavailable on top of its one: they
-/// are not ready until their re-index swaps (hours on a large collection), and a budget of
-/// one would block every node drain meanwhile.
+/// Gives the plan's worker StatefulSet `shape` (left as planned for `None`) with the
+/// claims of scaled-down ordinals deleted, and lets the workers' PodDisruptionBudget count
+/// the added pods as unavailable on top of its one: they are not ready until their
+/// re-index swaps (hours on a large collection), and a budget of one would block every
+/// node drain meanwhile.
 pub fn reshape(plan: &mut Plan, worker: &str, shape: Option<&Shape>) {
     let Some(shape) = shape else {
         return;
@@ -164,6 +192,9 @@ pub fn reshape(plan: &mut Plan, worker: &str, shape: Option<&Shape>) {
         .insert(SURGE_ANNOTATION.to_string(), shape.added.to_string());
     if let Some(spec) = statefulset.spec.as_mut() {
         spec.replicas = Some(shape.replicas);
+        if let Some(retention) = spec.persistent_volume_claim_retention_policy.as_mut() {
+            retention.when_scaled = Some("Delete".to_string());
+        }
         if let (Some(partition), Some(strategy)) = (shape.partition, spec.update_strategy.as_mut())
         {
             strategy.rolling_update = Some(RollingUpdateStatefulSetStrategy {

@@ -77,6 +77,7 @@ fn after_the_change_or_a_revert_the_added_pods_stay_until_they_run_the_current_t
         replicas: 3,
         surged: true,
         added_settled: false,
+        added_pods: true,
     };
     assert_eq!(
         shape(&kb.spec, Some(&status), Some(&unsettled)),
@@ -86,11 +87,28 @@ fn after_the_change_or_a_revert_the_added_pods_stay_until_they_run_the_current_t
             added: 1
         })
     );
+    // Settled: back to the spec's replicas, still marked until the added pod is gone
+    // (its claim goes with it).
     let settled = Live {
         added_settled: true,
         ..unsettled.clone()
     };
-    assert_eq!(shape(&kb.spec, Some(&status), Some(&settled)), None);
+    let shrink = Some(Shape {
+        replicas: 2,
+        partition: None,
+        added: 0,
+    });
+    assert_eq!(shape(&kb.spec, Some(&status), Some(&settled)), shrink);
+    let terminating = Live {
+        replicas: 2,
+        ..settled.clone()
+    };
+    assert_eq!(shape(&kb.spec, Some(&status), Some(&terminating)), shrink);
+    let gone = Live {
+        added_pods: false,
+        ..terminating
+    };
+    assert_eq!(shape(&kb.spec, Some(&status), Some(&gone)), None);
     // A StatefulSet the operator did not surge (the user scales down during a rollout of
     // the spec) takes the spec's replicas at once.
     let plain = Live {
@@ -148,6 +166,8 @@ fn an_added_pod_settles_when_it_runs_the_newest_revision_ready_or_no_node_fits_i
         "status": "False", "reason": "Unschedulable", "message": "0/3 nodes: Insufficient nvidia.com/gpu"}]});
     pods[1] = pod("docs-worker-2", "rev-b", refused);
     assert!(live(&sts, &pods, 2).added_settled);
+    assert!(seen.added_pods);
+    assert!(!live(&sts, &current, 2).added_pods);
     // The controller has not seen the last spec yet.
     let mut stale = sts.clone();
     stale.metadata.generation = Some(5);
@@ -174,6 +194,16 @@ fn the_shape_goes_into_the_planned_statefulset() {
     assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
     assert_eq!(strategy.rolling_update.as_ref().unwrap().partition, Some(2));
     assert_eq!(sts.annotations().get(SURGE_ANNOTATION).unwrap(), "1");
+    let retention = |sts: &StatefulSet| {
+        let policy = sts.spec.as_ref().unwrap();
+        let policy = policy.persistent_volume_claim_retention_policy.as_ref();
+        policy.unwrap().when_scaled.clone().unwrap()
+    };
+    assert_eq!(
+        retention(sts),
+        "Delete",
+        "the added pods' claims go with them"
+    );
     let Some(Child::PodDisruptionBudget(pdb)) =
         plan.get(ChildKind::PodDisruptionBudget, "docs-worker")
     else {
@@ -191,6 +221,7 @@ fn the_shape_goes_into_the_planned_statefulset() {
     };
     assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(2));
     assert!(!sts.annotations().contains_key(SURGE_ANNOTATION));
+    assert_eq!(retention(sts), "Retain");
     let Some(Child::PodDisruptionBudget(pdb)) =
         plain.get(ChildKind::PodDisruptionBudget, "docs-worker")
     else {
