@@ -1,6 +1,7 @@
 use super::*;
 use crate::crd::{KnowledgeBase, ModelRollout, ModelRolloutPolicy};
 use crate::reconcile::build::fixtures::{inputs, kb, managed_redis};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 
@@ -175,6 +176,19 @@ fn an_added_pod_settles_when_it_runs_the_newest_revision_ready_or_no_node_fits_i
     assert!(!live(&stale, &pods, 2).added_settled);
 }
 
+/// The plan's worker StatefulSet and PodDisruptionBudget.
+fn planned(plan: &Plan) -> (&StatefulSet, &PodDisruptionBudget) {
+    let Some(Child::StatefulSet(sts)) = plan.get(ChildKind::StatefulSet, "docs-worker") else {
+        panic!("no worker StatefulSet planned");
+    };
+    let Some(Child::PodDisruptionBudget(pdb)) =
+        plan.get(ChildKind::PodDisruptionBudget, "docs-worker")
+    else {
+        panic!("no worker PodDisruptionBudget planned");
+    };
+    (sts, pdb)
+}
+
 #[test]
 fn the_shape_goes_into_the_planned_statefulset() {
     let (kb, _) = two("x");
@@ -185,9 +199,7 @@ fn the_shape_goes_into_the_planned_statefulset() {
         added: 1,
     };
     reshape(&mut plan, "docs-worker", Some(&shape));
-    let Some(Child::StatefulSet(sts)) = plan.get(ChildKind::StatefulSet, "docs-worker") else {
-        panic!("no worker StatefulSet planned");
-    };
+    let (sts, pdb) = planned(&plan);
     let spec = sts.spec.as_ref().unwrap();
     assert_eq!(spec.replicas, Some(3));
     let strategy = spec.update_strategy.as_ref().unwrap();
@@ -204,11 +216,6 @@ fn the_shape_goes_into_the_planned_statefulset() {
         "Delete",
         "the added pods' claims go with them"
     );
-    let Some(Child::PodDisruptionBudget(pdb)) =
-        plan.get(ChildKind::PodDisruptionBudget, "docs-worker")
-    else {
-        panic!("no worker PodDisruptionBudget planned");
-    };
     assert_eq!(
         pdb.spec.as_ref().unwrap().max_unavailable,
         Some(IntOrString::Int(2)),
@@ -216,17 +223,10 @@ fn the_shape_goes_into_the_planned_statefulset() {
     );
     let mut plain = crate::reconcile::build::plan(&kb, &inputs(&kb));
     reshape(&mut plain, "docs-worker", None);
-    let Some(Child::StatefulSet(sts)) = plain.get(ChildKind::StatefulSet, "docs-worker") else {
-        panic!("no worker StatefulSet planned");
-    };
+    let (sts, pdb) = planned(&plain);
     assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(2));
     assert!(!sts.annotations().contains_key(SURGE_ANNOTATION));
     assert_eq!(retention(sts), "Retain");
-    let Some(Child::PodDisruptionBudget(pdb)) =
-        plain.get(ChildKind::PodDisruptionBudget, "docs-worker")
-    else {
-        panic!("no worker PodDisruptionBudget planned");
-    };
     assert_eq!(
         pdb.spec.as_ref().unwrap().max_unavailable,
         Some(IntOrString::Int(1))
