@@ -69,6 +69,18 @@ pub struct WorkerConfig {
     /// setting; a collection it cannot re-index stops it as `exit` does). Environment:
     /// `KB_ON_MODEL_MISMATCH`.
     pub on_model_mismatch: OnModelMismatch,
+    /// The model this worker was started for, in the operator's form (`status.model` of
+    /// a KnowledgeBase: `image:/opt/kb/model`, `pvc:models/e5 queryPrefix="query: "`).
+    /// With [`WorkerConfig::wanted_model_file`], a worker whose model is not the one the
+    /// file names re-indexes nothing and cancels the re-index jobs it runs (docs/worker.md,
+    /// "Re-index"). Environment only: `KB_MODEL_REF`.
+    #[serde(skip)]
+    pub model_ref: Option<String>,
+    /// A file naming the model wanted now, in the form of [`WorkerConfig::model_ref`],
+    /// read again every few seconds (the operator's ConfigMap, mounted as a directory).
+    /// Environment only: `KB_WANTED_MODEL_FILE`.
+    #[serde(skip)]
+    pub wanted_model_file: Option<PathBuf>,
     /// Seconds between SIGTERM and closing the listener: the worker reports not ready
     /// (`/readyz` 503 `draining`) and keeps serving meanwhile, so that requests routed to
     /// it before the Service's endpoints drop it are answered, not refused. Unset: 5 in a
@@ -117,6 +129,8 @@ impl Default for WorkerConfig {
             limits: LimitsConfig::default(),
             index: IndexConfig::default(),
             on_model_mismatch: OnModelMismatch::default(),
+            model_ref: None,
+            wanted_model_file: None,
             shutdown_delay_seconds: None,
         }
     }
@@ -312,6 +326,8 @@ impl WorkerConfig {
                 "KB_DEVICE" => self.embedding.device = value,
                 "KB_REDIS_URL" => self.redis.get_or_insert_with(Default::default).url = Some(value),
                 "KB_API_KEYS_FILE" => self.auth.api_keys_file = Some(value.into()),
+                "KB_MODEL_REF" => self.model_ref = Some(value),
+                "KB_WANTED_MODEL_FILE" => self.wanted_model_file = Some(value.into()),
                 "KB_ON_MODEL_MISMATCH" => {
                     self.on_model_mismatch = match value.as_str() {
                         "refuse" => OnModelMismatch::Refuse,

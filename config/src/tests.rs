@@ -76,6 +76,25 @@ fn env_overrides_win_and_bad_numbers_are_named() {
         .apply_env([("KB_ON_MODEL_MISMATCH".to_string(), "ignore".to_string())])
         .unwrap_err();
     assert!(err.to_string().contains("refuse, exit or reindex"), "{err}");
+    cfg.apply_env([
+        (
+            "KB_MODEL_REF".to_string(),
+            "image:/opt/kb/model".to_string(),
+        ),
+        (
+            "KB_WANTED_MODEL_FILE".to_string(),
+            "/etc/kb/wanted/model".to_string(),
+        ),
+    ])
+    .unwrap();
+    assert_eq!(cfg.model_ref.as_deref(), Some("image:/opt/kb/model"));
+    assert_eq!(
+        cfg.wanted_model_file.as_deref(),
+        Some(std::path::Path::new("/etc/kb/wanted/model"))
+    );
+    // Environment only: never in a file the operator writes (older workers refuse
+    // unknown keys).
+    assert!(!cfg.to_yaml().contains("model_ref"), "{}", cfg.to_yaml());
 }
 
 #[test]

@@ -15,7 +15,7 @@ use common::{
     set_rollout, status, worker_pod,
 };
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kb_operator::crd::ConditionType;
@@ -25,6 +25,7 @@ use kb_operator::reconcile::Context;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 const SPEC: &str = "replicas: 2\nembedding:\n  device: cuda\nredis:\n  managed: {}\n";
@@ -108,6 +109,31 @@ async fn added_pod_removed(client: &Client, ctx: &Arc<Context>) {
     assert_eq!(claims_when_scaled(client).await, "Retain");
 }
 
+/// The worker ConfigMap's pinned configurations (key -> the `model:` line of each), and
+/// the key the live worker pod template mounts as its `config.yaml`.
+async fn configs(client: &Client) -> (BTreeMap<String, String>, String) {
+    let cm: ConfigMap = get(client, "docs-worker").await.unwrap();
+    let pinned = cm
+        .data
+        .unwrap()
+        .into_iter()
+        .filter(|(key, _)| key.starts_with("config-"))
+        .map(|(key, config)| {
+            let model = config.lines().find(|l| l.starts_with("model:")).unwrap();
+            (key, model.to_string())
+        })
+        .collect();
+    let sts: StatefulSet = get(client, "docs-worker").await.unwrap();
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    let volume = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "config");
+    let items = volume.unwrap().config_map.unwrap().items.unwrap();
+    (pinned, items[0].key.clone())
+}
+
 /// `status.modelRollout.phase`.
 async fn phase(client: &Client) -> String {
     status(client)
@@ -147,6 +173,9 @@ async fn a_model_change_adds_a_worker_of_the_new_model_replaces_the_others_once_
         "no change: as the spec says"
     );
 
+    let (before, old_key) = configs(&client).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+
     set_model(&client, e5()).await;
     reconcile_once(&ctx, "docs").await.unwrap();
     assert_eq!(
@@ -154,6 +183,13 @@ async fn a_model_change_adds_a_worker_of_the_new_model_replaces_the_others_once_
         (3, 2, Some("1".into())),
         "one worker added; the current two held on their revision"
     );
+    // The new template mounts the new configuration; a current worker that restarts
+    // meanwhile still finds its own (the old model), not the new one.
+    let (during, new_key) = configs(&client).await;
+    assert_ne!(new_key, old_key);
+    assert_eq!(during[&new_key], "model: /models/e5");
+    assert_eq!(during[&old_key], before[&old_key]);
+    assert_eq!(during[&old_key], "model: /opt/kb/model");
     assert_eq!(
         budget(&client).await,
         IntOrString::Int(2),
@@ -223,8 +259,17 @@ async fn a_model_change_adds_a_worker_of_the_new_model_replaces_the_others_once_
     // Every worker runs the new model ready: the change is done and the added one goes.
     worker_pod(&client, 1, "rev-3", true).await;
     worker_pod(&client, 0, "rev-3", true).await;
+    assert!(
+        configs(&client).await.0.contains_key(&old_key),
+        "kept while pods of the old revision remain"
+    );
     report(&client, 3, 3, ["rev-3", "rev-3"]).await;
     reconcile_once(&ctx, "docs").await.unwrap();
+    // Every pod on the new revision: the old configuration, which no pod can mount any
+    // more, goes.
+    let (after, key) = configs(&client).await;
+    assert_eq!(key, new_key);
+    assert_eq!(after.keys().collect::<Vec<_>>(), vec![&new_key]);
     let done = status(&client).await;
     assert_eq!(
         (done.model.as_deref(), done.model_rollout),

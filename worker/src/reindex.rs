@@ -25,6 +25,8 @@ const BATCH: usize = 32;
 #[derive(Default)]
 pub struct Runs {
     runs: Mutex<BTreeMap<String, Run>>,
+    /// The model the KnowledgeBase wants instead of this worker's ([`wanted`]).
+    superseded: Mutex<Option<String>>,
 }
 
 /// One run of a job in this process (a restart starts a new run).
@@ -53,6 +55,21 @@ impl Runs {
     /// Every run of this process.
     pub fn all(&self) -> BTreeMap<String, Run> {
         self.lock().clone()
+    }
+
+    /// The model wanted instead of this worker's, when the spec has left it: the worker
+    /// re-indexes nothing and waits to be replaced ([`wanted`]).
+    pub fn superseded(&self) -> Option<String> {
+        self.superseded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records [`Runs::superseded`]; the previous value.
+    fn set_superseded(&self, model: Option<String>) -> Option<String> {
+        let mut superseded = self.superseded.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut superseded, model)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Run>> {
@@ -333,3 +350,4 @@ pub fn progress(engine: &Engine, job: &ReindexJob) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests;
+pub mod wanted;

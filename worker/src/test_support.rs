@@ -112,6 +112,7 @@ pub async fn serve(
         metrics.clone(),
     ));
     let policy = cfg.on_model_mismatch;
+    let wanted = crate::reindex::wanted::Wanted::from_config(&cfg);
     let engine = tokio::task::spawn_blocking(move || {
         crate::cli::serve::load_engine(&cfg, None, metrics).unwrap()
     })
@@ -122,7 +123,13 @@ pub async fn serve(
     // Like `serve`: the re-index jobs this worker owns go on.
     crate::reindex::resume(&engine).await;
     if policy == kb_config::OnModelMismatch::Reindex {
-        crate::reindex::start_for_mismatched(&engine).await;
+        crate::reindex::wanted::check(&engine, &wanted).await;
+        let period = std::time::Duration::from_millis(100);
+        tokio::spawn(crate::reindex::wanted::follow(
+            engine.clone(),
+            wanted,
+            period,
+        ));
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

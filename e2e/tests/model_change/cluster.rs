@@ -253,6 +253,41 @@ spec:
         );
     }
 
+    /// The text of the configuration key (`config-<hash>.yaml`) worker pod `ordinal`
+    /// mounts as its `config.yaml`, as the ConfigMap holds it now (empty once removed).
+    pub(crate) fn mounted_config(&self, ordinal: usize) -> String {
+        let pod = format!("pod/{}-worker-{ordinal}", self.name);
+        let key = get(
+            &pod,
+            r#"{.spec.volumes[?(@.name=="config")].configMap.items[0].key}"#,
+        );
+        assert!(key.starts_with("config-"), "{pod} mounts {key:?}");
+        self.config(&key)
+    }
+
+    /// One key of the worker ConfigMap.
+    pub(crate) fn config(&self, key: &str) -> String {
+        let path = format!("{{.data.{}}}", key.replace('.', "\\."));
+        get(&format!("configmap/{}-worker", self.name), &path)
+    }
+
+    /// How many per-revision configurations (`config-<hash>.yaml`) the ConfigMap holds.
+    pub(crate) fn pinned_configs(&self) -> usize {
+        let data = get(&format!("configmap/{}-worker", self.name), "{.data}");
+        data.matches("\"config-").count()
+    }
+
+    /// Deletes worker pod `ordinal` without waiting; its uid before.
+    pub(crate) fn delete_worker(&self, ordinal: usize) -> String {
+        let pod = format!("{}-worker-{ordinal}", self.name);
+        let uid = get(&format!("pod/{pod}"), "{.metadata.uid}");
+        run(
+            "kubectl",
+            &["delete", "-n", KB_NS, "pod", &pod, "--wait=false"],
+        );
+        uid
+    }
+
     pub(crate) fn cleanup(&self) {
         if std::env::var_os("KB_E2E_KEEP").is_some() {
             return;

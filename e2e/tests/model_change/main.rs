@@ -10,7 +10,9 @@
 //!   Events `ModelRolloutStarted`, `ModelRolloutServing`, `ModelRolloutFinished`), no query
 //!   fails, no acknowledged write is lost on any replica, `docs` is then an alias of a
 //!   new collection embedded with the new prefixes, and the added pod's claim is deleted
-//!   with it after the shrink (claims are retained on scale-down again afterwards).
+//!   with it after the shrink (claims are retained on scale-down again afterwards). A
+//!   current worker deleted during the re-index comes back on the old revision's
+//!   configuration, which the ConfigMap keeps until the rollout is over.
 //! - `reverting_the_model_mid_way_keeps_the_old_model_and_its_data`: the same change,
 //!   reverted while the re-index job runs. The test proves: the rollout ends as reverted
 //!   (`status.model` is the original again, Event `ModelRolloutReverted`, no
@@ -70,6 +72,7 @@ fn changing_the_model_reindexes_with_queries_and_writes_running() {
 
     let old_model = get(&kb.resource(), "{.status.model}");
     assert!(!old_model.is_empty(), "status.model is not reported");
+    let old_config = kb.config("config.yaml");
     kb.patch(NEW_PREFIXES);
     let new_model = format!(r#"{old_model} queryPrefix="query: " documentPrefix="passage: ""#);
 
@@ -80,6 +83,9 @@ fn changing_the_model_reindexes_with_queries_and_writes_running() {
     // How long Reindexing lasted, and whether the workers' figures reached the status.
     let (mut reindexing_since, mut reindexing_for, mut figures) = (None, Duration::ZERO, false);
     let mut surged = false;
+    // A current worker deleted during Reindexing (its uid), and whether its replacement
+    // was seen mounting the old revision's configuration.
+    let (mut deleted, mut kept_config) = (None::<String>, false);
     loop {
         let model = get(&kb.resource(), "{.status.model}");
         let phase = get(&kb.resource(), "{.status.modelRollout.phase}");
@@ -97,6 +103,21 @@ fn changing_the_model_reindexes_with_queries_and_writes_running() {
             let since = *reindexing_since.get_or_insert_with(Instant::now);
             reindexing_for = since.elapsed();
             figures |= !total.is_empty();
+            // A current worker restarts mid-change (a node reboot, a crash): the
+            // StatefulSet recreates it from the old revision, which must still read the old
+            // configuration (the old model), not the spec's new one.
+            match &deleted {
+                None => deleted = Some(kb.delete_worker(0)),
+                Some(uid) if !kept_config => {
+                    let pod = format!("pod/{}-worker-0", kb.name);
+                    let now = get(&pod, "{.metadata.uid}");
+                    if !now.is_empty() && &now != uid {
+                        assert_eq!(kb.mounted_config(0), old_config);
+                        kept_config = true;
+                    }
+                }
+                Some(_) => {}
+            }
         }
         let state = match phase.as_str() {
             "" => format!("no modelRollout, model {model}"),
@@ -127,6 +148,12 @@ fn changing_the_model_reindexes_with_queries_and_writes_running() {
         timeline.join("\n")
     );
     assert!(
+        kept_config,
+        "worker 0, deleted during Reindexing, was not seen again on the old configuration \
+         before the phase ended:\n{}",
+        timeline.join("\n")
+    );
+    assert!(
         surged,
         "the StatefulSet never ran {REPLICAS_ADDED} replicas with partition {REPLICAS} \
          during Reindexing:\n{}",
@@ -150,6 +177,11 @@ fn changing_the_model_reindexes_with_queries_and_writes_running() {
         timeline.join("\n")
     );
     kb.wait_ready();
+    wait_until(
+        "the old revision's configuration removed",
+        Duration::from_secs(60),
+        || kb.pinned_configs() == 1,
+    );
     wait_until("the model rollout Events", Duration::from_secs(60), || {
         let reasons = kb.event_reasons();
         [

@@ -4,6 +4,7 @@ pub mod apply;
 mod backoff;
 pub mod build;
 pub mod conditions;
+pub mod configs;
 pub mod dereference;
 pub mod finalizer;
 pub mod pause;
@@ -148,6 +149,13 @@ async fn converge(kb: &KnowledgeBase, ctx: &Context, namespace: &str) -> Result<
     let added = surge::observe(&ctx.client, &names, &kb.spec, live_workers.as_ref()).await?;
     let shape = surge::shape(&kb.spec, kb.status.as_ref(), added.as_ref());
     surge::reshape(&mut plan, &names.worker(), shape.as_ref());
+    let live_config = configs::observe(&ctx.client, namespace, &names.worker()).await?;
+    configs::keep(
+        &mut plan,
+        &names.worker(),
+        live_config.as_ref(),
+        live_workers.as_ref(),
+    );
     let waiting_for_redis = hold_workers_for_redis(kb, ctx, namespace, &mut plan).await?;
     let volumes = storage::prepare(&ctx.client, namespace, &mut plan).await?;
     for claim in &volumes.expanded {

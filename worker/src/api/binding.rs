@@ -75,9 +75,11 @@ impl Engine {
     }
 
     /// Whether collection `name` is a re-index target, or the source of a job that
-    /// re-indexes it for this worker's model.
+    /// re-indexes it for this worker's model, or needs nothing from this worker because the
+    /// KnowledgeBase wants another model than its own (it is replaced; `reindex::wanted`).
     pub fn mended(&self, view: &IndexView, name: &str) -> bool {
-        view.jobs.contains_key(name)
+        self.reindex.superseded().is_some()
+            || view.jobs.contains_key(name)
             || view
                 .jobs
                 .values()

@@ -431,6 +431,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(reload_keys(state.clone()));
     let loader_state = state.clone();
     let on_mismatch = cfg.on_model_mismatch;
+    let wanted = crate::reindex::wanted::Wanted::from_config(&cfg);
     let shutdown_delay = cfg.shutdown_delay();
     let loader = tokio::spawn(async move {
         let (log, starting) = connect_replica(&cfg).await?.unzip();
@@ -448,7 +449,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         adopt_when_caught_up(&engine).await;
         crate::reindex::resume(&engine).await;
         if on_mismatch == OnModelMismatch::Reindex {
-            crate::reindex::start_for_mismatched(&engine).await;
+            crate::reindex::wanted::check(&engine, &wanted).await;
+            let period = crate::reindex::wanted::PERIOD;
+            tokio::spawn(crate::reindex::wanted::follow(
+                engine.clone(),
+                wanted,
+                period,
+            ));
         }
         check_models(&engine, on_mismatch)
     });

@@ -415,3 +415,76 @@ async fn with_on_model_mismatch_reindex_a_worker_of_a_new_model_reindexes_by_its
     );
     wait_ready(&back).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_of_a_model_the_knowledgebase_left_reindexes_nothing_and_a_revert_cancels_its_job()
+{
+    let (data, _old) = data_of_the_bundled_model(200, 4).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cls = cls_model(tmp.path());
+    let dir = tmp.path().join("data");
+    copy_dir(&data.path().join("data"), &dir);
+    // The operator's file: the KnowledgeBase wants the bundled model (the data's).
+    let wanted = tmp.path().join("wanted-model");
+    std::fs::write(&wanted, "image:/opt/kb/model\n").unwrap();
+    let file = wanted.clone();
+    let (_t, state, url) = serve(move |cfg| {
+        cfg.data_dir = dir;
+        cfg.model = Some(cls);
+        cfg.on_model_mismatch = kb_config::OnModelMismatch::Reindex;
+        cfg.model_ref = Some("image:/opt/kb/model-cls".into());
+        cfg.wanted_model_file = Some(file);
+    })
+    .await;
+    // Superseded (an old pod restarted after the swap): no job, not ready, and it does
+    // not stop over the mismatch nor page for it; the rolling update replaces it.
+    let (_, listed) = call(&url, "GET", "/v1/jobs", None).await;
+    assert_eq!(listed["jobs"], json!([]), "{listed}");
+    let (status, ready) = call(&url, "GET", "/readyz", None).await;
+    assert_eq!(status, 503, "{ready}");
+    let engine = state.engine().unwrap();
+    crate::cli::serve::check_models(&engine, kb_config::OnModelMismatch::Reindex).unwrap();
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kb_worker_collection_model_mismatch{collection=\"docs\"} 0"),
+        "{metrics}"
+    );
+
+    // The spec names this worker's model: it starts the re-index by itself.
+    std::fs::write(&wanted, "image:/opt/kb/model-cls").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let (_, listed) = call(&url, "GET", "/v1/jobs", None).await;
+        if let Some(id) = listed["jobs"][0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(Instant::now() < deadline, "no job started: {listed}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (_, job) = call(&url, "GET", &format!("/v1/jobs/{id}"), None).await;
+    assert_eq!(job["state"], "running", "{job}");
+
+    // Reverted before the swap: the job is cancelled and its half-built target dropped.
+    std::fs::write(&wanted, "image:/opt/kb/model").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, listed) = call(&url, "GET", "/v1/jobs", None).await;
+        if listed["jobs"] == json!([]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "job not cancelled: {listed}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = call(&url, "GET", &format!("/v1/collections/{id}"), None).await;
+    assert_eq!(status, 404);
+    let (_, info) = call(&url, "GET", "/v1/collections/live", None).await;
+    assert_eq!(
+        (info["name"].clone(), info["documents"].clone()),
+        (json!("docs"), json!(200))
+    );
+}

@@ -32,6 +32,31 @@ pub const REDIS_CA_FILE: &str = "ca.crt";
 pub const PEER_API_KEY_ENV: &str = "KB_PEER_API_KEY";
 /// Pod-template annotation whose change rolls the workers when the config changes.
 pub const CONFIG_HASH_ANNOTATION: &str = "knowledge.dev/config-hash";
+/// ConfigMap key: the model the KnowledgeBase wants now (`spec.embedding`, in the form of
+/// `status.model`). Every worker reads it live (a directory mount, updated in place) and
+/// re-indexes only for that model (docs/worker.md, "Re-index").
+pub const WANTED_MODEL_KEY: &str = "wanted-model";
+/// Directory the wanted model is mounted at, as file [`WANTED_MODEL_FILE`].
+pub const WANTED_MODEL_DIR: &str = "/etc/kb/wanted";
+/// File name of the wanted model inside [`WANTED_MODEL_DIR`].
+pub const WANTED_MODEL_FILE: &str = "model";
+/// Environment variable naming the wanted-model file.
+pub const WANTED_MODEL_FILE_ENV: &str = "KB_WANTED_MODEL_FILE";
+/// Environment variable: the model of the pod's own revision, in the same form.
+pub const MODEL_REF_ENV: &str = "KB_MODEL_REF";
+
+/// The ConfigMap key holding the configuration of the pod template whose
+/// [`CONFIG_HASH_ANNOTATION`] is `hash`: each revision's pods mount their own, so a pod of
+/// the old revision that restarts during a rolling update (a model change runs for hours)
+/// reads the configuration it was created with, not the new one.
+pub fn pinned_key(hash: &str) -> String {
+    format!("config-{hash}.yaml")
+}
+
+/// Whether `key` is a [`pinned_key`].
+pub fn is_pinned_key(key: &str) -> bool {
+    key.starts_with("config-") && key.ends_with(".yaml")
+}
 
 /// The worker configuration for `spec`.
 pub fn worker_config(spec: &KnowledgeBaseSpec, names: &Names) -> WorkerConfig {
@@ -228,16 +253,23 @@ fn redis_config(spec: &KnowledgeBaseSpec, names: &Names) -> Option<RedisConfig> 
     })
 }
 
-/// The worker ConfigMap.
-pub(super) fn worker_config_map(spec: &KnowledgeBaseSpec, names: &Names) -> ConfigMap {
-    ConfigMap {
+/// The worker ConfigMap and the hash of its configuration ([`CONFIG_HASH_ANNOTATION`]):
+/// the configuration as `config.yaml` (what pod templates of older releases mount) and
+/// under its [`pinned_key`], and the [`WANTED_MODEL_KEY`]. The pinned keys of revisions
+/// whose pods may still run are added back before it is applied (`reconcile::configs`).
+pub(super) fn worker_config_map(spec: &KnowledgeBaseSpec, names: &Names) -> (ConfigMap, String) {
+    let config = worker_config(spec, names).to_yaml();
+    let mut config_map = ConfigMap {
         metadata: names.meta(names.worker(), Component::Worker),
-        data: Some(BTreeMap::from([(
-            CONFIG_FILE.to_string(),
-            worker_config(spec, names).to_yaml(),
-        )])),
+        data: Some(BTreeMap::from([(CONFIG_FILE.to_string(), config.clone())])),
         ..ConfigMap::default()
-    }
+    };
+    // Of `config.yaml` alone, as before the pinned keys (no roll when they come or go).
+    let hash = config_hash(&config_map);
+    let data = config_map.data.get_or_insert_with(Default::default);
+    data.insert(pinned_key(&hash), config);
+    data.insert(WANTED_MODEL_KEY.to_string(), spec.embedding.model_ref());
+    (config_map, hash)
 }
 
 /// Short digest of a ConfigMap's data, for the rollout annotation.

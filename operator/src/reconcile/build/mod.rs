@@ -21,7 +21,9 @@ mod service;
 mod service_account;
 mod statefulset;
 
-pub use config_map::{worker_config, CONFIG_HASH_ANNOTATION};
+pub use config_map::{
+    is_pinned_key, pinned_key, worker_config, CONFIG_HASH_ANNOTATION, WANTED_MODEL_KEY,
+};
 pub use cronjob::{on_demand as backup_job, REPORT_FILE, REQUEST_ANNOTATION};
 pub use monitoring::{PrometheusRule, ServiceMonitor, ALERTS, SCRAPE_LABEL};
 pub use names::{Component, Names, HTTP_PORT, MANAGER, METRICS_PORT, REDIS_PORT};
@@ -239,8 +241,7 @@ fn add_workers(
     names: &Names,
     inputs: &Inputs,
 ) {
-    let config = config_map::worker_config_map(spec, names);
-    let config_hash = config_map::config_hash(&config);
+    let (config, config_hash) = config_map::worker_config_map(spec, names);
     let api_keys = inputs
         .generated_api_keys
         .clone()

@@ -1,8 +1,9 @@
 //! The worker pod template: container, probes, volumes, environment.
 
 use super::config_map::{
-    CONFIG_DIR, CONFIG_FILE, CONFIG_HASH_ANNOTATION, DATA_DIR, KEYS_DIR, MODELS_DIR,
-    PEER_API_KEY_ENV, REDIS_CA_DIR, REDIS_CA_FILE, REDIS_PASSWORD_ENV, RERANKERS_DIR,
+    pinned_key, CONFIG_DIR, CONFIG_FILE, CONFIG_HASH_ANNOTATION, DATA_DIR, KEYS_DIR, MODELS_DIR,
+    MODEL_REF_ENV, PEER_API_KEY_ENV, REDIS_CA_DIR, REDIS_CA_FILE, REDIS_PASSWORD_ENV,
+    RERANKERS_DIR, WANTED_MODEL_DIR, WANTED_MODEL_FILE, WANTED_MODEL_FILE_ENV, WANTED_MODEL_KEY,
 };
 use super::names::{Component, Names, HTTP_PORT, METRICS_PORT};
 use super::secret::{ADMIN_KEY, REDIS_WORKER_PASSWORD_KEY};
@@ -48,7 +49,7 @@ pub(super) fn template(
         security_context: Some(security::pod(security::RUN_AS_USER)),
         init_containers: restore_container(spec).map(|c| vec![c]),
         containers: vec![container(spec, names)],
-        volumes: Some(volumes(spec, names)),
+        volumes: Some(volumes(spec, names, config_hash)),
         termination_grace_period_seconds: Some(30),
         image_pull_secrets: pull_secrets(spec),
         ..PodSpec::default()
@@ -169,14 +170,26 @@ fn probe(path: &str, failure_threshold: i32, period_seconds: i32) -> Probe {
 /// (docs/operator.md, Changing the model); data it cannot re-index stops it with the
 /// reason, which `Degraded` shows as `ModelMismatch` (an environment variable rather than
 /// a config key, so that older worker images, which ignore it, still read the ConfigMap).
+/// `KB_MODEL_REF` (this revision's model) and `KB_WANTED_MODEL_FILE` (the model the
+/// KnowledgeBase wants now, updated in place) let a worker of a model the spec left
+/// re-index nothing: an old pod that restarts after the new model's swap waits to be
+/// replaced instead of re-indexing the data back.
 /// Replicated mode adds the Redis password, the admin key for peer snapshots, and the pod
 /// name that identifies the replica in the heartbeat registry.
 fn env(spec: &KnowledgeBaseSpec, names: &Names) -> Option<Vec<EnvVar>> {
-    let mut env = vec![EnvVar {
-        name: "KB_ON_MODEL_MISMATCH".to_string(),
-        value: Some("reindex".to_string()),
+    let value = |name: &str, value: String| EnvVar {
+        name: name.to_string(),
+        value: Some(value),
         ..EnvVar::default()
-    }];
+    };
+    let mut env = vec![
+        value("KB_ON_MODEL_MISMATCH", "reindex".to_string()),
+        value(MODEL_REF_ENV, spec.embedding.model_ref()),
+        value(
+            WANTED_MODEL_FILE_ENV,
+            format!("{WANTED_MODEL_DIR}/{WANTED_MODEL_FILE}"),
+        ),
+    ];
     env.extend(replica_env(spec, names).into_iter().flatten());
     Some(env)
 }
@@ -244,6 +257,7 @@ fn mounts(spec: &KnowledgeBaseSpec) -> Vec<VolumeMount> {
     };
     let mut mounts = vec![
         config,
+        mount(WANTED_MODEL_VOLUME, WANTED_MODEL_DIR, true),
         mount("api-keys", KEYS_DIR, true),
         mount(DATA_VOLUME, DATA_DIR, false),
         mount("tmp", "/tmp", false),
@@ -279,21 +293,43 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-fn volumes(spec: &KnowledgeBaseSpec, names: &Names) -> Vec<Volume> {
+/// Name of the volume holding the wanted model (the worker ConfigMap's key, mounted as a
+/// directory so the kubelet updates it in place).
+const WANTED_MODEL_VOLUME: &str = "wanted-model";
+
+/// One key of the worker ConfigMap as a file.
+fn config_map_volume(name: &str, names: &Names, key: String, path: &str) -> Volume {
+    Volume {
+        name: name.to_string(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: names.worker(),
+            items: Some(vec![KeyToPath {
+                key,
+                path: path.to_string(),
+                mode: None,
+            }]),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The pod's volumes; `config_hash` picks the revision's own configuration
+/// ([`pinned_key`]) out of the worker ConfigMap.
+fn volumes(spec: &KnowledgeBaseSpec, names: &Names, config_hash: &str) -> Vec<Volume> {
     let keys_secret = spec
         .auth
         .api_keys_secret_ref
         .clone()
         .unwrap_or_else(|| names.api_keys());
     let mut volumes = vec![
-        Volume {
-            name: "config".to_string(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: names.worker(),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
+        config_map_volume("config", names, pinned_key(config_hash), CONFIG_FILE),
+        config_map_volume(
+            WANTED_MODEL_VOLUME,
+            names,
+            WANTED_MODEL_KEY.to_string(),
+            WANTED_MODEL_FILE,
+        ),
         Volume {
             name: "api-keys".to_string(),
             secret: Some(SecretVolumeSource {

@@ -220,20 +220,45 @@ fn without_redis_workers_get_no_replication_settings() {
         config(&plan).replication,
         kb_config::ReplicationConfig::default()
     );
-    // Only the model-mismatch policy: a worker whose model is not its data's re-indexes
-    // it (and stops, its reason reaching Degraded (ModelMismatch), where it cannot).
+    // Only the model settings: a worker whose model is not its data's re-indexes it (and
+    // stops, its reason reaching Degraded (ModelMismatch), where it cannot), if its model
+    // is the one the KnowledgeBase wants (the ConfigMap's file, mounted as a directory).
     let env = worker_container(&plan).env.clone().unwrap();
     let names: Vec<(&str, Option<&str>)> = env
         .iter()
         .map(|e| (e.name.as_str(), e.value.as_deref()))
         .collect();
-    assert_eq!(names, vec![("KB_ON_MODEL_MISMATCH", Some("reindex"))]);
+    assert_eq!(
+        names,
+        vec![
+            ("KB_ON_MODEL_MISMATCH", Some("reindex")),
+            ("KB_MODEL_REF", Some("image:/opt/kb/model")),
+            ("KB_WANTED_MODEL_FILE", Some("/etc/kb/wanted/model")),
+        ]
+    );
     let mut worker = kb_config::WorkerConfig::default();
     let vars = env.into_iter().map(|e| (e.name, e.value.unwrap()));
     worker.apply_env(vars).unwrap();
     assert_eq!(
         worker.on_model_mismatch,
         kb_config::OnModelMismatch::Reindex
+    );
+    let container = worker_container(&plan);
+    let mounts = container.volume_mounts.clone().unwrap_or_default();
+    let mount = mounts
+        .iter()
+        .find(|m| m.mount_path == "/etc/kb/wanted")
+        .unwrap();
+    assert_eq!(
+        mount.sub_path, None,
+        "a directory: the kubelet updates it in place"
+    );
+    let Some(Child::ConfigMap(cm)) = plan.get(ChildKind::ConfigMap, "docs-worker") else {
+        panic!("no worker ConfigMap");
+    };
+    assert_eq!(
+        cm.data.as_ref().unwrap()["wanted-model"],
+        worker.model_ref.unwrap()
     );
 }
 
