@@ -180,19 +180,22 @@ fn autoscaling_requires_redis_and_ordered_bounds() {
 }
 
 #[test]
-fn a_model_surge_requires_redis_and_no_autoscaling() {
+fn a_model_surge_requires_redis() {
     let surge = json!({"device": "cpu", "rollout": {"maxSurge": 1}});
     assert_rejected(
         json!({"embedding": surge}),
         "maxSurge above 0 requires spec.redis",
     );
-    assert_rejected(
-        json!({"embedding": surge, "redis": {"managed": {}}, "autoscaling": {"maxReplicas": 4}}),
-        "maxSurge above 0 requires spec.redis and no autoscaling",
-    );
     assert_eq!(
         cel_errors(json!({"embedding": surge, "redis": {"managed": {}}})),
         Vec::<String>::new()
+    );
+    assert_eq!(
+        cel_errors(
+            json!({"embedding": surge, "redis": {"managed": {}}, "autoscaling": {"maxReplicas": 4}})
+        ),
+        Vec::<String>::new(),
+        "autoscaled: the autoscaler's floor is raised for the change"
     );
     let in_place = json!({"device": "cpu", "rollout": {"maxSurge": 0}});
     assert_eq!(

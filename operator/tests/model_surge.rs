@@ -4,7 +4,8 @@
 //! rolling update's partition holding every current worker on the old model; the rollout
 //! waits (and says why) while no node fits the added worker; once it serves the new model
 //! the partition goes and the current workers are replaced; at the end the StatefulSet
-//! shrinks back, deleting the added worker's claim with it. A revert keeps the added worker until it runs the old model again (its
+//! shrinks back, deleting the added worker's claim with it (autoscaled: the autoscaler's
+//! floor is raised instead and the count stays its own). A revert keeps the added worker until it runs the old model again (its
 //! start cancels the re-index it owned). (The workers' side is tested in `kb-worker`; the
 //! real-cluster run is `e2e/`.)
 
@@ -15,12 +16,13 @@ use common::{
     set_rollout, status, worker_pod,
 };
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kb_operator::crd::ConditionType;
 use kb_operator::metrics::Metrics;
-use kb_operator::reconcile::surge::SURGE_ANNOTATION;
+use kb_operator::reconcile::surge::{SURGE_ANNOTATION, SURGE_BASE_ANNOTATION};
 use kb_operator::reconcile::Context;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
@@ -30,6 +32,8 @@ use std::sync::Arc;
 
 const SPEC: &str = "replicas: 2\nembedding:\n  device: cuda\nredis:\n  managed: {}\n";
 const NEW_MODEL: &str = "pvc:models/e5";
+const AUTOSCALED: &str = "replicas: 2\nembedding:\n  device: cuda\nredis:\n  managed: {}\n\
+                          autoscaling:\n  minReplicas: 2\n  maxReplicas: 3\n";
 
 /// "docs" (two GPU workers, managed Redis) deployed and serving model `image:/opt/kb/model`
 /// on revision rev-2.
@@ -66,10 +70,21 @@ async fn shape(client: &Client) -> (i32, i32, Option<String>) {
 
 /// The StatefulSet controller's report of its three pods (for the generation it has
 /// now): `ready` ready, `updated` on the update revision, `[current, update]` revisions.
-async fn report(client: &Client, ready: i32, updated: i32, [current, update]: [&str; 2]) {
+async fn report(client: &Client, ready: i32, updated: i32, revisions: [&str; 2]) {
+    report_of(client, 3, ready, updated, revisions).await;
+}
+
+/// [`report`] of `replicas` pods.
+async fn report_of(
+    client: &Client,
+    replicas: i32,
+    ready: i32,
+    updated: i32,
+    [current, update]: [&str; 2],
+) {
     let api: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
     let sts: StatefulSet = get(client, "docs-worker").await.unwrap();
-    let status = json!({"status": {"replicas": 3, "readyReplicas": ready,
+    let status = json!({"status": {"replicas": replicas, "readyReplicas": ready,
         "updatedReplicas": updated, "currentRevision": current, "updateRevision": update,
         "observedGeneration": sts.metadata.generation.unwrap()}});
     api.patch_status(
@@ -333,4 +348,108 @@ async fn an_added_worker_no_node_fits_does_not_hold_a_revert() {
     report(&client, 2, 2, ["rev-2", "rev-2"]).await;
     reconcile_once(&ctx, "docs").await.unwrap();
     added_pod_removed(&client, &ctx).await;
+}
+
+/// The autoscaler sets the worker count (in a cluster through the scale subresource).
+async fn autoscaler_scales(client: &Client, replicas: i32) {
+    let api: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let patch = json!({"spec": {"replicas": replicas}});
+    api.patch(
+        "docs-worker",
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+}
+
+/// The workers' HorizontalPodAutoscaler's `minReplicas` and `maxReplicas`.
+async fn autoscaler_bounds(client: &Client) -> (i32, i32) {
+    let hpa: HorizontalPodAutoscaler = get(client, "docs-worker").await.unwrap();
+    let spec = hpa.spec.unwrap();
+    (spec.min_replicas.unwrap(), spec.max_replicas)
+}
+
+#[tokio::test]
+async fn an_autoscaled_change_adds_a_worker_above_the_autoscalers_count_and_leaves_the_count_to_it()
+{
+    let (client, writes) = cluster(None).await;
+    create(&client, &kb("docs", AUTOSCALED)).await;
+    let ctx = Arc::new(Context::new(client.clone(), Arc::new(Metrics::default())));
+    converge(&ctx, &writes, "docs").await;
+    set_ready_replicas(&client, "docs-redis", 1).await;
+    converge(&ctx, &writes, "docs").await;
+    // Under load the autoscaler runs three workers.
+    autoscaler_scales(&client, 3).await;
+    for ordinal in 0..3 {
+        worker_pod(&client, ordinal, "rev-2", true).await;
+    }
+    report_of(&client, 3, 3, 3, ["rev-2", "rev-2"]).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(autoscaler_bounds(&client).await, (2, 3));
+
+    set_model(&client, e5()).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    let sts: StatefulSet = get(&client, "docs-worker").await.unwrap();
+    assert_eq!(
+        sts.annotations()
+            .get(SURGE_BASE_ANNOTATION)
+            .map(String::as_str),
+        Some("3"),
+        "the count the change started from"
+    );
+    assert_eq!(
+        shape(&client).await,
+        (3, 3, Some("1".into())),
+        "the three held on the old model; the count is still the autoscaler's"
+    );
+    assert_eq!(
+        autoscaler_bounds(&client).await,
+        (4, 4),
+        "the autoscaler's floor (and ceiling) make room for the added worker"
+    );
+    assert_eq!(claims_when_scaled(&client).await, "Retain");
+    assert_eq!(budget(&client).await, IntOrString::Int(2));
+    assert_eq!(phase(&client).await, "Reindexing");
+
+    // The autoscaler adds the fourth; no node has a GPU for it: the rollout waits.
+    autoscaler_scales(&client, 4).await;
+    unschedulable_pod(&client, 3, "rev-3").await;
+    report_of(&client, 4, 3, 0, ["rev-2", "rev-3"]).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(phase(&client).await, "WaitingForCapacity");
+    let degraded = status(&client).await;
+    let degraded = degraded.condition(ConditionType::Degraded).unwrap();
+    assert_eq!(degraded.status, "False", "{degraded:?}");
+    assert_eq!(shape(&client).await, (4, 3, Some("1".into())));
+
+    // Scheduled, it re-indexes, then serves the new model: the three are replaced.
+    worker_pod(&client, 3, "rev-3", false).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(phase(&client).await, "Reindexing");
+    worker_pod(&client, 3, "rev-3", true).await;
+    report_of(&client, 4, 4, 1, ["rev-2", "rev-3"]).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(phase(&client).await, "Replacing");
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(shape(&client).await, (4, 0, Some("1".into())));
+    assert_eq!(autoscaler_bounds(&client).await, (4, 4));
+
+    for ordinal in 0..3 {
+        worker_pod(&client, ordinal, "rev-3", true).await;
+    }
+    report_of(&client, 4, 4, 4, ["rev-3", "rev-3"]).await;
+    reconcile_once(&ctx, "docs").await.unwrap();
+    let done = status(&client).await;
+    assert_eq!(
+        (done.model.as_deref(), done.model_rollout),
+        (Some(NEW_MODEL), None)
+    );
+    // Done: the autoscaler's bounds are the spec's again and it scales in as it likes.
+    reconcile_once(&ctx, "docs").await.unwrap();
+    assert_eq!(autoscaler_bounds(&client).await, (2, 3));
+    assert_eq!(shape(&client).await, (4, 0, None));
+    let sts: StatefulSet = get(&client, "docs-worker").await.unwrap();
+    assert!(!sts.annotations().contains_key(SURGE_BASE_ANNOTATION));
+    assert_eq!(budget(&client).await, IntOrString::Int(1));
 }

@@ -96,8 +96,9 @@ pub struct ModelRolloutPolicy {
     /// serving, then the current workers are replaced and the added ones removed. `0`
     /// replaces the workers in place, highest ordinal first (the first one re-indexes
     /// while the others serve; a single worker is unavailable for text queries meanwhile).
-    /// Added workers replicate through Redis: more than 0 requires `redis` and no
-    /// autoscaling. Unset: 1 with `redis` and without autoscaling, else 0.
+    /// Added workers replicate through Redis: more than 0 requires `redis`. With
+    /// autoscaling the autoscaler's floor is raised by it for the change. Unset: 1 with
+    /// `redis`, else 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 16))]
     pub max_surge: Option<i32>,

@@ -69,7 +69,7 @@ pub const DEFAULT_IMAGE: &str = concat!(
 #[x_kube(
     validation = Rule::new("self.replicas <= 1 || has(self.redis)").message("more than one replica requires spec.redis (replicas share the log through Redis)"),
     validation = Rule::new("!has(self.autoscaling) || !self.autoscaling.enabled || self.autoscaling.maxReplicas <= 1 || has(self.redis)").message("autoscaling beyond one replica requires spec.redis"),
-    validation = Rule::new("!has(self.embedding.rollout) || !has(self.embedding.rollout.maxSurge) || self.embedding.rollout.maxSurge == 0 || (has(self.redis) && (!has(self.autoscaling) || !self.autoscaling.enabled))").message("embedding.rollout.maxSurge above 0 requires spec.redis and no autoscaling (added workers replicate through Redis; set 0 to replace the workers in place)"),
+    validation = Rule::new("!has(self.embedding.rollout) || !has(self.embedding.rollout.maxSurge) || self.embedding.rollout.maxSurge == 0 || has(self.redis)").message("embedding.rollout.maxSurge above 0 requires spec.redis (added workers replicate through Redis; set 0 to replace the workers in place)"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KnowledgeBaseSpec {
@@ -248,13 +248,12 @@ impl KnowledgeBaseSpec {
     }
 
     /// Workers added for a change of the model (`spec.embedding.rollout.maxSurge`, or its
-    /// default: 1 where workers replicate through Redis and the worker count is the
-    /// spec's, else 0).
+    /// default: 1 where workers replicate through Redis, else 0).
     pub fn model_surge(&self) -> i32 {
         let explicit = self.embedding.rollout.as_ref().and_then(|r| r.max_surge);
         match explicit {
             Some(surge) => surge.max(0),
-            None if self.redis.is_some() && !self.autoscaling_enabled() => 1,
+            None if self.redis.is_some() => 1,
             None => 0,
         }
     }

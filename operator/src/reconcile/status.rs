@@ -194,9 +194,14 @@ async fn observe(
     // Pods added for a change of the model that no node fits: the rollout waits for
     // capacity while the current workers serve, which is its phase, not a fault.
     let surge_replicas = kb.spec.model_surge();
+    // Autoscaled, the pods added are those above the count the change started from.
+    let added_from = workers
+        .as_ref()
+        .and_then(super::surge::base_of)
+        .unwrap_or(desired_replicas);
     let added_refused = |pod: &Pod| {
         let ordinal = pod.name_any().rsplit_once('-').map(|(_, n)| n.to_string());
-        let added = ordinal.and_then(|n| n.parse::<i32>().ok()) >= Some(desired_replicas);
+        let added = ordinal.and_then(|n| n.parse::<i32>().ok()) >= Some(added_from);
         (surge_replicas > 0 && added)
             .then(|| super::pods::scheduler_refusal(pod))
             .flatten()

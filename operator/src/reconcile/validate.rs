@@ -107,11 +107,11 @@ fn check_spec(kb: &KnowledgeBase) -> Result<(), Invalid> {
         );
     }
     let surge = spec.embedding.rollout.as_ref().and_then(|r| r.max_surge);
-    if surge.is_some_and(|s| s > 0) && (spec.redis.is_none() || spec.autoscaling_enabled()) {
+    if surge.is_some_and(|s| s > 0) && spec.redis.is_none() {
         return invalid(
             "InvalidRollout",
-            "embedding.rollout.maxSurge above 0 requires spec.redis and no autoscaling (added \
-             workers replicate through Redis; set 0 to replace the workers in place)",
+            "embedding.rollout.maxSurge above 0 requires spec.redis (added workers replicate \
+             through Redis; set 0 to replace the workers in place)",
         );
     }
     if spec.embedding.gpus_per_replica.is_some() && spec.embedding.device != Device::Cuda {
@@ -174,7 +174,7 @@ mod tests {
     }
 
     #[test]
-    fn a_model_surge_needs_redis_and_no_autoscaling() {
+    fn a_model_surge_needs_redis() {
         let mut kb = kb("docs");
         kb.spec.embedding.rollout = Some(crate::crd::ModelRolloutPolicy { max_surge: Some(1) });
         assert_eq!(check(&kb, &[]).unwrap_err().reason, "InvalidRollout");
@@ -191,11 +191,11 @@ mod tests {
         kb.spec.autoscaling = Some(serde_json::from_str(r#"{"maxReplicas": 4}"#).unwrap());
         assert_eq!(
             kb.spec.model_surge(),
-            0,
-            "the autoscaler owns the worker count"
+            1,
+            "autoscaled: the autoscaler's floor is raised for the change"
         );
         kb.spec.embedding.rollout = Some(crate::crd::ModelRolloutPolicy { max_surge: Some(2) });
-        assert_eq!(check(&kb, &[]).unwrap_err().reason, "InvalidRollout");
+        assert!(check(&kb, &[]).is_ok(), "autoscaled with Redis");
         kb.spec.embedding.rollout = Some(crate::crd::ModelRolloutPolicy { max_surge: Some(0) });
         assert!(check(&kb, &[]).is_ok());
     }

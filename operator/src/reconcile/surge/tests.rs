@@ -45,7 +45,8 @@ fn a_model_change_adds_workers_of_the_new_model_and_holds_the_current_ones_until
         Some(Shape {
             replicas: 3,
             partition: Some(2),
-            added: 1
+            added: 1,
+            base: None,
         })
     );
     // An added worker serves the new model: the current ones are replaced.
@@ -60,7 +61,8 @@ fn a_model_change_adds_workers_of_the_new_model_and_holds_the_current_ones_until
         Some(Shape {
             replicas: 3,
             partition: None,
-            added: 1
+            added: 1,
+            base: None,
         })
     );
     // Two added workers asked for.
@@ -77,6 +79,7 @@ fn after_the_change_or_a_revert_the_added_pods_stay_until_they_run_the_current_t
     let unsettled = Live {
         replicas: 3,
         surged: true,
+        base: None,
         added_settled: false,
         added_pods: true,
     };
@@ -85,7 +88,8 @@ fn after_the_change_or_a_revert_the_added_pods_stay_until_they_run_the_current_t
         Some(Shape {
             replicas: 3,
             partition: None,
-            added: 1
+            added: 1,
+            base: None,
         })
     );
     // Settled: back to the spec's replicas, still marked until the added pod is gone
@@ -98,6 +102,7 @@ fn after_the_change_or_a_revert_the_added_pods_stay_until_they_run_the_current_t
         replicas: 2,
         partition: None,
         added: 0,
+        base: None,
     });
     assert_eq!(shape(&kb.spec, Some(&status), Some(&settled)), shrink);
     let terminating = Live {
@@ -197,6 +202,7 @@ fn the_shape_goes_into_the_planned_statefulset() {
         replicas: 3,
         partition: Some(2),
         added: 1,
+        base: None,
     };
     reshape(&mut plan, "docs-worker", Some(&shape));
     let (sts, pdb) = planned(&plan);
@@ -230,5 +236,107 @@ fn the_shape_goes_into_the_planned_statefulset() {
     assert_eq!(
         pdb.spec.as_ref().unwrap().max_unavailable,
         Some(IntOrString::Int(1))
+    );
+}
+
+/// Two workers with managed Redis and autoscaling (2 to 3), whose data is of `stored`.
+fn autoscaled(stored: &str) -> (KnowledgeBase, KnowledgeBaseStatus) {
+    let (mut kb, status) = two(stored);
+    kb.spec.autoscaling =
+        Some(serde_json::from_value(json!({"minReplicas": 2, "maxReplicas": 3})).unwrap());
+    (kb, status)
+}
+
+#[test]
+fn an_autoscaled_change_holds_the_count_it_started_from_and_adds_above_it() {
+    let (kb, status) = autoscaled("image:/opt/kb/model");
+    let three = Live {
+        replicas: 3,
+        ..Live::default()
+    };
+    assert_eq!(
+        shape(&kb.spec, Some(&status), Some(&three)),
+        None,
+        "no change"
+    );
+    let (kb, mut status) = autoscaled("pvc:models/e5");
+    assert_eq!(shape(&kb.spec, Some(&status), None), None, "no workers yet");
+    // The autoscaler runs three: those three keep the old model, a fourth is added.
+    let holding = Some(Shape {
+        replicas: 4,
+        partition: Some(3),
+        added: 1,
+        base: Some(3),
+    });
+    assert_eq!(shape(&kb.spec, Some(&status), Some(&three)), holding);
+    // Later passes read the count it started from, whatever the autoscaler runs now.
+    let surged = Live {
+        replicas: 5,
+        surged: true,
+        base: Some(3),
+        ..Live::default()
+    };
+    assert_eq!(shape(&kb.spec, Some(&status), Some(&surged)), holding);
+    status.model_rollout = Some(change(&kb, REPLACING));
+    assert_eq!(
+        shape(&kb.spec, Some(&status), Some(&surged))
+            .unwrap()
+            .partition,
+        None
+    );
+    // The change is over: the floor holds until every added pod runs the new template
+    // ready, then the autoscaler scales in as it likes (no shrink of the operator's).
+    let (kb, status) = autoscaled(&kb.spec.embedding.model_ref());
+    assert_eq!(
+        shape(&kb.spec, Some(&status), Some(&surged)),
+        Some(Shape {
+            replicas: 5,
+            partition: None,
+            added: 2,
+            base: Some(3),
+        })
+    );
+    let settled = Live {
+        added_settled: true,
+        added_pods: true,
+        ..surged
+    };
+    assert_eq!(shape(&kb.spec, Some(&status), Some(&settled)), None);
+}
+
+#[test]
+fn an_autoscaled_shape_raises_the_autoscalers_floor_and_leaves_the_count_to_it() {
+    let (kb, _) = autoscaled("x");
+    let mut plan = crate::reconcile::build::plan(&kb, &inputs(&kb));
+    let shape = Shape {
+        replicas: 4,
+        partition: Some(3),
+        added: 1,
+        base: Some(3),
+    };
+    reshape(&mut plan, "docs-worker", Some(&shape));
+    let (sts, pdb) = planned(&plan);
+    let spec = sts.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, None, "the autoscaler owns the count");
+    let strategy = spec.update_strategy.as_ref().unwrap();
+    assert_eq!(strategy.rolling_update.as_ref().unwrap().partition, Some(3));
+    assert_eq!(sts.annotations().get(SURGE_ANNOTATION).unwrap(), "1");
+    assert_eq!(sts.annotations().get(SURGE_BASE_ANNOTATION).unwrap(), "3");
+    let policy = spec.persistent_volume_claim_retention_policy.as_ref();
+    assert_eq!(policy.unwrap().when_scaled.as_deref(), Some("Retain"));
+    assert_eq!(
+        pdb.spec.as_ref().unwrap().max_unavailable,
+        Some(IntOrString::Int(2))
+    );
+    let Some(Child::HorizontalPodAutoscaler(hpa)) =
+        plan.get(ChildKind::HorizontalPodAutoscaler, "docs-worker")
+    else {
+        panic!("no HorizontalPodAutoscaler planned");
+    };
+    let hpa = hpa.spec.as_ref().unwrap();
+    assert_eq!(
+        (hpa.min_replicas, hpa.max_replicas),
+        (Some(4), 4),
+        "floor and ceiling raised to the held workers plus the added one"
     );
 }
