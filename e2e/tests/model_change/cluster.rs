@@ -107,8 +107,13 @@ impl Kb {
 
     /// Applies the KnowledgeBase and waits for `Ready`, then starts the toolbox pod.
     pub(crate) fn create(&self) {
+        self.create_with(SPEC);
+    }
+
+    /// [`Kb::create`] with another spec.
+    pub(crate) fn create_with(&self, spec: &str) {
         self.fresh();
-        apply(self.name, SPEC);
+        apply(self.name, spec);
         self.wait_ready();
         self.start_pod(&self.toolbox(), "exec sleep 3600\n");
         run(

@@ -18,6 +18,12 @@
 //!   (`status.model` is the original again, Event `ModelRolloutReverted`, no
 //!   `ModelRolloutFinished`), the job is cancelled on every replica, and `docs` is still the
 //!   original collection with the same documents.
+//! - `an_autoscaled_knowledgebase_changes_the_model_with_a_worker_the_autoscaler_adds`:
+//!   with autoscaling (2 to 2) the same change raises the HorizontalPodAutoscaler's bounds
+//!   to 3 while the two current workers are held on the old model (partition and
+//!   `knowledge.dev/model-surge-base` 2) and the autoscaler, not the operator, runs the
+//!   third; afterwards the bounds are the spec's, the autoscaler is back at two workers and
+//!   both hold every document under the new model.
 //!
 //! The tests reach the API from inside the cluster: a `curlimages/curl` pod (image from
 //! `KB_E2E_CURL_IMAGE`) that gets the generated admin key (`<kb>-api-keys`, key
@@ -46,6 +52,9 @@ pub(crate) const SPEC: &str = "  replicas: 2\n  embedding: {device: cpu}\n  redi
 const REPLICAS: usize = 2;
 /// Replicas while the model changes: one worker added (`embedding.rollout.maxSurge`).
 const REPLICAS_ADDED: usize = 3;
+/// [`SPEC`] autoscaled between two and two workers: the autoscaler's count is known
+/// without load or a metrics server (it raises a count below its floor without metrics).
+const AUTOSCALED_SPEC: &str = "  replicas: 2\n  embedding: {device: cpu}\n  redis: {managed: {}}\n  storage: {reclaimPolicy: Delete}\n  autoscaling: {minReplicas: 2, maxReplicas: 2}\n";
 const NEW_PREFIXES: &str =
     r#"{"spec":{"embedding":{"queryPrefix":"query: ","documentPrefix":"passage: "}}}"#;
 /// A JSON merge patch: `null` removes the fields, back to the model's own prompts.
@@ -428,6 +437,86 @@ fn reverting_the_model_mid_way_keeps_the_old_model_and_its_data() {
     let url = format!("{}/v1/collections/docs/query", kb.service());
     let answer = kb.ok("POST", &url, Some(query));
     assert_eq!(answer.get("hits").items().len(), 3, "{answer:?}");
+    kb.cleanup();
+}
+
+#[test]
+#[ignore = "needs a real cluster in KUBECONFIG"]
+fn an_autoscaled_knowledgebase_changes_the_model_with_a_worker_the_autoscaler_adds() {
+    install(&[]);
+    let kb = Kb { name: "autoscaled" };
+    kb.create_with(AUTOSCALED_SPEC);
+    let seeded = kb.ingest("seed", 100, 12, 100);
+    for ordinal in 0..REPLICAS {
+        let worker = kb.worker(ordinal);
+        wait_until(
+            &format!("the 100 documents on {worker}"),
+            Duration::from_secs(120),
+            || kb.document_ids(&worker) == seeded,
+        );
+    }
+    let old_model = get(&kb.resource(), "{.status.model}");
+    kb.patch(NEW_PREFIXES);
+    let workers = format!("statefulset/{}-worker", kb.name);
+    let hpa = format!("hpa/{}-worker", kb.name);
+    // (HPA min, HPA max, StatefulSet replicas, partition, base annotation) seen during
+    // Reindexing.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20 * 60);
+    loop {
+        let phase = get(&kb.resource(), "{.status.modelRollout.phase}");
+        let model = get(&kb.resource(), "{.status.model}");
+        if phase == "Reindexing" {
+            let shape = [
+                get(&hpa, "{.spec.minReplicas}"),
+                get(&hpa, "{.spec.maxReplicas}"),
+                get(&workers, "{.spec.replicas}"),
+                get(&workers, "{.spec.updateStrategy.rollingUpdate.partition}"),
+                get(
+                    &workers,
+                    r"{.metadata.annotations.knowledge\.dev/model-surge-base}",
+                ),
+            ];
+            if seen.last() != Some(&shape) {
+                seen.push(shape);
+            }
+        }
+        if phase.is_empty() && model != old_model {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the model change did not finish in 20 minutes; shapes seen: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert!(
+        seen.iter().any(|s| s == &["3", "3", "3", "2", "2"]),
+        "never saw the autoscaler's bounds at 3 running 3 workers with 2 held: {seen:?}"
+    );
+    wait_until(
+        "the autoscaler's bounds back to the spec's and two workers",
+        Duration::from_secs(180),
+        || {
+            get(&hpa, "{.spec.minReplicas}") == "2"
+                && get(&hpa, "{.spec.maxReplicas}") == "2"
+                && get(&workers, "{.spec.replicas}") == REPLICAS.to_string()
+                && get(&workers, "{.metadata.annotations}")
+                    .find("model-surge")
+                    .is_none()
+        },
+    );
+    kb.wait_ready();
+    for ordinal in 0..REPLICAS {
+        let worker = kb.worker(ordinal);
+        assert_eq!(kb.document_ids(&worker), seeded, "{worker}");
+        let collection = kb.collection(&worker);
+        assert_eq!(
+            collection.get("model").get("document_prefix").str(),
+            Some("passage: "),
+            "{worker}"
+        );
+    }
     kb.cleanup();
 }
 
