@@ -33,7 +33,8 @@ pub struct AttentionGroup {
     pub tokens: i64,
     /// Rows in the group.
     pub rows: i64,
-    /// Length of the group's longest row.
+    /// Length of the group's longest row (on the CPU rounded up to a multiple of
+    /// [`CPU_ATTENTION_ALIGN`]).
     pub padded_len: i64,
     /// `[tokens]` each token's index in the flattened `[rows * padded_len]` grid.
     pub slots: Tensor,
@@ -50,12 +51,31 @@ pub struct AttentionGroup {
 /// group for the whole batch 25% slower on query-sized batches.
 pub const CPU_GROUP_COST: usize = 32 * 32;
 
+/// On the CPU each group's grid is padded up to a multiple of this many tokens (the
+/// padding keys masked out): ATen's CPU attention kernel runs a length just short of a
+/// multiple of 16 up to twice as slow as the next multiple. One layer's attention of 10
+/// rows, 12 heads of 32, one thread, on the 2-vCPU Intel Xeon with AMX, fp32: 44 tokens
+/// 1.10 ms, 48 tokens 0.65 ms; 60 tokens 1.66 ms, 64 tokens 1.02 ms; bf16 alike
+/// (docs/benchmarks.md, "Attention on lengths of a multiple of 16").
+pub const CPU_ATTENTION_ALIGN: usize = 16;
+
+/// `len` rounded up to a multiple of `align` (at least 1).
+pub fn aligned(len: usize, align: usize) -> usize {
+    let align = align.max(1);
+    len.div_ceil(align) * align
+}
+
 /// Cuts rows (in batch order) into consecutive groups minimising the padded attention
-/// work, the sum over groups of rows x longest-length^2, plus `group_cost` per group.
+/// work, the sum over groups of rows x padded-length^2 (the longest row's length rounded
+/// up to a multiple of `align`), plus `group_cost` per group.
 /// Attention is the only op of the encoder that runs on a padded grid, and its work grows
 /// with the square of the padded length: one 200-token row among 40-token ones pads them
 /// all to 200. Rows sorted by length (as the batcher sends them) cut best.
-pub fn plan_attention_groups(lengths: &[usize], group_cost: usize) -> Vec<Range<usize>> {
+pub fn plan_attention_groups(
+    lengths: &[usize],
+    group_cost: usize,
+    align: usize,
+) -> Vec<Range<usize>> {
     let n = lengths.len();
     if n == 0 {
         return Vec::new();
@@ -68,9 +88,10 @@ pub fn plan_attention_groups(lengths: &[usize], group_cost: usize) -> Vec<Range<
         best[i] = usize::MAX;
         for j in (0..i).rev() {
             longest = longest.max(lengths[j]);
+            let padded = aligned(longest, align);
             let cost = best[j]
                 .saturating_add(group_cost)
-                .saturating_add((i - j).saturating_mul(longest.saturating_mul(longest)));
+                .saturating_add((i - j).saturating_mul(padded.saturating_mul(padded)));
             // On a tie the larger group (fewer ops) wins.
             if cost <= best[i] {
                 best[i] = cost;
@@ -92,21 +113,27 @@ impl PackedBatch {
     /// Packs the token ids of `rows` and moves them to `device`: one copy of index data,
     /// through pinned memory and non-blocking on CUDA so it overlaps with host work. On
     /// the CPU, attention runs in groups of rows of similar length
-    /// ([`plan_attention_groups`]); on GPUs, where padded attention costs little against
-    /// the extra kernel launches, in one group.
+    /// ([`plan_attention_groups`]), each padded to a multiple of [`CPU_ATTENTION_ALIGN`];
+    /// on GPUs, where padded attention costs little against the extra kernel launches, in
+    /// one group padded to its longest row.
     pub fn new(rows: &[&[i64]], device: Device) -> Result<PackedBatch, TchError> {
         let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
-        let plan = match device {
-            Device::Cpu => plan_attention_groups(&lengths, CPU_GROUP_COST),
-            _ => std::iter::once(0..rows.len()).collect(),
+        let (plan, align) = match device {
+            Device::Cpu => (
+                plan_attention_groups(&lengths, CPU_GROUP_COST, CPU_ATTENTION_ALIGN),
+                CPU_ATTENTION_ALIGN,
+            ),
+            _ => (std::iter::once(0..rows.len()).collect(), 1),
         };
-        PackedBatch::grouped(rows, &plan, device)
+        PackedBatch::grouped(rows, &plan, align, device)
     }
 
-    /// Packs `rows` with attention in the given consecutive groups of rows.
+    /// Packs `rows` with attention in the given consecutive groups of rows, each group's
+    /// grid padded to its longest row rounded up to a multiple of `align`.
     pub fn grouped(
         rows: &[&[i64]],
         plan: &[Range<usize>],
+        align: usize,
         device: Device,
     ) -> Result<PackedBatch, TchError> {
         let tokens: usize = rows.iter().map(|r| r.len()).sum();
@@ -119,11 +146,8 @@ impl PackedBatch {
         let mut t = 0;
         for range in plan {
             let first_token = t;
-            let padded_len = rows[range.clone()]
-                .iter()
-                .map(|r| r.len())
-                .max()
-                .unwrap_or(0);
+            let longest = rows[range.clone()].iter().map(|r| r.len()).max();
+            let padded_len = aligned(longest.unwrap_or(0), align);
             for (in_group, r) in range.clone().enumerate() {
                 for (p, &id) in rows[r].iter().enumerate() {
                     ids[t] = id;
@@ -228,36 +252,52 @@ mod tests {
 
     #[test]
     fn no_group_when_a_batch_is_empty_and_one_for_rows_of_one_length() {
-        assert!(plan_attention_groups(&[], CPU_GROUP_COST).is_empty());
-        assert_eq!(plan_attention_groups(&[7, 7, 7], 0), one_group(3));
+        assert!(plan_attention_groups(&[], CPU_GROUP_COST, 1).is_empty());
+        assert_eq!(plan_attention_groups(&[7, 7, 7], 0, 1), one_group(3));
+        assert_eq!(plan_attention_groups(&[7, 7, 7], 0, 16), one_group(3));
     }
 
     #[test]
     fn a_long_row_gets_a_group_of_its_own_when_it_saves_more_than_the_group_costs() {
         // Padding the three short rows to 200 costs 3 x 200^2; their own group 3 x 40^2.
         assert_eq!(
-            plan_attention_groups(&[30, 35, 40, 200], 1024),
+            plan_attention_groups(&[30, 35, 40, 200], 1024, 1),
             [0..3, 3..4]
         );
         // Saving 3 x (45^2 - 40^2) = 1,275 is not worth a group of cost 2,000 ...
-        assert_eq!(plan_attention_groups(&[40, 40, 40, 45], 2000), one_group(4));
-        // ... but is worth one of cost 1,000.
-        assert_eq!(plan_attention_groups(&[40, 40, 40, 45], 1000), [0..3, 3..4]);
+        assert_eq!(
+            plan_attention_groups(&[40, 40, 40, 45], 2000, 1),
+            one_group(4)
+        );
+        // ... but is worth one of cost 1,000 ...
+        assert_eq!(
+            plan_attention_groups(&[40, 40, 40, 45], 1000, 1),
+            [0..3, 3..4]
+        );
+        // ... unless both lengths pad to the same multiple of 16 (48): nothing saved.
+        assert_eq!(
+            plan_attention_groups(&[40, 40, 40, 45], 1000, 16),
+            one_group(4)
+        );
     }
 
     #[test]
     fn groups_are_consecutive_runs_whatever_the_order_of_the_rows() {
-        let plan = plan_attention_groups(&[200, 10, 10, 190, 12], 0);
+        let plan = plan_attention_groups(&[200, 10, 10, 190, 12], 0, 1);
         assert_eq!(plan, [0..1, 1..3, 3..4, 4..5]);
-        let plan = plan_attention_groups(&[200, 10, 10, 190, 12], 1 << 40);
+        let plan = plan_attention_groups(&[200, 10, 10, 190, 12], 1 << 40, 1);
         assert_eq!(plan, one_group(5));
     }
 
     #[test]
     fn rows_of_one_length_need_no_mask_and_ragged_groups_mask_their_padding() {
-        let batch =
-            PackedBatch::grouped(&[&[1, 2], &[3, 4], &[5, 6, 7]], &[0..2, 2..3], Device::Cpu)
-                .unwrap();
+        let batch = PackedBatch::grouped(
+            &[&[1, 2], &[3, 4], &[5, 6, 7]],
+            &[0..2, 2..3],
+            1,
+            Device::Cpu,
+        )
+        .unwrap();
         assert!(batch.groups.iter().all(|g| g.attend.is_none()));
         let vec = |t: &Tensor| Vec::<i64>::try_from(t).unwrap();
         assert_eq!(vec(&batch.groups[0].slots), [0, 1, 2, 3]);
@@ -268,7 +308,7 @@ mod tests {
     #[test]
     fn tokens_are_placed_in_the_padded_grid_row_by_row() {
         let batch =
-            PackedBatch::grouped(&[&[7, 8], &[9, 10, 11]], &one_group(2), Device::Cpu).unwrap();
+            PackedBatch::grouped(&[&[7, 8], &[9, 10, 11]], &one_group(2), 1, Device::Cpu).unwrap();
         let vec = |t: &Tensor| Vec::<i64>::try_from(t).unwrap();
         assert_eq!(vec(&batch.token_ids), [7, 8, 9, 10, 11]);
         assert_eq!(vec(&batch.positions), [0, 1, 0, 1, 2]);
@@ -277,5 +317,30 @@ mod tests {
         let attend = batch.groups[0].attend.as_ref().unwrap();
         let attend = Vec::<bool>::try_from(&attend.view([-1])).unwrap();
         assert_eq!(attend, [true, true, false, true, true, true]);
+    }
+
+    #[test]
+    fn grids_padded_to_a_multiple_mask_the_padding_even_for_rows_of_one_length() {
+        let batch =
+            PackedBatch::grouped(&[&[1, 2], &[3, 4]], &one_group(2), 4, Device::Cpu).unwrap();
+        let group = &batch.groups[0];
+        assert_eq!((group.rows, group.padded_len), (2, 4));
+        assert_eq!(Vec::<i64>::try_from(&group.slots).unwrap(), [0, 1, 4, 5]);
+        let attend = group.attend.as_ref().expect("the padding keys are masked");
+        let attend = Vec::<bool>::try_from(&attend.view([-1])).unwrap();
+        assert_eq!(attend, [true, true, false, false, true, true, false, false]);
+        // A length that is already a multiple needs no mask.
+        let batch = PackedBatch::grouped(&[&[1, 2, 3, 4]], &one_group(1), 4, Device::Cpu).unwrap();
+        assert!(batch.groups[0].attend.is_none());
+        assert_eq!(
+            (
+                aligned(0, 16),
+                aligned(1, 16),
+                aligned(16, 16),
+                aligned(17, 16)
+            ),
+            (0, 16, 16, 32)
+        );
+        assert_eq!(aligned(5, 0), 5, "0 is taken as 1");
     }
 }

@@ -65,9 +65,14 @@ fn rows(lengths: &[usize]) -> Vec<Vec<i64>> {
         .collect()
 }
 
-fn hidden_states(encoder: &BertEncoder, rows: &[Vec<i64>], plan: &[Range<usize>]) -> Tensor {
+fn hidden_states(
+    encoder: &BertEncoder,
+    rows: &[Vec<i64>],
+    plan: &[Range<usize>],
+    align: usize,
+) -> Tensor {
     let ids: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
-    let batch = PackedBatch::grouped(&ids, plan, Device::Cpu).unwrap();
+    let batch = PackedBatch::grouped(&ids, plan, align, Device::Cpu).unwrap();
     encoder.forward(&batch).unwrap()
 }
 
@@ -84,18 +89,21 @@ fn attention_in_groups_gives_the_hidden_states_of_one_padded_grid() {
         let rows = rows(lengths);
         let n = rows.len();
         let whole = 0..n;
-        let one_grid = hidden_states(&encoder, &rows, std::slice::from_ref(&whole));
-        let planned = plan_attention_groups(lengths, 0);
+        let one_grid = hidden_states(&encoder, &rows, std::slice::from_ref(&whole), 1);
+        let planned = plan_attention_groups(lengths, 0, 1);
         assert!(planned.len() > 1, "{lengths:?} planned as {planned:?}");
         let per_row: Vec<Range<usize>> = (0..n).map(|r| r..r + 1).collect();
         for plan in [planned, per_row, vec![0..2, 2..n]] {
-            let grouped = hidden_states(&encoder, &rows, &plan);
-            assert_eq!(grouped.size(), one_grid.size());
-            let diff = max_difference(&grouped, &one_grid);
-            assert!(
-                diff < 1e-5,
-                "{lengths:?} in groups {plan:?}: differs by {diff}"
-            );
+            // Padded to the longest row, and to a multiple of 16 (the CPU's grids).
+            for align in [1, 16] {
+                let grouped = hidden_states(&encoder, &rows, &plan, align);
+                assert_eq!(grouped.size(), one_grid.size());
+                let diff = max_difference(&grouped, &one_grid);
+                assert!(
+                    diff < 1e-5,
+                    "{lengths:?} in groups {plan:?} aligned to {align}: differs by {diff}"
+                );
+            }
         }
     }
 }
@@ -110,6 +118,7 @@ fn packed_batches_on_the_cpu_group_rows_of_similar_length() {
         .iter()
         .map(|g| (g.first_token, g.tokens, g.rows, g.padded_len))
         .collect();
-    // The 60-token row would pad the three short ones to 60: 4 x 3600 against 3 x 25 + 3600.
-    assert_eq!(shapes, [(0, 13, 3, 5), (13, 60, 1, 60)]);
+    // The 60-token row would pad the three short ones to 64: 4 x 64^2 against 3 x 16^2 +
+    // 64^2; each grid is a multiple of 16 long.
+    assert_eq!(shapes, [(0, 13, 3, 16), (13, 60, 1, 64)]);
 }
