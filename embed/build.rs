@@ -25,10 +25,13 @@ fn torch_lib_dir() -> Option<PathBuf> {
 }
 
 /// Compiles csrc/cuda_alloc.cpp (the CUDA caching allocator's empty-cache and statistics,
-/// which tch does not expose) against the headers of the libtorch in `lib_dir`. It uses c10's
-/// device-generic allocator interface only, so CPU-only libtorch builds it as well.
-fn build_allocator_shim(lib_dir: &std::path::Path) {
+/// which tch does not expose) and csrc/onednn_linear.cpp (oneDNN's packed-weight linear
+/// with a fused activation, likewise) against the headers of the libtorch in `lib_dir`.
+/// The allocator shim uses c10's device-generic allocator interface only, so CPU-only
+/// libtorch builds both.
+fn build_shims(lib_dir: &std::path::Path) {
     println!("cargo:rerun-if-changed=csrc/cuda_alloc.cpp");
+    println!("cargo:rerun-if-changed=csrc/onednn_linear.cpp");
     let include = lib_dir.parent().map(|torch| torch.join("include"));
     let Some(include) =
         include.filter(|dir| dir.join("c10/core/CachingDeviceAllocator.h").exists())
@@ -45,9 +48,39 @@ fn build_allocator_shim(lib_dir: &std::path::Path) {
         .std("c++17")
         .include(&include)
         .define("GLOG_USE_GLOG_EXPORT", None)
+        .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi())
         .warnings(false)
         .file("csrc/cuda_alloc.cpp")
-        .compile("kb_cuda_alloc");
+        .file("csrc/onednn_linear.cpp")
+        .compile("kb_torch_shims");
+}
+
+/// libtorch's C++ ABI ("0" or "1"), as torch-sys decides it: the active Python's torch
+/// says, else `LIBTORCH_CXX11_ABI`, else 1. The oneDNN shim hands libtorch `std::string`s,
+/// whose layout depends on it.
+fn cxx11_abi() -> &'static str {
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    if let Ok(abi) = std::env::var("LIBTORCH_CXX11_ABI") {
+        return if abi == "0" { "0" } else { "1" };
+    }
+    let python = if std::env::var_os("VIRTUAL_ENV").is_some() {
+        "python"
+    } else {
+        "python3"
+    };
+    let asked = Command::new(python)
+        .args([
+            "-c",
+            "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))",
+        ])
+        .output();
+    match asked
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+    {
+        Some(abi) if abi.trim() == "0" => "0",
+        _ => "1",
+    }
 }
 
 fn main() {
@@ -59,7 +92,7 @@ fn main() {
         return;
     };
     println!("cargo:rustc-link-search=native={}", dir.display());
-    build_allocator_shim(&dir);
+    build_shims(&dir);
     // Without --no-as-needed the linker drops libtorch_cuda (no symbol is used directly)
     // and CUDA is silently unavailable at run time. Link args do not propagate, so
     // dependents repeat this from DEP_KB_TORCH_LINK_ARGS.

@@ -6,15 +6,22 @@
 //! CUDA out-of-memory error comes back as an `Err` the executor can react to, not a panic.
 
 use crate::model_config::BertConfig;
+use crate::onednn::{self, Activation};
 use crate::packing::{AttentionGroup, PackedBatch};
 use crate::EmbedError;
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, TchError, Tensor};
 
+/// Packed products run on a multiple of this many rows ([`BertEncoder::forward`]).
+const ROW_ALIGN: i64 = 32;
+
 pub(crate) struct Linear {
+    /// `[out, in]`, in oneDNN's blocked layout when `packed`.
     weight: Tensor,
     bias: Tensor,
+    /// The weight is packed for [`onednn::linear`] (bf16 on the CPU).
+    packed: bool,
 }
 
 impl Linear {
@@ -22,11 +29,47 @@ impl Linear {
         Linear {
             weight: self.weight.shallow_clone(),
             bias: self.bias.shallow_clone(),
+            packed: self.packed,
         }
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        x.f_linear(&self.weight, Some(&self.bias))
+        match self.packed {
+            true => onednn::linear(x, &self.weight, &self.bias, Activation::None),
+            false => x.f_linear(&self.weight, Some(&self.bias)),
+        }
+    }
+
+    /// [`Linear::forward`] then exact GELU, in one pass where the weight is packed.
+    fn forward_gelu(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        match self.packed {
+            true => onednn::linear(x, &self.weight, &self.bias, Activation::Gelu),
+            false => self.forward(x)?.f_gelu("none"),
+        }
+    }
+
+    /// The weight packed for oneDNN where that is faster: bf16 on the CPU (fp32 products
+    /// ran no faster packed, GPUs do not use oneDNN). A libtorch that refuses (built
+    /// without oneDNN) keeps the plain product, said once in the log.
+    fn packed_for(self, device: Device, kind: Kind) -> Linear {
+        if device != Device::Cpu || kind != Kind::BFloat16 {
+            return self;
+        }
+        match onednn::pack(&self.weight) {
+            Ok(weight) => Linear {
+                weight,
+                bias: self.bias,
+                packed: true,
+            },
+            Err(e) => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(error = %e, "oneDNN weight packing refused: bf16 linear \
+                        layers on the CPU use libtorch's plain product")
+                });
+                self
+            }
+        }
     }
 }
 
@@ -131,6 +174,7 @@ impl Weights {
         Ok(Linear {
             weight: self.take(&format!("{prefix}.weight"))?,
             bias: self.take(&format!("{prefix}.bias"))?,
+            packed: false,
         })
     }
 
@@ -150,13 +194,23 @@ impl Weights {
         let qkv = Linear {
             weight: Tensor::f_cat(&[q.weight, k.weight, v.weight], 0)?,
             bias: Tensor::f_cat(&[q.bias, k.bias, v.bias], 0)?,
+            packed: false,
         };
+        let (device, kind) = (self.device, self.kind);
+        let mut linear = |name: &str| -> Result<Linear, EmbedError> {
+            Ok(self
+                .linear(&format!("{p}.{name}"))?
+                .packed_for(device, kind))
+        };
+        let attention_out = linear("attention.output.dense")?;
+        let intermediate = linear("intermediate.dense")?;
+        let output = linear("output.dense")?;
         Ok(Layer {
-            qkv,
-            attention_out: self.linear(&format!("{p}.attention.output.dense"))?,
+            qkv: qkv.packed_for(device, kind),
+            attention_out,
             attention_norm: self.layer_norm(&format!("{p}.attention.output.LayerNorm"), eps)?,
-            intermediate: self.linear(&format!("{p}.intermediate.dense"))?,
-            output: self.linear(&format!("{p}.output.dense"))?,
+            intermediate,
+            output,
             output_norm: self.layer_norm(&format!("{p}.output.LayerNorm"), eps)?,
         })
     }
@@ -231,10 +285,30 @@ impl BertEncoder {
             embedded = embedded.f_add(&offsets)?;
         }
         let mut x = self.embedding_norm.forward(&embedded)?;
-        for layer in &self.layers {
-            x = self.layer_forward(layer, &x, batch)?;
+        let tokens = x.size()[0];
+        let pad = self.row_padding(tokens);
+        if pad > 0 {
+            x = x.f_constant_pad_nd([0, 0, 0, pad])?;
         }
-        Ok(x)
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, batch, pad)?;
+        }
+        match pad {
+            0 => Ok(x),
+            _ => x.f_narrow(0, 0, tokens),
+        }
+    }
+
+    /// Rows of zeros added to a batch's `tokens` for the per-token products: with packed
+    /// weights (bf16 on the CPU) every product runs on a multiple of [`ROW_ALIGN`] rows, so
+    /// oneDNN meets a few dozen shapes and reuses their compiled kernels from its cache;
+    /// each new row count used to compile new ones (more than the product itself costs).
+    fn row_padding(&self, tokens: i64) -> i64 {
+        let packed = self.layers.first().is_some_and(|l| l.qkv.packed);
+        match packed {
+            true => (ROW_ALIGN - tokens % ROW_ALIGN) % ROW_ALIGN,
+            false => 0,
+        }
     }
 
     fn layer_forward(
@@ -242,12 +316,20 @@ impl BertEncoder {
         layer: &Layer,
         x: &Tensor,
         batch: &PackedBatch,
+        pad: i64,
     ) -> Result<Tensor, TchError> {
-        let context = self.attention(&layer.qkv.forward(x)?, batch)?;
+        let mut qkv = layer.qkv.forward(x)?;
+        if pad > 0 {
+            qkv = qkv.f_narrow(0, 0, qkv.size()[0] - pad)?;
+        }
+        let mut context = self.attention(&qkv, batch)?;
+        if pad > 0 {
+            context = context.f_constant_pad_nd([0, 0, 0, pad])?;
+        }
         let attended = layer
             .attention_norm
             .forward(&layer.attention_out.forward(&context)?.f_add(x)?)?;
-        let inner = layer.intermediate.forward(&attended)?.f_gelu("none")?;
+        let inner = layer.intermediate.forward_gelu(&attended)?;
         layer
             .output_norm
             .forward(&layer.output.forward(&inner)?.f_add(&attended)?)

@@ -17,7 +17,7 @@
 //! assert_eq!(out.vectors[0].len(), embedder.dim());
 //! # Ok::<(), kb_embed::EmbedError>(())
 //! ```
-// Unsafe code only in `cuda_alloc` (two C calls into the allocator shim).
+// Unsafe code only in `cuda_alloc` and `onednn` (C calls into the shims in csrc/).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -32,6 +32,8 @@ mod error;
 mod executor;
 mod model_config;
 mod modules;
+#[allow(unsafe_code)]
+mod onednn;
 mod packing;
 mod pooling;
 mod prefix;

@@ -1,9 +1,14 @@
 use super::*;
-use crate::packing::plan_attention_groups;
+use crate::packing::{plan_attention_groups, CPU_GROUP_COST};
 use std::ops::Range;
 
 /// A two-layer encoder of width 16 with random weights.
 fn random_encoder() -> BertEncoder {
+    random_encoder_in(Kind::Float)
+}
+
+/// [`random_encoder`]'s weights (the same seed) in `kind`.
+fn random_encoder_in(kind: Kind) -> BertEncoder {
     tch::manual_seed(7);
     let (hidden, inner, vocab, positions) = (16, 32, 50, 64);
     let mut tensors = HashMap::new();
@@ -52,7 +57,7 @@ fn random_encoder() -> BertEncoder {
     let mut weights = Weights {
         tensors,
         device: Device::Cpu,
-        kind: Kind::Float,
+        kind,
     };
     BertEncoder::from_weights(&mut weights, &cfg).unwrap()
 }
@@ -121,4 +126,35 @@ fn packed_batches_on_the_cpu_group_rows_of_similar_length() {
     // The 60-token row would pad the three short ones to 64: 4 x 64^2 against 3 x 16^2 +
     // 64^2; each grid is a multiple of 16 long.
     assert_eq!(shapes, [(0, 13, 3, 16), (13, 60, 1, 64)]);
+}
+
+#[test]
+fn bf16_on_the_cpu_packs_the_linear_weights_and_gives_the_fp32_hidden_states() {
+    let _no_grad = tch::no_grad_guard();
+    let fp32 = random_encoder_in(Kind::Float);
+    let bf16 = random_encoder_in(Kind::BFloat16);
+    let layer = &bf16.layers[0];
+    assert!(
+        [
+            &layer.qkv,
+            &layer.attention_out,
+            &layer.intermediate,
+            &layer.output
+        ]
+        .iter()
+        .all(|l| l.packed),
+        "bf16 on the CPU runs oneDNN's packed product"
+    );
+    assert!(
+        !fp32.layers[0].intermediate.packed,
+        "fp32 keeps the plain one"
+    );
+    let rows = rows(&[3, 9, 30, 31]);
+    let plan = plan_attention_groups(&[3, 9, 30, 31], CPU_GROUP_COST, 16);
+    let expected = hidden_states(&fp32, &rows, &plan, 16);
+    let packed = hidden_states(&bf16, &rows, &plan, 16).to_kind(Kind::Float);
+    let cosine = (&packed * &expected).sum_dim_intlist(-1, false, Kind::Float)
+        / (packed.norm_scalaropt_dim(2, [-1], false) * expected.norm_scalaropt_dim(2, [-1], false));
+    let worst = cosine.min().double_value(&[]);
+    assert!(worst > 0.999, "worst token cosine to fp32: {worst}");
 }
