@@ -31,6 +31,15 @@ pub const MIN_COSINE: f32 = 0.999;
 /// The libtorch this build links: torch-sys 0.24 refuses to build against any other.
 const LIBTORCH: &str = "2.11";
 
+/// The revision of the encoder's CPU arithmetic: raise it when a change makes a candidate
+/// faster or slower (2: bf16 linear layers packed for oneDNN), so a worker upgraded over a
+/// cache measures again instead of keeping a choice made against the old code.
+const CPU_ENGINE_REVISION: u32 = 2;
+
+/// Environment variables that cap the instruction sets oneDNN uses: a capped run measures
+/// another CPU, so its calibration must not be read uncapped (or the other way round).
+const ONEDNN_CAPS: [&str; 2] = ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"];
+
 /// Timed passes over the candidates of a calibration ([`fastest_of_passes`]).
 pub const PASSES: usize = 3;
 
@@ -119,10 +128,20 @@ pub fn key(cfg: &BertConfig, threads: i32) -> String {
     format!("{}; threads {threads}", base_key(cfg))
 }
 
-/// The CPU's model name and the flags that decide bf16 speed, libtorch and the model's
-/// shape: what every CPU calibration is keyed by.
+/// The CPU's model name and the flags that decide bf16 speed, a cap on oneDNN's
+/// instruction sets, libtorch, the encoder's CPU revision and the model's shape: what
+/// every CPU calibration is keyed by.
 fn base_key(cfg: &BertConfig) -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let caps: Vec<(&str, String)> = ONEDNN_CAPS
+        .iter()
+        .filter_map(|name| std::env::var(name).ok().map(|v| (*name, v)))
+        .collect();
+    key_of(&info, &caps, cfg)
+}
+
+/// [`base_key`] from `/proc/cpuinfo`'s text and the oneDNN caps set (name, value).
+fn key_of(info: &str, caps: &[(&str, String)], cfg: &BertConfig) -> String {
     let field = |name: &str| {
         info.lines()
             .find(|l| l.starts_with(name))
@@ -135,8 +154,12 @@ fn base_key(cfg: &BertConfig) -> String {
         .split_whitespace()
         .filter(|f| f.contains("bf16") || f.starts_with("amx") || *f == "avx512f" || *f == "avx2")
         .collect();
+    let capped: String = caps
+        .iter()
+        .map(|(name, value)| format!(" {name}={value}"))
+        .collect();
     format!(
-        "cpu={} [{}]; libtorch {LIBTORCH}; bert {}x{}x{}",
+        "cpu={} [{}]{capped}; libtorch {LIBTORCH}; engine {CPU_ENGINE_REVISION}; bert {}x{}x{}",
         field("model name"),
         relevant.join(" "),
         cfg.num_hidden_layers,
@@ -447,6 +470,35 @@ mod tests {
         assert!(
             cached::<Trial>(dir.path(), CACHE_FILE, &calibration.key).is_none(),
             "a damaged cache is measured again"
+        );
+    }
+
+    #[test]
+    fn the_key_names_the_cpu_a_onednn_cap_and_the_engine_revision() {
+        let info = "processor\t: 0\nmodel name\t: Example CPU\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 sse4_2\n";
+        let cfg: BertConfig = serde_json::from_str(
+            r#"{"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+                "intermediate_size": 1536, "vocab_size": 30522,
+                "max_position_embeddings": 512}"#,
+        )
+        .unwrap();
+        let plain = key_of(info, &[], &cfg);
+        assert_eq!(
+            plain,
+            format!(
+                "cpu=Example CPU [avx2 avx512f avx512_bf16 amx_bf16]; libtorch {LIBTORCH}; \
+                 engine {CPU_ENGINE_REVISION}; bert 6x384x12"
+            )
+        );
+        let capped = key_of(
+            info,
+            &[("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16".to_string())],
+            &cfg,
+        );
+        assert_ne!(capped, plain, "a capped run is keyed apart");
+        assert!(
+            capped.contains("ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16"),
+            "{capped}"
         );
     }
 
