@@ -50,12 +50,13 @@ impl Linear {
 
     /// The weight packed for oneDNN where that is faster: bf16 on the CPU (fp32 products
     /// ran no faster packed, GPUs do not use oneDNN). A libtorch that refuses (built
-    /// without oneDNN) keeps the plain product, said once in the log.
+    /// without oneDNN) or whose packed products do not match its plain ones
+    /// ([`onednn::pack_checked`]) keeps the plain product, said once in the log.
     fn packed_for(self, device: Device, kind: Kind) -> Linear {
         if device != Device::Cpu || kind != Kind::BFloat16 {
             return self;
         }
-        match onednn::pack(&self.weight) {
+        match onednn::pack_checked(&self.weight, &self.bias) {
             Ok(weight) => Linear {
                 weight,
                 bias: self.bias,
@@ -64,8 +65,8 @@ impl Linear {
             Err(e) => {
                 static WARNED: std::sync::Once = std::sync::Once::new();
                 WARNED.call_once(|| {
-                    tracing::warn!(error = %e, "oneDNN weight packing refused: bf16 linear \
-                        layers on the CPU use libtorch's plain product")
+                    tracing::warn!(error = %e, "oneDNN packed weights not used: bf16 linear \
+                        layers on the CPU run libtorch's plain product")
                 });
                 self
             }

@@ -11,7 +11,7 @@
 //! weights on the CPU"), so the encoder uses it for bf16 on the CPU only.
 
 use std::ffi::{c_char, c_void, CStr};
-use tch::{TchError, Tensor};
+use tch::{Kind, TchError, Tensor};
 
 extern "C" {
     fn kb_onednn_pack_linear_weight(weight: *const c_void, packed: *mut *mut c_void)
@@ -55,6 +55,54 @@ pub fn pack(weight: &Tensor) -> Result<Tensor, TchError> {
     // SAFETY: `weight` is a live tensor handle for the duration of the call.
     let error = unsafe { kb_onednn_pack_linear_weight(weight.as_ptr().cast(), &mut out) };
     result(error, out)
+}
+
+/// [`pack`], then one small product of each [`Activation`] through [`linear`] compared
+/// with libtorch's plain one: a libtorch whose operators take other arguments or give
+/// other results is found here, at load, and not by every batch after it.
+pub fn pack_checked(weight: &Tensor, bias: &Tensor) -> Result<Tensor, String> {
+    let packed = pack(weight).map_err(|e| format!("packing refused: {e}"))?;
+    check(weight, bias, &packed)?;
+    Ok(packed)
+}
+
+/// Whether `packed`'s products equal libtorch's plain ones of `weight` on a fixed input
+/// (2 rows), within bf16's rounding.
+fn check(weight: &Tensor, bias: &Tensor, packed: &Tensor) -> Result<(), String> {
+    let _no_grad = tch::no_grad_guard();
+    let width = weight.size()[1];
+    let input = Tensor::arange(2 * width, (weight.kind(), weight.device()))
+        .view([2, width])
+        .sin();
+    let plain = input
+        .f_linear(weight, Some(bias))
+        .map_err(|e| e.to_string())?;
+    for activation in [Activation::None, Activation::Gelu] {
+        let expected = match activation {
+            Activation::None => plain.shallow_clone(),
+            Activation::Gelu => plain.gelu("none"),
+        };
+        let got = linear(&input, packed, bias, activation)
+            .map_err(|e| format!("{activation:?} product refused: {e}"))?;
+        if got.size() != expected.size() {
+            return Err(format!(
+                "{activation:?} product has shape {:?}, not {:?}",
+                got.size(),
+                expected.size()
+            ));
+        }
+        let (got, expected) = (got.to_kind(Kind::Float), expected.to_kind(Kind::Float));
+        let off = (&got - &expected).abs().max().double_value(&[]);
+        let scale = expected.abs().max().double_value(&[]);
+        // NaN fails too.
+        let close = off <= 0.02 * scale + 0.02;
+        if !close {
+            return Err(format!(
+                "{activation:?} product differs from the plain one by {off} (values up to {scale})"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `input @ weight.T + bias` with `packed` from [`pack`], then `activation`.
@@ -118,6 +166,22 @@ mod tests {
             );
             assert!(max_difference(&gelu, &plain) > 0.01, "GELU applied");
         }
+    }
+
+    #[test]
+    fn a_packed_weight_is_checked_against_the_plain_product_at_load() {
+        let _no_grad = tch::no_grad_guard();
+        tch::manual_seed(5);
+        let weight = Tensor::randn([48, 32], (Kind::BFloat16, Device::Cpu)) * 0.2;
+        let bias = Tensor::randn([48], (Kind::BFloat16, Device::Cpu)) * 0.1;
+        assert!(pack_checked(&weight, &bias).is_ok());
+        // Products that come out wrong (another weight's) or of another shape are refused.
+        let wrong = pack(&(&weight * -1.0)).unwrap();
+        let error = check(&weight, &bias, &wrong).unwrap_err();
+        assert!(error.contains("differs"), "{error}");
+        let narrow = pack(&weight.narrow(0, 0, 40)).unwrap();
+        let error = check(&weight, &bias, &narrow).unwrap_err();
+        assert!(!error.is_empty());
     }
 
     #[test]
