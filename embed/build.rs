@@ -4,24 +4,25 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn torch_lib_dir() -> Option<PathBuf> {
-    if let Ok(dir) = std::env::var("LIBTORCH_LIB") {
-        return Some(PathBuf::from(dir).join("lib"));
-    }
+/// What `code` prints, run by the active Python (the virtualenv's where one is active),
+/// trimmed; `None` when it cannot run or prints nothing.
+fn ask_python(code: &str) -> Option<String> {
     let python = if std::env::var_os("VIRTUAL_ENV").is_some() {
         "python"
     } else {
         "python3"
     };
-    let out = Command::new(python)
-        .args([
-            "-c",
-            "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
-        ])
-        .output()
-        .ok()?;
-    let dir = String::from_utf8(out.stdout).ok()?.trim().to_string();
-    (!dir.is_empty()).then(|| PathBuf::from(dir))
+    let out = Command::new(python).args(["-c", code]).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+fn torch_lib_dir() -> Option<PathBuf> {
+    if let Ok(dir) = std::env::var("LIBTORCH_LIB") {
+        return Some(PathBuf::from(dir).join("lib"));
+    }
+    ask_python("import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
+        .map(PathBuf::from)
 }
 
 /// Compiles csrc/cuda_alloc.cpp (the CUDA caching allocator's empty-cache and statistics,
@@ -55,30 +56,16 @@ fn build_shims(lib_dir: &std::path::Path) {
         .compile("kb_torch_shims");
 }
 
-/// libtorch's C++ ABI ("0" or "1"), as torch-sys decides it: the active Python's torch
-/// says, else `LIBTORCH_CXX11_ABI`, else 1. The oneDNN shim hands libtorch `std::string`s,
-/// whose layout depends on it.
+/// libtorch's C++ ABI ("0" or "1"): `LIBTORCH_CXX11_ABI` where set, else what the active
+/// Python's torch says, else 1. The oneDNN shim hands libtorch `std::string`s, whose layout
+/// depends on it.
 fn cxx11_abi() -> &'static str {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
-    if let Ok(abi) = std::env::var("LIBTORCH_CXX11_ABI") {
-        return if abi == "0" { "0" } else { "1" };
-    }
-    let python = if std::env::var_os("VIRTUAL_ENV").is_some() {
-        "python"
-    } else {
-        "python3"
-    };
-    let asked = Command::new(python)
-        .args([
-            "-c",
-            "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))",
-        ])
-        .output();
-    match asked
+    let abi = std::env::var("LIBTORCH_CXX11_ABI")
         .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-    {
-        Some(abi) if abi.trim() == "0" => "0",
+        .or_else(|| ask_python("import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))"));
+    match abi.as_deref().map(str::trim) {
+        Some("0") => "0",
         _ => "1",
     }
 }
