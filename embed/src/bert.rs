@@ -20,7 +20,8 @@ pub(crate) struct Linear {
     /// `[out, in]`, in oneDNN's blocked layout when `packed`.
     weight: Tensor,
     bias: Tensor,
-    /// The weight is packed for [`onednn::linear`] (bf16 on the CPU).
+    /// The weight is packed for [`onednn::linear`] (bf16 on the CPU, and fp32 where
+    /// [`onednn::fp32_packing_pays`]).
     packed: bool,
 }
 
@@ -48,12 +49,17 @@ impl Linear {
         }
     }
 
-    /// The weight packed for oneDNN where that is faster: bf16 on the CPU (fp32 products
-    /// ran no faster packed, GPUs do not use oneDNN). A libtorch that refuses (built
+    /// The weight packed for oneDNN where that is faster: bf16 on the CPU, fp32 on the
+    /// CPU where `pack_fp32` (GPUs do not use oneDNN). A libtorch that refuses (built
     /// without oneDNN) or whose packed products do not match its plain ones
     /// ([`onednn::pack_checked`]) keeps the plain product, said once in the log.
-    fn packed_for(self, device: Device, kind: Kind) -> Linear {
-        if device != Device::Cpu || kind != Kind::BFloat16 {
+    fn packed_for(self, device: Device, kind: Kind, pack_fp32: bool) -> Linear {
+        let pack = match kind {
+            Kind::BFloat16 => true,
+            Kind::Float => pack_fp32,
+            _ => false,
+        };
+        if device != Device::Cpu || !pack {
             return self;
         }
         match onednn::pack_checked(&self.weight, &self.bias) {
@@ -65,7 +71,7 @@ impl Linear {
             Err(e) => {
                 static WARNED: std::sync::Once = std::sync::Once::new();
                 WARNED.call_once(|| {
-                    tracing::warn!(error = %e, "oneDNN packed weights not used: bf16 linear \
+                    tracing::warn!(error = %e, "oneDNN packed weights not used: linear \
                         layers on the CPU run libtorch's plain product")
                 });
                 self
@@ -144,6 +150,8 @@ pub(crate) struct Weights {
     tensors: HashMap<String, Tensor>,
     device: Device,
     kind: Kind,
+    /// fp32 linear layers on the CPU are packed for oneDNN.
+    pack_fp32: bool,
 }
 
 impl Weights {
@@ -154,10 +162,12 @@ impl Weights {
             .into_iter()
             .map(|(name, t)| (name.strip_prefix("bert.").unwrap_or(&name).to_string(), t))
             .collect();
+        let pack_fp32 = device == Device::Cpu && kind == Kind::Float && onednn::fp32_packing_pays();
         Ok(Weights {
             tensors,
             device,
             kind,
+            pack_fp32,
         })
     }
 
@@ -197,17 +207,17 @@ impl Weights {
             bias: Tensor::f_cat(&[q.bias, k.bias, v.bias], 0)?,
             packed: false,
         };
-        let (device, kind) = (self.device, self.kind);
+        let (device, kind, pack_fp32) = (self.device, self.kind, self.pack_fp32);
         let mut linear = |name: &str| -> Result<Linear, EmbedError> {
             Ok(self
                 .linear(&format!("{p}.{name}"))?
-                .packed_for(device, kind))
+                .packed_for(device, kind, pack_fp32))
         };
         let attention_out = linear("attention.output.dense")?;
         let intermediate = linear("intermediate.dense")?;
         let output = linear("output.dense")?;
         Ok(Layer {
-            qkv: qkv.packed_for(device, kind),
+            qkv: qkv.packed_for(device, kind, pack_fp32),
             attention_out,
             attention_norm: self.layer_norm(&format!("{p}.attention.output.LayerNorm"), eps)?,
             intermediate,
@@ -301,7 +311,7 @@ impl BertEncoder {
     }
 
     /// Rows of zeros added to a batch's `tokens` for the per-token products: with packed
-    /// weights (bf16 on the CPU) every product runs on a multiple of [`ROW_ALIGN`] rows, so
+    /// weights every product runs on a multiple of [`ROW_ALIGN`] rows, so
     /// oneDNN meets a few dozen shapes and reuses their compiled kernels from its cache;
     /// each new row count used to compile new ones (more than the product itself costs).
     fn row_padding(&self, tokens: i64) -> i64 {

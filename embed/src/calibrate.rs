@@ -32,9 +32,10 @@ pub const MIN_COSINE: f32 = 0.999;
 const LIBTORCH: &str = "2.11";
 
 /// The revision of the encoder's CPU arithmetic: raise it when a change makes a candidate
-/// faster or slower (2: bf16 linear layers packed for oneDNN), so a worker upgraded over a
-/// cache measures again instead of keeping a choice made against the old code.
-const CPU_ENGINE_REVISION: u32 = 2;
+/// faster or slower (2: bf16 linear layers packed for oneDNN; 3: fp32 ones too where that
+/// measures faster), so a worker upgraded over a cache measures again instead of keeping a
+/// choice made against the old code.
+const CPU_ENGINE_REVISION: u32 = 3;
 
 /// Environment variables that cap the instruction sets oneDNN uses: a capped run measures
 /// another CPU, so its calibration must not be read uncapped (or the other way round).

@@ -7,11 +7,22 @@
 //! and GELU then makes another pass over the intermediate activations. Packing each weight
 //! once at load ([`pack`]) and applying GELU as a post-op of the product ([`linear`])
 //! raised bf16 bulk embedding by about a fifth and text-query throughput by 1.4-2x on an
-//! Intel Xeon with AMX, and changed nothing in fp32 (docs/benchmarks.md, "Packed bf16
-//! weights on the CPU"), so the encoder uses it for bf16 on the CPU only.
+//! Intel Xeon with AMX (docs/benchmarks.md, "Packed bf16 weights on the CPU"). In fp32 it
+//! depends on the CPU: no faster than libtorch's plain product (MKL) on that Xeon, 2.3x
+//! faster on an AMD EPYC, where MKL does not use AVX-512; so the encoder packs bf16 weights
+//! on every CPU and fp32 ones where [`fp32_packing_pays`] measured it faster.
 
 use std::ffi::{c_char, c_void, CStr};
-use tch::{Kind, TchError, Tensor};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, TchError, Tensor};
+
+/// `1` or `0`: pack fp32 weights, or not, without measuring ([`fp32_packing_pays`]).
+pub const FP32_PACKED_ENV: &str = "KB_CPU_FP32_PACKED";
+
+/// Packed fp32 products are used where they take at most this share of the plain ones'
+/// time: where the two are close (MKL on an Intel Xeon), the plain product stays.
+const FP32_PACKED_MAX_SHARE: f64 = 0.85;
 
 extern "C" {
     fn kb_onednn_pack_linear_weight(weight: *const c_void, packed: *mut *mut c_void)
@@ -105,6 +116,67 @@ fn check(weight: &Tensor, bias: &Tensor, packed: &Tensor) -> Result<(), String> 
     Ok(())
 }
 
+/// Whether fp32 linear layers on this CPU run faster with packed weights: measured once
+/// per process on one product of the shape of a MiniLM intermediate layer (`[256, 384] x
+/// [384, 1536]`, a few runs of each, alternating, fastest of each), unless
+/// [`FP32_PACKED_ENV`] decides.
+pub fn fp32_packing_pays() -> bool {
+    static PAYS: OnceLock<bool> = OnceLock::new();
+    *PAYS.get_or_init(|| match std::env::var(FP32_PACKED_ENV).as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => match time_fp32_products() {
+            Ok((plain, packed)) => {
+                let pays = packing_pays(plain, packed);
+                tracing::info!(
+                    plain_ms = plain.as_secs_f64() * 1e3,
+                    packed_ms = packed.as_secs_f64() * 1e3,
+                    packed = pays,
+                    "fp32 linear layers on this CPU measured: oneDNN's packed product against \
+                     libtorch's plain one"
+                );
+                pays
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "fp32 linear layers keep libtorch's plain product");
+                false
+            }
+        },
+    })
+}
+
+/// The choice of [`fp32_packing_pays`] from the fastest run of each product.
+fn packing_pays(plain: Duration, packed: Duration) -> bool {
+    packed.as_secs_f64() <= FP32_PACKED_MAX_SHARE * plain.as_secs_f64()
+}
+
+/// The fastest of a few runs of one fp32 product, plain then packed.
+fn time_fp32_products() -> Result<(Duration, Duration), String> {
+    let _no_grad = tch::no_grad_guard();
+    let options = (Kind::Float, Device::Cpu);
+    let weight = Tensor::randn([1536, 384], options) * 0.05;
+    let bias = Tensor::randn([1536], options) * 0.05;
+    let input = Tensor::randn([256, 384], options);
+    let packed = pack_checked(&weight, &bias)?;
+    let plain_run = || input.f_linear(&weight, Some(&bias)).map(drop);
+    let packed_run = || linear(&input, &packed, &bias, Activation::None).map(drop);
+    let time = |run: &dyn Fn() -> Result<(), TchError>| -> Result<Duration, String> {
+        let start = Instant::now();
+        run().map_err(|e| e.to_string())?;
+        Ok(start.elapsed())
+    };
+    let (mut plain, mut fast) = (Duration::MAX, Duration::MAX);
+    for round in 0..7 {
+        let (a, b) = (time(&plain_run)?, time(&packed_run)?);
+        // The first round warms both up (oneDNN compiles its kernel there).
+        if round > 0 {
+            plain = plain.min(a);
+            fast = fast.min(b);
+        }
+    }
+    Ok((plain, fast))
+}
+
 /// `input @ weight.T + bias` with `packed` from [`pack`], then `activation`.
 pub fn linear(
     input: &Tensor,
@@ -182,6 +254,20 @@ mod tests {
         let narrow = pack(&weight.narrow(0, 0, 40)).unwrap();
         let error = check(&weight, &bias, &narrow).unwrap_err();
         assert!(!error.is_empty());
+    }
+
+    #[test]
+    fn fp32_weights_are_packed_only_where_the_packed_product_is_clearly_faster() {
+        let ms = Duration::from_millis;
+        // An AMD EPYC: MKL 5.5 ms, oneDNN 2.3 ms.
+        assert!(packing_pays(ms(55), ms(23)));
+        // An Intel Xeon: the two within noise of each other, or packed slower.
+        assert!(!packing_pays(ms(37), ms(36)));
+        assert!(!packing_pays(ms(20), ms(30)));
+        // The measurement itself runs and times both products.
+        let (plain, packed) = time_fp32_products().unwrap();
+        assert!(plain > Duration::ZERO && plain < Duration::MAX);
+        assert!(packed > Duration::ZERO && packed < Duration::MAX);
     }
 
     #[test]
