@@ -355,6 +355,9 @@ async fn a_healthy_redis_under_continuous_writes_is_never_taken_for_a_regression
     let a = replica(log(&server).await, &dir.path().join("a"), "a").await;
     let b = replica(log(&server).await, &dir.path().join("b"), "b").await;
     let created = a.write(vec![create()]).await.unwrap();
+    // A write is appended to the stream and applied by each replica's follower, the
+    // writer's own included: both must hold the collection before upserting into it.
+    a.wait_applied(created).await.unwrap();
     b.wait_applied(created).await.unwrap();
     let deadline = tokio::time::Instant::now() + HEARTBEAT * 3;
     let mut i = 0;
