@@ -67,9 +67,9 @@ fn random_encoder_with(kind: Kind, pack_fp32: bool) -> BertEncoder {
     BertEncoder::from_weights(&mut weights, &cfg).unwrap()
 }
 
-/// Values spread evenly with the standard deviation of `randn * scale`, the same for the same `shape` and `seed` (tests
-/// run in parallel threads, so libtorch's one global generator cannot make two encoders
-/// with the same weights).
+/// Values spread evenly with the standard deviation of `randn * scale`, the same for the
+/// same `shape` and `seed` (tests run in parallel threads, so libtorch's one global
+/// generator cannot make two encoders with the same weights).
 fn pseudo_random(shape: &[i64], scale: f64, seed: u64) -> Tensor {
     let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ (seed + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     let count = shape.iter().product::<i64>() as usize;
