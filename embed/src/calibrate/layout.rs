@@ -28,10 +28,10 @@ pub const CACHE_FILE: &str = "cpu-layout.json";
 /// sees: alone on the CPU, one executor runs batch after batch, while a worker's executor
 /// waits between batches for the scheduler and the HTTP side (tokenizing, chunking,
 /// delivering results) that share its cores, a wait other executors fill. On a 2-vCPU AMD
-/// EPYC the calibration rated `1x2` 8% above `2x1` at one start of eight, and an HTTP
-/// ingest ran 160-182 documents/s on `1x2` against 202-214 on `2x1` (docs/benchmarks.md,
-/// "Executors chosen for serving"): at 3% that start kept the slower layout in its cache
-/// for good.
+/// EPYC the calibration rated `1x2` above `2x1` at 2 of 10 starts (by 8% and 3.6%), and
+/// an HTTP ingest ran 160-182 documents/s on `1x2` against 202-217 on `2x1`
+/// (docs/benchmarks.md, "Executors chosen for serving"): at 3% both starts kept the slower
+/// layout in their cache for good.
 pub const TOLERANCE: f64 = 0.10;
 
 /// One candidate layout, measured.
