@@ -394,6 +394,16 @@ fn worst_cosine(a: &[Tensor], b: &[Tensor]) -> Result<f32, EmbedError> {
     Ok(worst)
 }
 
+/// The shape of the bundled MiniLM, for the calibration tests' cache keys.
+#[cfg(test)]
+fn minilm_config() -> BertConfig {
+    serde_json::from_str(
+        r#"{"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+            "intermediate_size": 1536, "vocab_size": 30522, "max_position_embeddings": 512}"#,
+    )
+    .expect("a valid BERT config")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,12 +487,7 @@ mod tests {
     #[test]
     fn the_key_names_the_cpu_a_onednn_cap_and_the_engine_revision() {
         let info = "processor\t: 0\nmodel name\t: Example CPU\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 sse4_2\n";
-        let cfg: BertConfig = serde_json::from_str(
-            r#"{"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
-                "intermediate_size": 1536, "vocab_size": 30522,
-                "max_position_embeddings": 512}"#,
-        )
-        .unwrap();
+        let cfg = minilm_config();
         let plain = key_of(info, &[], &cfg);
         assert_eq!(
             plain,

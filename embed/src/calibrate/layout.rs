@@ -91,7 +91,7 @@ pub fn choose(trials: &[LayoutTrial]) -> Option<String> {
 /// cached choice made with another one is measured again).
 pub fn key(cfg: &BertConfig, cores: usize, precision: &str, max: usize) -> String {
     format!(
-        "{}; {cores} cores; {precision}; at most {max} executors; more executors within {}%",
+        "{}; {cores} cores; {precision}; at most {max} executors; more executors within {:.0}%",
         super::base_key(cfg),
         TOLERANCE * 100.0
     )
@@ -237,12 +237,7 @@ mod tests {
 
     #[test]
     fn the_key_names_the_preference_for_more_executors() {
-        let cfg: BertConfig = serde_json::from_str(
-            r#"{"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
-                "intermediate_size": 1536, "vocab_size": 30522,
-                "max_position_embeddings": 512}"#,
-        )
-        .unwrap();
+        let cfg = crate::calibrate::minilm_config();
         // A layout cached by a worker that preferred more executors only within 3% is
         // measured again, not served as it was chosen then.
         let key = key(&cfg, 2, "bf16", 4);
